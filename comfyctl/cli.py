@@ -1,0 +1,135 @@
+"""The command-line entry point: the root group, global options and error rendering.
+
+Commands live in ``comfyctl/commands/``; each is a thin layer over the core. Errors from
+the core are rendered once, here, as ``click.ClickException`` with their exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from comfyctl import __version__
+from comfyctl.context import AppContext
+from comfyctl.errors import ComfyctlError, ExitCode
+
+EXIT_CODES_HELP = """\b
+Exit codes: 0 ok · 1 task failed/cancelled/unrecovered or general error ·
+2 usage or bad input · 3 server unreachable · 4 task not in the ledger ·
+5 timeout · 6 problems found (detect-stuck, --fail-on-stall) ·
+7 ledger corrupt or locked · 130 interrupted (Ctrl-C)."""
+
+
+class CliError(click.ClickException):
+    """A core error as Click renders it: one sentence, a hint, the documented exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ComfyctlGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ComfyctlError as exc:
+            if _want_traceback(ctx):
+                raise
+            raise CliError(str(exc), int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            if _want_traceback(ctx):
+                raise
+            raise CliError("Interrupted.", ExitCode.INTERRUPTED) from None
+        except OSError as exc:  # e.g. a full disk while writing the ledger
+            if _want_traceback(ctx):
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise CliError(f"{exc.strerror or exc}{where}.", ExitCode.FAILED) from None
+
+
+def _want_traceback(ctx: click.Context) -> bool:
+    return bool(ctx.params.get("traceback")) or os.environ.get("COMFYCTL_TRACEBACK") == "1"
+
+
+class _RedactingFilter(logging.Filter):
+    """Keeps configured secrets out of --verbose output."""
+
+    def __init__(self, app: AppContext) -> None:
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        try:
+            secrets = [s for spec in self.app.config.servers.values() for s in spec.secrets()]
+        except ComfyctlError:
+            secrets = []
+        for secret in secrets:
+            message = message.replace(secret, "***")
+        record.msg, record.args = message, None
+        return True
+
+
+@click.group(cls=ComfyctlGroup, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="comfyctl")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="COMFYCTL_CONFIG", metavar="PATH",
+              help="Config file (TOML). Default: the user config dir; env COMFYCTL_CONFIG.")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="COMFYCTL_LEDGER", metavar="PATH",
+              help="Task ledger (JSON). Default: the user data dir; env COMFYCTL_LEDGER.")
+@click.option("-v", "--verbose", count=True,
+              help="Log to stderr what comfyctl does (-vv for HTTP details); secrets redacted.")
+@click.option("--no-color", is_flag=True,
+              help="No colour in output (also when NO_COLOR is set).")
+@click.option("--traceback", is_flag=True,
+              help="Show the full Python traceback on errors (or COMFYCTL_TRACEBACK=1).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, ledger_path: Path | None, verbose: int,
+        no_color: bool, traceback: bool) -> None:
+    """Track ComfyUI jobs across a fleet of servers.
+
+    Every job is bound, when it is submitted, to the server that runs it, in a local
+    JSON task ledger. Every later command reads that binding and talks to that server
+    only, so jobs on different servers never interfere.
+
+    \b
+    Examples:
+      comfyctl demo                                  # try it on two emulated servers
+      comfyctl submit wf.json -s gpu1 | comfyctl watch -
+      comfyctl history --status running
+    """
+    app = AppContext(
+        config_path=config_path,
+        config_required=config_path is not None,
+        ledger_path=ledger_path,
+        verbose=verbose,
+        color=not no_color and "NO_COLOR" not in os.environ,
+    )
+    ctx.obj = app
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(_RedactingFilter(app))
+        handler.setFormatter(logging.Formatter("comfyctl: %(name)s: %(message)s"))
+        logging.getLogger("comfyctl").addHandler(handler)
+        logging.getLogger("comfyctl").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+def _register() -> None:
+    from comfyctl.commands import demo, history, servers, submit, watch
+
+    for module in (submit, watch, history, servers, demo):
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    cli.main(args=args, prog_name=prog_name or "comfyctl")

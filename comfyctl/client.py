@@ -1,0 +1,386 @@
+"""Talking to one ComfyUI server: HTTP through requests, WebSocket through websocket-client.
+
+One ``ServerClient`` per bound server. Every call about a job goes through the client
+of that job's server, so a request about job J can only reach J's server. Auth headers,
+basic auth, the query token, TLS settings and timeouts come from the ``ServerSpec``;
+error messages name the canonical URL only, never a token or header.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import requests
+
+from comfyctl.config import ServerSpec
+from comfyctl.errors import (
+    BadServerReply,
+    ServerUnreachable,
+    SubmitUncertain,
+    WorkflowRejected,
+)
+from comfyctl.events import from_history_entry, from_job
+from comfyctl.records import Observation
+
+log = logging.getLogger("comfyctl.client")
+
+RETRY_STATUSES = {502, 503, 504}
+# Below this many unqueued ids, /history/{id} per job is cheaper than the whole /history.
+HISTORY_PER_ID_LIMIT = 3
+
+
+@dataclass
+class SubmitReply:
+    prompt_id: str
+    number: int | None
+    node_errors: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QueueItem:
+    number: int
+    prompt_id: str
+    client_id: str | None
+
+
+@dataclass
+class QueueSnapshot:
+    running: list[QueueItem]
+    pending: list[QueueItem]  # sorted by number: the order the server will run them
+
+
+class ServerClient:
+    def __init__(self, spec: ServerSpec, session: requests.Session | None = None) -> None:
+        self.spec = spec
+        self.url = spec.url
+        self._session = session
+        self._jobs_api: bool | None = None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            session = requests.Session()
+            session.headers.update(self.spec.headers)
+            session.headers["User-Agent"] = "comfyctl"
+            if self.spec.username is not None:
+                session.auth = (self.spec.username, self.spec.password or "")
+            session.verify = self.spec.verify
+            session.trust_env = True
+            self._session = session
+        return self._session
+
+    def _params(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        merged = dict(params or {})
+        if self.spec.token:
+            merged[self.spec.token_param] = self.spec.token
+        return merged
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        retries: int = 0,
+        timeout: float | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """One HTTP exchange; connection problems become ServerUnreachable.
+
+        ``retries`` is for idempotent reads only: refused connections and 502/503/504
+        are retried with backoff; a timeout is not (a hanging server stays hanging).
+        """
+        read_timeout = timeout if timeout is not None else self.spec.timeout
+        attempt = 0
+        while True:
+            try:
+                resp = self.session.request(
+                    method, self.url + path, json=json_body, params=self._params(params),
+                    timeout=(self.spec.connect_timeout, read_timeout), stream=stream,
+                )
+            except requests.exceptions.SSLError:
+                raise ServerUnreachable(self.spec.name, "tls",
+                                        "Check verify/CA bundle in the config.") from None
+            except requests.exceptions.Timeout:
+                raise ServerUnreachable(self.spec.name, "timeout") from None
+            except requests.exceptions.ConnectionError as exc:
+                reason = _connection_reason(exc)
+                if attempt < retries:
+                    attempt += 1
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                raise ServerUnreachable(self.spec.name, reason) from None
+            except requests.exceptions.RequestException as exc:
+                raise ServerUnreachable(self.spec.name, type(exc).__name__) from None
+            log.debug("%s %s%s -> %s", method, self.url, path, resp.status_code)
+            if resp.status_code in RETRY_STATUSES and attempt < retries:
+                attempt += 1
+                time.sleep(0.2 * 2**attempt)
+                continue
+            return resp
+
+    def get_json(self, path: str, params: dict[str, Any] | None = None,
+                 timeout: float | None = None) -> Any:
+        resp = self.request("GET", path, params=params, retries=2, timeout=timeout)
+        if resp.status_code != 200:
+            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+        return self._decode(resp)
+
+    def _decode(self, resp: requests.Response) -> Any:
+        try:
+            return resp.json()
+        except ValueError:
+            raise BadServerReply(self.spec.name, "malformed JSON reply") from None
+
+    # -- submit --------------------------------------------------------------------------
+
+    def submit(self, graph: dict[str, Any], client_id: str, prompt_id: str,
+               front: bool = False) -> SubmitReply:
+        """POST /prompt once. Never retried here: see ``confirm_submit``."""
+        body: dict[str, Any] = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
+        if front:
+            body["front"] = True
+        try:
+            resp = self.request("POST", "/prompt", json_body=body)
+        except ServerUnreachable as exc:
+            if exc.reason in ("timeout", "reset"):
+                raise SubmitUncertain(self.spec.name, exc.reason) from None
+            raise
+        if resp.status_code == 200:
+            data = self._decode(resp)
+            if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
+                raise BadServerReply(self.spec.name, "POST /prompt reply has no prompt_id")
+            return SubmitReply(data["prompt_id"], data.get("number"),
+                               data.get("node_errors") or {})
+        if 400 <= resp.status_code < 500:
+            try:
+                data = resp.json()
+            except ValueError:
+                data = {}
+            data = data if isinstance(data, dict) else {}
+            error = data.get("error") if isinstance(data.get("error"), dict) else {
+                "type": "http_error", "message": (resp.text or "")[:200].strip() or None}
+            raise WorkflowRejected(self.spec.name, error, data.get("node_errors") or {},
+                                   resp.status_code)
+        raise SubmitUncertain(self.spec.name, f"http {resp.status_code}")
+
+    def exists(self, prompt_id: str) -> bool:
+        """Whether the server knows the id at all (queued, running or in history)."""
+        return self.status(prompt_id).kind != "unknown"
+
+    # -- status --------------------------------------------------------------------------
+
+    def has_jobs_api(self) -> bool:
+        """Feature-detect the jobs API of newer ComfyUI (cached per client)."""
+        if self._jobs_api is None:
+            resp = self.request("GET", "/api/jobs", params={"limit": 1}, retries=2)
+            if resp.status_code == 200:
+                try:
+                    self._jobs_api = isinstance(resp.json(), dict)
+                except ValueError:
+                    self._jobs_api = False
+            elif resp.status_code in (404, 405):
+                self._jobs_api = False
+            else:
+                raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+        return self._jobs_api
+
+    def queue(self) -> QueueSnapshot:
+        data = self.get_json("/queue")
+        if not isinstance(data, dict):
+            raise BadServerReply(self.spec.name, "/queue reply is not an object")
+        return QueueSnapshot(
+            running=_queue_items(data.get("queue_running")),
+            pending=sorted(_queue_items(data.get("queue_pending")), key=lambda i: i.number),
+        )
+
+    def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
+        """The /history entry of a finished job; None while pending, running or unknown."""
+        data = self.get_json(f"/history/{_quote(prompt_id)}")
+        if not isinstance(data, dict):
+            raise BadServerReply(self.spec.name, "/history reply is not an object")
+        entry = data.get(prompt_id)
+        return entry if isinstance(entry, dict) else None
+
+    def history(self, max_items: int | None = None) -> dict[str, Any]:
+        data = self.get_json("/history", params={"max_items": max_items} if max_items else None)
+        if not isinstance(data, dict):
+            raise BadServerReply(self.spec.name, "/history reply is not an object")
+        return data
+
+    def job(self, prompt_id: str) -> dict[str, Any] | None:
+        resp = self.request("GET", f"/api/jobs/{_quote(prompt_id)}", retries=2)
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+        data = self._decode(resp)
+        return data if isinstance(data, dict) else None
+
+    def status(self, prompt_id: str) -> Observation:
+        return self.snapshot([prompt_id])[prompt_id]
+
+    def snapshot(self, prompt_ids: list[str]) -> dict[str, Observation]:
+        """What the server says about each id, in as few requests as the API allows.
+
+        The queue is read before the history, never the reverse: a job that finishes
+        between the two reads then shows up in the history instead of nowhere.
+        """
+        wanted = list(dict.fromkeys(prompt_ids))
+        if not wanted:
+            return {}
+        if self.has_jobs_api():
+            return self._snapshot_jobs(wanted)
+        found: dict[str, Observation] = {}
+        queue = self.queue()
+        for item in queue.running:
+            if item.prompt_id in wanted:
+                found[item.prompt_id] = Observation("running", item.prompt_id, self.url,
+                                                    number=item.number)
+        for position, item in enumerate(queue.pending):
+            if item.prompt_id in wanted and item.prompt_id not in found:
+                found[item.prompt_id] = Observation("queued", item.prompt_id, self.url,
+                                                    number=item.number, position=position)
+        rest = [pid for pid in wanted if pid not in found]
+        if len(rest) <= HISTORY_PER_ID_LIMIT:
+            entries = {pid: self.history_entry(pid) for pid in rest}
+        else:
+            everything = self.history()
+            entries = {pid: everything.get(pid) for pid in rest}
+        for pid in rest:
+            entry = entries.get(pid)
+            found[pid] = (from_history_entry(entry, self.url, pid) if isinstance(entry, dict)
+                          else Observation("unknown", pid, self.url))
+        return found
+
+    def _snapshot_jobs(self, wanted: list[str]) -> dict[str, Observation]:
+        found: dict[str, Observation] = {}
+        active = self.get_json("/api/jobs", params={"status": "pending,in_progress",
+                                                    "limit": 1000})
+        jobs = active.get("jobs") if isinstance(active, dict) else None
+        for job in jobs if isinstance(jobs, list) else []:
+            if isinstance(job, dict) and job.get("id") in wanted:
+                found[job["id"]] = from_job(job, self.url)
+        for pid in wanted:
+            if pid not in found:
+                job = self.job(pid)
+                found[pid] = (from_job(job, self.url) if job is not None
+                              else Observation("unknown", pid, self.url))
+        return found
+
+    # -- steering ------------------------------------------------------------------------
+
+    def cancel(self, prompt_id: str) -> str:
+        """Cancel one job the safest way this server allows; returns how.
+
+        Jobs-API cancel; else delete it from the pending queue; else interrupt it by
+        prompt_id only when it is verifiably the running job. Never a global interrupt.
+        """
+        if self.has_jobs_api():
+            resp = self.request("POST", f"/api/jobs/{_quote(prompt_id)}/cancel")
+            if resp.status_code == 200:
+                return "jobs-api"
+            if resp.status_code == 404:
+                return "not-found"
+            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+        queue = self.queue()
+        if any(item.prompt_id == prompt_id for item in queue.pending):
+            self._post_ok("/queue", {"delete": [prompt_id]})
+            return "dequeued"
+        if any(item.prompt_id == prompt_id for item in queue.running):
+            self._post_ok("/interrupt", {"prompt_id": prompt_id})
+            return "interrupted"
+        return "not-active"
+
+    def _post_ok(self, path: str, body: dict[str, Any]) -> None:
+        resp = self.request("POST", path, json_body=body)
+        if resp.status_code != 200:
+            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+
+    # -- misc ----------------------------------------------------------------------------
+
+    def system_stats(self) -> dict[str, Any]:
+        data = self.get_json("/system_stats")
+        return data if isinstance(data, dict) else {}
+
+    def view(self, output: dict[str, Any], stream: bool = True) -> requests.Response:
+        """GET /view for one output entry (filename, subfolder, type) on this server."""
+        params = {"filename": output["filename"], "subfolder": output.get("subfolder", ""),
+                  "type": output.get("type", "output")}
+        resp = self.request("GET", "/view", params=params, retries=2, stream=stream)
+        if resp.status_code != 200:
+            resp.close()
+            raise ServerUnreachable(self.spec.name, f"http {resp.status_code} for /view")
+        return resp
+
+    def ws_url(self, client_id: str) -> str:
+        base = "wss" + self.url[5:] if self.url.startswith("https") else "ws" + self.url[4:]
+        return f"{base}/ws?{urlencode(self._params({'clientId': client_id}))}"
+
+    def connect_ws(self, client_id: str, timeout: float | None = None) -> Any:
+        """A WebSocket connected as ``client_id`` (ComfyUI sends a job's events only there)."""
+        import websocket  # imported here: keeps it off the --help and completion path
+
+        headers = [f"{k}: {v}" for k, v in self.spec.headers.items()]
+        if self.spec.username is not None:
+            raw = f"{self.spec.username}:{self.spec.password or ''}".encode()
+            headers.append("Authorization: Basic " + base64.b64encode(raw).decode())
+        sslopt: dict[str, Any] = {}
+        if self.url.startswith("https"):
+            if self.spec.verify is False:
+                sslopt = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
+            elif isinstance(self.spec.verify, str):
+                sslopt = {"ca_certs": self.spec.verify}
+        try:
+            return websocket.create_connection(
+                self.ws_url(client_id), header=headers, sslopt=sslopt,
+                timeout=timeout or self.spec.connect_timeout, suppress_origin=True,
+                enable_multithread=True,
+            )
+        except ssl.SSLError:
+            raise ServerUnreachable(self.spec.name, "tls") from None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ServerUnreachable(self.spec.name, f"websocket: {type(exc).__name__}") from None
+
+
+def new_client_id() -> str:
+    return f"comfyctl-{uuid.uuid4().hex}"
+
+
+def new_prompt_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _quote(text: str) -> str:
+    return quote(text, safe="")
+
+
+def _connection_reason(exc: requests.exceptions.ConnectionError) -> str:
+    text = str(exc)
+    if "refused" in text.lower():
+        return "refused"
+    if "reset" in text.lower() or "aborted" in text.lower() or "RemoteDisconnected" in text:
+        return "reset"
+    if "Name or service not known" in text or "getaddrinfo" in text or "resolve" in text:
+        return "dns"
+    return "connection failed"
+
+
+def _queue_items(raw: Any) -> list[QueueItem]:
+    items = []
+    for entry in raw if isinstance(raw, list) else []:
+        if isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[1], str):
+            extra = entry[3] if len(entry) > 3 and isinstance(entry[3], dict) else {}
+            number = entry[0] if isinstance(entry[0], (int, float)) else 0
+            items.append(QueueItem(int(number), entry[1], extra.get("client_id")))
+    return items

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from comfyctl.commands.follow import FollowOptions, follow
+from comfyctl.context import AppContext
+from comfyctl.errors import UsageProblem
+from comfyctl.ledger import Ledger
+
+DEMO_WORKFLOW = {
+    "1": {"class_type": "EmptyImage",
+          "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 3355443}},
+    "2": {"class_type": "SlowProgress",
+          "inputs": {"image": ["1", 0], "steps": 20, "seconds_per_step": 0.1, "seed": 0}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "demo"}},
+}
+
+
+@click.command("demo")
+@click.option("--jobs", type=click.IntRange(1, 50), default=6, show_default=True,
+              help="How many jobs to spread over the two emulated servers.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Sampling steps per job (0.1 s each on the emulator).")
+@click.pass_obj
+def command(app: AppContext, jobs: int, steps: int) -> None:
+    """Try comfyctl on two emulated ComfyUI servers, no GPU needed.
+
+    Starts two copies of the bundled ComfyUI emulator on free loopback ports, submits
+    a few jobs spread over both (each bound to the server that runs it), follows them
+    with live progress, then prints the resulting history. Uses a temporary ledger
+    unless --ledger is given.
+
+    \b
+    Examples:
+      comfyctl demo
+      comfyctl --ledger demo.json demo --jobs 10 && comfyctl --ledger demo.json history
+    """
+    try:
+        from comfyctl.emulator import Emulator
+    except ImportError:
+        raise UsageProblem("The demo needs the emulator extra.",
+                           "Install it with: pip install 'comfyctl[emulator]'.") from None
+    from comfyctl.commands.history import _print
+    from comfyctl.config import ServerSpec
+    from comfyctl.submission import Submitter
+
+    with tempfile.TemporaryDirectory(prefix="comfyctl-demo-") as tmp:
+        if app.ledger_path is None:
+            app._ledger = Ledger(Path(tmp) / "ledger.json")
+        emulators = [Emulator(output_dir=str(Path(tmp) / f"out{i}")).start() for i in (1, 2)]
+        try:
+            specs = [ServerSpec(name=f"emulator-{i}", url=emu.url, configured=False)
+                     for i, emu in enumerate(emulators, 1)]
+            for spec in specs:
+                click.echo(f"comfyctl: started {spec.name} at {spec.url}", err=True)
+            submitter = Submitter(app.ledger, app.client)
+            graph = {**DEMO_WORKFLOW, "2": {**DEMO_WORKFLOW["2"], "inputs": {
+                **DEMO_WORKFLOW["2"]["inputs"], "steps": steps}}}
+            records = []
+            for n in range(jobs):
+                spec = specs[n % 2]
+                job = {**graph, "2": {**graph["2"], "inputs": {**graph["2"]["inputs"],
+                                                                  "seed": n}}}
+                records.append(submitter.submit(job, spec, {"demo": str(n)}).record)
+                click.echo(f"comfyctl: submitted {records[-1]['prompt_id']} to {spec.name}",
+                           err=True)
+            follow(app, records, FollowOptions(timeout=300, stall_timeout=None,
+                                               fail_on_stall=False, poll_interval=1.0,
+                                               download_dir=None, overwrite=False,
+                                               no_websocket=False))
+            ids = {r["prompt_id"] for r in records}
+            final = [r for r in app.ledger.load().values() if r["prompt_id"] in ids]
+            click.echo("", err=True)
+            _print(app, sorted(final, key=lambda r: r["submitted_at"], reverse=True),
+                   "table", single=False)
+        finally:
+            for emu in emulators:
+                emu.stop()

@@ -1,0 +1,127 @@
+"""Following jobs to the end, shared by ``watch`` and ``submit --wait``."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from comfyctl.context import AppContext
+from comfyctl.errors import ComfyctlError, ExitCode, ProblemsFound, TaskFailed, WaitTimeout
+from comfyctl.ledger import Record
+from comfyctl.records import FAILED, SUCCESS, TERMINAL
+from comfyctl.render import LiveArea, event_json, state_line
+
+
+@dataclass
+class FollowOptions:
+    timeout: float | None
+    stall_timeout: float | None
+    fail_on_stall: bool
+    poll_interval: float
+    download_dir: str | None
+    overwrite: bool
+    no_websocket: bool
+    fmt: str = "text"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], fmt: str) -> FollowOptions:
+        names = ("timeout", "stall_timeout", "fail_on_stall", "poll_interval",
+                 "download_dir", "overwrite", "no_websocket")
+        return cls(**{n: params[n] for n in names}, fmt=fmt)
+
+
+class _StallExit(Exception):
+    pass
+
+
+def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
+    """Watch ``records`` until each is terminal; raise the documented error otherwise."""
+    from comfyctl.download import download_outputs
+    from comfyctl.submission import settle_submitting
+    from comfyctl.tracker import Tracker, TrackerEvent, WatchOptions
+
+    settle_submitting(app.ledger, app.client_for_record, records)
+    out = click.get_text_stream("stdout")
+    live = LiveArea(sys.stderr, app.color) if sys.stderr.isatty() else None
+    stalled: list[Record] = []
+
+    def emit(line: str) -> None:
+        if live is not None:
+            live.print_above(line, out)
+        else:
+            out.write(line + "\n")
+            out.flush()
+
+    def on_event(event: TrackerEvent) -> None:
+        record = event.record
+        if opts.fmt == "json":
+            emit(event_json(event.kind, record, event.server, event.detail))
+        elif event.kind in ("state", "stalled") and record is not None:
+            emit(state_line(record, event.detail if event.kind == "stalled" else None))
+        elif event.kind == "server":
+            click.echo(f"comfyctl: server {event.server} is {event.detail}", err=True)
+        if record is not None and live is not None:
+            live.update(record, force=event.kind == "state")
+        if event.kind == "stalled" and record is not None:
+            stalled.append(record)
+            if opts.fail_on_stall:
+                raise _StallExit
+        if event.kind == "state" and record is not None and record["status"] == SUCCESS \
+                and opts.download_dir:
+            _download(app, record, Path(opts.download_dir), opts.overwrite, download_outputs)
+
+    # Already finished jobs are reported at once, from the ledger.
+    for record in records:
+        if record["status"] in TERMINAL:
+            on_event(TrackerEvent("state", record))
+    tracker = Tracker(
+        app.ledger, [r for r in records if r["status"] not in TERMINAL], app.client_for_record,
+        WatchOptions(poll_interval=opts.poll_interval, timeout=opts.timeout,
+                     stall_timeout=opts.stall_timeout, use_websocket=not opts.no_websocket),
+        on_event,
+    )
+    try:
+        tracker.run()
+    except TimeoutError:
+        raise WaitTimeout(f"Timed out; still running: {_where(tracker.active())}.") from None
+    except _StallExit:
+        raise ProblemsFound(f"Stalled: {_where(stalled)}.",
+                            "Inspect with 'comfyctl history ID' or cancel it.") from None
+    except KeyboardInterrupt:
+        raise Interrupted(f"Interrupted; still running: {_where(tracker.active())}.",
+                          "Resume with 'comfyctl watch'.") from None
+    finally:
+        if live is not None:
+            live.close()
+    failed = [r for r in records if r["status"] in FAILED]
+    if failed:
+        raise TaskFailed(f"{len(failed)} of {len(records)} job(s) did not succeed: "
+                         f"{_where(failed, with_status=True)}.")
+
+
+class Interrupted(ComfyctlError):
+    exit_code = ExitCode.INTERRUPTED
+
+
+def _where(records: list[Record], with_status: bool = False) -> str:
+    if not records:
+        return "none"
+    parts = [f"{r['prompt_id']} on {r['server']}" + (f" ({r['status']})" if with_status else "")
+             for r in records[:10]]
+    more = f" and {len(records) - 10} more" if len(records) > 10 else ""
+    return ", ".join(parts) + more
+
+
+def _download(app: AppContext, record: Record, root: Path, overwrite: bool, fetch: Any) -> None:
+    try:
+        results = fetch(app.client_for_record(record), record, root, overwrite)
+    except ComfyctlError as exc:
+        click.echo(f"comfyctl: download for {record['prompt_id']} failed: {exc}", err=True)
+        return
+    for path, what in results:
+        if what == "exists":
+            click.echo(f"comfyctl: {path} exists, not overwritten (use --overwrite)", err=True)

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from comfyctl.context import AppContext
+from comfyctl.errors import ComfyctlError, ServerUnreachable, TaskNotFound, UsageProblem
+from comfyctl.ledger import Record
+from comfyctl.options import complete_prompt_ids, output_format, server_option
+from comfyctl.records import ACTIVE, STATUSES, TERMINAL, apply, parse_time
+from comfyctl.render import (
+    HISTORY_COLUMNS,
+    RECORD_SCHEMA,
+    csv_text,
+    history_rows,
+    record_json,
+    table,
+)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise UsageProblem(f"{text!r} is not a duration.", "Use e.g. 90s, 15m, 2h, 7d.")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_since(text: str) -> datetime:
+    if _DURATION.match(text.strip()):
+        return datetime.now(timezone.utc) - parse_duration(text)
+    moment = parse_time(text)
+    if moment is None:
+        raise UsageProblem(f"--since {text!r} is neither a duration nor a date.",
+                           "Use e.g. 2h, 7d or 2026-11-30T12:00.")
+    return moment
+
+
+@click.command("history")
+@click.argument("prompt_id", required=False, shell_complete=complete_prompt_ids)
+@server_option("Only jobs bound to this server (repeatable).")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+              help="Only jobs with this status (repeatable).")
+@click.option("--since", metavar="DURATION|DATE",
+              help="Only jobs submitted since then (e.g. 2h, 7d, 2026-11-30).")
+@click.option("--label", "label_filters", multiple=True, metavar="KEY=VALUE",
+              help="Only jobs carrying this label (repeatable: all must match).")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N jobs.")
+@output_format("json", "nl", "csv")
+@click.option("--outputs", "list_outputs", is_flag=True,
+              help="Print output URLs, one per line (each on its job's own server).")
+@click.option("--download", "download_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Save the selected jobs' outputs to DIR/<server>/<subfolder>/<file>.")
+@click.option("--overwrite", is_flag=True, help="With --download, replace existing files.")
+@click.option("--refresh/--no-refresh", default=None,
+              help="Ask each job's bound server first (default: on for one id, off for lists).")
+@click.option("--prune", is_flag=True, help="Remove old finished records (needs --older-than).")
+@click.option("--older-than", metavar="DURATION", help="With --prune: records older than this.")
+@click.pass_obj
+def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
+            statuses: tuple[str, ...], since: str | None, label_filters: tuple[str, ...],
+            limit: int | None, fmt: str, list_outputs: bool, download_dir: str | None,
+            overwrite: bool, refresh: bool | None, prune: bool, older_than: str | None) -> None:
+    """List jobs from the ledger, newest first, or show one job in full.
+
+    Without an id: a table of jobs (short id, server, status, progress, submitted,
+    age, outputs, labels), filtered by --server, --status, --since and --label.
+    With an id: the full record, refreshed first from the job's bound server.
+
+    \b
+    Examples:
+      comfyctl history --status running --server gpu1
+      comfyctl history --since 2h --json | jq '.tasks[].prompt_id'
+      comfyctl history 3f2c9a1e-... --outputs | xargs -n1 curl -sO
+      comfyctl history --prune --older-than 30d
+    """
+    if prune:
+        return _prune(app, older_than, statuses)
+    if older_than:
+        raise UsageProblem("--older-than only goes with --prune.")
+    ledger = app.ledger.load()
+    if prompt_id is not None:
+        record = _find(ledger, prompt_id)
+        if refresh is not False:
+            record = refresh_records(app, [record])[0]
+        records = [record]
+    else:
+        records = select(app, list(ledger.values()), servers, statuses, since, label_filters)
+        if refresh:
+            active = [r for r in records if r["status"] in ACTIVE]
+            fresh = {r["prompt_id"]: r for r in refresh_records(app, active)}
+            records = [fresh.get(r["prompt_id"], r) for r in records]
+        records = records[:limit] if limit else records
+    if download_dir:
+        _download_all(app, records, Path(download_dir), overwrite)
+    if list_outputs:
+        for record in records:
+            for output in record.get("outputs") or []:
+                click.echo(output["url"])
+        return
+    _print(app, records, fmt, single=prompt_id is not None)
+
+
+def _find(ledger: dict[str, Record], prompt_id: str) -> Record:
+    if prompt_id in ledger:
+        return ledger[prompt_id]
+    matches = [pid for pid in ledger if pid.startswith(prompt_id)] if len(prompt_id) >= 4 else []
+    if len(matches) == 1:
+        return ledger[matches[0]]
+    if len(matches) > 1:
+        raise UsageProblem(f"{prompt_id!r} matches {len(matches)} jobs; give more of the id.")
+    raise TaskNotFound(prompt_id)
+
+
+def select(app: AppContext, records: list[Record], servers: tuple[str, ...],
+           statuses: tuple[str, ...], since: str | None,
+           label_filters: tuple[str, ...]) -> list[Record]:
+    if servers:
+        wanted = {spec.url for spec in app.servers(servers)}
+        names = set(servers)
+        records = [r for r in records if r["server_url"] in wanted or r["server"] in names]
+    if statuses:
+        records = [r for r in records if r["status"] in statuses]
+    if since:
+        cutoff = parse_since(since).isoformat(timespec="milliseconds")
+        records = [r for r in records if (r.get("submitted_at") or "") >= cutoff]
+    for pair in label_filters:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageProblem(f"--label {pair!r} is not KEY=VALUE.")
+        records = [r for r in records if (r.get("labels") or {}).get(key) == value]
+    return sorted(records, key=lambda r: r.get("submitted_at") or "", reverse=True)
+
+
+def refresh_records(app: AppContext, records: list[Record]) -> list[Record]:
+    """Ask each job's bound server about it: one round per server, all servers at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from comfyctl.submission import settle_submitting
+
+    settle_submitting(app.ledger, app.client_for_record, records)
+    by_server: dict[str, list[Record]] = {}
+    for record in records:
+        if record["status"] not in TERMINAL or record["prompt_id"] == records[0]["prompt_id"]:
+            by_server.setdefault(record["server_url"], []).append(record)
+
+    def ask(group: list[Record]) -> dict[str, Any]:
+        try:
+            return app.client_for_record(group[0]).snapshot([r["prompt_id"] for r in group])
+        except ServerUnreachable as exc:
+            click.echo(f"comfyctl: {exc} Showing the ledger's view of its jobs.", err=True)
+            return {}
+
+    with ThreadPoolExecutor(max_workers=max(1, len(by_server))) as pool:
+        answers = [obs for found in pool.map(ask, by_server.values()) for obs in found.values()]
+    if answers:
+        with app.ledger.transaction() as tasks:
+            for obs in answers:
+                stored = tasks.get(obs.prompt_id)
+                if stored is not None and apply(stored, obs):
+                    tasks.put(stored)
+        fresh = app.ledger.load()
+        return [fresh.get(r["prompt_id"], r) for r in records]
+    return records
+
+
+def _print(app: AppContext, records: list[Record], fmt: str, single: bool) -> None:
+    if fmt == "json":
+        doc: Any = record_json(records[0]) if single else {
+            **RECORD_SCHEMA, "schema": "comfyctl.task-list",
+            "tasks": [record_json(r) for r in records]}
+        click.echo(json.dumps(doc, indent=2))
+    elif fmt == "nl":
+        for record in records:
+            click.echo(json.dumps(record_json(record)))
+    elif fmt == "csv":
+        click.echo(csv_text(records), nl=False)
+    elif single:
+        click.echo(_detail(records[0]))
+    elif records:
+        click.echo(table(HISTORY_COLUMNS, history_rows(records, app.color)))
+    else:
+        click.echo("comfyctl: no jobs match.", err=True)
+
+
+def _detail(record: Record) -> str:
+    lines = []
+    for key in ("prompt_id", "server", "server_url", "status", "number", "submitted_at",
+                "started_at", "finished_at", "resubmitted_from", "superseded_by", "workflow"):
+        if record.get(key) is not None:
+            lines.append(f"{key + ':':<17} {record[key]}")
+    progress = record.get("progress")
+    if progress:
+        lines.append(f"{'progress:':<17} {progress.get('percent', 0):.2f}% "
+                     f"({progress.get('value')}/{progress.get('max')}, node {progress.get('node')},"
+                     f" at {progress.get('updated_at')})")
+    if record.get("labels"):
+        lines.append(f"{'labels:':<17} " + ", ".join(f"{k}={v}" for k, v in
+                                                      sorted(record["labels"].items())))
+    if record.get("error"):
+        err = record["error"]
+        where = f" at node {err.get('node_id')} ({err.get('node_type')})" if err.get("node_id") \
+            else ""
+        lines.append(f"{'error:':<17} {err.get('type')}: {err.get('message')}{where}")
+    for warning in record.get("warnings") or []:
+        lines.append(f"{'warning:':<17} {warning}")
+    for output in record.get("outputs") or []:
+        lines.append(f"{'output:':<17} {output['url']}")
+    return "\n".join(lines)
+
+
+def _download_all(app: AppContext, records: list[Record], root: Path, overwrite: bool) -> None:
+    from comfyctl.download import download_outputs
+
+    for record in records:
+        if not record.get("outputs"):
+            continue
+        try:
+            for path, what in download_outputs(app.client_for_record(record), record, root,
+                                               overwrite):
+                click.echo(f"comfyctl: {what}: {path}", err=True)
+        except ComfyctlError as exc:
+            click.echo(f"comfyctl: download for {record['prompt_id']} failed: {exc}", err=True)
+
+
+def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...]) -> None:
+    if not older_than:
+        raise UsageProblem("--prune needs --older-than DURATION (e.g. 30d).")
+    cutoff = (datetime.now(timezone.utc) - parse_duration(older_than)).isoformat(
+        timespec="milliseconds")
+    wanted = set(statuses) or set(TERMINAL)
+    removed = []
+    with app.ledger.transaction() as tasks:
+        for record in tasks.values():
+            stamp = record.get("finished_at") or record.get("updated_at") or ""
+            if record["status"] in TERMINAL and record["status"] in wanted and stamp < cutoff:
+                tasks.remove(record["prompt_id"])
+                removed.append(record)
+        referenced = {r.get("workflow") for r in tasks.records.values() if r.get("workflow")}
+    workflows = app.ledger.prune_workflows({str(r) for r in referenced})
+    for record in removed:
+        click.echo(record["prompt_id"])
+    click.echo(f"comfyctl: pruned {len(removed)} record(s) and {len(workflows)} stored "
+               "workflow(s).", err=True)

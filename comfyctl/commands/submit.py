@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+import random
+import sys
+from typing import Any
+
+import click
+
+from comfyctl.commands.follow import FollowOptions, follow
+from comfyctl.context import AppContext
+from comfyctl.errors import ServerUnreachable, UsageProblem, WorkflowInvalid, WorkflowRejected
+from comfyctl.options import server_option, watch_options
+from comfyctl.render import SUBMIT_SCHEMA
+
+
+def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key.strip():
+            raise UsageProblem(f"--label {value!r} is not KEY=VALUE.")
+        labels[key.strip()] = val
+    return labels
+
+
+def read_workflow(source: str) -> dict[str, Any]:
+    from comfyctl.submission import parse_workflow
+
+    if source == "-":
+        return parse_workflow(sys.stdin.buffer.read(), "stdin")
+    try:
+        with open(source, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise WorkflowInvalid(f"Cannot read {source}: {exc.strerror or exc}.") from None
+    return parse_workflow(raw, source)
+
+
+@click.command("submit")
+@click.argument("workflow", metavar="WORKFLOW", type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="NODE.INPUT=VALUE",
+              help="Override one input (repeatable). VALUE is JSON when it parses, else text.")
+@click.option("--count", "-n", type=click.IntRange(min=1, max=10000), default=1,
+              show_default=True, help="Submit this many copies, each with its own prompt_id.")
+@click.option("--vary-seed", is_flag=True,
+              help="Give each copy a new random value for every seed/noise_seed input.")
+@server_option("Server name or URL (repeatable). With several, each job goes to the reachable "
+               "server with the shortest queue (ties: the order given).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Store a label with the job (repeatable); filter on it in history.")
+@click.option("--json", "fmt", flag_value="json", default=False,
+              help="Print one JSON object per job (and with --wait, JSON events).")
+@click.option("--wait", is_flag=True, help="Then follow the jobs exactly as 'watch' does.")
+@watch_options
+@click.pass_obj
+def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: int,
+            vary_seed: bool, servers: tuple[str, ...], labels: tuple[str, ...],
+            fmt: str | bool, wait: bool, **params: Any) -> None:
+    """Submit an API-format workflow, binding each job to the server that runs it.
+
+    WORKFLOW is a file in ComfyUI API format ({node_id: {class_type, inputs}}) or '-'
+    for stdin. Each job is written to the ledger before it is sent, so a crash never
+    loses it. stdout gets one prompt_id per line, printed the moment the job is
+    accepted (or one JSON object per job with --json); messages go to stderr.
+
+    \b
+    Examples:
+      comfyctl submit wf.json -s gpu1
+      comfyctl submit wf.json -s gpu1 -s gpu2 --count 8 --vary-seed --label batch=7
+      comfyctl submit wf.json --set 6.text='"a red fox"' --wait --download out/
+      comfyctl submit wf.json | comfyctl watch -
+    """
+    from comfyctl.submission import Submitter, apply_overrides, vary_seeds
+
+    label_map = parse_labels(labels)
+    graph = apply_overrides(read_workflow(workflow), list(overrides))
+    specs = app.servers(servers)
+    submitter = Submitter(app.ledger, app.client)
+    queue_len = submitter.queue_lengths(specs) if len(specs) > 1 else {specs[0].url: 0}
+    if all(v is None for v in queue_len.values()):
+        raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
+    rng = random.SystemRandom()
+    out = click.get_text_stream("stdout")
+    submitted = []
+    for _ in range(count):
+        job_graph = vary_seeds(graph, rng) if vary_seed else graph
+        result = None
+        while result is None:
+            usable = [s for s in specs if queue_len.get(s.url) is not None]
+            if not usable:
+                raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
+            spec = min(usable, key=lambda s: queue_len[s.url])  # min() keeps the given order
+            try:
+                result = submitter.submit(job_graph, spec, label_map)
+            except ServerUnreachable as exc:
+                if len(specs) == 1:
+                    raise
+                click.echo(f"comfyctl: {exc} Trying another server.", err=True)
+                queue_len[spec.url] = None
+            except WorkflowRejected as exc:
+                _explain_rejection(exc)
+                raise
+        queue_len[spec.url] = (queue_len[spec.url] or 0) + 1
+        record = result.record
+        for warning in result.warnings:
+            click.echo(f"comfyctl: warning: {record['prompt_id']}: {warning}", err=True)
+        if fmt == "json":
+            out.write(json.dumps({**SUBMIT_SCHEMA, "prompt_id": record["prompt_id"],
+                                  "server": record["server"], "server_url": record["server_url"],
+                                  "status": record["status"], "number": record["number"],
+                                  "labels": record["labels"]}) + "\n")
+        else:
+            out.write(record["prompt_id"] + "\n")
+        out.flush()
+        submitted.append(record)
+    if wait:
+        follow(app, submitted, FollowOptions.from_params(params, "json" if fmt else "text"))
+
+
+def _explain_rejection(exc: WorkflowRejected) -> None:
+    from comfyctl.submission import node_error_lines
+
+    for node, line in node_error_lines(exc.node_errors):
+        click.echo(f"comfyctl: node {node}: {line}", err=True)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import click
+
+from comfyctl.commands.follow import FollowOptions, follow
+from comfyctl.context import AppContext
+from comfyctl.errors import TaskNotFound, UsageProblem
+from comfyctl.options import complete_prompt_ids, watch_options
+from comfyctl.records import ACTIVE
+
+
+@click.command("watch")
+@click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...|-]",
+                shell_complete=complete_prompt_ids)
+@watch_options
+@click.option("--json", "fmt", flag_value="json", default=False,
+              help="Print newline-delimited JSON events, one per line, flushed as they happen.")
+@click.pass_obj
+def command(app: AppContext, prompt_ids: tuple[str, ...], fmt: str | bool, **params: object) \
+        -> None:
+    """Follow jobs to the end, each on its own bound server.
+
+    Progress comes over each job's WebSocket (connected as the client_id it was
+    submitted with); each server is also polled, and HTTP is the source of truth.
+    With no ids, every unfinished job in the ledger is followed; '-' reads ids
+    from stdin. stdout gets one line per state change (or --json events); a live
+    progress area is drawn on stderr when it is a terminal.
+
+    \b
+    Examples:
+      comfyctl watch 3f2c9a1e-...                    # one job
+      comfyctl submit wf.json --count 4 | comfyctl watch - --download out/
+      comfyctl watch --timeout 600 --json | jq -r .status
+    """
+    ids = list(prompt_ids)
+    if "-" in ids:
+        ids.remove("-")
+        ids.extend(line.strip() for line in click.get_text_stream("stdin") if line.strip())
+    ledger = app.ledger.load()
+    if ids:
+        records = []
+        for pid in dict.fromkeys(ids):
+            if pid not in ledger:
+                raise TaskNotFound(pid)
+            records.append(ledger[pid])
+    elif prompt_ids:  # '-' given, but stdin was empty
+        raise UsageProblem("No prompt ids on stdin.", "Pipe ids from 'comfyctl submit'.")
+    else:
+        records = [r for r in ledger.values() if r["status"] in ACTIVE]
+        if not records:
+            click.echo("comfyctl: no unfinished jobs in the ledger.", err=True)
+            return
+    follow(app, records, FollowOptions.from_params(params, "json" if fmt == "json" else "text"))

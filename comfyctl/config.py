@@ -1,0 +1,251 @@
+"""Server definitions and the TOML config file.
+
+A config file looks like::
+
+    default_server = "gpu1"
+
+    [servers.gpu1]
+    url = "https://gpu1.example.com/comfy"   # http(s), host, port, optional path prefix
+    headers = { "X-Team" = "render" }
+    username = "alice"
+    password = "${GPU1_PASSWORD}"             # ${VAR} is read from the environment
+    token = "${GPU1_TOKEN}"                    # appended as ?token=... to HTTP and WebSocket URLs
+    verify = true                              # false, or a CA bundle path
+    timeout = 10                               # read timeout, seconds
+    connect_timeout = 3
+
+Wherever a server name is accepted a bare URL works too. Secrets (password, token,
+header values) live only in ``ServerSpec`` objects; nothing here ever renders them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from comfyctl.errors import ConfigError, UnknownServer
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 3.0
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SERVER_KEYS = {
+    "url", "headers", "username", "password", "token", "token_param",
+    "verify", "timeout", "connect_timeout",
+}
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything needed to talk to one server. ``url`` is canonical and secret-free."""
+
+    name: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    token_param: str = "token"
+    verify: bool | str = True
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    configured: bool = True
+
+    def public(self) -> dict[str, Any]:
+        """A description safe to print: secrets appear only as 'set'."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "configured": self.configured,
+            "headers": sorted(self.headers),
+            "basic_auth": self.username is not None,
+            "token": "set" if self.token else None,
+            "verify": self.verify,
+            "timeout": self.timeout,
+            "connect_timeout": self.connect_timeout,
+        }
+
+    def secrets(self) -> list[str]:
+        values = [self.password, self.token, *self.headers.values()]
+        return [v for v in values if v and len(v) >= 4]
+
+
+def canonical_url(raw: str) -> str:
+    """Normalise a server URL: lower-case scheme and host, no default port, no trailing
+    slash, no query, fragment or credentials. Raises ConfigError when it is not usable."""
+    text = raw.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"Invalid server URL {_redact_userinfo(raw)!r}: {exc}.") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ConfigError(
+            f"Invalid server URL {_redact_userinfo(raw)!r}: the scheme must be http or https."
+        )
+    if not parts.hostname:
+        raise ConfigError(f"Invalid server URL {_redact_userinfo(raw)!r}: it names no host.")
+    scheme = parts.scheme.lower()
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = {"http": 80, "https": 443}[scheme]
+    netloc = host if port in (None, default_port) else f"{host}:{port}"
+    path = quote(parts.path.rstrip("/"), safe="/%:@!$&'()*+,;=-._~")
+    return urlunsplit((scheme, netloc, path, "", ""))
+
+
+def _redact_userinfo(raw: str) -> str:
+    return re.sub(r"//[^/@]*@", "//***@", raw)
+
+
+def _expand(value: Any, where: str) -> Any:
+    """Replace ${VAR} with the environment's value; a missing variable is a config error."""
+    if not isinstance(value, str):
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(
+                f"{where} refers to ${{{name}}}, which is not set in the environment.",
+                f"Export {name} or edit the config file.",
+            )
+        return os.environ[name]
+
+    return _ENV_REF.sub(sub, value)
+
+
+def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> ServerSpec:
+    where = f"Server {name!r} in the config"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table with at least url = \"http://host:port\".")
+    unknown = set(table) - _SERVER_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown keys: {', '.join(sorted(unknown))}.",
+            f"Known keys: {', '.join(sorted(_SERVER_KEYS))}.",
+        )
+    merged = {**defaults, **table}
+    if "url" not in merged or not isinstance(merged["url"], str):
+        raise ConfigError(f"{where} needs url = \"http://host:port\".")
+    raw_url = _expand(merged["url"], where)
+    username, password = merged.get("username"), merged.get("password")
+    userinfo = urlsplit(raw_url if "://" in raw_url else "http://" + raw_url)
+    if userinfo.username and username is None:  # credentials written inside the URL
+        username, password = userinfo.username, userinfo.password
+    headers = merged.get("headers", {})
+    if not isinstance(headers, dict):
+        raise ConfigError(f"{where}: headers must be a table of strings.")
+    verify = merged.get("verify", True)
+    if not isinstance(verify, (bool, str)):
+        raise ConfigError(f"{where}: verify must be true, false or a CA bundle path.")
+    try:
+        timeout = float(merged.get("timeout", DEFAULT_TIMEOUT))
+        fallback = min(timeout, DEFAULT_CONNECT_TIMEOUT)
+        connect_timeout = float(merged.get("connect_timeout", fallback))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: timeout and connect_timeout must be numbers.") from None
+    if timeout <= 0 or connect_timeout <= 0:
+        raise ConfigError(f"{where}: timeouts must be positive.")
+    return ServerSpec(
+        name=name,
+        url=canonical_url(raw_url),
+        headers={str(k): str(_expand(v, where)) for k, v in headers.items()},
+        username=_expand(username, where),
+        password=_expand(password, where),
+        token=_expand(merged.get("token"), where) or None,
+        token_param=str(merged.get("token_param", "token")),
+        verify=_expand(verify, where),
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+    )
+
+
+@dataclass
+class Config:
+    path: Path | None = None
+    servers: dict[str, ServerSpec] = field(default_factory=dict)
+    default_server: str | None = None
+
+    @classmethod
+    def load(cls, path: Path, required: bool = False) -> Config:
+        """Read the config file; a missing file gives an empty config unless ``required``."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            if required:
+                raise ConfigError(f"Config file {path} does not exist.") from None
+            return cls(path=None)
+        except OSError as exc:
+            raise ConfigError(f"Config file {path} is unreadable: {exc.strerror}.") from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path | None = None) -> Config:
+        tables = data.get("servers", {})
+        if not isinstance(tables, dict):
+            raise ConfigError("The config's [servers] must be a table of named servers.")
+        defaults = data.get("defaults", {})
+        if not isinstance(defaults, dict):
+            raise ConfigError("The config's [defaults] must be a table.")
+        servers = {name: _server_from_table(name, t, defaults) for name, t in tables.items()}
+        default = data.get("default_server")
+        if default is not None and not isinstance(default, str):
+            raise ConfigError("default_server must be a server name or URL.")
+        return cls(path=path, servers=servers, default_server=default)
+
+    def resolve(self, name_or_url: str) -> ServerSpec:
+        """A configured server by name, or by URL (matching a configured one when it can)."""
+        if name_or_url in self.servers:
+            return self.servers[name_or_url]
+        if not _looks_like_url(name_or_url):
+            raise UnknownServer(
+                f"Unknown server {name_or_url!r}.",
+                self._known_hint(),
+            )
+        try:
+            url = canonical_url(name_or_url)
+        except ConfigError as exc:
+            raise UnknownServer(exc.message, self._known_hint()) from None
+        for spec in self.servers.values():
+            if spec.url == url:
+                return spec
+        return ServerSpec(name=server_name_for_url(url), url=url, configured=False)
+
+    def default(self, env_value: str | None = None) -> ServerSpec | None:
+        chosen = env_value or self.default_server
+        if chosen:
+            return self.resolve(chosen)
+        if len(self.servers) == 1:
+            return next(iter(self.servers.values()))
+        return None
+
+    def _known_hint(self) -> str:
+        if not self.servers:
+            return "No servers are configured; pass a URL such as http://127.0.0.1:8188."
+        return f"Configured servers: {', '.join(sorted(self.servers))}; a URL works too."
+
+
+def _looks_like_url(text: str) -> bool:
+    return "://" in text or bool(re.match(r"^[\w.\-\[\]:]+:\d+(/.*)?$", text))
+
+
+def server_name_for_url(url: str) -> str:
+    """The name a bare URL is known by in the ledger: its host[:port][/prefix]."""
+    return url.split("://", 1)[1]

@@ -1,0 +1,96 @@
+"""The per-invocation context: paths and settings, with config, ledger and clients made lazily.
+
+Building it costs nothing (no file or network access), so --help and completion stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from comfyctl.config import Config, ServerSpec
+from comfyctl.errors import UsageProblem
+from comfyctl.ledger import Ledger, Record
+
+if TYPE_CHECKING:
+    from comfyctl.client import ServerClient
+
+APP_NAME = "comfyctl"
+
+
+def default_config_path() -> Path:
+    from platformdirs import user_config_path
+
+    return user_config_path(APP_NAME) / "config.toml"
+
+
+def default_ledger_path() -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path(APP_NAME) / "ledger.json"
+
+
+@dataclass
+class AppContext:
+    config_path: Path | None = None
+    config_required: bool = False
+    ledger_path: Path | None = None
+    verbose: int = 0
+    color: bool = True
+    _config: Config | None = field(default=None, repr=False)
+    _ledger: Ledger | None = field(default=None, repr=False)
+    _clients: dict[str, ServerClient] = field(default_factory=dict, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            path = self.config_path or default_config_path()
+            self._config = Config.load(path, required=self.config_required)
+        return self._config
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger(self.ledger_path or default_ledger_path())
+        return self._ledger
+
+    def client(self, spec: ServerSpec) -> ServerClient:
+        from comfyctl.client import ServerClient
+
+        if spec.url not in self._clients:
+            self._clients[spec.url] = ServerClient(spec)
+        return self._clients[spec.url]
+
+    def spec_for_record(self, record: Record) -> ServerSpec:
+        """The job's bound server. The binding is the URL recorded at submit; the config
+        only contributes credentials and timeouts for that same URL."""
+        url = record["server_url"]
+        named = self.config.servers.get(record["server"])
+        if named is not None and named.url == url:
+            return named
+        for spec in self.config.servers.values():
+            if spec.url == url:
+                return spec
+        return ServerSpec(name=record["server"], url=url, configured=False)
+
+    def client_for_record(self, record: Record) -> ServerClient:
+        return self.client(self.spec_for_record(record))
+
+    def servers(self, names: tuple[str, ...] | list[str]) -> list[ServerSpec]:
+        """The servers named on the command line, else the default one."""
+        if names:
+            specs: dict[str, ServerSpec] = {}
+            for name in names:
+                spec = self.config.resolve(name)
+                specs.setdefault(spec.url, spec)
+            return list(specs.values())
+        default = self.config.default(os.environ.get("COMFYCTL_SERVER"))
+        if default is None:
+            raise UsageProblem(
+                "No server given and no default server is configured.",
+                "Pass --server NAME|URL, set COMFYCTL_SERVER, or set default_server in "
+                f"{self.config_path or default_config_path()}.",
+            )
+        return [default]

@@ -1,0 +1,525 @@
+"""The emulator's node catalogue: input specs (``/object_info`` and validation) and what
+each node does when it runs.
+
+Test nodes (``SlowProgress``, ``FailAtStep``) match the ``comfyctl_test_nodes`` package the
+protocol captures were recorded with; ``EmptyImage``, ``SaveImage`` and ``PreviewImage``
+match ComfyUI's core nodes; a handful of common core classes (checkpoint loader, text
+encoder, sampler, VAE...) are accepted as pass-through so users' typical workflows run.
+Values flowing between nodes are small stand-ins (:class:`Image`, :class:`Latent`,
+strings for models), never tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from comfyctl.emulator.images import encode_jpeg, rgb_from_int
+
+#: Placeholder in a combo position: replaced by the files of the input directory.
+INPUT_FILES = "__input_files__"
+
+#: seconds_per_step of nodes that report progress but have no such input (KSampler).
+SAMPLER_SECONDS_PER_STEP = 0.05
+
+
+@dataclass(frozen=True)
+class Image:
+    width: int
+    height: int
+    batch: int
+    color: int
+
+    def __str__(self) -> str:
+        return f"IMAGE(batch={self.batch}, {self.width}x{self.height}, color=#{self.color:06x})"
+
+
+@dataclass(frozen=True)
+class Latent:
+    width: int
+    height: int
+    batch: int
+
+    def __str__(self) -> str:
+        return f"LATENT(batch={self.batch}, {self.width}x{self.height})"
+
+
+class NodeContext(Protocol):
+    """What a running node may do (implemented by the execution engine)."""
+
+    node_id: str
+    input_dir: Path
+
+    def steps(self, steps: int) -> int: ...
+
+    def seconds_per_step(self, seconds: float) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    async def stall(self, seconds: float, interruptible: bool) -> None: ...
+
+    async def progress(self, value: int, total: int, preview: bytes | None = None) -> None: ...
+
+    def save_images(self, image: Image, filename_prefix: str, kind: str) -> list[dict[str, str]]: ...
+
+
+NodeOutput = tuple[tuple[Any, ...], "dict[str, Any] | None"]
+NodeFunction = Callable[[NodeContext, dict[str, Any]], Awaitable[NodeOutput]]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    display_name: str
+    category: str
+    run: NodeFunction
+    description: str = ""
+    python_module: str = "nodes"
+    required: dict[str, list[Any]] = field(default_factory=dict)
+    optional: dict[str, list[Any]] = field(default_factory=dict)
+    hidden: dict[str, str] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+    output_names: tuple[str, ...] | None = None
+    output_tooltips: tuple[str, ...] | None = None
+    output_node: bool = False
+
+    def input_spec(self, name: str) -> tuple[Any, str, dict[str, Any]] | None:
+        """(type, category, options) of an input, like ComfyUI's ``get_input_info``."""
+        for category, table in (("required", self.required), ("optional", self.optional)):
+            if name in table:
+                spec = table[name]
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                return spec[0], category, options
+        return None
+
+    def input_names(self) -> list[str]:
+        return [*self.required, *self.optional]
+
+
+# --------------------------------------------------------------------------- node bodies
+
+
+async def _empty_image(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    image = Image(inp["width"], inp["height"], inp["batch_size"], inp["color"])
+    return (image,), None
+
+
+async def _slow_progress(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    image: Image = inp["image"]
+    steps = ctx.steps(inp["steps"])
+    per_step = ctx.seconds_per_step(inp["seconds_per_step"])
+    stall_at = int(inp.get("stall_at_step", 0) or 0)
+    preview = None
+    if inp.get("send_preview", False):
+        preview = encode_jpeg(
+            min(image.width, 512), min(image.height, 512), rgb_from_int(image.color)
+        )
+    for i in range(1, steps + 1):
+        if stall_at and i == stall_at:
+            await ctx.stall(
+                float(inp.get("stall_seconds", 86400.0)),
+                bool(inp.get("stall_interruptible", True)),
+            )
+        else:
+            await ctx.sleep(per_step)
+        await ctx.progress(i, steps, preview)
+    return (image,), None
+
+
+async def _fail_at_step(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    steps = ctx.steps(inp["steps"])
+    per_step = ctx.seconds_per_step(inp["seconds_per_step"])
+    for i in range(1, steps + 1):
+        if i == inp["fail_at_step"]:
+            raise RuntimeError(f"FailAtStep: deliberate failure at step {i}")
+        await ctx.sleep(per_step)
+        await ctx.progress(i, steps)
+    return (inp["image"],), None
+
+
+async def _save_image(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    results = ctx.save_images(inp["images"], inp["filename_prefix"], "output")
+    return (), {"images": results}
+
+
+async def _preview_image(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    results = ctx.save_images(inp["images"], "ComfyUI", "temp")
+    return (), {"images": results}
+
+
+async def _checkpoint_loader(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    name = inp["ckpt_name"]
+    return (f"MODEL({name})", f"CLIP({name})", f"VAE({name})"), None
+
+
+async def _clip_text_encode(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    return (f"CONDITIONING({len(str(inp['text']))} chars)",), None
+
+
+async def _empty_latent(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    return (Latent(inp["width"], inp["height"], inp["batch_size"]),), None
+
+
+async def _ksampler(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    steps = ctx.steps(inp["steps"])
+    per_step = ctx.seconds_per_step(SAMPLER_SECONDS_PER_STEP)
+    for i in range(1, steps + 1):
+        await ctx.sleep(per_step)
+        await ctx.progress(i, steps)
+    latent = inp["latent_image"]
+    return (latent if isinstance(latent, Latent) else Latent(512, 512, 1),), None
+
+
+async def _vae_decode(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    latent = inp["samples"]
+    if not isinstance(latent, Latent):
+        latent = Latent(512, 512, 1)
+    return (Image(latent.width, latent.height, latent.batch, 0x808080),), None
+
+
+async def _vae_encode(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    image = inp["pixels"]
+    if not isinstance(image, Image):
+        image = Image(512, 512, 1, 0)
+    return (Latent(image.width, image.height, image.batch),), None
+
+
+async def _load_image(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    from comfyctl.emulator.images import read_png_info
+
+    width, height, color = 512, 512, 0x808080
+    path = ctx.input_dir / str(inp["image"])
+    try:
+        info = read_png_info(path.read_bytes())
+    except OSError:
+        info = None
+    if info is not None:
+        width, height, rgb = info
+        color = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
+    return (Image(width, height, 1, color), f"MASK({width}x{height})"), None
+
+
+async def _lora_loader(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    return (inp["model"], inp["clip"]), None
+
+
+# --------------------------------------------------------------------------- catalogue
+
+_INT_SIZE = {"default": 512, "min": 1, "max": 16384, "step": 1}
+_SAMPLERS = [
+    "euler", "euler_cfg_pp", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral",
+    "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m",
+    "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm", "ipndm", "deis", "res_multistep",
+    "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "ddim", "uni_pc", "uni_pc_bh2",
+]  # fmt: skip
+_SCHEDULERS = [
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
+    "linear_quadratic", "kl_optimal",
+]  # fmt: skip
+_TEST_MODULE = "custom_nodes.comfyctl_test_nodes"
+
+CATALOGUE: dict[str, NodeSpec] = {
+    spec.name: spec
+    for spec in (
+        NodeSpec(
+            name="EmptyImage",
+            display_name="EmptyImage",
+            category="image",
+            run=_empty_image,
+            required={
+                "width": ["INT", dict(_INT_SIZE)],
+                "height": ["INT", dict(_INT_SIZE)],
+                "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}],
+                "color": [
+                    "INT",
+                    {"default": 0, "min": 0, "max": 16777215, "step": 1, "display": "color"},
+                ],
+            },
+            outputs=("IMAGE",),
+        ),
+        NodeSpec(
+            name="SlowProgress",
+            display_name="Slow Progress (comfyctl test)",
+            category="comfyctl_test",
+            description="Pass-through IMAGE node that reports progress slowly (test helper).",
+            python_module=_TEST_MODULE,
+            run=_slow_progress,
+            required={
+                "image": ["IMAGE"],
+                "steps": ["INT", {"default": 10, "min": 1, "max": 100000}],
+                "seconds_per_step": [
+                    "FLOAT",
+                    {"default": 0.3, "min": 0.0, "max": 3600.0, "step": 0.01},
+                ],
+            },
+            optional={
+                "stall_at_step": [
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 100000,
+                        "tooltip": "1-based step at which to stall; 0 disables",
+                    },
+                ],
+                "stall_seconds": [
+                    "FLOAT",
+                    {"default": 86400.0, "min": 0.0, "max": 1000000000.0},
+                ],
+                "stall_interruptible": ["BOOLEAN", {"default": True}],
+                "seed": [
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 18446744073709551615,
+                        "tooltip": "change to defeat the execution cache",
+                    },
+                ],
+                "send_preview": [
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "attach a small JPEG preview to each progress update "
+                        "(binary WS frames)",
+                    },
+                ],
+            },
+            outputs=("IMAGE",),
+        ),
+        NodeSpec(
+            name="FailAtStep",
+            display_name="Fail At Step (comfyctl test)",
+            category="comfyctl_test",
+            description="Raises an exception mid-progress (test helper).",
+            python_module=_TEST_MODULE,
+            run=_fail_at_step,
+            required={
+                "image": ["IMAGE"],
+                "steps": ["INT", {"default": 5, "min": 1, "max": 100000}],
+                "seconds_per_step": [
+                    "FLOAT",
+                    {"default": 0.2, "min": 0.0, "max": 3600.0, "step": 0.01},
+                ],
+                "fail_at_step": ["INT", {"default": 3, "min": 1, "max": 100000}],
+            },
+            outputs=("IMAGE",),
+        ),
+        NodeSpec(
+            name="SaveImage",
+            display_name="Save Image",
+            category="image",
+            description="Saves the input images to your ComfyUI output directory.",
+            run=_save_image,
+            required={
+                "images": ["IMAGE", {"tooltip": "The images to save."}],
+                "filename_prefix": [
+                    "STRING",
+                    {
+                        "default": "ComfyUI",
+                        "tooltip": "The prefix for the file to save. This may include "
+                        "formatting information such as %date:yyyy-MM-dd% or "
+                        "%Empty Latent Image.width% to include values from nodes.",
+                    },
+                ],
+            },
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            output_node=True,
+        ),
+        NodeSpec(
+            name="PreviewImage",
+            display_name="Preview Image",
+            category="image",
+            description="Saves the input images to your ComfyUI output directory.",
+            run=_preview_image,
+            required={"images": ["IMAGE"]},
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            output_node=True,
+        ),
+        NodeSpec(
+            name="CheckpointLoaderSimple",
+            display_name="Load Checkpoint",
+            category="loaders",
+            description="Loads a diffusion model checkpoint, diffusion models are used to "
+            "denoise latents.",
+            run=_checkpoint_loader,
+            required={
+                "ckpt_name": [
+                    ["emulator.safetensors"],
+                    {"tooltip": "The name of the checkpoint (model) to load."},
+                ]
+            },
+            outputs=("MODEL", "CLIP", "VAE"),
+            output_tooltips=(
+                "The model used for denoising latents.",
+                "The CLIP model used for encoding text prompts.",
+                "The VAE model used for encoding and decoding images to and from latent "
+                "space.",
+            ),
+        ),
+        NodeSpec(
+            name="CLIPTextEncode",
+            display_name="CLIP Text Encode (Prompt)",
+            category="conditioning",
+            description="Encodes a text prompt using a CLIP model into an embedding that can "
+            "be used to guide the diffusion model towards generating specific images.",
+            run=_clip_text_encode,
+            required={
+                "text": [
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "dynamicPrompts": True,
+                        "tooltip": "The text to be encoded.",
+                    },
+                ],
+                "clip": ["CLIP", {"tooltip": "The CLIP model used for encoding the text."}],
+            },
+            outputs=("CONDITIONING",),
+        ),
+        NodeSpec(
+            name="EmptyLatentImage",
+            display_name="Empty Latent Image",
+            category="latent",
+            description="Create a new batch of empty latent images to be denoised via "
+            "sampling.",
+            run=_empty_latent,
+            required={
+                "width": ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}],
+                "height": ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}],
+                "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}],
+            },
+            outputs=("LATENT",),
+        ),
+        NodeSpec(
+            name="KSampler",
+            display_name="KSampler",
+            category="sampling",
+            description="Uses the provided model, positive and negative conditioning to "
+            "denoise the latent image.",
+            run=_ksampler,
+            required={
+                "model": ["MODEL"],
+                "seed": [
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 18446744073709551615,
+                        "control_after_generate": True,
+                    },
+                ],
+                "steps": ["INT", {"default": 20, "min": 1, "max": 10000}],
+                "cfg": [
+                    "FLOAT",
+                    {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01},
+                ],
+                "sampler_name": [list(_SAMPLERS)],
+                "scheduler": [list(_SCHEDULERS)],
+                "positive": ["CONDITIONING"],
+                "negative": ["CONDITIONING"],
+                "latent_image": ["LATENT"],
+                "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}],
+            },
+            outputs=("LATENT",),
+        ),
+        NodeSpec(
+            name="VAEDecode",
+            display_name="VAE Decode",
+            category="latent",
+            description="Decodes latent images back into pixel space images.",
+            run=_vae_decode,
+            required={"samples": ["LATENT"], "vae": ["VAE"]},
+            outputs=("IMAGE",),
+        ),
+        NodeSpec(
+            name="VAEEncode",
+            display_name="VAE Encode",
+            category="latent",
+            run=_vae_encode,
+            required={"pixels": ["IMAGE"], "vae": ["VAE"]},
+            outputs=("LATENT",),
+        ),
+        NodeSpec(
+            name="LoadImage",
+            display_name="Load Image",
+            category="image",
+            run=_load_image,
+            required={"image": [INPUT_FILES, {"image_upload": True}]},
+            outputs=("IMAGE", "MASK"),
+        ),
+        NodeSpec(
+            name="LoraLoader",
+            display_name="Load LoRA",
+            category="loaders",
+            description="LoRAs are used to modify diffusion and CLIP models, altering the way "
+            "in which latents are denoised such as applying styles.",
+            run=_lora_loader,
+            required={
+                "model": ["MODEL"],
+                "clip": ["CLIP"],
+                "lora_name": [["emulator_lora.safetensors"]],
+                "strength_model": [
+                    "FLOAT",
+                    {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01},
+                ],
+                "strength_clip": [
+                    "FLOAT",
+                    {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01},
+                ],
+            },
+            outputs=("MODEL", "CLIP"),
+        ),
+    )
+}
+
+
+def _input_files(input_dir: Path) -> list[str]:
+    try:
+        return sorted(
+            name for name in os.listdir(input_dir) if (input_dir / name).is_file()
+        )
+    except OSError:
+        return []
+
+
+def _render_table(table: dict[str, list[Any]], input_dir: Path) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for name, spec in table.items():
+        first = _input_files(input_dir) if spec[0] == INPUT_FILES else spec[0]
+        out[name] = [first, *spec[1:]]
+    return out
+
+
+def object_info(spec: NodeSpec, input_dir: Path) -> dict[str, Any]:
+    """The ``/object_info`` entry of one node, keys in the order ComfyUI 0.3.64 sends."""
+    inputs: dict[str, Any] = {}
+    order: dict[str, list[str]] = {}
+    if spec.required:
+        inputs["required"] = _render_table(spec.required, input_dir)
+        order["required"] = list(spec.required)
+    if spec.optional:
+        inputs["optional"] = _render_table(spec.optional, input_dir)
+        order["optional"] = list(spec.optional)
+    if spec.hidden:
+        inputs["hidden"] = dict(spec.hidden)
+        order["hidden"] = list(spec.hidden)
+    info: dict[str, Any] = {
+        "input": inputs,
+        "input_order": order,
+        "output": list(spec.outputs),
+        "output_is_list": [False] * len(spec.outputs),
+        "output_name": list(spec.output_names or spec.outputs),
+        "name": spec.name,
+        "display_name": spec.display_name,
+        "description": spec.description,
+        "python_module": spec.python_module,
+        "category": spec.category,
+        "output_node": spec.output_node,
+    }
+    if spec.output_tooltips is not None:
+        info["output_tooltips"] = list(spec.output_tooltips)
+    return info

@@ -1,0 +1,127 @@
+"""Turning what a ComfyUI server says into observations of one job.
+
+Two sources: WebSocket messages (sent to the job's own client_id) and HTTP answers
+(/queue, /history, the jobs API). Both produce ``records.Observation`` values; the
+ledger only ever changes through ``records.apply``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from comfyctl.records import (
+    CANCELLED,
+    ERROR,
+    INTERRUPTED,
+    SUCCESS,
+    Observation,
+)
+
+
+def from_ws_message(
+    msg: dict[str, Any], server_url: str, prompt_id: str
+) -> Observation | None:
+    """The observation a WebSocket message gives about ``prompt_id``, if any.
+
+    Messages about other prompts are ignored. A reconnect's ``executing`` carries no
+    prompt_id; on a socket opened with the job's own client_id it can only be that job.
+    """
+    kind = msg.get("type")
+    data = msg.get("data")
+    if not isinstance(data, dict) or kind == "status":
+        return None
+    pid = data.get("prompt_id")
+    if pid is not None and pid != prompt_id:
+        return None
+    if pid is None and not (kind == "executing" and data.get("node") is not None):
+        return None
+    make = lambda k, **kw: Observation(k, prompt_id, server_url, source="ws", **kw)  # noqa: E731
+    if kind == "execution_start":
+        return make("running")
+    if kind == "executing":
+        node = data.get("node")
+        # node None is ComfyUI's "done" signal (also after errors); the outcome comes
+        # from /history, so it is reported as its own kind for the tracker to fetch.
+        return make("executing", node=str(node)) if node is not None else make("done")
+    if kind == "progress":
+        value, maximum = data.get("value"), data.get("max")
+        if isinstance(value, (int, float)) and isinstance(maximum, (int, float)) and maximum:
+            node = data.get("node")
+            return make("progress", value=value, max=maximum,
+                        node=None if node is None else str(node))
+        return None
+    if kind == "executed":
+        output = data.get("output")
+        if isinstance(output, dict):
+            return make("output", node=str(data.get("node")), outputs=output)
+        return None
+    if kind == "execution_error":
+        return make("finished", outcome=ERROR, error=error_summary(data))
+    if kind == "execution_interrupted":
+        return make("finished", outcome=INTERRUPTED, error=interrupt_summary(data))
+    return None
+
+
+def error_summary(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": data.get("exception_type") or "error",
+        "message": str(data.get("exception_message") or "").strip() or "execution error",
+        "node_id": data.get("node_id"),
+        "node_type": data.get("node_type"),
+    }
+
+
+def interrupt_summary(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "interrupted",
+        "message": "Execution was interrupted on the server.",
+        "node_id": data.get("node_id"),
+        "node_type": data.get("node_type"),
+    }
+
+
+def from_history_entry(entry: dict[str, Any], server_url: str, prompt_id: str) -> Observation:
+    """A /history/{id} entry (present only once the job has finished)."""
+    status = entry.get("status") or {}
+    messages = status.get("messages") or []
+    names = {m[0]: m[1] for m in messages if isinstance(m, list) and len(m) == 2}
+    outcome, error = SUCCESS, None
+    if "execution_error" in names:
+        outcome, error = ERROR, error_summary(names["execution_error"] or {})
+    elif "execution_interrupted" in names:
+        outcome, error = INTERRUPTED, interrupt_summary(names["execution_interrupted"] or {})
+    elif status.get("status_str") == "error" or status.get("completed") is False:
+        outcome, error = ERROR, {"type": "error", "message": "The server recorded an error.",
+                                 "node_id": None, "node_type": None}
+    return Observation("finished", prompt_id, server_url, outcome=outcome,
+                       outputs=entry.get("outputs") or {}, error=error)
+
+
+def from_job(job: dict[str, Any], server_url: str) -> Observation:
+    """A jobs-API job object (newer ComfyUI) as an observation."""
+    prompt_id = str(job.get("id") or job.get("prompt_id"))
+    status = job.get("status")
+    if status == "pending":
+        return Observation("queued", prompt_id, server_url, number=_int(job.get("priority")))
+    if status == "in_progress":
+        return Observation("running", prompt_id, server_url)
+    if status == "cancelled":
+        return Observation("finished", prompt_id, server_url, outcome=CANCELLED,
+                           outputs=job.get("outputs") or {},
+                           error={"type": "cancelled", "message": "Cancelled on the server.",
+                                  "node_id": None, "node_type": None})
+    if status == "failed":
+        err = job.get("execution_error") or {}
+        return Observation("finished", prompt_id, server_url, outcome=ERROR,
+                           outputs=job.get("outputs") or {},
+                           error=error_summary(err) if err else {
+                               "type": "error", "message": "The server recorded an error.",
+                               "node_id": None, "node_type": None})
+    if status == "completed":
+        return Observation("finished", prompt_id, server_url, outcome=SUCCESS,
+                           outputs=job.get("outputs") or {})
+    return Observation("unknown", prompt_id, server_url)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) else None

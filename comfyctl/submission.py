@@ -1,0 +1,268 @@
+"""Submitting jobs: validate the workflow, pick a server, write ahead, send once.
+
+The write-ahead record (status ``submitting``) is in the ledger before the request
+leaves, so a crash between request and reply loses nothing. POST /prompt is never
+retried blindly: after a timeout or reset the server is asked whether the id exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from comfyctl.client import ServerClient, new_client_id, new_prompt_id
+from comfyctl.config import ServerSpec
+from comfyctl.errors import (
+    ServerUnreachable,
+    SubmitUncertain,
+    WorkflowInvalid,
+    WorkflowRejected,
+)
+from comfyctl.ledger import Ledger, Record
+from comfyctl.records import (
+    LOST,
+    REJECTED,
+    SUBMITTING,
+    Observation,
+    age_seconds,
+    apply,
+    new_record,
+    now_iso,
+)
+
+SEED_INPUTS = ("seed", "noise_seed")
+MAX_SEED = 2**53 - 1  # JSON-safe integer
+STALE_SUBMIT_SECONDS = 600.0
+
+
+def parse_workflow(raw: bytes, source: str) -> dict[str, Any]:
+    """An API-format graph ``{node_id: {class_type, inputs}}`` or WorkflowInvalid."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WorkflowInvalid(f"{source} is not UTF-8 text; a workflow is a JSON file.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowInvalid(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}).") \
+            from None
+    except RecursionError:
+        raise WorkflowInvalid(f"{source} is nested too deeply to be a workflow.") from None
+    if isinstance(data, dict) and "prompt" in data and isinstance(data["prompt"], dict) \
+            and "nodes" not in data:
+        data = data["prompt"]  # a saved POST /prompt body
+    if isinstance(data, dict) and "nodes" in data and "links" in data:
+        raise WorkflowInvalid(
+            f"{source} is a UI-format workflow (it has 'nodes' and 'links').",
+            "Export it in API format: in ComfyUI use Workflow > Export (API), "
+            "or enable dev mode and use 'Save (API Format)'.",
+        )
+    if not isinstance(data, dict) or not data:
+        raise WorkflowInvalid(f"{source} holds no nodes; expected {{node_id: {{class_type, "
+                              "inputs}}}} (ComfyUI API format).")
+    for node_id, node in data.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) \
+                or not isinstance(node.get("inputs", {}), dict):
+            raise WorkflowInvalid(
+                f"{source}: node {node_id!r} is not an API-format node "
+                "(it needs class_type and an inputs object).")
+    return data
+
+
+def apply_overrides(graph: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """``NODE.INPUT=VALUE`` overrides; VALUE is JSON when it parses, else a string."""
+    result = copy.deepcopy(graph)
+    for assignment in assignments:
+        target, sep, raw_value = assignment.partition("=")
+        node_id, dot, input_name = target.partition(".")
+        if not sep or not dot or not node_id or not input_name:
+            raise WorkflowInvalid(f"--set {assignment!r} is not NODE.INPUT=VALUE.")
+        if node_id not in result:
+            raise WorkflowInvalid(f"--set {assignment!r}: the workflow has no node {node_id!r}.",
+                                  f"Nodes: {', '.join(sorted(result))}.")
+        inputs = result[node_id].setdefault("inputs", {})
+        if input_name not in inputs:
+            raise WorkflowInvalid(
+                f"--set {assignment!r}: node {node_id!r} has no input {input_name!r}.",
+                f"Its inputs: {', '.join(sorted(inputs)) or 'none'}.")
+        try:
+            value: Any = json.loads(raw_value)
+        except ValueError:
+            value = raw_value
+        inputs[input_name] = value
+    return result
+
+
+def vary_seeds(graph: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    result = copy.deepcopy(graph)
+    for node in result.values():
+        for name in SEED_INPUTS:
+            if isinstance(node.get("inputs", {}).get(name), int):
+                node["inputs"][name] = rng.randint(0, MAX_SEED)
+    return result
+
+
+@dataclass
+class Submitted:
+    record: Record
+    warnings: list[str]
+
+
+class Submitter:
+    def __init__(self, ledger: Ledger, client_for: Callable[[ServerSpec], ServerClient]) -> None:
+        self.ledger = ledger
+        self.client_for = client_for
+
+    def queue_lengths(self, specs: list[ServerSpec]) -> dict[str, int | None]:
+        """Queue length per server URL, probed concurrently; None when unreachable."""
+
+        def probe(spec: ServerSpec) -> int | None:
+            try:
+                snap = self.client_for(spec).queue()
+            except ServerUnreachable:
+                return None
+            return len(snap.running) + len(snap.pending)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
+            return dict(zip([s.url for s in specs], pool.map(probe, specs), strict=True))
+
+    def submit(self, graph: dict[str, Any], spec: ServerSpec,
+               labels: dict[str, str] | None = None,
+               resubmitted_from: str | None = None) -> Submitted:
+        """Send one job to ``spec``'s server. Raises WorkflowRejected, ServerUnreachable."""
+        client = self.client_for(spec)
+        prompt_id, client_id = new_prompt_id(), new_client_id()
+        record = new_record(prompt_id, spec.name, spec.url, client_id,
+                            self.ledger.store_workflow(graph), labels, resubmitted_from)
+        with self.ledger.transaction() as tasks:
+            tasks.put(record)
+        try:
+            reply = client.submit(graph, client_id, prompt_id)
+        except WorkflowRejected as exc:
+            self._settle(prompt_id, status=REJECTED, error=rejection_summary(exc))
+            raise
+        except SubmitUncertain:
+            return self._confirm(client, record)
+        except ServerUnreachable:
+            with self.ledger.transaction() as tasks:  # certainly never sent: no ghost record
+                tasks.remove(prompt_id)
+            raise
+        warnings = [f"node {node}: {summary}" for node, summary in
+                    node_error_lines(reply.node_errors)]
+        final_id = reply.prompt_id
+        with self.ledger.transaction() as tasks:
+            stored = tasks.remove(prompt_id) or record
+            if final_id != prompt_id:  # an older server chose its own id: adopt it
+                stored["prompt_id"] = final_id
+            apply(stored, Observation("queued", final_id, spec.url, number=reply.number))
+            stored["warnings"] = warnings
+            tasks.put(stored)
+        return Submitted(stored, warnings)
+
+    def _confirm(self, client: ServerClient, record: Record) -> Submitted:
+        """The reply was lost: ask the server instead of sending the job again."""
+        prompt_id = record["prompt_id"]
+        obs = client.status(prompt_id)  # ServerUnreachable leaves it submitting, settled later
+        if obs.kind == "unknown":
+            self._settle(prompt_id, status=LOST, error={
+                "type": "submit_failed", "node_id": None, "node_type": None,
+                "message": "The submit got no reply and the server does not know the job."})
+            raise ServerUnreachable(record["server"], "no reply to the submit",
+                                    "The job was not queued; 'comfyctl recover --resubmit' "
+                                    "can send it again.")
+        with self.ledger.transaction() as tasks:
+            stored = tasks.get(prompt_id) or record
+            apply(stored, obs)
+            tasks.put(stored)
+        return Submitted(stored, [])
+
+    def _settle(self, prompt_id: str, status: str, error: dict[str, Any]) -> None:
+        with self.ledger.transaction() as tasks:
+            stored = tasks.get(prompt_id)
+            if stored is not None and stored["status"] == SUBMITTING:
+                stored.update(status=status, error=error, finished_at=now_iso(),
+                              updated_at=now_iso())
+                tasks.put(stored)
+
+
+def rejection_summary(exc: WorkflowRejected) -> dict[str, Any]:
+    return {
+        "type": exc.error.get("type") or "rejected",
+        "message": exc.error.get("message") or exc.message,
+        "details": exc.error.get("details") or None,
+        "node_errors": {node: [line for _, line in lines] for node, lines in
+                        _grouped(node_error_lines(exc.node_errors))},
+        "node_id": None,
+        "node_type": None,
+    }
+
+
+def node_error_lines(node_errors: dict[str, Any]) -> list[tuple[str, str]]:
+    """(node id, one readable line) for each error in ComfyUI's ``node_errors``."""
+    lines = []
+    for node, info in (node_errors or {}).items():
+        if not isinstance(info, dict):
+            continue
+        class_type = info.get("class_type", "?")
+        for err in info.get("errors") or []:
+            if isinstance(err, dict):
+                text = err.get("message", "error")
+                if err.get("details"):
+                    text += f": {err['details']}"
+                lines.append((str(node), f"{class_type}: {text}"))
+    return lines
+
+
+def _grouped(lines: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for node, line in lines:
+        groups.setdefault(node, []).append((node, line))
+    return list(groups.items())
+
+
+def submitter_gone(record: Record) -> bool:
+    """Whether the process that wrote a ``submitting`` record can no longer finish it."""
+    info = record.get("submitter") or {}
+    if (age_seconds(record.get("submitted_at")) or 0.0) > STALE_SUBMIT_SECONDS:
+        return True
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def settle_submitting(ledger: Ledger, client_for: Callable[[Record], ServerClient],
+                      records: list[Record]) -> int:
+    """Settle write-ahead records left by a crashed submit, asking each one's own server.
+    Returns how many were settled."""
+    orphans = [r for r in records if r["status"] == SUBMITTING and submitter_gone(r)]
+    settled = 0
+    for record in orphans:
+        try:
+            obs = client_for(record).status(record["prompt_id"])
+        except ServerUnreachable:
+            continue
+        if obs.kind == "unknown":
+            obs = Observation("lost", record["prompt_id"], record["server_url"], error={
+                "type": "submit_failed", "node_id": None, "node_type": None,
+                "message": "The submitting process died and the server never got the job."})
+        with ledger.transaction() as tasks:
+            stored = tasks.get(record["prompt_id"])
+            if stored is not None and stored["status"] == SUBMITTING and apply(stored, obs):
+                tasks.put(stored)
+                record.update(stored)
+                settled += 1
+    return settled
+

@@ -1,0 +1,320 @@
+"""Following many jobs on many servers at once.
+
+One worker thread per server polls that server's status for its own jobs only; one
+socket thread per job listens as that job's client_id. Both turn what they hear into
+observations on one queue; the tracker (in the caller's thread) folds them into the
+records with ``records.apply``, hands changes to a callback for display, and writes
+the ledger in batches (progress at most once per ``flush_interval``, state changes at
+once). A server that hangs or refuses only ever stalls its own worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from comfyctl.client import ServerClient
+from comfyctl.errors import ServerUnreachable
+from comfyctl.events import from_ws_message
+from comfyctl.ledger import Ledger, Record
+from comfyctl.records import (
+    RUNNING,
+    SUBMITTING,
+    TERMINAL,
+    Observation,
+    age_seconds,
+    apply,
+    progress_changed_at,
+)
+
+log = logging.getLogger("comfyctl.tracker")
+
+# After the WebSocket says "done", the history entry can lag a little behind.
+HISTORY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+# A submitting record younger than this may still be in flight in another process.
+SUBMIT_GRACE_SECONDS = 30.0
+
+
+@dataclass
+class WatchOptions:
+    poll_interval: float = 2.0
+    timeout: float | None = None
+    stall_timeout: float | None = None
+    flush_interval: float = 1.0
+    use_websocket: bool = True
+
+
+@dataclass
+class TrackerEvent:
+    """What the display hears about: ``state``, ``progress``, ``stalled``, ``server``."""
+
+    kind: str
+    record: Record | None = None
+    server: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class _ServerState:
+    client: ServerClient
+    name: str
+    prompt_ids: set[str] = field(default_factory=set)
+    fetch: queue.Queue[str] = field(default_factory=queue.Queue)
+    reachable: bool | None = None
+
+
+class Tracker:
+    def __init__(
+        self,
+        ledger: Ledger,
+        records: list[Record],
+        client_for: Callable[[Record], ServerClient],
+        options: WatchOptions,
+        on_event: Callable[[TrackerEvent], None],
+    ) -> None:
+        self.ledger = ledger
+        self.records = {r["prompt_id"]: r for r in records}
+        self.options = options
+        self.on_event = on_event
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.stop = threading.Event()
+        self.servers: dict[str, _ServerState] = {}
+        self._pending_writes: dict[str, list[Observation]] = {}
+        self._stalled: set[str] = set()
+        self._unknown_count: dict[str, int] = {}
+        self._job_stops: dict[str, threading.Event] = {}
+        self._threads: list[threading.Thread] = []
+        for record in records:
+            url = record["server_url"]
+            if url not in self.servers:
+                self.servers[url] = _ServerState(client_for(record), record["server"])
+            self.servers[url].prompt_ids.add(record["prompt_id"])
+
+    # -- public --------------------------------------------------------------------------
+
+    def active(self) -> list[Record]:
+        return [r for r in self.records.values() if r["status"] not in TERMINAL]
+
+    def run(self) -> dict[str, Record]:
+        """Follow until every job is terminal. Raises TimeoutError when ``timeout`` passes."""
+        deadline = time.monotonic() + self.options.timeout if self.options.timeout else None
+        try:
+            self._start_threads()
+            last_flush = time.monotonic()
+            while self.active():
+                try:
+                    item = self.inbox.get(timeout=0.2)
+                except queue.Empty:
+                    item = None
+                if item is not None:
+                    self._handle(item)
+                now = time.monotonic()
+                if now - last_flush >= self.options.flush_interval:
+                    self.flush()
+                    last_flush = now
+                self._check_stalls()
+                if deadline is not None and now >= deadline:
+                    raise TimeoutError
+        finally:
+            self.stop.set()
+            with contextlib.suppress(Exception):
+                self.flush()
+        return self.records
+
+    def flush(self) -> None:
+        """Write what was observed since the last flush, re-applied to the ledger's records
+        (so concurrent changes by other processes, like a cancel, are respected)."""
+        if not self._pending_writes:
+            return
+        pending, self._pending_writes = self._pending_writes, {}
+        with self.ledger.transaction() as tasks:
+            for prompt_id, observations in pending.items():
+                stored = tasks.get(prompt_id)
+                if stored is None:
+                    continue
+                state = self.servers.get(stored["server_url"])
+                changed = False
+                for obs in observations:
+                    changed |= apply(stored, obs, state.name if state else None)
+                if changed:
+                    tasks.put(stored)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, TrackerEvent):
+            self.on_event(item)
+            return
+        obs: Observation = item
+        record = self.records.get(obs.prompt_id)
+        if record is None or record["status"] in TERMINAL:
+            return
+        state = self.servers[record["server_url"]]
+        if obs.kind == "done":
+            state.fetch.put(obs.prompt_id)
+            return
+        if obs.kind == "unknown":
+            obs = self._judge_unknown(record, obs)
+            if obs.kind == "unknown":
+                return
+        else:
+            self._unknown_count.pop(obs.prompt_id, None)
+        before_status = record["status"]
+        if not apply(record, obs, state.name):
+            return
+        writes = self._pending_writes.setdefault(obs.prompt_id, [])
+        if obs.kind == "progress" and writes and writes[-1].kind == "progress":
+            writes[-1] = obs  # throttle: only the newest progress of a burst is written
+        else:
+            writes.append(obs)
+        if record["status"] != before_status:
+            self._stalled.discard(obs.prompt_id)
+            if record["status"] in TERMINAL:
+                self._job_stops.get(obs.prompt_id, threading.Event()).set()
+                self.flush()  # a finished job is on disk before anyone is told
+            self.on_event(TrackerEvent("state", record))
+        else:
+            self._stalled.discard(obs.prompt_id)
+            self.on_event(TrackerEvent("progress", record))
+
+    def _judge_unknown(self, record: Record, obs: Observation) -> Observation:
+        """The server does not know the job. Twice in a row (after it was seen, or once the
+        submit grace is over) means the server lost it, typically by restarting."""
+        if record["status"] == SUBMITTING:
+            age = age_seconds(record["submitted_at"]) or 0.0
+            if age < SUBMIT_GRACE_SECONDS:
+                return obs
+        count = self._unknown_count.get(record["prompt_id"], 0) + 1
+        self._unknown_count[record["prompt_id"]] = count
+        if count < 2:
+            return obs
+        return Observation("lost", record["prompt_id"], record["server_url"], error={
+            "type": "lost", "node_id": None, "node_type": None,
+            "message": f"Server {record['server']} no longer knows this job "
+                       "(not queued, not running, not in history): it probably restarted.",
+        })
+
+    def _check_stalls(self) -> None:
+        limit = self.options.stall_timeout
+        if not limit:
+            return
+        for record in self.active():
+            if record["status"] != RUNNING or record["prompt_id"] in self._stalled:
+                continue
+            age = age_seconds(progress_changed_at(record))
+            if age is not None and age > limit:
+                self._stalled.add(record["prompt_id"])
+                percent = (record.get("progress") or {}).get("percent", 0.0)
+                self.on_event(TrackerEvent(
+                    "stalled", record, record["server"],
+                    f"no progress for {age:.0f}s at {percent:.2f}%"))
+
+    # -- threads -------------------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        for url, state in self.servers.items():
+            self._spawn(self._server_worker, state, name=f"poll {url}")
+            self._spawn(self._history_fetcher, state, name=f"fetch {url}")
+        if self.options.use_websocket:
+            for record in self.active():
+                job_stop = self._job_stops.setdefault(record["prompt_id"], threading.Event())
+                state = self.servers[record["server_url"]]
+                self._spawn(self._socket_worker, state, record["prompt_id"],
+                            record["client_id"], job_stop, name=f"ws {record['prompt_id']}")
+
+    def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _active_ids(self, state: _ServerState) -> list[str]:
+        return [pid for pid in state.prompt_ids
+                if self.records[pid]["status"] not in TERMINAL]
+
+    def _server_worker(self, state: _ServerState) -> None:
+        """Poll the server: the source of truth when the socket is quiet or gone."""
+        while not self.stop.is_set():
+            ids = self._active_ids(state)
+            if not ids:
+                return
+            try:
+                observations = state.client.snapshot(ids)
+            except ServerUnreachable as exc:
+                self._server_state(state, False, exc.reason)
+            else:
+                self._server_state(state, True, None)
+                for obs in observations.values():
+                    self.inbox.put(obs)
+            self.stop.wait(self.options.poll_interval)
+
+    def _server_state(self, state: _ServerState, reachable: bool, reason: str | None) -> None:
+        previous, state.reachable = state.reachable, reachable
+        if previous == reachable or (previous is None and reachable):
+            return
+        self.inbox.put(TrackerEvent("server", None, state.name,
+                                    "reachable again" if reachable else f"unreachable ({reason})"))
+
+    def _history_fetcher(self, state: _ServerState) -> None:
+        """After a WebSocket end-of-run signal, read the outcome from the history."""
+        while not self.stop.is_set():
+            try:
+                prompt_id = state.fetch.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            for delay in HISTORY_RETRY_DELAYS:
+                if self.stop.is_set():
+                    return
+                try:
+                    obs = state.client.status(prompt_id)
+                except ServerUnreachable:
+                    break  # the poller reports the server; it will also see the outcome
+                if obs.kind == "finished":
+                    self.inbox.put(obs)
+                    break
+                self.stop.wait(delay)
+
+    def _socket_worker(self, state: _ServerState, prompt_id: str, client_id: str,
+                       job_stop: threading.Event) -> None:
+        """Listen as the job's own client_id; reconnect with backoff when the socket drops."""
+        import websocket
+
+        backoff = 0.5
+        while not (self.stop.is_set() or job_stop.is_set()):
+            try:
+                sock = state.client.connect_ws(client_id)
+            except ServerUnreachable:
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.5
+            sock.settimeout(0.5)
+            try:
+                while not (self.stop.is_set() or job_stop.is_set()):
+                    try:
+                        frame = sock.recv()
+                    except websocket.WebSocketTimeoutException:
+                        continue
+                    if not isinstance(frame, str):
+                        continue  # binary preview frames
+                    try:
+                        msg = json.loads(frame)
+                    except ValueError:
+                        continue
+                    obs = from_ws_message(msg, state.client.url, prompt_id) \
+                        if isinstance(msg, dict) else None
+                    if obs is not None:
+                        self.inbox.put(obs)
+            except (OSError, websocket.WebSocketException) as exc:
+                log.debug("socket for %s dropped: %s", prompt_id, type(exc).__name__)
+            finally:
+                with contextlib.suppress(Exception):
+                    sock.close()
+            self.stop.wait(backoff)
+

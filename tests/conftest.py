@@ -1,0 +1,64 @@
+"""Shared fixtures: all state in a temp dir, the bundled emulator, CLI runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest_plugins = ["comfyctl.emulator.pytest_plugin"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point config and ledger at a temp dir so no test touches the user's real files."""
+    monkeypatch.setenv("COMFYCTL_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("COMFYCTL_LEDGER", str(tmp_path / "ledger.json"))
+    for name in ("COMFYCTL_SERVER", "COMFYCTL_TRACEBACK", "NO_COLOR", "COMFYCTL_LOCK_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def ledger_path(isolated_state: Path) -> Path:
+    return isolated_state / "ledger.json"
+
+
+@pytest.fixture
+def config_path(isolated_state: Path) -> Path:
+    return isolated_state / "config.toml"
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def invoke(runner: CliRunner):
+    """Run the CLI in-process; stdout and stderr come back separately."""
+    from comfyctl.cli import cli
+
+    def run(*args: str, input: str | None = None):
+        return runner.invoke(cli, list(args), input=input, catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def run_comfyctl():
+    """Run comfyctl as a real subprocess (same environment, real sockets)."""
+
+    def run(*args: str, input: str | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "comfyctl", *args], input=input,
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})}, cwd=REPO)
+
+    return run
