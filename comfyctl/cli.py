@@ -107,7 +107,9 @@ def cli(ctx: click.Context, config_path: Path | None, ledger_path: Path | None, 
     """
     app = AppContext(
         config_path=config_path,
-        config_required=config_path is not None,
+        # An explicit --config must exist; COMFYCTL_CONFIG may point at a file not made yet.
+        config_required=ctx.get_parameter_source("config_path")
+        == click.core.ParameterSource.COMMANDLINE,
         ledger_path=ledger_path,
         verbose=verbose,
         color=not no_color and "NO_COLOR" not in os.environ,
@@ -122,10 +124,12 @@ def cli(ctx: click.Context, config_path: Path | None, ledger_path: Path | None, 
 
 
 def _register() -> None:
-    from comfyctl.commands import demo, history, servers, submit, watch
+    from comfyctl.commands import demo, history, servers, steer, stuck, submit, watch
 
     for module in (submit, watch, history, servers, demo):
         cli.add_command(module.command)
+    for command in (*stuck.commands, *steer.commands):
+        cli.add_command(command)
 
 
 _register()

@@ -280,12 +280,15 @@ class ServerClient:
 
     # -- steering ------------------------------------------------------------------------
 
-    def cancel(self, prompt_id: str) -> str:
+    def cancel(self, prompt_id: str, allow_interrupt: bool = True) -> str:
         """Cancel one job the safest way this server allows; returns how.
 
         Jobs-API cancel; else delete it from the pending queue; else interrupt it by
         prompt_id only when it is verifiably the running job. Never a global interrupt.
+        Without ``allow_interrupt`` a running job is left running ("running").
         """
+        if not allow_interrupt and self.status(prompt_id).kind == "running":
+            return "running"
         if self.has_jobs_api():
             resp = self.request("POST", f"/api/jobs/{_quote(prompt_id)}/cancel")
             if resp.status_code == 200:

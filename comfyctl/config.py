@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from comfyctl.errors import ConfigError, UnknownServer
 
@@ -42,6 +42,7 @@ _SERVER_KEYS = {
     "url", "headers", "username", "password", "token", "token_param",
     "verify", "timeout", "connect_timeout",
 }
+_TOP_LEVEL_KEYS = {"default_server", "defaults", "servers"}
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,13 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
     if "url" not in merged or not isinstance(merged["url"], str):
         raise ConfigError(f"{where} needs url = \"http://host:port\".")
     raw_url = _expand(merged["url"], where)
-    username, password = merged.get("username"), merged.get("password")
+    url = canonical_url(raw_url)  # first: a URL urlsplit cannot parse is a ConfigError
+    username = _expand(merged.get("username"), where)
+    password = _expand(merged.get("password"), where)
     userinfo = urlsplit(raw_url if "://" in raw_url else "http://" + raw_url)
     if userinfo.username and username is None:  # credentials written inside the URL
-        username, password = userinfo.username, userinfo.password
+        username = unquote(userinfo.username)  # userinfo is percent-encoded
+        password = None if userinfo.password is None else unquote(userinfo.password)
     headers = merged.get("headers", {})
     if not isinstance(headers, dict):
         raise ConfigError(f"{where}: headers must be a table of strings.")
@@ -161,10 +165,10 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
         raise ConfigError(f"{where}: timeouts must be positive.")
     return ServerSpec(
         name=name,
-        url=canonical_url(raw_url),
+        url=url,
         headers={str(k): str(_expand(v, where)) for k, v in headers.items()},
-        username=_expand(username, where),
-        password=_expand(password, where),
+        username=username,
+        password=password,
         token=_expand(merged.get("token"), where) or None,
         token_param=str(merged.get("token_param", "token")),
         verify=_expand(verify, where),
@@ -198,12 +202,24 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: Path | None = None) -> Config:
+        unknown = set(data) - _TOP_LEVEL_KEYS
+        if unknown:
+            raise ConfigError(
+                f"The config has unknown keys: {', '.join(sorted(unknown))}.",
+                f"Known keys: {', '.join(sorted(_TOP_LEVEL_KEYS))}.",
+            )
         tables = data.get("servers", {})
         if not isinstance(tables, dict):
             raise ConfigError("The config's [servers] must be a table of named servers.")
         defaults = data.get("defaults", {})
         if not isinstance(defaults, dict):
             raise ConfigError("The config's [defaults] must be a table.")
+        unknown = set(defaults) - _SERVER_KEYS
+        if unknown:
+            raise ConfigError(
+                f"The config's [defaults] has unknown keys: {', '.join(sorted(unknown))}.",
+                f"Known keys: {', '.join(sorted(_SERVER_KEYS))}.",
+            )
         servers = {name: _server_from_table(name, t, defaults) for name, t in tables.items()}
         default = data.get("default_server")
         if default is not None and not isinstance(default, str):

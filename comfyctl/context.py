@@ -6,7 +6,7 @@ Building it costs nothing (no file or network access), so --help and completion 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,7 @@ class AppContext:
     ledger_path: Path | None = None
     verbose: int = 0
     color: bool = True
+    timeout: float | None = None  # a per-run bound on every server's timeouts
     _config: Config | None = field(default=None, repr=False)
     _ledger: Ledger | None = field(default=None, repr=False)
     _clients: dict[str, ServerClient] = field(default_factory=dict, repr=False)
@@ -59,6 +60,9 @@ class AppContext:
     def client(self, spec: ServerSpec) -> ServerClient:
         from comfyctl.client import ServerClient
 
+        if self.timeout is not None:
+            spec = replace(spec, timeout=min(spec.timeout, self.timeout),
+                           connect_timeout=min(spec.connect_timeout, self.timeout))
         if spec.url not in self._clients:
             self._clients[spec.url] = ServerClient(spec)
         return self._clients[spec.url]

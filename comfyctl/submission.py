@@ -136,15 +136,26 @@ class Submitter:
     def submit(self, graph: dict[str, Any], spec: ServerSpec,
                labels: dict[str, str] | None = None,
                resubmitted_from: str | None = None) -> Submitted:
-        """Send one job to ``spec``'s server. Raises WorkflowRejected, ServerUnreachable."""
-        client = self.client_for(spec)
-        prompt_id, client_id = new_prompt_id(), new_client_id()
-        record = new_record(prompt_id, spec.name, spec.url, client_id,
-                            self.ledger.store_workflow(graph), labels, resubmitted_from)
+        """Write ahead, then send one job to ``spec``'s server."""
+        record = self.prepare(graph, spec, labels, resubmitted_from)
         with self.ledger.transaction() as tasks:
             tasks.put(record)
+        return self.send(record, graph, spec)
+
+    def prepare(self, graph: dict[str, Any], spec: ServerSpec,
+                labels: dict[str, str] | None = None,
+                resubmitted_from: str | None = None) -> Record:
+        """The write-ahead record of a new job (the caller puts it in the ledger)."""
+        return new_record(new_prompt_id(), spec.name, spec.url, new_client_id(),
+                          self.ledger.store_workflow(graph), labels, resubmitted_from)
+
+    def send(self, record: Record, graph: dict[str, Any], spec: ServerSpec) -> Submitted:
+        """POST the job whose write-ahead record is already in the ledger.
+        Raises WorkflowRejected or ServerUnreachable."""
+        client = self.client_for(spec)
+        prompt_id = record["prompt_id"]
         try:
-            reply = client.submit(graph, client_id, prompt_id)
+            reply = client.submit(graph, record["client_id"], prompt_id)
         except WorkflowRejected as exc:
             self._settle(prompt_id, status=REJECTED, error=rejection_summary(exc))
             raise

@@ -45,16 +45,14 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     from comfyctl.tracker import Tracker, TrackerEvent, WatchOptions
 
     settle_submitting(app.ledger, app.client_for_record, records)
-    out = click.get_text_stream("stdout")
     live = LiveArea(sys.stderr, app.color) if sys.stderr.isatty() else None
     stalled: list[Record] = []
 
     def emit(line: str) -> None:
         if live is not None:
-            live.print_above(line, out)
+            live.print_above(line, sys.stdout)
         else:
-            out.write(line + "\n")
-            out.flush()
+            click.echo(line)
 
     def on_event(event: TrackerEvent) -> None:
         record = event.record

@@ -99,7 +99,7 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
             records = [fresh.get(r["prompt_id"], r) for r in records]
         records = records[:limit] if limit else records
     if download_dir:
-        _download_all(app, records, Path(download_dir), overwrite)
+        download_all(app, records, Path(download_dir), overwrite)
     if list_outputs:
         for record in records:
             for output in record.get("outputs") or []:
@@ -216,7 +216,7 @@ def _detail(record: Record) -> str:
     return "\n".join(lines)
 
 
-def _download_all(app: AppContext, records: list[Record], root: Path, overwrite: bool) -> None:
+def download_all(app: AppContext, records: list[Record], root: Path, overwrite: bool) -> None:
     from comfyctl.download import download_outputs
 
     for record in records:

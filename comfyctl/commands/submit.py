@@ -81,7 +81,6 @@ def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: i
     if all(v is None for v in queue_len.values()):
         raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
     rng = random.SystemRandom()
-    out = click.get_text_stream("stdout")
     submitted = []
     for _ in range(count):
         job_graph = vary_seeds(graph, rng) if vary_seed else graph
@@ -106,13 +105,12 @@ def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: i
         for warning in result.warnings:
             click.echo(f"comfyctl: warning: {record['prompt_id']}: {warning}", err=True)
         if fmt == "json":
-            out.write(json.dumps({**SUBMIT_SCHEMA, "prompt_id": record["prompt_id"],
-                                  "server": record["server"], "server_url": record["server_url"],
-                                  "status": record["status"], "number": record["number"],
-                                  "labels": record["labels"]}) + "\n")
+            click.echo(json.dumps({**SUBMIT_SCHEMA, "prompt_id": record["prompt_id"],
+                                   "server": record["server"], "server_url": record["server_url"],
+                                   "status": record["status"], "number": record["number"],
+                                   "labels": record["labels"]}))
         else:
-            out.write(record["prompt_id"] + "\n")
-        out.flush()
+            click.echo(record["prompt_id"])  # echo flushes: the id is out before any waiting
         submitted.append(record)
     if wait:
         follow(app, submitted, FollowOptions.from_params(params, "json" if fmt else "text"))

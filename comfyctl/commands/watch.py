@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import click
 
 from comfyctl.commands.follow import FollowOptions, follow
@@ -35,7 +37,7 @@ def command(app: AppContext, prompt_ids: tuple[str, ...], fmt: str | bool, **par
     ids = list(prompt_ids)
     if "-" in ids:
         ids.remove("-")
-        ids.extend(line.strip() for line in click.get_text_stream("stdin") if line.strip())
+        ids.extend(line.strip() for line in sys.stdin if line.strip())
     ledger = app.ledger.load()
     if ids:
         records = []

@@ -1,0 +1,260 @@
+"""comfyctl benchmarks: prints a table of measured figures (medians over repeated runs).
+
+    python benchmarks/run.py            # everything (a few minutes on 2 cores)
+    python benchmarks/run.py --quick    # fewer repetitions, smaller ledgers
+
+Every comparison is measured in the same run on the same machine. Nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from comfyctl.config import ServerSpec  # noqa: E402
+from comfyctl.emulator import Emulator  # noqa: E402
+from comfyctl.ledger import Ledger  # noqa: E402
+from comfyctl.records import new_record  # noqa: E402
+
+GRAPH = {
+    "1": {"class_type": "EmptyImage",
+          "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "SlowProgress",
+          "inputs": {"image": ["1", 0], "steps": 1, "seconds_per_step": 0.0, "seed": 0}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "b"}},
+}
+rows: list[tuple[str, str, str]] = []
+
+
+def report(name: str, value: str, note: str = "") -> None:
+    rows.append((name, value, note))
+    print(f"  {name:<58} {value:>14}  {note}", flush=True)
+
+
+def median_wall(cmd: list[str], runs: int, env: dict | None = None) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True, env={**os.environ, **(env or {})})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_ledger(path: Path, count: int, servers: list[str] | None = None,
+                status: str = "success") -> Ledger:
+    servers = servers or ["http://127.0.0.1:8188"]
+    records = {}
+    for i in range(count):
+        url = servers[i % len(servers)]
+        pid = f"{i:08d}-0000-4000-8000-000000000000"
+        rec = new_record(pid, url.split("://")[1], url, f"comfyctl-{i:032x}", None,
+                         {"batch": str(i % 10)})
+        rec["status"] = status
+        rec["number"] = i
+        records[pid] = rec
+    ledger = Ledger(path)
+    ledger._write(records)
+    return ledger
+
+
+def bench_startup(runs: int) -> None:
+    print("start-up", flush=True)
+    py = sys.executable
+    base = median_wall([py, "-c", "import click"], runs)
+    report("python -c 'import click'", f"{base * 1000:.0f} ms")
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Path(tmp) / "ledger.json"
+        make_ledger(ledger, 1000)
+        env = {"COMFYCTL_LEDGER": str(ledger), "COMFYCTL_CONFIG": str(Path(tmp) / "none.toml")}
+        helped = median_wall([py, "-m", "comfyctl", "--help"], runs, env)
+        report("comfyctl --help", f"{helped * 1000:.0f} ms", f"{helped / base:.1f}x import click")
+        hist = median_wall([py, "-m", "comfyctl", "history", "--limit", "20"], runs, env)
+        report("comfyctl history --limit 20 (1k-record ledger)", f"{hist * 1000:.0f} ms",
+               f"{hist / base:.1f}x import click")
+
+
+LEDGER_PROBE = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+from comfyctl.ledger import Ledger
+ledger = Ledger(sys.argv[1])
+t0 = time.perf_counter(); records = ledger.load(); t1 = time.perf_counter()
+hits = [r for r in records.values() if r["labels"].get("batch") == "3" and r["status"] == "success"]
+t2 = time.perf_counter()
+with ledger.transaction() as tasks:
+    rec = tasks.get(next(iter(tasks.records))); rec["labels"]["touched"] = "1"; tasks.put(rec)
+t3 = time.perf_counter()
+print(json.dumps({"load": t1 - t0, "query": t2 - t1, "update": t3 - t2,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_ledger(sizes: list[int], runs: int) -> None:
+    print("ledger scale", flush=True)
+    previous = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            path = Path(tmp) / f"ledger-{size}.json"
+            make_ledger(path, size)
+            results = [json.loads(subprocess.run(
+                [sys.executable, "-c", LEDGER_PROBE, str(path), str(ROOT)], capture_output=True,
+                text=True, check=True).stdout) for _ in range(runs)]
+            med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+            mb = path.stat().st_size / 1e6
+            report(f"ledger {size:>6} records ({mb:.1f} MB): load", f"{med['load'] * 1000:.0f} ms")
+            report(f"ledger {size:>6} records: query (label+status)",
+                   f"{med['query'] * 1000:.1f} ms")
+            report(f"ledger {size:>6} records: update one (locked rewrite)",
+                   f"{med['update'] * 1000:.0f} ms",
+                   f"x{med['update'] / previous:.1f} vs previous size" if previous else "")
+            report(f"ledger {size:>6} records: peak RSS", f"{med['rss_mb']:.0f} MB")
+            previous = med["update"]
+            env = {"COMFYCTL_LEDGER": str(path), "COMFYCTL_CONFIG": str(Path(tmp) / "x.toml")}
+            hist = median_wall([sys.executable, "-m", "comfyctl", "history", "--limit", "20"],
+                               runs, env)
+            report(f"comfyctl history --limit 20 over {size} records", f"{hist * 1000:.0f} ms")
+
+
+def bench_submit(jobs: int) -> None:
+    import requests
+
+    from comfyctl.client import ServerClient
+    from comfyctl.submission import Submitter
+
+    print("submit", flush=True)
+    emu = Emulator().start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ledger = Ledger(Path(tmp) / "ledger.json")
+            spec = ServerSpec(name="emu", url=emu.url)
+            client = ServerClient(spec)
+            submitter = Submitter(ledger, lambda s: client)
+            session = requests.Session()
+            bare, ours = [], []
+            for i in range(jobs):
+                graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"],
+                                                                  "seed": i}}}
+                start = time.perf_counter()
+                session.post(emu.url + "/prompt", json={"prompt": graph}).raise_for_status()
+                bare.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                submitter.submit(graph, spec)
+                ours.append(time.perf_counter() - start)
+            b, o = statistics.median(bare), statistics.median(ours)
+            report("bare requests.post /prompt", f"{b * 1000:.1f} ms")
+            report("comfyctl submit (write-ahead + post + ledger)", f"{o * 1000:.1f} ms",
+                   f"{o / b:.1f}x bare post")
+    finally:
+        emu.stop()
+
+
+def bench_watch(jobs: int, servers: int, steps: int) -> None:
+    print("watch", flush=True)
+    emus = [Emulator().start() for _ in range(servers)]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "COMFYCTL_LEDGER": str(Path(tmp) / "ledger.json"),
+                   "COMFYCTL_CONFIG": str(Path(tmp) / "none.toml")}
+            graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"],
+                                                              "steps": steps,
+                                                              "seconds_per_step": 0.002}}}
+            wf = Path(tmp) / "wf.json"
+            wf.write_text(json.dumps(graph))
+            args = [sys.executable, "-m", "comfyctl", "submit", str(wf), "--count", str(jobs)]
+            for emu in emus:
+                args += ["-s", emu.url]
+            subprocess.run(args, env=env, check=True, capture_output=True)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "comfyctl", "watch", "--json",
+                                   "--poll-interval", "2"], env=env, capture_output=True,
+                                  text=True)
+            wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            events = [json.loads(line) for line in proc.stdout.splitlines()]
+            progress = sum(1 for e in events if e["event"] == "progress")
+            done = sum(1 for e in events if e.get("status") == "success")
+            expected = jobs * steps
+            report(f"watch {jobs} jobs on {servers} servers: wall", f"{wall:.1f} s",
+                   f"{done}/{jobs} succeeded, exit {proc.returncode}")
+            report("watch: progress events seen (of sent)", f"{progress}/{expected}")
+            report("watch: CPU seconds per 1,000 progress events",
+                   f"{cpu / max(progress, 1) * 1000:.2f} s", f"total CPU {cpu:.1f} s")
+    finally:
+        for emu in emus:
+            emu.stop()
+
+
+def bench_fanout(jobs: int, servers: int, timeout: float) -> None:
+    import requests
+
+    from comfyctl.context import AppContext
+    from comfyctl.stuck import DetectOptions, detect
+
+    print("fan-out", flush=True)
+    emus = [Emulator().start() for _ in range(servers)]
+    emus[-1].faults.http_hang = True
+    calls = []
+    original = requests.Session.request
+    lock = threading.Lock()
+
+    def counting(self, method, url, *args, **kwargs):
+        with lock:
+            calls.append((method, url))
+        return original(self, method, url, *args, **kwargs)
+
+    requests.Session.request = counting
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ledger = make_ledger(Path(tmp) / "ledger.json", jobs, [e.url for e in emus],
+                                 status="running")
+            app = AppContext(ledger_path=ledger.path, config_path=Path(tmp) / "none.toml",
+                             timeout=timeout)
+            start = time.perf_counter()
+            result = detect(app.ledger, list(ledger.load().values()), app.client_for_record,
+                            DetectOptions(deadline=timeout + 1.0))
+            wall = time.perf_counter() - start
+            conditions: dict[str, int] = {}
+            for finding in result.findings:
+                conditions[finding.condition] = conditions.get(finding.condition, 0) + 1
+            report(f"detect-stuck {jobs} active jobs on {servers} servers (1 hanging): wall",
+                   f"{wall:.2f} s", f"timeout {timeout:g} s (+1 s deadline margin)")
+            report("detect-stuck: HTTP requests made", str(len(calls)),
+                   f"{len(calls) / servers:.1f} per server; findings {conditions}")
+    finally:
+        requests.Session.request = original
+        emus[-1].faults.http_hang = False
+        for emu in emus:
+            emu.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    runs = 3 if args.quick else 5
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, {platform.system()} {platform.release()}")
+    bench_startup(runs)
+    bench_ledger([1000, 10000] if args.quick else [1000, 10000, 100000], 3)
+    bench_submit(20 if args.quick else 50)
+    bench_watch(40 if args.quick else 200, 4, 5)
+    bench_fanout(1000, 10, 2.0)
+
+
+if __name__ == "__main__":
+    main()

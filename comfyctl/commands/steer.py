@@ -1,0 +1,153 @@
+"""cancel and debug-tasks: steering and inspecting jobs on their own servers."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from comfyctl.context import AppContext
+from comfyctl.errors import ServerUnreachable, TaskNotFound, UsageProblem
+from comfyctl.options import complete_prompt_ids, server_option
+from comfyctl.records import PENDING, TERMINAL, Observation, apply
+from comfyctl.render import human_age, short_id, table
+
+
+@click.command("cancel")
+@click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...]",
+                shell_complete=complete_prompt_ids)
+@click.option("--all-pending", is_flag=True,
+              help="Cancel every job the ledger has as pending (never interrupts a running one).")
+@server_option("With --all-pending: only jobs bound to this server (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per job.")
+@click.pass_obj
+def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bool,
+                   servers: tuple[str, ...], as_json: bool) -> None:
+    """Cancel jobs on their own bound server, the safest way that server allows.
+
+    The jobs-API cancel where the server has it; else the job is deleted from the
+    pending queue; else, only when it is verifiably the running job, it is
+    interrupted by prompt_id. Never a global interrupt, never another server.
+    Finished jobs are reported and left alone.
+
+    \b
+    Examples:
+      comfyctl cancel 3f2c9a1e-...
+      comfyctl cancel --all-pending --server gpu2
+    """
+    ledger = app.ledger.load()
+    if not prompt_ids and not all_pending:
+        raise UsageProblem("Give prompt ids to cancel, or --all-pending.")
+    targets = []
+    for pid in dict.fromkeys(prompt_ids):
+        if pid not in ledger:
+            raise TaskNotFound(pid)
+        targets.append(ledger[pid])
+    if all_pending:
+        urls = {s.url for s in app.servers(servers)} if servers else None
+        targets += [r for r in ledger.values() if r["status"] == PENDING
+                    and (urls is None or r["server_url"] in urls) and r not in targets]
+    unreachable = []
+    for record in targets:
+        if record["status"] in TERMINAL:
+            _report(record, f"already {record['status']}, not touched", as_json)
+            continue
+        client = app.client_for_record(record)
+        try:
+            how = client.cancel(record["prompt_id"],
+                                allow_interrupt=record["prompt_id"] in prompt_ids)
+            obs = Observation("cancelled", record["prompt_id"], record["server_url"])
+            if how in ("not-active", "not-found", "running"):
+                obs = client.status(record["prompt_id"])
+        except ServerUnreachable as exc:
+            unreachable.append(exc)
+            _report(record, f"not cancelled: {exc}", as_json)
+            continue
+        with app.ledger.transaction() as tasks:
+            stored = tasks.get(record["prompt_id"])
+            if stored is not None and apply(stored, obs):
+                tasks.put(stored)
+            record = stored or record
+        what = {"jobs-api": "cancelled (jobs API)", "dequeued": "cancelled (removed from queue)",
+                "interrupted": "cancelled (interrupted by prompt_id)",
+                "running": "running; not interrupted (--all-pending never interrupts)"}
+        _report(record, what.get(how, f"not active on the server; now {record['status']}"),
+                as_json)
+    if unreachable:
+        raise unreachable[0]
+
+
+def _report(record: dict, what: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"schema": "comfyctl.cancel", "schema_version": 1,
+                               "prompt_id": record["prompt_id"], "server": record["server"],
+                               "server_url": record["server_url"], "status": record["status"],
+                               "result": what}))
+    else:
+        click.echo(f"{record['prompt_id']}\t{record['server']}\t{what}")
+
+
+@click.command("debug-tasks")
+@server_option("Only this server (repeatable).")
+@click.option("--timeout", "deadline", type=click.FloatRange(min=0.1), default=5.0,
+              show_default=True, metavar="SECONDS",
+              help="Bound on each server's probe; slower servers show as unreachable (timeout).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+@click.pass_obj
+def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float,
+                  as_json: bool) -> None:
+    """Show the whole fleet: servers, active jobs and anything odd.
+
+    Per server (configured ones plus any the ledger binds jobs to): reachable or not
+    and why, latency, ComfyUI version, the server's own running/pending counts, the
+    ledger's counts by status, and the oldest active job. Per active job: binding,
+    status, last progress and its age, queue position. Then anomalies: jobs bound to
+    a server no longer configured or whose URL changed, jobs their server does not
+    know (restart?), prompt counters that went backwards, jobs running unusually long.
+    All servers are probed at once, each bounded by --timeout.
+
+    \b
+    Examples:
+      comfyctl debug-tasks
+      comfyctl debug-tasks --server gpu1 --json | jq .anomalies
+    """
+    from comfyctl.fleet import fleet_report
+
+    app.timeout = deadline
+    only = {s.url for s in app.servers(servers)} if servers else None
+    report = fleet_report(app.config, list(app.ledger.load().values()), app.client,
+                          app.spec_for_record, deadline + 0.5, only)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    rows = [[s["name"], s["url"], "yes" if s["reachable"] else f"no ({s['reason']})",
+             f"{s['latency_ms']:.0f}ms" if s["latency_ms"] is not None else "-",
+             s["version"] or "-", _pair(s["server_running"], s["server_pending"]),
+             ", ".join(f"{k}={v}" for k, v in sorted(s["ledger_counts"].items())) or "-",
+             (f"{short_id(s['oldest_active'])} ({human_age(s['oldest_active_age_s'])})"
+              if s["oldest_active"] else "-")] for s in report["servers"]]
+    click.echo(table(("server", "url", "reachable", "latency", "version", "run/pend",
+                      "ledger", "oldest active"), rows))
+    if report["jobs"]:
+        click.echo()
+        click.echo(table(("prompt_id", "server", "status", "progress", "node", "progress age",
+                          "queue pos"),
+                         [[j["prompt_id"], j["server"], j["status"],
+                           f"{j['percent']:.2f}%" if j["percent"] is not None else "-",
+                           j["node"] or "-", human_age(j["progress_age_s"]),
+                           "-" if j["queue_position"] is None else str(j["queue_position"])]
+                          for j in report["jobs"]]))
+    click.echo()
+    if report["anomalies"]:
+        for anomaly in report["anomalies"]:
+            click.echo(f"ANOMALY {anomaly['kind']}: {anomaly['detail']}"
+                       + (f" [{anomaly['prompt_id']}]" if anomaly["prompt_id"] else ""))
+    else:
+        click.echo("No anomalies.")
+
+
+def _pair(running: int | None, pending: int | None) -> str:
+    return "-" if running is None else f"{running}/{pending}"
+
+
+commands = [cancel_command, debug_command]

@@ -1,0 +1,204 @@
+"""detect-stuck and recover: cron-grade detection and repair (engine: comfyctl.stuck)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from comfyctl.context import AppContext
+from comfyctl.errors import (
+    ComfyctlError,
+    ProblemsFound,
+    ServerUnreachable,
+    TaskFailed,
+    TaskNotFound,
+)
+from comfyctl.ledger import Record
+from comfyctl.options import complete_prompt_ids, server_option
+from comfyctl.render import table
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def detection_options(func: F) -> F:
+    decorators = [
+        click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...]",
+                       shell_complete=complete_prompt_ids),
+        server_option("Only jobs bound to this server (repeatable)."),
+        click.option("--stall-after", type=click.FloatRange(min=0), default=30.0,
+                     show_default=True, metavar="SECONDS",
+                     help="A running job whose progress has not changed for longer is stalled."),
+        click.option("--max-queue-age", type=click.FloatRange(min=0), metavar="SECONDS",
+                     help="Also report jobs still queued this long after submit."),
+        click.option("--sample", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+                     help="Listen on running jobs' WebSockets this long to see if they move "
+                          "(for jobs no watcher was recording)."),
+        click.option("--timeout", "deadline", type=click.FloatRange(min=0.1), default=15.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Per-server bound on the status round; slower servers count as "
+                          "unreachable."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print one JSON object per line (a finding, or an action for recover)."),
+        click.option("--quiet", "-q", is_flag=True,
+                     help="Print nothing; the exit code says it all."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...]) \
+        -> list[Record]:
+    ledger = app.ledger.load()
+    if prompt_ids:
+        missing = [pid for pid in prompt_ids if pid not in ledger]
+        if missing:
+            raise TaskNotFound(missing[0])
+        records = [ledger[pid] for pid in dict.fromkeys(prompt_ids)]
+    else:
+        records = list(ledger.values())
+    if servers:
+        urls = {spec.url for spec in app.servers(servers)}
+        records = [r for r in records if r["server_url"] in urls or r["server"] in servers]
+    return records
+
+
+def _detect(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
+            stall_after: float, max_queue_age: float | None, sample: float, deadline: float):
+    from comfyctl.stuck import DetectOptions, detect
+
+    app.timeout = deadline
+    options = DetectOptions(stall_after=stall_after, max_queue_age=max_queue_age,
+                            sample=sample, deadline=deadline + 1.0)
+    return detect(app.ledger, _select(app, prompt_ids, servers), app.client_for_record, options)
+
+
+@click.command("detect-stuck")
+@detection_options
+@click.pass_obj
+def detect_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
+                   stall_after: float, max_queue_age: float | None, sample: float,
+                   deadline: float, as_json: bool, quiet: bool) -> None:
+    """Find jobs that stalled, were lost, or finished while nobody was listening.
+
+    Every unfinished job in the ledger (or the ids given) is checked on its own bound
+    server only, with one status round per server, all servers at once. Conditions:
+    finished-unnoticed, failed-unnoticed, stalled, lost, queued-too-long (with
+    --max-queue-age) and unreachable. Nothing is changed (see 'recover').
+    Exit 0 when all is well, 6 when anything is found, 3 when every server is down.
+
+    \b
+    Examples:
+      comfyctl detect-stuck
+      comfyctl detect-stuck --stall-after 120 --json | jq -r .prompt_id
+      */5 * * * *  comfyctl detect-stuck --quiet || comfyctl recover --resubmit
+    """
+    result = _detect(app, prompt_ids, servers, stall_after, max_queue_age, sample, deadline)
+    if not quiet:
+        _print_findings(result.findings, as_json)
+    if result.all_unreachable:
+        _fail(quiet, ServerUnreachable(
+            ", ".join(sorted({f.record["server"] for f in result.findings})),
+            "every bound server is unreachable"))
+    if result.findings:
+        _fail(quiet, ProblemsFound(f"{len(result.findings)} problem(s) among {result.checked} "
+                                   "unfinished job(s).", "Run 'comfyctl recover' to repair them."))
+    if not quiet and not as_json:
+        click.echo(f"comfyctl: {result.checked} unfinished job(s) checked, no problems.",
+                   err=True)
+
+
+def _fail(quiet: bool, error: ComfyctlError) -> NoReturn:
+    """Raise ``error``; with --quiet only its exit code survives."""
+    if quiet:
+        raise click.exceptions.Exit(int(error.exit_code))
+    raise error
+
+
+def _print_findings(findings: list[Any], as_json: bool) -> None:
+    if as_json:
+        for finding in findings:
+            click.echo(json.dumps(finding.to_json()))
+    elif findings:
+        rows = [[f.record["prompt_id"], f.record["server"], f.condition, f.detail]
+                for f in findings]
+        click.echo(table(("prompt_id", "server", "condition", "evidence"), rows))
+
+
+@click.command("recover")
+@detection_options
+@click.option("--resubmit", is_flag=True,
+              help="Resubmit lost jobs (and, with --interrupt-stalled, stalled ones) from the "
+                   "stored workflow, once, with lineage both ways.")
+@click.option("--to", "to_server", metavar="NAME|URL",
+              help="Resubmit to this server instead of the job's own (failover).")
+@click.option("--interrupt-stalled", is_flag=True,
+              help="Cancel stalled jobs on their own server the safe way.")
+@click.option("--download", "download_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Save the outputs of recovered successful jobs to DIR/<server>/...")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.pass_obj
+def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
+                    stall_after: float, max_queue_age: float | None, sample: float,
+                    deadline: float, as_json: bool, quiet: bool, resubmit: bool,
+                    to_server: str | None, interrupt_stalled: bool, download_dir: str | None,
+                    dry_run: bool) -> None:
+    """Repair what detect-stuck finds, each job on its own bound server.
+
+    finished-unnoticed: record success and outputs. failed-unnoticed: record the
+    server's error. lost: mark lost, or with --resubmit send the stored workflow
+    again (once, however often recover runs; linked by superseded_by and
+    resubmitted_from). stalled: report, or cancel with --interrupt-stalled.
+    unreachable: left alone unless --to and --resubmit move it. Overlapping runs
+    never act twice on one job. Exit 0 when every problem was resolved, else 1.
+
+    \b
+    Examples:
+      comfyctl recover --dry-run
+      comfyctl recover --resubmit --download out/
+      comfyctl recover --resubmit --to gpu2 --json
+    """
+    from comfyctl.stuck import Repairer, RepairOptions, plan
+
+    options = RepairOptions(resubmit=resubmit, interrupt_stalled=interrupt_stalled,
+                            to=app.config.resolve(to_server) if to_server else None,
+                            dry_run=dry_run)
+    result = _detect(app, prompt_ids, servers, stall_after, max_queue_age, sample, deadline)
+    actions = plan(result.findings, options)
+    if not dry_run:
+        repairer = Repairer(app.ledger, app.client_for_record, app.client, app.spec_for_record)
+        actions = [repairer.run(action, options) for action in actions]
+        if download_dir:
+            _download(app, [a.finding.record for a in actions
+                            if a.resolved and a.action == "record-success"], Path(download_dir))
+    if not quiet:
+        if as_json:
+            for action in actions:
+                click.echo(json.dumps({**action.to_json(), "dry_run": dry_run}))
+        elif actions:
+            rows = [[a.finding.record["prompt_id"], a.finding.record["server"],
+                     a.finding.condition, a.action,
+                     "planned" if dry_run else ("done" if a.resolved else "open"), a.detail]
+                    for a in actions]
+            click.echo(table(("prompt_id", "server", "condition", "action", "result",
+                              "detail"), rows))
+        else:
+            click.echo(f"comfyctl: {result.checked} unfinished job(s) checked, nothing to "
+                       "recover.", err=True)
+    open_items = [a for a in actions if dry_run or not a.resolved]
+    if open_items:
+        _fail(quiet, TaskFailed(f"{len(open_items)} problem(s) remain"
+                                + (" (dry run)." if dry_run else ".")))
+
+
+def _download(app: AppContext, records: list[Record], root: Path) -> None:
+    from comfyctl.commands.history import download_all
+
+    download_all(app, records, root, overwrite=False)
+
+
+commands = [detect_command, recover_command]

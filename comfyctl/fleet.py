@@ -1,0 +1,173 @@
+"""The fleet report behind ``debug-tasks``: every server probed at once, anomalies named.
+
+Servers are those configured plus any the ledger binds jobs to. Each is probed in its
+own thread with a deadline, so one dead or hanging server never delays the others.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from comfyctl.client import ServerClient
+from comfyctl.config import Config, ServerSpec, server_name_for_url
+from comfyctl.fanout import fan_out
+from comfyctl.ledger import Record
+from comfyctl.records import ACTIVE, RUNNING, SUCCESS, age_seconds, parse_time
+
+REPORT_SCHEMA = {"schema": "comfyctl.fleet-report", "schema_version": 1}
+
+
+@dataclass
+class Probe:
+    """What one server said about itself and about the ledger's active jobs on it."""
+
+    latency_ms: float
+    version: str | None
+    running: list[str]
+    pending: list[str]
+    max_number: int | None
+    unknown: list[str] = field(default_factory=list)
+
+
+def probe(client: ServerClient, active_ids: list[str]) -> Probe:
+    started = time.monotonic()
+    stats = client.system_stats()
+    latency = (time.monotonic() - started) * 1000
+    version = (stats.get("system") or {}).get("comfyui_version")
+    queue = client.queue()
+    numbers = [item.number for item in queue.running + queue.pending]
+    newest = client.history(max_items=1)
+    for entry in newest.values():
+        prompt = entry.get("prompt") if isinstance(entry, dict) else None
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            numbers.append(prompt[0])
+    queued = {item.prompt_id for item in queue.running + queue.pending}
+    unknown = [pid for pid, obs in client.snapshot([p for p in active_ids if p not in queued])
+               .items() if obs.kind == "unknown"] if active_ids else []
+    return Probe(round(latency, 1), version, [i.prompt_id for i in queue.running],
+                 [i.prompt_id for i in queue.pending], max(numbers) if numbers else None,
+                 unknown)
+
+
+def fleet_report(config: Config, records: list[Record],
+                 client_for_spec: Callable[[ServerSpec], ServerClient],
+                 spec_for_record: Callable[[Record], ServerSpec], deadline: float,
+                 only: set[str] | None = None) -> dict[str, Any]:
+    specs: dict[str, ServerSpec] = {s.url: s for s in config.servers.values()}
+    for record in records:
+        specs.setdefault(record["server_url"], spec_for_record(record))
+    if only is not None:
+        specs = {url: s for url, s in specs.items() if url in only}
+        records = [r for r in records if r["server_url"] in only]
+    by_server: dict[str, list[Record]] = {url: [] for url in specs}
+    for record in records:
+        by_server.setdefault(record["server_url"], []).append(record)
+    active = {url: [r for r in rs if r["status"] in ACTIVE] for url, rs in by_server.items()}
+    answers = fan_out(list(specs), lambda url: probe(client_for_spec(specs[url]),
+                                                     [r["prompt_id"] for r in active[url]]),
+                      deadline, name=lambda url: specs[url].name)
+    servers, jobs, anomalies = [], [], []
+    for url, spec in specs.items():
+        answer, mine = answers[url], by_server.get(url, [])
+        result: Probe | None = answer.value
+        oldest = min(active[url], key=lambda r: r.get("submitted_at") or "", default=None)
+        servers.append({
+            "name": spec.name, "url": url, "configured": spec.configured,
+            "reachable": result is not None,
+            "reason": answer.error.reason if answer.error else None,
+            "latency_ms": result.latency_ms if result else None,
+            "version": result.version if result else None,
+            "server_running": len(result.running) if result else None,
+            "server_pending": len(result.pending) if result else None,
+            "ledger_counts": dict(Counter(r["status"] for r in mine)),
+            "oldest_active": oldest["prompt_id"] if oldest else None,
+            "oldest_active_age_s": _round(age_seconds(oldest["submitted_at"])) if oldest else None,
+        })
+        if result is not None:
+            anomalies += _server_anomalies(spec, result, mine)
+        for record in active[url]:
+            jobs.append(_job_row(record, result))
+    anomalies += _binding_anomalies(config, records)
+    anomalies += _slow_jobs(records)
+    return {**REPORT_SCHEMA, "servers": servers, "jobs": jobs, "anomalies": anomalies}
+
+
+def _job_row(record: Record, result: Probe | None) -> dict[str, Any]:
+    progress = record.get("progress") or {}
+    position = None
+    if result is not None:
+        if record["prompt_id"] in result.running:
+            position = 0
+        elif record["prompt_id"] in result.pending:
+            position = result.pending.index(record["prompt_id"]) + 1
+    return {
+        "prompt_id": record["prompt_id"], "server": record["server"],
+        "server_url": record["server_url"], "status": record["status"],
+        "percent": progress.get("percent"), "node": progress.get("node"),
+        "progress_age_s": _round(age_seconds(progress.get("updated_at"))),
+        "queue_position": position,
+    }
+
+
+def _server_anomalies(spec: ServerSpec, result: Probe, mine: list[Record]) -> list[dict]:
+    found = []
+    for pid in result.unknown:
+        found.append({"kind": "unknown-to-server", "server": spec.name, "prompt_id": pid,
+                      "detail": f"the ledger thinks it is active but {spec.name} does not know "
+                                "it (not queued, not in history): possible restart"})
+    seen = [r["number"] for r in mine if isinstance(r.get("number"), int)]
+    if seen and result.max_number is not None and result.max_number < max(seen):
+        found.append({"kind": "counter-went-backwards", "server": spec.name, "prompt_id": None,
+                      "detail": f"{spec.name}'s prompt counter is at {result.max_number} but "
+                                f"the ledger saw {max(seen)}: the server restarted"})
+    return found
+
+
+def _binding_anomalies(config: Config, records: list[Record]) -> list[dict]:
+    found = []
+    for record in records:
+        if record["status"] not in ACTIVE:
+            continue
+        name, url = record["server"], record["server_url"]
+        configured = config.servers.get(name)
+        if configured is not None and configured.url != url:
+            found.append({"kind": "server-url-changed", "server": name,
+                          "prompt_id": record["prompt_id"],
+                          "detail": f"bound to {url}, but {name} is now configured as "
+                                    f"{configured.url}; comfyctl keeps using {url}"})
+        elif configured is None and name != server_name_for_url(url):
+            found.append({"kind": "server-not-configured", "server": name,
+                          "prompt_id": record["prompt_id"],
+                          "detail": f"bound to {name} ({url}), which is no longer configured"})
+    return found
+
+
+def _slow_jobs(records: list[Record]) -> list[dict]:
+    """Running jobs that have run far longer than finished jobs usually take."""
+    durations = []
+    for record in records:
+        start, end = parse_time(record.get("started_at")), parse_time(record.get("finished_at"))
+        if record["status"] == SUCCESS and start and end:
+            durations.append((end - start).total_seconds())
+    if len(durations) < 3:
+        return []
+    typical = statistics.median(durations)
+    limit = max(3 * typical, typical + 60)
+    found = []
+    for record in records:
+        elapsed = age_seconds(record.get("started_at"))
+        if record["status"] == RUNNING and elapsed is not None and elapsed > limit:
+            found.append({"kind": "running-long", "server": record["server"],
+                          "prompt_id": record["prompt_id"],
+                          "detail": f"running for {elapsed:.0f}s; finished jobs typically take "
+                                    f"{typical:.0f}s"})
+    return found
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

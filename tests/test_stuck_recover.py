@@ -1,0 +1,175 @@
+"""detect-stuck and recover against emulated servers (issue 6 acceptance)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from comfyctl.ledger import Ledger
+
+
+def graph(steps: int = 5, seconds: float = 0.02, prefix: str = "rec") -> dict:
+    return {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SlowProgress",
+              "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
+                         "seed": 0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def submit(invoke, tmp_path: Path, server: str, g: dict | None = None, count: int = 1) -> list:
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(g or graph()))
+    result = invoke("submit", str(wf), "-s", server, "--count", str(count))
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.split()
+
+
+def findings(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_stall_at_52_25_is_reported_after_the_threshold_not_before(invoke, emulator, tmp_path,
+                                                                   ledger_path):
+    emulator.faults.stall_at_percent = 52.25
+    (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=400, seconds=0.001))
+    # A watcher records progress into the ledger, then goes away.
+    watched = invoke("watch", pid, "--timeout", "1.5", "--poll-interval", "0.3")
+    assert watched.exit_code == 5
+    record = Ledger(ledger_path).get(pid)
+    assert record["progress"]["percent"] == 52.25
+    early = invoke("detect-stuck", "--stall-after", "4", "--json")
+    assert early.exit_code == 0, early.stdout
+    time.sleep(4.5)
+    late = invoke("detect-stuck", "--stall-after", "4", "--json")
+    assert late.exit_code == 6
+    (finding,) = findings(late)
+    assert finding["condition"] == "stalled" and finding["prompt_id"] == pid
+    assert "52.25%" in finding["detail"] and finding["server_url"] == emulator.url
+
+
+def test_sample_decides_stalls_when_nobody_recorded_progress(invoke, emulator, tmp_path,
+                                                             ledger_path):
+    emulator.faults.stall_at_percent = 52.25
+    (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=400, seconds=0.001))
+    time.sleep(1.0)
+    assert Ledger(ledger_path).get(pid)["progress"] is None  # nobody was watching
+    result = invoke("detect-stuck", "--sample", "1", "--stall-after", "1000", "--json")
+    assert result.exit_code == 6
+    assert findings(result)[0]["condition"] == "stalled"
+    emulator.faults.stall_at_percent = None
+
+
+def test_killed_watcher_finished_unnoticed_then_recovered_once(emulator, tmp_path, ledger_path,
+                                                               invoke):
+    (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=30, seconds=0.05))
+    watcher = subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid,
+                                "--poll-interval", "0.3"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    time.sleep(0.8)
+    os.kill(watcher.pid, signal.SIGKILL)
+    watcher.wait()
+    emulator.wait_idle(timeout=20)
+    assert Ledger(ledger_path).get(pid)["status"] in ("pending", "running")
+    detected = invoke("detect-stuck", "--json")
+    assert detected.exit_code == 6
+    assert findings(detected)[0]["condition"] == "finished-unnoticed"
+    recovered = invoke("recover", "--json")
+    assert recovered.exit_code == 0, recovered.stdout + recovered.stderr
+    (action,) = findings(recovered)
+    assert action["action"] == "record-success" and action["resolved"]
+    record = Ledger(ledger_path).get(pid)
+    assert record["status"] == "success" and record["recovered"]["how"] == "finished-unnoticed"
+    assert record["outputs"] and all(o["url"].startswith(emulator.url + "/view?")
+                                     for o in record["outputs"])
+    again = invoke("recover", "--json")
+    assert again.exit_code == 0 and again.stdout == ""
+
+
+def test_restart_lost_resubmitted_exactly_once_by_concurrent_recovers(emulator, tmp_path,
+                                                                      ledger_path, invoke):
+    (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.05))
+    time.sleep(0.3)
+    emulator.restart()
+    detected = invoke("detect-stuck", "--json")
+    assert detected.exit_code == 6
+    assert findings(detected)[0]["condition"] == "lost"
+    procs = [subprocess.Popen([sys.executable, "-m", "comfyctl", "recover", "--resubmit",
+                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    ledger = Ledger(ledger_path).load()
+    old = ledger[pid]
+    children = [r for r in ledger.values() if r.get("resubmitted_from") == pid]
+    assert len(children) == 1
+    (child,) = children
+    assert old["superseded_by"] == child["prompt_id"]
+    assert child["server_url"] == emulator.url
+    assert old["status"] == "lost"
+    # The server really got exactly one new job (the old one died with the restart).
+    queue = requests.get(emulator.url + "/queue", timeout=5).json()
+    assert [item[1] for item in queue["queue_running"] + queue["queue_pending"]] == \
+        [child["prompt_id"]]
+    third = invoke("recover", "--resubmit", "--json")
+    assert third.exit_code == 0
+    assert len([r for r in Ledger(ledger_path).load().values()
+                if r.get("resubmitted_from") == pid]) == 1
+
+
+def test_healthy_server_recovered_while_hanging_one_is_left_alone(emulator_factory, tmp_path,
+                                                                  ledger_path, invoke):
+    a, b = emulator_factory(), emulator_factory()
+    a_ids = submit(invoke, tmp_path, a.url, graph(steps=2, seconds=0.01), count=2)
+    b_ids = submit(invoke, tmp_path, b.url, graph(steps=2, seconds=0.01), count=2)
+    a.wait_idle(timeout=10)
+    b.wait_idle(timeout=10)
+    before_b = {pid: Ledger(ledger_path).get(pid) for pid in b_ids}
+    b.faults.http_hang = True
+    started = time.monotonic()
+    result = invoke("recover", "--timeout", "2", "--json")
+    elapsed = time.monotonic() - started
+    b.faults.http_hang = False
+    assert elapsed < 2 + 3.5
+    actions = {a["prompt_id"]: a for a in findings(result)}
+    assert result.exit_code == 1  # B's problems remain
+    for pid in a_ids:
+        assert actions[pid]["resolved"] and Ledger(ledger_path).get(pid)["status"] == "success"
+    for pid in b_ids:
+        assert actions[pid]["condition"] == "unreachable" and not actions[pid]["resolved"]
+        assert Ledger(ledger_path).get(pid) == before_b[pid]
+
+
+def test_error_at_node_is_failed_unnoticed_with_the_servers_message(emulator, tmp_path,
+                                                                   ledger_path, invoke):
+    emulator.faults.error_at_node = "2"
+    (pid,) = submit(invoke, tmp_path, emulator.url)
+    emulator.wait_idle(timeout=10)
+    detected = invoke("detect-stuck", "--json")
+    assert detected.exit_code == 6
+    assert findings(detected)[0]["condition"] == "failed-unnoticed"
+    assert invoke("recover").exit_code == 0
+    record = Ledger(ledger_path).get(pid)
+    assert record["status"] == "error"
+    assert record["error"]["message"] and record["error"]["node_id"] == "2"
+
+
+def test_quiet_prints_nothing_and_exit_codes_hold(emulator, tmp_path, invoke):
+    assert invoke("detect-stuck", "--quiet").exit_code == 0
+    submit(invoke, tmp_path, emulator.url, graph(steps=1, seconds=0.01))
+    emulator.wait_idle(timeout=10)
+    quiet = invoke("detect-stuck", "--quiet")
+    assert quiet.exit_code == 6 and quiet.stdout == "" and quiet.stderr == ""
+    emulator.stop()
+    down = invoke("detect-stuck", "--json", "--timeout", "1")
+    assert down.exit_code == 3
+    assert findings(down)[0]["condition"] == "unreachable"

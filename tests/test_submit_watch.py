@@ -1,0 +1,238 @@
+"""End-to-end: submit and watch against real emulated servers on loopback sockets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import responses
+
+from comfyctl.ledger import Ledger
+
+
+def quick_graph(steps: int = 5, seconds: float = 0.05, prefix: str = "job") -> dict:
+    return {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SlowProgress",
+              "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
+                         "seed": 0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def failing_graph() -> dict:
+    graph = quick_graph()
+    graph["2"] = {"class_type": "FailAtStep",
+                  "inputs": {"image": ["1", 0], "steps": 5, "seconds_per_step": 0.02,
+                             "fail_at_step": 3}}
+    return graph
+
+
+@pytest.fixture
+def workflow(tmp_path: Path):
+    def write(graph: dict | None = None, name: str = "wf.json") -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps(graph or quick_graph()))
+        return str(path)
+
+    return write
+
+
+def records(ledger_path: Path) -> dict:
+    return Ledger(ledger_path).load()
+
+
+def test_submit_prints_only_the_id_and_binds_the_job(invoke, emulator, workflow, ledger_path):
+    result = invoke("submit", workflow(), "-s", emulator.url, "--label", "team=a")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    record = records(ledger_path)[lines[0]]
+    assert record["server_url"] == emulator.url
+    assert record["status"] in ("pending", "running")
+    assert record["labels"] == {"team": "a"}
+    assert record["client_id"].startswith("comfyctl-")
+    stored = Ledger(ledger_path).load_workflow(record["workflow"])
+    assert stored["2"]["class_type"] == "SlowProgress"
+
+
+@pytest.mark.parametrize("jobs_api", [False, True], ids=["classic", "jobs-api"])
+def test_ten_jobs_over_two_servers(invoke, emulator_factory, workflow, ledger_path, tmp_path,
+                                   jobs_api):
+    a, b = emulator_factory(jobs_api=jobs_api), emulator_factory(jobs_api=jobs_api)
+    out = tmp_path / "out"
+    result = invoke("submit", workflow(quick_graph(steps=3, seconds=0.02)), "-s", a.url,
+                    "-s", b.url, "--count", "10", "--vary-seed", "--wait", "--download", str(out),
+                    "--poll-interval", "0.5", "--timeout", "60")
+    assert result.exit_code == 0, result.stderr
+    ids = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    submitted = ids[:10]
+    assert len(set(submitted)) == 10
+    ledger = records(ledger_path)
+    by_server = {a.url: 0, b.url: 0}
+    for pid in submitted:
+        record = ledger[pid]
+        assert record["status"] == "success"
+        by_server[record["server_url"]] += 1
+        assert record["outputs"], record
+        for output in record["outputs"]:
+            assert output["url"].startswith(record["server_url"] + "/view?")
+    assert by_server == {a.url: 5, b.url: 5}
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert len(files) == 10
+    server_dirs = {p.relative_to(out).parts[0] for p in files}
+    assert len(server_dirs) == 2
+    # Both servers name their outputs job_00001_.png, ...: they must not collide.
+    names = [p.name for p in files]
+    assert len(names) > len(set(names))
+
+
+def test_rejected_workflow_is_recorded_with_node_errors(invoke, emulator, workflow,
+                                                         ledger_path):
+    graph = quick_graph()
+    del graph["2"]["inputs"]["steps"]
+    result = invoke("submit", workflow(graph), "-s", emulator.url)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "node 2" in result.stderr and "steps" in result.stderr
+    (record,) = records(ledger_path).values()
+    assert record["status"] == "rejected"
+    assert record["error"]["node_errors"]["2"]
+
+
+def test_failed_job_exits_1_with_the_servers_message(invoke, emulator, workflow, ledger_path):
+    result = invoke("submit", workflow(failing_graph()), "-s", emulator.url, "--wait",
+                    "--poll-interval", "0.5", "--timeout", "30")
+    assert result.exit_code == 1
+    (record,) = records(ledger_path).values()
+    assert record["status"] == "error"
+    assert "deliberate failure" in record["error"]["message"]
+    assert record["error"]["node_id"] == "2"
+
+
+def test_watch_unknown_id_exits_4(invoke):
+    result = invoke("watch", "00000000-0000-4000-8000-000000000000")
+    assert result.exit_code == 4
+    assert "No task" in result.stderr
+
+
+def test_watch_timeout_exits_5_naming_running_jobs(invoke, emulator, workflow):
+    submitted = invoke("submit", workflow(quick_graph(steps=200, seconds=0.1)), "-s",
+                       emulator.url)
+    pid = submitted.stdout.strip()
+    result = invoke("watch", pid, "--timeout", "1", "--poll-interval", "0.3")
+    assert result.exit_code == 5
+    assert pid in result.stderr
+
+
+def test_job_finished_before_watch_is_reported_at_once(invoke, emulator, workflow, ledger_path):
+    pid = invoke("submit", workflow(quick_graph(steps=2, seconds=0.01)), "-s",
+                 emulator.url).stdout.strip()
+    emulator.wait_idle(timeout=10)
+    started = time.monotonic()
+    result = invoke("watch", pid, "--json", "--poll-interval", "5")
+    assert result.exit_code == 0, result.stderr
+    assert time.monotonic() - started < 4  # from history at once, not after a poll interval
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[-1]["status"] == "success" and events[-1]["outputs"]
+    assert records(ledger_path)[pid]["status"] == "success"
+
+
+def test_stall_is_reported_and_fail_on_stall_exits_6(invoke, emulator, workflow):
+    emulator.faults.stall_at_percent = 52.25
+    pid = invoke("submit", workflow(quick_graph(steps=400, seconds=0.001)), "-s",
+                 emulator.url).stdout.strip()
+    result = invoke("watch", pid, "--stall-timeout", "1", "--fail-on-stall",
+                    "--poll-interval", "0.3", "--timeout", "30")
+    assert result.exit_code == 6
+    assert "52.25%" in result.stdout
+    assert pid in result.stderr
+
+
+def test_restart_mid_run_marks_the_job_lost(invoke, emulator, workflow, ledger_path):
+    pid = invoke("submit", workflow(quick_graph(steps=100, seconds=0.05)), "-s",
+                 emulator.url).stdout.strip()
+    threading.Timer(0.8, emulator.restart).start()
+    result = invoke("watch", pid, "--poll-interval", "0.3", "--timeout", "30")
+    assert result.exit_code == 1
+    record = records(ledger_path)[pid]
+    assert record["status"] == "lost"
+    assert "restarted" in record["error"]["message"]
+
+
+def test_hostile_output_names_never_escape_the_download_dir(invoke, emulator, workflow,
+                                                            tmp_path):
+    out = tmp_path / "dl" / "out"
+    for name, subfolder in (("../../evil.png", ""), ("/tmp/abs-evil.png", "../../.."),
+                            ("a\\..\\..\\b.png", "..\\..")):
+        emulator.faults.output_filename = name
+        emulator.faults.output_subfolder = subfolder
+        result = invoke("submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s",
+                        emulator.url, "--wait", "--download", str(out), "--poll-interval",
+                        "0.3", "--timeout", "30")
+        assert result.exit_code == 0, result.stderr
+        # A real ComfyUI /view refuses such names, so the download is reported as failed.
+        assert "download" in result.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".png"]
+    assert all(out in p.parents for p in written)
+    assert not Path("/tmp/abs-evil.png").exists()
+
+
+@responses.activate
+def test_download_keeps_hostile_names_inside_the_dir(tmp_path):
+    """A server that does serve hostile names still cannot make comfyctl write outside DIR."""
+    from comfyctl.client import ServerClient
+    from comfyctl.config import ServerSpec
+    from comfyctl.download import download_outputs
+    from comfyctl.records import flatten_outputs
+
+    url = "http://127.0.0.1:9"
+    responses.get(url + "/view", body=b"\x89PNG-bytes")
+    names = ["../../evil.png", "/etc/passwd", "a\\..\\..\\b.png", "nul\x00byte.png", ".."]
+    subfolders = ["", "../../..", "..\\..", "/abs", "x/../.."]
+    outputs = flatten_outputs(url, {"9": {"images": [
+        {"filename": name, "subfolder": sub, "type": "output"}
+        for name, sub in zip(names, subfolders, strict=True)]}})
+    record = {"server": "../gpu:1", "outputs": outputs}
+    root = tmp_path / "dl"
+    results = download_outputs(ServerClient(ServerSpec("x", url)), record, root)
+    assert len(results) == 5
+    for path, what in results:
+        assert what in ("saved", "exists")
+        assert root.resolve() in path.parents
+    assert {p.name for p in root.rglob("*") if p.is_file()} >= {"evil.png", "passwd", "b.png"}
+
+
+def test_submit_pipe_watch_as_real_processes(emulator, workflow, ledger_path):
+    wf = workflow(quick_graph(steps=3, seconds=0.02))
+    cmd = (f"{sys.executable} -m comfyctl submit {wf} -s {emulator.url} --count 2 | "
+           f"{sys.executable} -m comfyctl watch - --json --poll-interval 0.5 --timeout 60")
+    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    finals = [json.loads(line) for line in proc.stdout.splitlines()]
+    done = {e["prompt_id"] for e in finals if e["status"] == "success"}
+    assert len(done) == 2
+    assert all(records(ledger_path)[pid]["status"] == "success" for pid in done)
+
+
+def test_two_watchers_on_one_server_each_see_their_own_progress(invoke, emulator, workflow):
+    wf = workflow(quick_graph(steps=20, seconds=0.05))
+    first = invoke("submit", wf, "-s", emulator.url).stdout.strip()
+    second = invoke("submit", wf, "-s", emulator.url).stdout.strip()
+    procs = [subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid, "--json",
+                               "--poll-interval", "5", "--timeout", "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (first, second)]
+    for pid, proc in zip((first, second), procs, strict=True):
+        stdout, stderr = proc.communicate(timeout=90)
+        assert proc.returncode == 0, stderr
+        events = [json.loads(line) for line in stdout.splitlines()]
+        progress = [e for e in events if e["event"] == "progress"]
+        assert progress, f"watcher of {pid} saw no progress events"
+        assert {e["prompt_id"] for e in events} == {pid}
