@@ -1,0 +1,198 @@
+"""history, cancel and debug-tasks over a multi-server emulator setup (issue 5)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+import requests
+
+from comfyctl.ledger import Ledger
+
+
+def graph(steps: int = 2, seconds: float = 0.01) -> dict:
+    return {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SlowProgress",
+              "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
+                         "seed": 0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "h"}},
+    }
+
+
+@pytest.fixture
+def schema() -> dict:
+    text = resources.files("comfyctl").joinpath("schemas/task.schema.json").read_text()
+    return json.loads(text)
+
+
+@pytest.fixture
+def fleet(emulator_factory, invoke, tmp_path, ledger_path):
+    """Two servers: 3 finished jobs on A (labelled), 2 on B; a config naming both."""
+    a, b = emulator_factory(), emulator_factory(jobs_api=True)
+    (tmp_path / "config.toml").write_text(
+        f'[servers.a]\nurl = "{a.url}"\n[servers.b]\nurl = "{b.url}"\n')
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph()))
+    ids = {}
+    for name, count, label in (("a", 3, "batch=1"), ("b", 2, "batch=2")):
+        result = invoke("submit", str(wf), "-s", name, "--count", str(count), "--vary-seed",
+                        "--label", label, "--wait", "--poll-interval", "0.3")
+        assert result.exit_code == 0, result.stderr
+        ids[name] = [line.split("\t")[0] for line in result.stdout.splitlines()][:count]
+    return a, b, ids
+
+
+def test_filters_and_formats(fleet, invoke, schema):
+    a, b, ids = fleet
+    table = invoke("history")
+    assert table.exit_code == 0
+    assert len(table.stdout.splitlines()) == 2 + 5  # header, rule, rows
+    doc = json.loads(invoke("history", "--json").stdout)
+    jsonschema.validate(doc, schema)
+    assert [t["submitted_at"] for t in doc["tasks"]] == sorted(
+        (t["submitted_at"] for t in doc["tasks"]), reverse=True)
+    only_b = json.loads(invoke("history", "--server", "b", "--json").stdout)["tasks"]
+    assert {t["prompt_id"] for t in only_b} == set(ids["b"])
+    assert all(t["server_url"] == b.url for t in only_b)
+    by_label = [json.loads(line) for line in
+                invoke("history", "--label", "batch=1", "--nl").stdout.splitlines()]
+    assert {t["prompt_id"] for t in by_label} == set(ids["a"])
+    for record in by_label:
+        jsonschema.validate(record, schema)
+    assert invoke("history", "--status", "error", "--json").stdout.count("prompt_id") == 0
+    assert len(json.loads(invoke("history", "--limit", "2", "--json").stdout)["tasks"]) == 2
+    assert len(json.loads(invoke("history", "--since", "1h", "--json").stdout)["tasks"]) == 5
+    assert json.loads(invoke("history", "--since", "2999-01-01", "--json").stdout)["tasks"] == []
+    rows = list(csv.DictReader(io.StringIO(invoke("history", "--csv").stdout)))
+    assert len(rows) == 5 and {r["server_url"] for r in rows} == {a.url, b.url}
+
+
+def test_one_id_refreshes_from_its_server_and_outputs_list(fleet, invoke, schema):
+    a, _, ids = fleet
+    pid = ids["a"][0]
+    detail = json.loads(invoke("history", pid, "--json").stdout)
+    jsonschema.validate(detail, schema)
+    assert detail["status"] == "success"
+    urls = invoke("history", pid, "--outputs").stdout.split()
+    assert urls and all(u.startswith(a.url + "/view?") for u in urls)
+    assert requests.get(urls[0], timeout=5).content.startswith(b"\x89PNG")
+    assert invoke("history", "00000000-0000-4000-8000-000000000000").exit_code == 4
+
+
+def test_bad_filter_values_are_usage_errors(invoke):
+    assert invoke("history", "--since", "yesterday-ish").exit_code == 2
+    assert invoke("history", "--label", "nolabel").exit_code == 2
+    assert invoke("history", "--server", "nosuch").exit_code == 2
+
+
+def test_prune_removes_old_terminal_records_and_their_workflows(fleet, invoke, ledger_path):
+    ledger = Ledger(ledger_path)
+    with ledger.transaction() as tasks:
+        for record in tasks.values():
+            record["finished_at"] = "2000-01-01T00:00:00.000+00:00"
+            tasks.put(record)
+    for path in ledger.workflow_dir.glob("*.json"):
+        os.utime(path, (0, 0))  # stored long ago
+    result = invoke("history", "--prune", "--older-than", "30d")
+    assert result.exit_code == 0
+    assert len(result.stdout.split()) == 5
+    assert ledger.load() == {}
+    assert list(ledger.workflow_dir.glob("*.json")) == []
+
+
+@pytest.mark.parametrize("jobs_api", [False, True], ids=["classic", "jobs-api"])
+def test_cancel_on_a_leaves_b_running(emulator_factory, invoke, tmp_path, ledger_path, jobs_api):
+    a, b = emulator_factory(jobs_api=jobs_api), emulator_factory(jobs_api=jobs_api)
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))
+    running_a, pending_a = invoke("submit", str(wf), "-s", a.url, "--count", "2",
+                                  "--vary-seed").stdout.split()
+    (running_b,) = invoke("submit", str(wf), "-s", b.url).stdout.split()
+    time.sleep(0.5)
+    result = invoke("cancel", pending_a, running_a)
+    assert result.exit_code == 0, result.stderr
+    a.wait_idle(timeout=10)
+    ledger = Ledger(ledger_path).load()
+    assert ledger[pending_a]["status"] == "cancelled"
+    assert ledger[running_a]["status"] in ("cancelled", "interrupted")
+    queue_b = requests.get(b.url + "/queue", timeout=5).json()
+    assert [item[1] for item in queue_b["queue_running"]] == [running_b]
+    assert ledger[running_b]["status"] in ("pending", "running")
+    # Finished jobs are reported, not touched.
+    again = invoke("cancel", pending_a)
+    assert "already cancelled" in again.stdout
+
+
+def test_cancel_never_sends_a_bodyless_interrupt(emulator, invoke, tmp_path):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))
+    (pid,) = invoke("submit", str(wf), "-s", emulator.url).stdout.split()
+    time.sleep(0.3)
+    interrupts: list[bytes] = []
+    original = requests.Session.request
+
+    def spy(self, method, url, *args, **kwargs):
+        if url.endswith("/interrupt"):
+            interrupts.append(json.dumps(kwargs.get("json")).encode())
+        return original(self, method, url, *args, **kwargs)
+
+    requests.Session.request = spy
+    try:
+        assert invoke("cancel", pid).exit_code == 0
+    finally:
+        requests.Session.request = original
+    assert interrupts and all(json.loads(body) == {"prompt_id": pid} for body in interrupts)
+
+
+def test_debug_tasks_hanging_server_reported_within_the_timeout(fleet, invoke, tmp_path):
+    _, b, _ = fleet
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))
+    invoke("submit", str(wf), "-s", "a")
+    b.faults.http_hang = True
+    started = time.monotonic()
+    result = invoke("debug-tasks", "--timeout", "1.5", "--json")
+    elapsed = time.monotonic() - started
+    b.faults.http_hang = False
+    assert result.exit_code == 0
+    assert elapsed < 1.5 + 1.5
+    report = json.loads(result.stdout)
+    servers = {s["name"]: s for s in report["servers"]}
+    assert servers["a"]["reachable"] and servers["a"]["server_running"] == 1
+    assert servers["a"]["version"]
+    assert servers["b"]["reachable"] is False and servers["b"]["reason"] == "timeout"
+    assert [j["server"] for j in report["jobs"]] == ["a"]
+
+
+def test_debug_tasks_names_jobs_lost_in_a_restart(emulator, invoke, tmp_path):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))
+    (pid,) = invoke("submit", str(wf), "-s", emulator.url).stdout.split()
+    time.sleep(0.3)
+    emulator.restart()
+    report = json.loads(invoke("debug-tasks", "--json").stdout)
+    kinds = {(a["kind"], a["prompt_id"]) for a in report["anomalies"]}
+    assert ("unknown-to-server", pid) in kinds
+
+
+def test_debug_tasks_flags_bindings_whose_server_changed(emulator, invoke, tmp_path):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))
+    config = Path(tmp_path / "config.toml")
+    config.write_text(f'[servers.gpu]\nurl = "{emulator.url}"\n')
+    (pid,) = invoke("submit", str(wf), "-s", "gpu").stdout.split()
+    config.write_text('[servers.gpu]\nurl = "http://127.0.0.1:9"\n')
+    report = json.loads(invoke("debug-tasks", "--json", "--timeout", "1").stdout)
+    assert ("server-url-changed", pid) in {(a["kind"], a["prompt_id"])
+                                           for a in report["anomalies"]}
+    # The job is still asked about on the server it is bound to, not the renamed one.
+    assert any(s["url"] == emulator.url and s["reachable"] for s in report["servers"])
