@@ -1,0 +1,76 @@
+"""Isolation, the reason comfyctl exists: server A misbehaving never delays or changes B's jobs.
+
+Jobs on A (long) and B (short) are watched together while A refuses, hangs, restarts or
+sends malformed JSON. B's completion must be reported within one poll interval of B
+finishing (measured against B's own history timestamp), and B's record must be B's alone.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+import requests
+
+from comfyctl.ledger import Ledger
+
+POLL = 0.5
+
+
+def graph(steps: int, seconds: float) -> dict:
+    return {
+        "1": {"class_type": "EmptyImage",
+              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SlowProgress",
+              "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
+                         "seed": 0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "i"}},
+    }
+
+
+def break_a(a, how: str) -> None:
+    if how == "refused":
+        a.stop()
+    elif how == "hang":
+        a.faults.http_hang = True
+        a.drop_websockets()
+    elif how == "malformed-json":
+        a.faults.malformed_json = True
+        a.drop_websockets()
+    elif how == "restart":
+        a.restart()
+
+
+@pytest.mark.parametrize("how", ["refused", "hang", "malformed-json", "restart"])
+def test_a_misbehaving_never_delays_or_touches_b(emulator_factory, invoke, tmp_path,
+                                                 ledger_path, how):
+    a, b = emulator_factory(), emulator_factory()
+    long_wf, short_wf = tmp_path / "long.json", tmp_path / "short.json"
+    long_wf.write_text(json.dumps(graph(400, 0.05)))
+    short_wf.write_text(json.dumps(graph(20, 0.1)))
+    (job_a,) = invoke("submit", str(long_wf), "-s", a.url).stdout.split()
+    (job_b,) = invoke("submit", str(short_wf), "-s", b.url).stdout.split()
+    break_a(a, how)
+    result = invoke("watch", job_a, job_b, "--json", "--poll-interval", str(POLL),
+                    "--timeout", "6")
+    a.faults.clear()
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    # A never finishes normally: exit 5 (still running) or 1 (lost in the restart).
+    assert result.exit_code == (1 if how == "restart" else 5), result.stderr
+    done_b = [e for e in events if e.get("prompt_id") == job_b and e["status"] == "success"]
+    assert done_b, f"B's success was never reported: {events[-3:]}"
+    entry = requests.get(f"{b.url}/history/{job_b}", timeout=5).json()[job_b]
+    finished_ms = dict(entry["status"]["messages"])["execution_success"]["timestamp"]
+    reported = datetime.fromisoformat(done_b[0]["at"]).timestamp()
+    assert reported - finished_ms / 1000 <= POLL + 0.5
+    record_b = Ledger(ledger_path).get(job_b)
+    assert record_b["status"] == "success" and record_b["server_url"] == b.url
+    assert all(o["url"].startswith(b.url + "/") for o in record_b["outputs"])
+    assert {h["server"] for h in record_b["progress_history"]} <= {record_b["server"]}
+    record_a = Ledger(ledger_path).get(job_a)
+    assert record_a["server_url"] == a.url
+    if how == "restart":
+        assert record_a["status"] == "lost"
+    else:
+        assert record_a["status"] in ("pending", "running")
