@@ -13,6 +13,26 @@ from click.testing import CliRunner
 pytest_plugins = ["comfyctl.emulator.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parents[1]
+FAULT_COUNTS = pytest.StashKey[dict]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[FAULT_COUNTS] = {}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The fault suite's counts (trials, faults, inputs), printed at the end of every run."""
+    counts = config.stash.get(FAULT_COUNTS, {})
+    if counts:
+        terminalreporter.write_sep("-", "fault-injection counts")
+        for name, count in sorted(counts.items()):
+            terminalreporter.write_line(f"{name}: {count}")
+        terminalreporter.write_line(f"total: {sum(counts.values())}")
+
+
+@pytest.fixture
+def fault_counts(request: pytest.FixtureRequest) -> dict:
+    return request.config.stash[FAULT_COUNTS]
 
 
 @pytest.fixture(autouse=True)

@@ -86,6 +86,7 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
     if older_than:
         raise UsageProblem("--older-than only goes with --prune.")
     ledger = app.ledger.load()
+    _settle_orphans(app, ledger)
     if prompt_id is not None:
         record = _find(ledger, prompt_id)
         if refresh is not False:
@@ -106,6 +107,15 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
                 click.echo(output["url"])
         return
     _print(app, records, fmt, single=prompt_id is not None)
+
+
+def _settle_orphans(app: AppContext, ledger: dict[str, Record]) -> None:
+    """Write-ahead records whose submitting process died are settled on sight."""
+    from comfyctl.submission import settle_submitting, submitter_gone
+
+    orphans = [r for r in ledger.values() if r["status"] == "submitting" and submitter_gone(r)]
+    if orphans:  # settle_submitting updates these records in place
+        settle_submitting(app.ledger, app.client_for_record, orphans)
 
 
 def _find(ledger: dict[str, Record], prompt_id: str) -> Record:
