@@ -24,17 +24,24 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
+MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
+
+
 def read_workflow(source: str) -> dict[str, Any]:
     from comfyctl.submission import parse_workflow
 
-    if source == "-":
-        return parse_workflow(sys.stdin.buffer.read(), "stdin")
     try:
-        with open(source, "rb") as handle:
-            raw = handle.read()
+        if source == "-":
+            raw = sys.stdin.buffer.read(MAX_WORKFLOW_BYTES + 1)
+        else:
+            with open(source, "rb") as handle:
+                raw = handle.read(MAX_WORKFLOW_BYTES + 1)
     except OSError as exc:
         raise WorkflowInvalid(f"Cannot read {source}: {exc.strerror or exc}.") from None
-    return parse_workflow(raw, source)
+    if len(raw) > MAX_WORKFLOW_BYTES:
+        raise WorkflowInvalid(f"{source} is larger than {MAX_WORKFLOW_BYTES >> 20} MiB; "
+                              "that is not a workflow.")
+    return parse_workflow(raw, "stdin" if source == "-" else source)
 
 
 @click.command("submit")
