@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -236,3 +237,17 @@ def test_two_watchers_on_one_server_each_see_their_own_progress(invoke, emulator
         progress = [e for e in events if e["event"] == "progress"]
         assert progress, f"watcher of {pid} saw no progress events"
         assert {e["prompt_id"] for e in events} == {pid}
+
+
+def test_ctrl_c_exits_130_naming_what_still_runs_where(emulator, workflow):
+    pid = subprocess.run([sys.executable, "-m", "comfyctl", "submit",
+                          workflow(quick_graph(steps=200, seconds=0.05)), "-s", emulator.url],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    proc = subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert pid in stderr and emulator.url.split("://")[1] in stderr
+    assert "Traceback" not in stderr
