@@ -63,7 +63,9 @@ class NodeContext(Protocol):
 
     async def progress(self, value: int, total: int, preview: bytes | None = None) -> None: ...
 
-    def save_images(self, image: Image, filename_prefix: str, kind: str) -> list[dict[str, str]]: ...
+    def save_images(
+        self, image: Image, filename_prefix: str, kind: str
+    ) -> list[dict[str, str]]: ...
 
 
 NodeOutput = tuple[tuple[Any, ...], "dict[str, Any] | None"]
@@ -356,8 +358,7 @@ CATALOGUE: dict[str, NodeSpec] = {
             output_tooltips=(
                 "The model used for denoising latents.",
                 "The CLIP model used for encoding text prompts.",
-                "The VAE model used for encoding and decoding images to and from latent "
-                "space.",
+                "The VAE model used for encoding and decoding images to and from latent space.",
             ),
         ),
         NodeSpec(
@@ -384,8 +385,7 @@ CATALOGUE: dict[str, NodeSpec] = {
             name="EmptyLatentImage",
             display_name="Empty Latent Image",
             category="latent",
-            description="Create a new batch of empty latent images to be denoised via "
-            "sampling.",
+            description="Create a new batch of empty latent images to be denoised via sampling.",
             run=_empty_latent,
             required={
                 "width": ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}],
@@ -479,9 +479,7 @@ CATALOGUE: dict[str, NodeSpec] = {
 
 def _input_files(input_dir: Path) -> list[str]:
     try:
-        return sorted(
-            name for name in os.listdir(input_dir) if (input_dir / name).is_file()
-        )
+        return sorted(name for name in os.listdir(input_dir) if (input_dir / name).is_file())
     except OSError:
         return []
 
