@@ -116,17 +116,33 @@ def cli(ctx: click.Context, config_path: Path | None, ledger_path: Path | None, 
     )
     ctx.obj = app
     if verbose:
+        logger = logging.getLogger("comfyctl")
         handler = logging.StreamHandler(sys.stderr)
         handler.addFilter(_RedactingFilter(app))
         handler.setFormatter(logging.Formatter("comfyctl: %(name)s: %(message)s"))
-        logging.getLogger("comfyctl").addHandler(handler)
-        logging.getLogger("comfyctl").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+        def detach() -> None:  # in-process runs (tests, library use) must not pile up
+            logger.removeHandler(handler)
+            logger.setLevel(logging.NOTSET)
+
+        ctx.call_on_close(detach)
 
 
 def _register() -> None:
-    from comfyctl.commands import demo, history, servers, steer, stuck, submit, watch
+    from comfyctl.commands import (
+        completion,
+        demo,
+        history,
+        servers,
+        steer,
+        stuck,
+        submit,
+        watch,
+    )
 
-    for module in (submit, watch, history, servers, demo):
+    for module in (submit, watch, history, servers, demo, completion):
         cli.add_command(module.command)
     for command in (*stuck.commands, *steer.commands):
         cli.add_command(command)

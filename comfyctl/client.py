@@ -34,6 +34,7 @@ log = logging.getLogger("comfyctl.client")
 RETRY_STATUSES = {502, 503, 504}
 # Below this many unqueued ids, /history/{id} per job is cheaper than the whole /history.
 HISTORY_PER_ID_LIMIT = 3
+JOBS_PAGE = 100000  # one page: ComfyUI keeps at most 10,000 history entries
 
 
 @dataclass
@@ -108,6 +109,13 @@ class ServerClient:
                     method, self.url + path, json=json_body, params=self._params(params),
                     timeout=(self.spec.connect_timeout, read_timeout), stream=stream,
                 )
+            except requests.exceptions.ConnectTimeout:
+                # Never connected, so nothing was sent: as certain as a refused connection.
+                if attempt < retries:
+                    attempt += 1
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                raise ServerUnreachable(self.spec.name, "connect timeout") from None
             except requests.exceptions.SSLError:
                 raise ServerUnreachable(self.spec.name, "tls",
                                         "Check verify/CA bundle in the config.") from None
@@ -162,14 +170,20 @@ class ServerClient:
                 raise BadServerReply(self.spec.name, "POST /prompt reply has no prompt_id")
             return SubmitReply(data["prompt_id"], data.get("number"),
                                data.get("node_errors") or {})
+        if resp.status_code in (401, 403, 407):
+            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}: access denied",
+                                    "Check the server's username/password, token or headers "
+                                    "in the config.")
         if 400 <= resp.status_code < 500:
             try:
                 data = resp.json()
             except ValueError:
                 data = {}
             data = data if isinstance(data, dict) else {}
+            # Only ComfyUI's own JSON error is shown: a proxy's page may echo secrets.
             error = data.get("error") if isinstance(data.get("error"), dict) else {
-                "type": "http_error", "message": (resp.text or "")[:200].strip() or None}
+                "type": "http_error", "message": f"HTTP {resp.status_code} without a ComfyUI "
+                                                 "error body"}
             raise WorkflowRejected(self.spec.name, error, data.get("node_errors") or {},
                                    resp.status_code)
         raise SubmitUncertain(self.spec.name, f"http {resp.status_code}")
@@ -264,19 +278,30 @@ class ServerClient:
         return found
 
     def _snapshot_jobs(self, wanted: list[str]) -> dict[str, Observation]:
+        """Jobs API: one listing of active jobs, one of finished jobs when several are
+        asked about, and the single-job route only for finished ones (it alone has the
+        outputs)."""
         found: dict[str, Observation] = {}
-        active = self.get_json("/api/jobs", params={"status": "pending,in_progress",
-                                                    "limit": 1000})
-        jobs = active.get("jobs") if isinstance(active, dict) else None
-        for job in jobs if isinstance(jobs, list) else []:
-            if isinstance(job, dict) and job.get("id") in wanted:
+        for job in self._list_jobs("pending,in_progress"):
+            if job.get("id") in wanted:
                 found[job["id"]] = from_job(job, self.url)
-        for pid in wanted:
-            if pid not in found:
-                job = self.job(pid)
-                found[pid] = (from_job(job, self.url) if job is not None
-                              else Observation("unknown", pid, self.url))
+        rest = [pid for pid in wanted if pid not in found]
+        finished: set[str] | None = None
+        if len(rest) > HISTORY_PER_ID_LIMIT:
+            finished = {job.get("id") for job in
+                        self._list_jobs("completed,failed,cancelled")}
+        for pid in rest:
+            job = self.job(pid) if finished is None or pid in finished else None
+            found[pid] = (from_job(job, self.url) if job is not None
+                          else Observation("unknown", pid, self.url))
         return found
+
+    def _list_jobs(self, statuses: str) -> list[dict[str, Any]]:
+        data = self.get_json("/api/jobs", params={"status": statuses, "limit": JOBS_PAGE})
+        jobs = data.get("jobs") if isinstance(data, dict) else None
+        if not isinstance(jobs, list):
+            raise BadServerReply(self.spec.name, "/api/jobs reply has no jobs list")
+        return [job for job in jobs if isinstance(job, dict)]
 
     # -- steering ------------------------------------------------------------------------
 
@@ -292,15 +317,21 @@ class ServerClient:
         if self.has_jobs_api():
             resp = self.request("POST", f"/api/jobs/{_quote(prompt_id)}/cancel")
             if resp.status_code == 200:
-                return "jobs-api"
+                reply = self._decode(resp)
+                cancelled = reply.get("cancelled", True) if isinstance(reply, dict) else True
+                return "jobs-api" if cancelled else "not-active"
             if resp.status_code == 404:
                 return "not-found"
             raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
         queue = self.queue()
         if any(item.prompt_id == prompt_id for item in queue.pending):
             self._post_ok("/queue", {"delete": [prompt_id]})
-            return "dequeued"
+            queue = self.queue()  # it may have started meanwhile: ComfyUI then ignores the delete
+            if not any(item.prompt_id == prompt_id for item in queue.running):
+                return "dequeued"
         if any(item.prompt_id == prompt_id for item in queue.running):
+            if not allow_interrupt:
+                return "running"
             self._post_ok("/interrupt", {"prompt_id": prompt_id})
             return "interrupted"
         return "not-active"

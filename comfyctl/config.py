@@ -142,7 +142,10 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
     if "url" not in merged or not isinstance(merged["url"], str):
         raise ConfigError(f"{where} needs url = \"http://host:port\".")
     raw_url = _expand(merged["url"], where)
-    url = canonical_url(raw_url)  # first: a URL urlsplit cannot parse is a ConfigError
+    try:  # first: a URL urlsplit cannot parse is a ConfigError
+        url = canonical_url(raw_url)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}", exc.hint) from None
     username = _expand(merged.get("username"), where)
     password = _expand(merged.get("password"), where)
     userinfo = urlsplit(raw_url if "://" in raw_url else "http://" + raw_url)
@@ -198,7 +201,10 @@ class Config:
             data = tomllib.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from None
-        return cls.from_dict(data, path)
+        try:
+            return cls.from_dict(data, path)
+        except ConfigError as exc:
+            raise ConfigError(f"In {path}: {exc.message}", exc.hint) from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: Path | None = None) -> Config:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, UsageProblem
 
 SCHEMA_NAME = "comfyctl.ledger"
 SCHEMA_VERSION = 1
@@ -66,7 +66,7 @@ class Ledger:
         self.path = Path(path)
         env_timeout = os.environ.get("COMFYCTL_LOCK_TIMEOUT")
         self.lock_timeout = lock_timeout if lock_timeout is not None else (
-            float(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT
+            _seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT
         )
         self._thread_lock = threading.Lock()
 
@@ -109,7 +109,11 @@ class Ledger:
             raise LedgerCorrupt(
                 self.path, f"schema_version {version!r} is not one this comfyctl reads"
             )
-        return doc["tasks"]
+        tasks = doc["tasks"]
+        for key, record in tasks.items():
+            if not isinstance(record, dict) or record.get("prompt_id") != key:
+                raise LedgerCorrupt(self.path, f"the record under {key!r} is not a task record")
+        return tasks
 
     # -- writing -------------------------------------------------------------------------
 
@@ -152,6 +156,11 @@ class Ledger:
             for pid, rec in records.items()
         ]
         body = head + ', "tasks": {\n' + ",\n".join(lines) + "\n}}\n"
+        # Ledger writes happen only under the lock: a temp file seen now is a killed writer's.
+        prefix = f".{self.path.name}."
+        for stale in self.path.parent.iterdir():
+            if stale.name.startswith(prefix) and stale.name.endswith(".tmp"):
+                stale.unlink(missing_ok=True)
         atomic_write(self.path, body.encode("utf-8"))
 
     # -- workflows -----------------------------------------------------------------------
@@ -190,6 +199,16 @@ class Ledger:
                 path.unlink(missing_ok=True)
                 removed.append(ref)
         return removed
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # also rejects NaN, with which the wait would never end
+        raise UsageProblem(f"COMFYCTL_LOCK_TIMEOUT={text!r} is not a number of seconds.")
+    return value
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:

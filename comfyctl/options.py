@@ -12,7 +12,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def server_option(help_text: str) -> Callable[[F], F]:
     return click.option("--server", "-s", "servers", multiple=True, metavar="NAME|URL",
-                        shell_complete=_complete_servers, help=help_text)
+                        shell_complete=complete_servers, help=help_text)
 
 
 def output_format(*choices: str, default: str = "table") -> Callable[[F], F]:
@@ -65,15 +65,32 @@ def watch_options(func: F) -> F:
     return func
 
 
-def _complete_servers(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+def completion_app(ctx: click.Context) -> Any:
+    """The AppContext for a completion callback.
+
+    During TAB completion Click parses without running the group callback, so the root
+    has no ``obj``; build one from the root's already-parsed ``--config``/``--ledger``
+    (or their env vars). Building it reads nothing; the callbacks read only what they use.
+    """
+    root = ctx.find_root()
+    if root.obj is not None:
+        return root.obj
+    from comfyctl.context import AppContext  # imported here: options sit below context
+
+    return AppContext(config_path=root.params.get("config_path"),
+                      ledger_path=root.params.get("ledger_path"))
+
+
+def complete_servers(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Server names from the config (no network)."""
     from click.shell_completion import CompletionItem
 
     try:
-        app = ctx.find_root().obj
-        names = sorted(app.config.servers) if app is not None else []
-    except Exception:
+        servers = completion_app(ctx).config.servers
+    except Exception:  # a broken config must not break the shell
         return []
-    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+    return [CompletionItem(name, help=servers[name].url) for name in sorted(servers)
+            if name.startswith(incomplete)]
 
 
 def complete_prompt_ids(ctx: click.Context, param: click.Parameter,
@@ -82,10 +99,9 @@ def complete_prompt_ids(ctx: click.Context, param: click.Parameter,
     from click.shell_completion import CompletionItem
 
     try:
-        app = ctx.find_root().obj
-        records = app.ledger.load().values() if app is not None else []
-    except Exception:
+        records = list(completion_app(ctx).ledger.load().values())
+    except Exception:  # an unreadable ledger must not break the shell
         return []
     ordered = sorted(records, key=lambda r: r.get("submitted_at") or "", reverse=True)
-    return [CompletionItem(r["prompt_id"], help=f"{r['server']} {r['status']}")
-            for r in ordered if r["prompt_id"].startswith(incomplete)]
+    return [CompletionItem(r["prompt_id"], help=f"{r.get('server')} {r.get('status')}")
+            for r in ordered if str(r.get("prompt_id", "")).startswith(incomplete)]

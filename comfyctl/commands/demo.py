@@ -20,9 +20,10 @@ DEMO_WORKFLOW = {
 
 
 @click.command("demo")
-@click.option("--jobs", type=click.IntRange(1, 50), default=6, show_default=True,
+@click.option("--jobs", type=click.IntRange(1, 50), default=6, show_default=True, metavar="N",
               help="How many jobs to spread over the two emulated servers.")
 @click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True,
+              metavar="N",
               help="Sampling steps per job (0.1 s each on the emulator).")
 @click.pass_obj
 def command(app: AppContext, jobs: int, steps: int) -> None:

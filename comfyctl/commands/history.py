@@ -43,7 +43,7 @@ def parse_since(text: str) -> datetime:
     return moment
 
 
-@click.command("history")
+@click.command("history", short_help="List jobs newest first, or show one in full.")
 @click.argument("prompt_id", required=False, shell_complete=complete_prompt_ids)
 @server_option("Only jobs bound to this server (repeatable).")
 @click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),

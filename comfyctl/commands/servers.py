@@ -9,7 +9,7 @@ from comfyctl.options import output_format
 from comfyctl.render import table
 
 
-@click.command("servers")
+@click.command("servers", short_help="List configured servers and comfyctl's files.")
 @output_format("json")
 @click.pass_obj
 def command(app: AppContext, fmt: str) -> None:

@@ -13,7 +13,7 @@ from comfyctl.records import PENDING, TERMINAL, Observation, apply
 from comfyctl.render import human_age, short_id, table
 
 
-@click.command("cancel")
+@click.command("cancel", short_help="Cancel jobs on their own server, safely.")
 @click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...]",
                 shell_complete=complete_prompt_ids)
 @click.option("--all-pending", is_flag=True,
@@ -87,7 +87,7 @@ def _report(record: dict, what: str, as_json: bool) -> None:
         click.echo(f"{record['prompt_id']}\t{record['server']}\t{what}")
 
 
-@click.command("debug-tasks")
+@click.command("debug-tasks", short_help="Show servers, active jobs and anomalies.")
 @server_option("Only this server (repeatable).")
 @click.option("--timeout", "deadline", type=click.FloatRange(min=0.1), default=5.0,
               show_default=True, metavar="SECONDS",

@@ -18,7 +18,7 @@ from comfyctl.errors import (
     TaskNotFound,
 )
 from comfyctl.ledger import Record
-from comfyctl.options import complete_prompt_ids, server_option
+from comfyctl.options import complete_prompt_ids, complete_servers, server_option
 from comfyctl.render import table
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,7 +77,7 @@ def _detect(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
     return detect(app.ledger, _select(app, prompt_ids, servers), app.client_for_record, options)
 
 
-@click.command("detect-stuck")
+@click.command("detect-stuck", short_help="Find stalled, lost and unnoticed jobs.")
 @detection_options
 @click.pass_obj
 def detect_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
@@ -129,12 +129,12 @@ def _print_findings(findings: list[Any], as_json: bool) -> None:
         click.echo(table(("prompt_id", "server", "condition", "evidence"), rows))
 
 
-@click.command("recover")
+@click.command("recover", short_help="Repair what detect-stuck finds.")
 @detection_options
 @click.option("--resubmit", is_flag=True,
               help="Resubmit lost jobs (and, with --interrupt-stalled, stalled ones) from the "
                    "stored workflow, once, with lineage both ways.")
-@click.option("--to", "to_server", metavar="NAME|URL",
+@click.option("--to", "to_server", metavar="NAME|URL", shell_complete=complete_servers,
               help="Resubmit to this server instead of the job's own (failover).")
 @click.option("--interrupt-stalled", is_flag=True,
               help="Cancel stalled jobs on their own server the safe way.")

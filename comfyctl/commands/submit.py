@@ -44,12 +44,13 @@ def read_workflow(source: str) -> dict[str, Any]:
     return parse_workflow(raw, "stdin" if source == "-" else source)
 
 
-@click.command("submit")
+@click.command("submit", short_help="Submit a workflow, binding each job to its server.")
 @click.argument("workflow", metavar="WORKFLOW", type=click.Path(allow_dash=True, dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="NODE.INPUT=VALUE",
               help="Override one input (repeatable). VALUE is JSON when it parses, else text.")
 @click.option("--count", "-n", type=click.IntRange(min=1, max=10000), default=1,
-              show_default=True, help="Submit this many copies, each with its own prompt_id.")
+              show_default=True, metavar="N",
+              help="Submit this many copies, each with its own prompt_id.")
 @click.option("--vary-seed", is_flag=True,
               help="Give each copy a new random value for every seed/noise_seed input.")
 @server_option("Server name or URL (repeatable). With several, each job goes to the reachable "

@@ -1,0 +1,575 @@
+"""The task ledger: one complete JSON document, locked for writers, atomic under SIGKILL.
+
+Several tests run real child processes (``python -c``) so that the cross-process lock and
+the atomic replace are exercised exactly as separate comfyctl invocations would use them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import comfyctl
+from comfyctl.errors import ExitCode, LedgerCorrupt, LedgerError, LedgerLocked, UsageProblem
+from comfyctl.ledger import SCHEMA_NAME, SCHEMA_VERSION, Ledger
+from comfyctl.records import new_record
+
+SRC = Path(comfyctl.__file__).resolve().parents[1]
+
+
+def record(prompt_id: str, **fields: Any) -> dict[str, Any]:
+    return {"prompt_id": prompt_id, "server": "gpu1", "server_url": "http://gpu1:8188",
+            "status": "pending", **fields}
+
+
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    duplicated = {key for key in keys if keys.count(key) > 1}
+    assert not duplicated, f"duplicate keys in the ledger file: {sorted(duplicated)}"
+    return dict(pairs)
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """The raw file, parsed strictly (a key written twice is an error, not last-wins)."""
+    return json.loads(path.read_bytes(), object_pairs_hook=no_duplicate_keys)
+
+
+def child(code: str, *args: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """A cheap child interpreter that can import comfyctl from this checkout."""
+    return subprocess.Popen([sys.executable, "-S", "-c", code, str(SRC), *args], **popen)
+
+
+# -- shape and round trip ------------------------------------------------------------------
+
+
+def test_round_trip(ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path)
+    records = {
+        "a1": record("a1", labels={"batch": "7"}, progress={"value": 3, "max": 10}),
+        "b2": record("b2", status="success", outputs=[{"filename": "ü ñ 画像.png"}]),
+        "c3": new_record("c3", "gpu2", "http://gpu2:8188", "comfyctl-x", "sha256:00"),
+    }
+    with ledger.transaction() as tasks:
+        for rec in records.values():
+            tasks.put(rec)
+    assert Ledger(ledger_path).load() == records
+    assert Ledger(ledger_path).get("b2") == records["b2"]
+    assert Ledger(ledger_path).get("nope") is None
+
+
+def test_document_has_schema_and_records_keyed_by_prompt_id(ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path)
+    with ledger.transaction() as tasks:
+        tasks.put(record("p-1"))
+        tasks.put(record("p-2"))
+    doc = read_document(ledger_path)
+    assert doc["schema"] == SCHEMA_NAME == "comfyctl.ledger"
+    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    assert set(doc["tasks"]) == {"p-1", "p-2"}
+    for prompt_id, rec in doc["tasks"].items():
+        assert rec["prompt_id"] == prompt_id
+    assert stat.S_IMODE(ledger_path.stat().st_mode) == 0o600
+
+
+def test_update_remove_and_empty_document(ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path)
+    with ledger.transaction() as tasks:
+        tasks.put(record("a"))
+        tasks.put(record("b"))
+    with ledger.transaction() as tasks:
+        stored = tasks.get("a")
+        assert stored is not None
+        stored["status"] = "running"
+        tasks.put(stored)
+        assert tasks.remove("b") is not None
+        assert tasks.remove("never-there") is None
+    assert ledger.load() == {"a": record("a", status="running")}
+    with ledger.transaction() as tasks:
+        tasks.remove("a")
+    assert ledger.load() == {}
+    assert read_document(ledger_path)["tasks"] == {}
+
+
+def test_missing_ledger_reads_empty_and_a_read_only_transaction_writes_nothing(
+        ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path)
+    assert ledger.load() == {}
+    with ledger.transaction() as tasks:
+        assert len(tasks) == 0
+        assert tasks.get("x") is None
+    assert not ledger_path.exists()
+
+
+def test_a_transaction_that_raises_writes_nothing(ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path)
+    with ledger.transaction() as tasks:
+        tasks.put(record("kept"))
+    before = ledger_path.read_bytes()
+    with pytest.raises(RuntimeError), ledger.transaction() as tasks:
+        tasks.put(record("half-done"))
+        tasks.remove("kept")
+        raise RuntimeError("boom")
+    assert ledger_path.read_bytes() == before
+    assert set(ledger.load()) == {"kept"}
+
+
+def test_a_write_clears_temp_files_of_killed_writers_only(ledger_path: Path) -> None:
+    folder = ledger_path.parent
+    stale = folder / f".{ledger_path.name}.k1ll3d.tmp"
+    others = [folder / ".other.json.abc.tmp", folder / f"{ledger_path.name}.bak",
+              folder / f".{ledger_path.name}.lock"]
+    for path in [stale, *others]:
+        path.write_text("x")
+    ledger = Ledger(ledger_path)
+    assert ledger.load() == {}
+    assert stale.exists()  # reads touch nothing
+    with ledger.transaction() as tasks:
+        tasks.put(record("a"))
+    assert not stale.exists()
+    assert all(path.exists() for path in others)
+
+
+# -- workflow store ------------------------------------------------------------------------
+
+GRAPH = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+}
+
+
+def test_workflow_store_is_content_addressed_beside_the_ledger(ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path)
+    ref = ledger.store_workflow(GRAPH)
+    algo, _, digest = ref.partition(":")
+    assert algo == "sha256" and len(digest) == 64
+    assert int(digest, 16) >= 0
+    stored = ledger_path.parent / "workflows" / f"{digest}.json"
+    assert stored.is_file()
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
+
+    same_graph_other_key_order = {
+        "2": {"inputs": {"filename_prefix": "x", "images": ["1", 0]}, "class_type": "SaveImage"},
+        "1": {"inputs": {"height": 64, "width": 64}, "class_type": "EmptyImage"},
+    }
+    assert ledger.store_workflow(same_graph_other_key_order) == ref
+    other = ledger.store_workflow({**GRAPH, "3": {"class_type": "X", "inputs": {}}})
+    assert other != ref
+    assert len(list((ledger_path.parent / "workflows").glob("*.json"))) == 2
+
+    assert ledger.load_workflow(ref) == GRAPH
+    assert Ledger(ledger_path).load_workflow(ref) == GRAPH
+
+
+def test_load_workflow_missing_is_a_ledger_error(ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path)
+    with pytest.raises(LedgerError) as info:
+        ledger.load_workflow("sha256:" + "0" * 64)
+    assert "0" * 64 in str(info.value)
+
+
+def _age(path: Path, seconds: float) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def test_prune_workflows_keeps_referenced_and_recent_files(ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path)
+    folder = ledger_path.parent / "workflows"
+    refs = {name: ledger.store_workflow({"1": {"class_type": name, "inputs": {}}})
+            for name in ("referenced_old", "unreferenced_old", "unreferenced_new", "restored")}
+    files = {name: folder / f"{ref.split(':')[1]}.json" for name, ref in refs.items()}
+    for name in ("referenced_old", "unreferenced_old", "restored"):
+        _age(files[name], 2 * 3600)
+    # Storing the same graph again (a new submit) makes it recent: a prune must keep it.
+    assert ledger.store_workflow({"1": {"class_type": "restored", "inputs": {}}}) \
+        == refs["restored"]
+
+    removed = ledger.prune_workflows({refs["referenced_old"]})
+
+    assert removed == [refs["unreferenced_old"]]
+    assert not files["unreferenced_old"].exists()
+    for name in ("referenced_old", "unreferenced_new", "restored"):
+        assert files[name].exists(), name
+    assert ledger.prune_workflows({refs["referenced_old"]}) == []
+    assert ledger.prune_workflows(set(), min_age=0.0) != []
+
+
+def test_prune_workflows_without_a_store_is_a_no_op(ledger_path: Path) -> None:
+    assert Ledger(ledger_path).prune_workflows(set()) == []
+
+
+# -- concurrent writers --------------------------------------------------------------------
+
+WRITER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from comfyctl.ledger import Ledger
+ledger, writer = Ledger(sys.argv[2], lock_timeout=60), sys.argv[3]
+sys.stdout.write("ready\n"); sys.stdout.flush()
+sys.stdin.readline()
+for i in range(50):
+    with ledger.transaction() as tasks:
+        tasks.put({"prompt_id": f"w{writer}-{i:02d}", "writer": writer, "i": i})
+"""
+
+
+@pytest.mark.faults
+def test_eight_processes_writing_fifty_records_each_end_with_400(ledger_path: Path) -> None:
+    procs = [child(WRITER, str(ledger_path), str(w), stdin=subprocess.PIPE,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for w in range(8)]
+    try:
+        for proc in procs:  # all started and importing done: now release them together
+            assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+        for proc in procs:
+            assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()  # type: ignore
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+    doc = read_document(ledger_path)  # also rejects duplicated keys
+    tasks = doc["tasks"]
+    expected = {f"w{w}-{i:02d}" for w in range(8) for i in range(50)}
+    assert len(tasks) == 400
+    assert set(tasks) == expected
+    for prompt_id, rec in tasks.items():
+        assert prompt_id == f"w{rec['writer']}-{rec['i']:02d}"
+
+
+KILLED_WRITER = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from comfyctl.ledger import Ledger
+ledger, tag, pad = Ledger(sys.argv[2], lock_timeout=60), sys.argv[3], "x" * int(sys.argv[4])
+os.write(1, b"ready\n")
+i = 0
+while True:
+    prompt_id = f"{tag}-{i}"
+    with ledger.transaction() as tasks:
+        tasks.put({"prompt_id": prompt_id, "i": i, "pad": pad})
+    os.write(1, (prompt_id + "\n").encode())  # acknowledged: the transaction has returned
+    i += 1
+"""
+
+
+@pytest.mark.faults
+def test_sigkill_never_corrupts_nor_loses_acknowledged_records(ledger_path: Path) -> None:
+    rng = random.Random(0xC0FFEE)
+    acknowledged: dict[str, tuple[int, int]] = {}  # prompt_id -> (i, pad length)
+    started = time.monotonic()
+    for trial in range(100):
+        pad = rng.choice((0, 50, 500, 5000))
+        proc = child(KILLED_WRITER, str(ledger_path), f"t{trial}", str(pad),
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            line = proc.stdout.readline()
+            assert line == b"ready\n", proc.stderr.read().decode()
+            time.sleep(rng.uniform(0.0, 0.05))  # the random moment of the kill
+        finally:
+            proc.kill()  # SIGKILL
+            proc.wait()
+        acked_now = proc.stdout.read().decode().split()
+        proc.stdout.close()
+        proc.stderr.close()
+        assert proc.returncode == -9
+        for prompt_id in acked_now:
+            acknowledged[prompt_id] = (int(prompt_id.split("-")[1]), pad)
+
+        try:
+            records = Ledger(ledger_path).load()
+        except LedgerCorrupt as exc:  # pragma: no cover - the failure being tested for
+            pytest.fail(f"trial {trial}: a SIGKILL left an unreadable ledger: {exc}")
+        lost = sorted(set(acknowledged) - set(records))
+        assert not lost, f"trial {trial}: acknowledged records lost: {lost[:5]}"
+        # Whatever is there is whole: only ids a writer made, each record intact.
+        this_trial = [pid for pid in records if pid.startswith(f"t{trial}-")]
+        assert len(this_trial) <= len(acked_now) + 1
+        for prompt_id in this_trial:
+            rec = records[prompt_id]
+            assert rec == {"prompt_id": prompt_id, "i": int(prompt_id.split("-")[1]),
+                           "pad": "x" * pad}
+    assert acknowledged, "no child ever acknowledged a write: the test proved nothing"
+    read_document(ledger_path)
+    # Killed writers leave temp files behind; the next write under the lock clears them.
+    with Ledger(ledger_path).transaction() as tasks:
+        tasks.put(record("after-the-kills"))
+    assert [p.name for p in ledger_path.parent.iterdir() if p.name.endswith(".tmp")] == []
+    assert set(acknowledged) < set(Ledger(ledger_path).load())
+    assert time.monotonic() - started < 50
+
+
+# -- corrupt ledgers -----------------------------------------------------------------------
+
+
+def _valid_document() -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Ledger(Path(tmp) / "ledger.json")
+        with ledger.transaction() as tasks:
+            for n in range(5):
+                tasks.put(record(f"id-{n}"))
+        return ledger.path.read_bytes()
+
+
+VALID = _valid_document()
+CORRUPT = {
+    "garbage-bytes": b"\x00\xff\xfe\x89PNG\r\n\x1a\n garbage \xc3\x28",
+    "truncated": VALID[: len(VALID) // 2],
+    "truncated-last-byte": VALID.rstrip()[:-1],
+    "empty": b"",
+    "list-top-level": b"[]",
+    "tasks-not-an-object": json.dumps(
+        {"schema": SCHEMA_NAME, "schema_version": 1, "tasks": []}).encode(),
+    "no-tasks": json.dumps({"schema": SCHEMA_NAME, "schema_version": 1}).encode(),
+    "future-schema-version": json.dumps(
+        {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION + 1, "tasks": {}}).encode(),
+    "schema-version-not-int": json.dumps(
+        {"schema": SCHEMA_NAME, "schema_version": "1", "tasks": {}}).encode(),
+    "record-not-an-object": json.dumps(
+        {"schema": SCHEMA_NAME, "schema_version": 1, "tasks": {"a": 5}}).encode(),
+    "record-under-another-key": json.dumps(
+        {"schema": SCHEMA_NAME, "schema_version": 1, "tasks": {"a": record("b")}}).encode(),
+}
+
+
+def _plant(path: Path, content: bytes) -> int:
+    """Write a file with an mtime in the past, so that any rewrite would show; returns it."""
+    path.write_bytes(content)
+    past = time.time_ns() - 3_600 * 10**9
+    os.utime(path, ns=(past, past))
+    return path.stat().st_mtime_ns
+
+
+@pytest.mark.parametrize("content", list(CORRUPT.values()), ids=list(CORRUPT))
+def test_corrupt_ledger_raises_and_is_left_untouched(ledger_path: Path, content: bytes) -> None:
+    mtime = _plant(ledger_path, content)
+    ledger = Ledger(ledger_path, lock_timeout=2)
+    with pytest.raises(LedgerCorrupt) as info:
+        ledger.load()
+    assert str(ledger_path) in str(info.value)
+    assert info.value.exit_code == ExitCode.LEDGER == 7
+    with pytest.raises(LedgerCorrupt), ledger.transaction() as tasks:
+        tasks.put(record("would-overwrite"))  # pragma: no cover - never reached
+    assert ledger_path.read_bytes() == content
+    assert ledger_path.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("name", ["garbage-bytes", "truncated", "future-schema-version",
+                                  "list-top-level", "record-not-an-object"])
+def test_history_on_a_corrupt_ledger_exits_7_naming_the_path(invoke, ledger_path: Path,
+                                                             name: str) -> None:
+    mtime = _plant(ledger_path, CORRUPT[name])
+    result = invoke("history")
+    assert result.exit_code == 7, result.output
+    assert str(ledger_path) in result.stderr
+    assert result.stdout == ""
+    assert ledger_path.read_bytes() == CORRUPT[name]
+    assert ledger_path.stat().st_mtime_ns == mtime
+
+
+def test_history_subprocess_on_a_corrupt_ledger(run_comfyctl, ledger_path: Path) -> None:
+    mtime = _plant(ledger_path, CORRUPT["truncated"])
+    proc = run_comfyctl("history", "--json")
+    assert proc.returncode == 7, proc.stderr
+    assert str(ledger_path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert ledger_path.read_bytes() == CORRUPT["truncated"]
+    assert ledger_path.stat().st_mtime_ns == mtime
+
+
+# -- the lock ------------------------------------------------------------------------------
+
+HOLDER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from comfyctl.ledger import Ledger
+with Ledger(sys.argv[2]).transaction():
+    sys.stdout.write("locked\n"); sys.stdout.flush()
+    sys.stdin.readline()
+"""
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path) -> Iterator[None]:
+    proc = child(HOLDER, str(path), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == b"locked\n", proc.stderr.read().decode()
+        yield
+    finally:
+        proc.stdin.close()  # lets the holder leave its transaction
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.faults
+def test_lock_timeout_raises_ledger_locked(ledger_path: Path) -> None:
+    with Ledger(ledger_path).transaction() as tasks:
+        tasks.put(record("before"))
+    with lock_held_elsewhere(ledger_path):
+        ledger = Ledger(ledger_path, lock_timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(LedgerLocked) as info, ledger.transaction() as tasks:
+            tasks.put(record("blocked"))  # pragma: no cover - never reached
+        waited = time.monotonic() - started
+        assert 0.3 <= waited < 3
+        assert info.value.exit_code == 7
+        assert str(ledger_path) in str(info.value)
+        assert ledger.load() == {"before": record("before")}  # reads need no lock
+    with Ledger(ledger_path, lock_timeout=5).transaction() as tasks:  # released: works again
+        tasks.put(record("after"))
+    assert set(Ledger(ledger_path).load()) == {"before", "after"}
+
+
+@pytest.mark.faults
+def test_lock_timeout_from_the_environment_exits_7(invoke, ledger_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    old = record("old", status="success", finished_at="2000-01-01T00:00:00.000+00:00",
+                 updated_at="2000-01-01T00:00:00.000+00:00", workflow=None)
+    with Ledger(ledger_path).transaction() as tasks:
+        tasks.put(old)
+    before = ledger_path.read_bytes()
+    monkeypatch.setenv("COMFYCTL_LOCK_TIMEOUT", "0.5")
+    with lock_held_elsewhere(ledger_path):
+        started = time.monotonic()
+        result = invoke("history", "--prune", "--older-than", "1d")
+        waited = time.monotonic() - started
+    assert result.exit_code == 7, result.output
+    assert "locked" in result.stderr and str(ledger_path) in result.stderr
+    assert 0.5 <= waited < 5
+    assert ledger_path.read_bytes() == before
+    # Without the competing holder the same command does its job.
+    assert invoke("history", "--prune", "--older-than", "1d").exit_code == 0
+    assert Ledger(ledger_path).load() == {}
+
+
+@pytest.mark.parametrize("value", ["soon", "nan", "-1", ""])
+def test_bad_lock_timeout_in_the_environment(invoke, monkeypatch: pytest.MonkeyPatch,
+                                             ledger_path: Path, value: str) -> None:
+    monkeypatch.setenv("COMFYCTL_LOCK_TIMEOUT", value)
+    if not value:  # unset in effect: the default
+        assert Ledger(ledger_path).lock_timeout == 10.0
+        return
+    with pytest.raises(UsageProblem, match="COMFYCTL_LOCK_TIMEOUT"):
+        Ledger(ledger_path)
+    result = invoke("history", "--prune", "--older-than", "1d")
+    assert result.exit_code == 2
+    assert "COMFYCTL_LOCK_TIMEOUT" in result.stderr
+    assert Ledger(ledger_path, lock_timeout=1).lock_timeout == 1  # an explicit value wins
+
+
+# -- a model-based property ----------------------------------------------------------------
+
+OPS = st.lists(st.tuples(st.sampled_from(["put", "remove"]), st.integers(0, 5),
+                         st.integers(0, 10**6)), max_size=12)
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(per_writer=st.lists(OPS, min_size=2, max_size=3), shared_object=st.booleans())
+def test_threads_writing_concurrently_match_a_dict_model(per_writer: list[list[tuple]],
+                                                         shared_object: bool) -> None:
+    """Each writer thread owns its keys; lost or resurrected updates break the equality."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ledger.json"
+        shared = Ledger(path, lock_timeout=30)
+        barrier = threading.Barrier(len(per_writer))
+        errors: list[BaseException] = []
+
+        def write(writer: int, ops: list[tuple]) -> None:
+            # Own Ledger objects contend on the flock itself, not only the thread lock.
+            ledger = shared if shared_object else Ledger(path, lock_timeout=30)
+            try:
+                barrier.wait()
+                for op, key, value in ops:
+                    with ledger.transaction() as tasks:
+                        prompt_id = f"w{writer}-k{key}"
+                        if op == "put":
+                            tasks.put({"prompt_id": prompt_id, "value": value})
+                        else:
+                            tasks.remove(prompt_id)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(w, ops))
+                   for w, ops in enumerate(per_writer)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors
+
+        model: dict[str, dict[str, Any]] = {}
+        for writer, ops in enumerate(per_writer):
+            for op, key, value in ops:
+                prompt_id = f"w{writer}-k{key}"
+                if op == "put":
+                    model[prompt_id] = {"prompt_id": prompt_id, "value": value}
+                else:
+                    model.pop(prompt_id, None)
+        assert Ledger(path).load() == model
+        if path.exists():
+            read_document(path)
+
+
+STEP = st.tuples(
+    st.integers(0, 2),  # which writer (its own Ledger object on the same file)
+    st.lists(st.tuples(st.sampled_from(["put", "remove"]), st.integers(0, 4),
+                       st.integers(0, 99)), min_size=1, max_size=4),
+    st.booleans(),  # the transaction fails half-way: none of its changes may land
+)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(steps=st.lists(STEP, max_size=20))
+def test_interleaved_transactions_on_shared_keys_match_a_dict_model(
+        steps: list[tuple[int, list[tuple], bool]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ledger.json"
+        writers = [Ledger(path, lock_timeout=5) for _ in range(3)]
+        model: dict[str, dict[str, Any]] = {}
+        for writer, ops, fails in steps:
+            pending = dict(model)
+            with contextlib.suppress(ZeroDivisionError), \
+                    writers[writer].transaction() as tasks:
+                for op, key, value in ops:
+                    prompt_id = f"k{key}"
+                    if op == "put":
+                        rec = {"prompt_id": prompt_id, "value": value, "by": writer}
+                        tasks.put(rec)
+                        pending[prompt_id] = rec
+                    else:
+                        tasks.remove(prompt_id)
+                        pending.pop(prompt_id, None)
+                if fails:
+                    raise ZeroDivisionError
+            if not fails:
+                model = pending
+            assert writers[(writer + 1) % 3].load() == model
+        assert Ledger(path).load() == model
