@@ -107,8 +107,10 @@ class ServerClient:
             try:
                 resp = self.session.request(
                     method, self.url + path, json=json_body, params=self._params(params),
-                    timeout=(self.spec.connect_timeout, read_timeout), stream=stream,
+                    timeout=(self.spec.connect_timeout, read_timeout), stream=True,
                 )
+                if not stream:
+                    _read_body(resp, time.monotonic() + read_timeout)
             except requests.exceptions.ConnectTimeout:
                 # Never connected, so nothing was sent: as certain as a refused connection.
                 if attempt < retries:
@@ -119,7 +121,7 @@ class ServerClient:
             except requests.exceptions.SSLError:
                 raise ServerUnreachable(self.spec.name, "tls",
                                         "Check verify/CA bundle in the config.") from None
-            except requests.exceptions.Timeout:
+            except (requests.exceptions.Timeout, _SlowBody):
                 raise ServerUnreachable(self.spec.name, "timeout") from None
             except requests.exceptions.ConnectionError as exc:
                 reason = _connection_reason(exc)
@@ -385,6 +387,23 @@ class ServerClient:
             raise ServerUnreachable(self.spec.name, "tls") from None
         except (OSError, websocket.WebSocketException) as exc:
             raise ServerUnreachable(self.spec.name, f"websocket: {type(exc).__name__}") from None
+
+
+class _SlowBody(Exception):
+    pass
+
+
+def _read_body(resp: requests.Response, deadline: float) -> None:
+    """Read the whole body by ``deadline``. requests' read timeout bounds each read, not
+    the reply: a server dripping a byte at a time would otherwise hold us forever."""
+    chunks = []
+    for chunk in resp.iter_content(chunk_size=65536):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            resp.close()
+            raise _SlowBody
+    resp._content = b"".join(chunks)  # what requests itself fills in for non-stream replies
+    resp._content_consumed = True
 
 
 def new_client_id() -> str:

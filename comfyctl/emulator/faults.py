@@ -7,7 +7,8 @@ on its next read. Plain attribute reads and writes are atomic under the GIL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 @dataclass
@@ -30,6 +31,13 @@ class Faults:
     #: real one (the file is still written under its real, safe name).
     output_filename: str | None = None
     output_subfolder: str | None = None
+    #: JSON answers are sent 8 bytes at a time, this many seconds apart (a slow drip).
+    slow_drip: float | None = None
+    #: JSON answers are replaced by a 200 HTML login page (an SSO proxy in front).
+    wrong_content_type: bool = False
+    #: History entries of prompts this server never ran, served as if they were its own
+    #: (a server that returns another server's prompt ids).
+    foreign_history: dict[str, Any] = field(default_factory=dict)
     #: Overrides every node's ``seconds_per_step`` (tests use 0.01).
     seconds_per_step: float | None = None
     #: Overrides every node's ``steps``.
@@ -37,5 +45,6 @@ class Faults:
 
     def clear(self) -> None:
         """Switch every fault off (speed overrides included)."""
-        for field in fields(self):
-            setattr(self, field.name, field.default)
+        for spec in fields(self):
+            default = spec.default_factory() if callable(spec.default_factory) else spec.default
+            setattr(self, spec.name, default)

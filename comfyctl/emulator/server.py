@@ -66,6 +66,23 @@ WS_PATHS = frozenset({"/ws", "/api/ws"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_LOGIN_PAGE = "<!doctype html><html><body><form action=/login>Sign in</form></body></html>"
+
+
+async def _drip(request: web.Request, response: web.Response, delay: float) -> web.StreamResponse:
+    """Send a JSON answer a few bytes at a time (a slow, congested link)."""
+    body = bytes(response.body)  # type: ignore[arg-type]
+    stream = web.StreamResponse(status=response.status)
+    stream.content_type = "application/json"
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    for start in range(0, len(body), 8):
+        await stream.write(body[start:start + 8])
+        await asyncio.sleep(delay)
+    await stream.write_eof()
+    return stream
+
+
 def _proxy_error_page(status: int) -> str:
     reason = {
         500: "Internal Server Error",
@@ -314,6 +331,11 @@ class ComfyServer:
                     status=status, text=_proxy_error_page(status), content_type="text/html"
                 )
         response = await handler(request)
+        is_json = isinstance(response, web.Response) and response.content_type == "application/json"
+        if faults.wrong_content_type and is_json:
+            return web.Response(status=200, text=_LOGIN_PAGE, content_type="text/html")
+        if faults.slow_drip and is_json and isinstance(response.body, (bytes, bytearray)):
+            return await _drip(request, response, faults.slow_drip)
         if (
             faults.malformed_json
             and isinstance(response, web.Response)
@@ -504,10 +526,13 @@ class ComfyServer:
         query = request.rel_url.query
         max_items = int(query["max_items"]) if "max_items" in query else None
         offset = int(query["offset"]) if "offset" in query else -1
-        return web.json_response(self.state.queue.get_history(max_items=max_items, offset=offset))
+        history = self.state.queue.get_history(max_items=max_items, offset=offset)
+        return web.json_response({**history, **self.faults.foreign_history})
 
     async def get_history_item(self, request: web.Request) -> web.StreamResponse:
         prompt_id = request.match_info["prompt_id"]
+        if prompt_id in self.faults.foreign_history:
+            return web.json_response({prompt_id: self.faults.foreign_history[prompt_id]})
         return web.json_response(self.state.queue.get_history(prompt_id=prompt_id))
 
     async def post_history(self, request: web.Request) -> web.StreamResponse:
