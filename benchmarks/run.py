@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from comfyctl.config import ServerSpec  # noqa: E402
 from comfyctl.emulator import Emulator  # noqa: E402
-from comfyctl.ledger import Ledger  # noqa: E402
-from comfyctl.records import new_record  # noqa: E402
+from comfyctl.ledger import Ledger, Tasks  # noqa: E402
+from comfyctl.records import Observation, apply, new_record  # noqa: E402
 
 GRAPH = {
     "1": {"class_type": "EmptyImage",
@@ -62,11 +62,19 @@ def make_ledger(path: Path, count: int, servers: list[str] | None = None,
         pid = f"{i:08d}-0000-4000-8000-000000000000"
         rec = new_record(pid, url.split("://")[1], url, f"comfyctl-{i:032x}", None,
                          {"batch": str(i % 10)})
-        rec["status"] = status
+        # A realistic finished record: progress, a short progress history, one output.
+        observations = [Observation("progress", pid, url, value=v, max=20, node="2")
+                        for v in (5, 10, 15, 20)]
+        if status == "success":
+            observations.append(Observation("finished", pid, url, outcome="success", outputs={
+                "3": {"images": [{"filename": f"b_{i:05}_.png", "subfolder": "",
+                                  "type": "output"}]}}))
+        for obs in observations:
+            apply(rec, obs)
         rec["number"] = i
         records[pid] = rec
     ledger = Ledger(path)
-    ledger._write(records)
+    ledger._write(Tasks(path, parsed=records))
     return ledger
 
 
@@ -92,10 +100,12 @@ sys.path.insert(0, sys.argv[2])
 from comfyctl.ledger import Ledger
 ledger = Ledger(sys.argv[1])
 t0 = time.perf_counter(); records = ledger.load(); t1 = time.perf_counter()
-hits = [r for r in records.values() if r["labels"].get("batch") == "3" and r["status"] == "success"]
+# The queries commands make: the unfinished jobs (watch, detect-stuck), and a newest page.
+active = records.select(statuses={"submitting", "pending", "running"})
+page = [records[pid] for _, pid in zip(range(20), records.newest_first())]
 t2 = time.perf_counter()
 with ledger.transaction() as tasks:
-    rec = tasks.get(next(iter(tasks.records))); rec["labels"]["touched"] = "1"; tasks.put(rec)
+    rec = tasks[next(iter(tasks))]; rec["labels"]["touched"] = "1"; tasks.put(rec)
 t3 = time.perf_counter()
 print(json.dumps({"load": t1 - t0, "query": t2 - t1, "update": t3 - t2,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -115,7 +125,7 @@ def bench_ledger(sizes: list[int], runs: int) -> None:
             med = {k: statistics.median(r[k] for r in results) for k in results[0]}
             mb = path.stat().st_size / 1e6
             report(f"ledger {size:>6} records ({mb:.1f} MB): load", f"{med['load'] * 1000:.0f} ms")
-            report(f"ledger {size:>6} records: query (label+status)",
+            report(f"ledger {size:>6} records: query (active jobs + newest 20)",
                    f"{med['query'] * 1000:.1f} ms")
             report(f"ledger {size:>6} records: update one (locked rewrite)",
                    f"{med['update'] * 1000:.0f} ms",
@@ -170,10 +180,11 @@ def bench_watch(jobs: int, servers: int, steps: int) -> None:
                    "COMFYCTL_CONFIG": str(Path(tmp) / "none.toml")}
             graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"],
                                                               "steps": steps,
-                                                              "seconds_per_step": 0.002}}}
+                                                              "seconds_per_step": 0.01}}}
             wf = Path(tmp) / "wf.json"
             wf.write_text(json.dumps(graph))
-            args = [sys.executable, "-m", "comfyctl", "submit", str(wf), "--count", str(jobs)]
+            args = [sys.executable, "-m", "comfyctl", "submit", str(wf), "--count", str(jobs),
+                    "--vary-seed"]
             for emu in emus:
                 args += ["-s", emu.url]
             subprocess.run(args, env=env, check=True, capture_output=True)
@@ -243,6 +254,9 @@ def bench_fanout(jobs: int, servers: int, timeout: float) -> None:
 
 
 def main() -> None:
+    import logging
+
+    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)  # emulators stopped mid-request
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -252,7 +266,7 @@ def main() -> None:
     bench_startup(runs)
     bench_ledger([1000, 10000] if args.quick else [1000, 10000, 100000], 3)
     bench_submit(20 if args.quick else 50)
-    bench_watch(40 if args.quick else 200, 4, 5)
+    bench_watch(40 if args.quick else 200, 4, 20)
     bench_fanout(1000, 10, 2.0)
 
 

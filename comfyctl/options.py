@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -93,15 +94,20 @@ def complete_servers(ctx: click.Context, param: click.Parameter, incomplete: str
             if name.startswith(incomplete)]
 
 
+COMPLETION_LIMIT = 200
+
+
 def complete_prompt_ids(ctx: click.Context, param: click.Parameter,
                         incomplete: str) -> list[Any]:
     """Ledger ids, newest first (no network, no heavy imports)."""
     from click.shell_completion import CompletionItem
 
     try:
-        records = list(completion_app(ctx).ledger.load().values())
+        ledger = completion_app(ctx).ledger.load()
+        ids = itertools.islice((pid for pid in ledger.newest_first()
+                                if pid.startswith(incomplete)), COMPLETION_LIMIT)
+        records = [ledger[pid] for pid in ids]  # parse only what is shown
     except Exception:  # an unreadable ledger must not break the shell
         return []
-    ordered = sorted(records, key=lambda r: r.get("submitted_at") or "", reverse=True)
     return [CompletionItem(r["prompt_id"], help=f"{r.get('server')} {r.get('status')}")
-            for r in ordered if str(r.get("prompt_id", "")).startswith(incomplete)]
+            for r in records]

@@ -10,9 +10,9 @@ import click
 
 from comfyctl.context import AppContext
 from comfyctl.errors import ComfyctlError, ServerUnreachable, TaskNotFound, UsageProblem
-from comfyctl.ledger import Record
+from comfyctl.ledger import Record, Tasks
 from comfyctl.options import complete_prompt_ids, output_format, server_option
-from comfyctl.records import ACTIVE, STATUSES, TERMINAL, apply, parse_time
+from comfyctl.records import ACTIVE, STATUSES, SUBMITTING, TERMINAL, apply, parse_time
 from comfyctl.render import (
     HISTORY_COLUMNS,
     RECORD_SCHEMA,
@@ -93,12 +93,11 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
             record = refresh_records(app, [record])[0]
         records = [record]
     else:
-        records = select(app, list(ledger.values()), servers, statuses, since, label_filters)
+        records = select(app, ledger, servers, statuses, since, label_filters, limit)
         if refresh:
             active = [r for r in records if r["status"] in ACTIVE]
             fresh = {r["prompt_id"]: r for r in refresh_records(app, active)}
             records = [fresh.get(r["prompt_id"], r) for r in records]
-        records = records[:limit] if limit else records
     if download_dir:
         download_all(app, records, Path(download_dir), overwrite)
     if list_outputs:
@@ -109,16 +108,16 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
     _print(app, records, fmt, single=prompt_id is not None)
 
 
-def _settle_orphans(app: AppContext, ledger: dict[str, Record]) -> None:
+def _settle_orphans(app: AppContext, ledger: Tasks) -> None:
     """Write-ahead records whose submitting process died are settled on sight."""
     from comfyctl.submission import settle_submitting, submitter_gone
 
-    orphans = [r for r in ledger.values() if r["status"] == "submitting" and submitter_gone(r)]
+    orphans = [r for r in ledger.select(statuses={SUBMITTING}) if submitter_gone(r)]
     if orphans:  # settle_submitting updates these records in place
         settle_submitting(app.ledger, app.client_for_record, orphans)
 
 
-def _find(ledger: dict[str, Record], prompt_id: str) -> Record:
+def _find(ledger: Tasks, prompt_id: str) -> Record:
     if prompt_id in ledger:
         return ledger[prompt_id]
     matches = [pid for pid in ledger if pid.startswith(prompt_id)] if len(prompt_id) >= 4 else []
@@ -129,24 +128,36 @@ def _find(ledger: dict[str, Record], prompt_id: str) -> Record:
     raise TaskNotFound(prompt_id)
 
 
-def select(app: AppContext, records: list[Record], servers: tuple[str, ...],
-           statuses: tuple[str, ...], since: str | None,
-           label_filters: tuple[str, ...]) -> list[Record]:
-    if servers:
-        wanted = {spec.url for spec in app.servers(servers)}
-        names = set(servers)
-        records = [r for r in records if r["server_url"] in wanted or r["server"] in names]
-    if statuses:
-        records = [r for r in records if r["status"] in statuses]
-    if since:
-        cutoff = parse_since(since).isoformat(timespec="milliseconds")
-        records = [r for r in records if (r.get("submitted_at") or "") >= cutoff]
+def select(app: AppContext, ledger: Tasks, servers: tuple[str, ...],
+           statuses: tuple[str, ...], since: str | None, label_filters: tuple[str, ...],
+           limit: int | None = None) -> list[Record]:
+    """Matching records, newest first. Records are parsed in that order only until
+    ``limit`` is reached, so a small page of a huge ledger stays cheap."""
+    urls = {spec.url for spec in app.servers(servers)} if servers else None
+    names = set(servers)
+    cutoff = parse_since(since).isoformat(timespec="milliseconds") if since else None
+    labels = []
     for pair in label_filters:
         key, sep, value = pair.partition("=")
         if not sep:
             raise UsageProblem(f"--label {pair!r} is not KEY=VALUE.")
-        records = [r for r in records if (r.get("labels") or {}).get(key) == value]
-    return sorted(records, key=lambda r: r.get("submitted_at") or "", reverse=True)
+        labels.append((key, value))
+    if statuses:  # only the lines naming these statuses are parsed
+        chosen = ledger.select(statuses=statuses)
+        candidates = sorted(chosen, key=lambda r: r.get("submitted_at") or "", reverse=True)
+    else:
+        candidates = (ledger[pid] for pid in ledger.newest_first())
+    found = []
+    for record in candidates:
+        if cutoff is not None and (record.get("submitted_at") or "") < cutoff:
+            break  # newest first: everything after this is older still
+        if (urls is None or record["server_url"] in urls or record["server"] in names) \
+                and (not statuses or record["status"] in statuses) \
+                and all((record.get("labels") or {}).get(k) == v for k, v in labels):
+            found.append(record)
+            if limit is not None and len(found) >= limit:
+                break
+    return found
 
 
 def refresh_records(app: AppContext, records: list[Record]) -> list[Record]:
@@ -248,12 +259,12 @@ def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...]) -
     wanted = set(statuses) or set(TERMINAL)
     removed = []
     with app.ledger.transaction() as tasks:
-        for record in tasks.values():
+        for record in tasks.values():  # prune reads everything: the slow path is fine here
             stamp = record.get("finished_at") or record.get("updated_at") or ""
             if record["status"] in TERMINAL and record["status"] in wanted and stamp < cutoff:
                 tasks.remove(record["prompt_id"])
                 removed.append(record)
-        referenced = {r.get("workflow") for r in tasks.records.values() if r.get("workflow")}
+        referenced = {r.get("workflow") for r in tasks.values() if r.get("workflow")}
     workflows = app.ledger.prune_workflows({str(r) for r in referenced})
     for record in removed:
         click.echo(record["prompt_id"])

@@ -45,8 +45,8 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
         targets.append(ledger[pid])
     if all_pending:
         urls = {s.url for s in app.servers(servers)} if servers else None
-        targets += [r for r in ledger.values() if r["status"] == PENDING
-                    and (urls is None or r["server_url"] in urls) and r not in targets]
+        targets += [r for r in ledger.select(statuses={PENDING}, server_urls=urls)
+                    if r not in targets]
     unreachable = []
     for record in targets:
         if record["status"] in TERMINAL:

@@ -19,6 +19,7 @@ from comfyctl.errors import (
 )
 from comfyctl.ledger import Record
 from comfyctl.options import complete_prompt_ids, complete_servers, server_option
+from comfyctl.records import ACTIVE
 from comfyctl.render import table
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,7 +61,7 @@ def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
             raise TaskNotFound(missing[0])
         records = [ledger[pid] for pid in dict.fromkeys(prompt_ids)]
     else:
-        records = list(ledger.values())
+        records = ledger.select(statuses=ACTIVE)  # detection only looks at unfinished jobs
     if servers:
         urls = {spec.url for spec in app.servers(servers)}
         records = [r for r in records if r["server_url"] in urls or r["server"] in servers]

@@ -48,7 +48,7 @@ def command(app: AppContext, prompt_ids: tuple[str, ...], fmt: str | bool, **par
     elif prompt_ids:  # '-' given, but stdin was empty
         raise UsageProblem("No prompt ids on stdin.", "Pipe ids from 'comfyctl submit'.")
     else:
-        records = [r for r in ledger.values() if r["status"] in ACTIVE]
+        records = ledger.select(statuses=ACTIVE)
         if not records:
             click.echo("comfyctl: no unfinished jobs in the ledger.", err=True)
             return
