@@ -258,16 +258,37 @@ def main() -> None:
 
     logging.getLogger("aiohttp").setLevel(logging.CRITICAL)  # emulators stopped mid-request
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer runs, smaller ledgers")
+    parser.add_argument("--write-readme", action="store_true",
+                        help="put the figures in README.md's Performance section")
     args = parser.parse_args()
     runs = 3 if args.quick else 5
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, {platform.system()} {platform.release()}")
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
+               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+               f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+    print(f"machine: {machine}")
     bench_startup(runs)
     bench_ledger([1000, 10000] if args.quick else [1000, 10000, 100000], 3)
     bench_submit(20 if args.quick else 50)
     bench_watch(40 if args.quick else 200, 4, 20)
     bench_fanout(1000, 10, 2.0)
+    if args.write_readme:
+        write_readme(machine, "python benchmarks/run.py" + (" --quick" if args.quick else ""))
+
+
+def write_readme(machine: str, command: str) -> None:
+    """Replace the figures between the README's bench markers with this run's."""
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    table = "\n".join(f"| {name} | {value} | {note} |" for name, value, note in rows)
+    block = (f"{start}\nMeasured by `{command}` on {machine}, "
+             f"{time.strftime('%Y-%m-%d')} (medians over repeated runs):\n\n"
+             f"| measure | value | comparison / note |\n|---|---|---|\n{table}\n{end}")
+    before, _, rest = text.partition(start)
+    _, _, after = rest.partition(end)
+    readme.write_text(before + block + after, encoding="utf-8")
+    print(f"wrote the figures to {readme}")
 
 
 if __name__ == "__main__":

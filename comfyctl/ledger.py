@@ -40,6 +40,11 @@ _HEADER = (b'{"schema": "comfyctl.ledger", "schema_version": %d, "tasks": {\n'
 _FOOTER = b"}}\n"
 _KEY = re.compile(rb'("(?:[^"\\\n]|\\.)*"):\{')
 _LINE_START = re.compile(rb'\n("(?:[^"\\\n]|\\.)*"):\{')
+_NEWLINE_KEY = re.compile(rb'\n"')
+_SUBMITTED_FAST = re.compile(
+    rb'\n("[^"\\\n]*"):\{"prompt_id":"[^"\\\n]*","server":"[^"\\\n]*",'
+    rb'"server_url":"[^"\\\n]*","client_id":"[^"\\\n]*","status":"[a-z]*",'
+    rb'"submitted_at":"([^"]*)"')
 _SUBMITTED = re.compile(rb'\n("(?:[^"\\\n]|\\.)*"):\{[^\n]*?"submitted_at":"([^"]*)"')
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 INDEX_AFTER_LOOKUPS = 16
@@ -150,9 +155,13 @@ class Tasks(Mapping[str, Record]):
 
     def newest_first(self) -> list[str]:
         """Ids by submit time, newest first, read from the lines without parsing them."""
-        stamps: dict[str, str] = {}
-        for match in _SUBMITTED.finditer(self._raw, self._lo, self._hi):
-            stamps[_decode_key(match.group(1))] = match.group(2).decode()
+        # Our records begin with the same fields in the same order, so a strict pattern
+        # finds each stamp quickly; if it missed a line (a record edited by hand), the
+        # general pattern reads them all.
+        found = _SUBMITTED_FAST.findall(self._raw, self._lo, self._hi)
+        if len(found) != len(_NEWLINE_KEY.findall(self._raw, self._lo, self._hi)):
+            found = _SUBMITTED.findall(self._raw, self._lo, self._hi)
+        stamps = {_decode_key(key): stamp.decode() for key, stamp in found}
         for pid, record in self._parsed.items():
             stamps[pid] = record.get("submitted_at") or ""
         ids = [pid for pid in stamps if pid not in self._removed]
