@@ -196,3 +196,23 @@ def test_debug_tasks_flags_bindings_whose_server_changed(emulator, invoke, tmp_p
                                            for a in report["anomalies"]}
     # The job is still asked about on the server it is bound to, not the renamed one.
     assert any(s["url"] == emulator.url and s["reachable"] for s in report["servers"])
+
+
+def test_refresh_updates_unfinished_jobs_from_their_servers(emulator_factory, invoke, tmp_path,
+                                                            ledger_path):
+    a, b = emulator_factory(), emulator_factory(jobs_api=True)
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph()))
+    ids = invoke("submit", str(wf), "-s", a.url, "-s", b.url, "--count", "4",
+                 "--vary-seed").stdout.split()
+    a.wait_idle(timeout=10)
+    b.wait_idle(timeout=10)
+    assert invoke("history", "--no-refresh", "--status", "success", "--json").stdout.count(
+        "prompt_id") == 0
+    result = invoke("history", "--refresh", "--json")
+    tasks = json.loads(result.stdout)["tasks"]
+    assert {t["prompt_id"]: t["status"] for t in tasks} == dict.fromkeys(ids, "success")
+    out = tmp_path / "dl"
+    saved = invoke("history", "--download", str(out))
+    assert saved.exit_code == 0
+    assert len([p for p in out.rglob("*.png")]) == 4

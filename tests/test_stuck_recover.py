@@ -173,3 +173,61 @@ def test_quiet_prints_nothing_and_exit_codes_hold(emulator, tmp_path, invoke):
     down = invoke("detect-stuck", "--json", "--timeout", "1")
     assert down.exit_code == 3
     assert findings(down)[0]["condition"] == "unreachable"
+
+
+def test_dry_run_changes_nothing(emulator, tmp_path, ledger_path, invoke):
+    (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=1, seconds=0.01))
+    emulator.wait_idle(timeout=10)
+    before = ledger_path.read_bytes()
+    result = invoke("recover", "--dry-run", "--json")
+    assert result.exit_code == 1  # the problem remains
+    (action,) = findings(result)
+    assert action["dry_run"] and action["action"] == "record-success"
+    assert action["prompt_id"] == pid
+    assert ledger_path.read_bytes() == before
+
+
+def test_lost_job_fails_over_with_to(emulator_factory, tmp_path, ledger_path, invoke):
+    a, b = emulator_factory(), emulator_factory()
+    (pid,) = submit(invoke, tmp_path, a.url, graph(steps=100, seconds=0.05))
+    a.restart()
+    result = invoke("recover", "--resubmit", "--to", b.url, "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    (action,) = findings(result)
+    ledger = Ledger(ledger_path).load()
+    child = ledger[action["new_prompt_id"]]
+    assert child["server_url"] == b.url and child["resubmitted_from"] == pid
+    assert ledger[pid]["superseded_by"] == child["prompt_id"]
+    assert ledger[pid]["server_url"] == a.url  # the old binding never changes
+
+
+def test_interrupt_stalled_cancels_on_its_own_server(emulator_factory, tmp_path, ledger_path,
+                                                     invoke):
+    a, b = emulator_factory(), emulator_factory()
+    a.faults.stall_at_percent = 52.25
+    (stalled,) = submit(invoke, tmp_path, a.url, graph(steps=400, seconds=0.001))
+    (busy,) = submit(invoke, tmp_path, b.url, graph(steps=200, seconds=0.05))
+    time.sleep(1.0)
+    result = invoke("recover", "--sample", "1", "--stall-after", "1000",
+                    "--interrupt-stalled", "--json")
+    actions = {a["prompt_id"]: a for a in findings(result)}
+    assert actions[stalled]["action"] == "interrupt" and actions[stalled]["resolved"]
+    assert busy not in actions
+    a.wait_idle(timeout=10)
+    entry = requests.get(f"{a.url}/history/{stalled}", timeout=5).json()[stalled]
+    assert entry["status"]["status_str"] == "error"  # interrupted on the server
+    queue_b = requests.get(b.url + "/queue", timeout=5).json()
+    assert [item[1] for item in queue_b["queue_running"]] == [busy]
+    assert Ledger(ledger_path).get(stalled)["status"] == "cancelled"
+
+
+def test_queued_too_long_only_with_max_queue_age(emulator, tmp_path, invoke):
+    submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.05))
+    (waiting,) = submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.06))
+    time.sleep(1.2)
+    assert invoke("detect-stuck", "--json").exit_code == 0
+    result = invoke("detect-stuck", "--json", "--max-queue-age", "1")
+    assert result.exit_code == 6
+    (finding,) = findings(result)
+    assert finding["prompt_id"] == waiting and finding["condition"] == "queued-too-long"
+    assert "position 1" in finding["detail"]

@@ -251,3 +251,38 @@ def test_ctrl_c_exits_130_naming_what_still_runs_where(emulator, workflow):
     assert proc.returncode == 130
     assert pid in stderr and emulator.url.split("://")[1] in stderr
     assert "Traceback" not in stderr
+
+
+def test_unreachable_servers_are_skipped_and_none_reachable_exits_3(invoke, emulator, workflow,
+                                                                   ledger_path):
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    result = invoke("submit", workflow(), "-s", dead, "-s", emulator.url, "--count", "3",
+                    "--vary-seed", "--json")
+    assert result.exit_code == 0, result.stderr
+    jobs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(jobs) == 3 and {j["server_url"] for j in jobs} == {emulator.url}
+    assert all(j["schema"] == "comfyctl.submitted" and j["status"] == "pending" for j in jobs)
+    none = invoke("submit", workflow(), "-s", dead)
+    assert none.exit_code == 3 and none.stdout == ""
+    assert set(records(ledger_path)) == {j["prompt_id"] for j in jobs}  # no ghost records
+
+
+def test_set_overrides_an_input_and_rejects_unknown_ones(invoke, emulator, workflow,
+                                                         ledger_path):
+    result = invoke("submit", workflow(), "-s", emulator.url, "--set", "2.steps=3",
+                    "--set", "3.filename_prefix=custom")
+    assert result.exit_code == 0, result.stderr
+    record = records(ledger_path)[result.stdout.strip()]
+    stored = Ledger(ledger_path).load_workflow(record["workflow"])
+    assert stored["2"]["inputs"]["steps"] == 3
+    assert stored["3"]["inputs"]["filename_prefix"] == "custom"
+    assert invoke("submit", workflow(), "-s", emulator.url, "--set", "9.steps=1").exit_code == 2
+    assert invoke("submit", workflow(), "-s", emulator.url, "--set", "2.nope=1").exit_code == 2
+
+
+def test_demo_runs_end_to_end_as_a_real_process(run_comfyctl):
+    proc = run_comfyctl("demo", "--jobs", "2", "--steps", "3", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if "success" in line]
+    assert len(rows) >= 2
+    assert "emulator-1" in proc.stdout and "emulator-2" in proc.stdout

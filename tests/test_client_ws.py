@@ -1,0 +1,59 @@
+"""The WebSocket handshake carries the server's auth exactly like HTTP, and no Origin header."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+from comfyctl.client import ServerClient
+from comfyctl.config import ServerSpec
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def handshake_recorder() -> tuple[str, dict, threading.Thread]:
+    """A loopback server that accepts one WebSocket handshake and records it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: dict = {}
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            head = data.split(b"\r\n\r\n")[0].decode()
+            request_line, *lines = head.split("\r\n")
+            seen["path"] = request_line.split()[1]
+            seen["headers"] = {k.lower(): v.strip() for k, v in
+                               (line.split(":", 1) for line in lines)}
+            key = seen["headers"]["sec-websocket-key"]
+            accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+            conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+                         .encode())
+            conn.recv(1024)  # until the client closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/comfy", seen, thread
+
+
+def test_websocket_carries_headers_basic_auth_and_token_but_no_origin() -> None:
+    url, seen, thread = handshake_recorder()
+    spec = ServerSpec(name="gpu1", url=url, headers={"X-Api-Key": "k-123456"},
+                      username="alice", password="pw-secret", token="tok-987654")
+    sock = ServerClient(spec).connect_ws("comfyctl-abc", timeout=5)
+    sock.close()
+    thread.join(5)
+    path = urlsplit(seen["path"])
+    assert path.path == "/comfy/ws"  # the reverse-proxy prefix is kept
+    assert parse_qs(path.query) == {"clientId": ["comfyctl-abc"], "token": ["tok-987654"]}
+    headers = seen["headers"]
+    assert headers["x-api-key"] == "k-123456"
+    expected = base64.b64encode(b"alice:pw-secret").decode()
+    assert headers["authorization"] == f"Basic {expected}"
+    assert "origin" not in headers
