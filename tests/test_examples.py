@@ -9,33 +9,20 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
+from workflows import slow_graph
 
 from comfyctl.ledger import Ledger
+
+graph = partial(slow_graph, steps=3, seconds=0.02)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
-
-
-def graph(steps: int = 3, seconds: float = 0.02, fail_at: int | None = None) -> dict:
-    """EmptyImage -> SlowProgress (or FailAtStep) -> SaveImage, in API format."""
-    middle: dict = {"class_type": "SlowProgress",
-                    "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
-                               "seed": 0}}
-    if fail_at is not None:
-        middle = {"class_type": "FailAtStep",
-                  "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
-                             "fail_at_step": fail_at}}
-    return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "2": middle,
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "ex"}},
-    }
 
 
 @pytest.fixture

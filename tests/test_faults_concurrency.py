@@ -6,23 +6,17 @@ import json
 import random
 import subprocess
 import sys
+from functools import partial
 
 import pytest
+from workflows import slow_graph
+
+graph = partial(slow_graph, steps=3, seconds=0.02)
 
 pytestmark = pytest.mark.faults
 
 WAVES, WIDTH = 4, 8
 ALLOWED = {"submit": {0}, "watch": {0, 5}, "recover": {0, 1}, "history": {0}}
-
-
-def graph() -> dict:
-    return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "SlowProgress",
-              "inputs": {"image": ["1", 0], "steps": 3, "seconds_per_step": 0.02, "seed": 0}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "m"}},
-    }
 
 
 def no_duplicate_keys(pairs: list) -> dict:

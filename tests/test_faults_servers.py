@@ -11,21 +11,11 @@ import threading
 import time
 
 import pytest
+from workflows import slow_graph as graph
 
 from comfyctl.ledger import Ledger
 
 pytestmark = pytest.mark.faults
-
-
-def graph(steps: int = 2, seconds: float = 0.01) -> dict:
-    return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "SlowProgress",
-              "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
-                         "seed": 0}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "f"}},
-    }
 
 
 def fault_refused(a, b_ids):

@@ -12,21 +12,11 @@ from datetime import datetime
 
 import pytest
 import requests
+from workflows import slow_graph as graph
 
 from comfyctl.ledger import Ledger
 
 POLL = 0.5
-
-
-def graph(steps: int, seconds: float) -> dict:
-    return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "SlowProgress",
-              "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
-                         "seed": 0}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "i"}},
-    }
 
 
 def break_a(a, how: str) -> None:

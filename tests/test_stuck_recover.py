@@ -8,22 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import requests
+from workflows import slow_graph
 
 from comfyctl.ledger import Ledger
 
-
-def graph(steps: int = 5, seconds: float = 0.02, prefix: str = "rec") -> dict:
-    return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "SlowProgress",
-              "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
-                         "seed": 0}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
-    }
+graph = partial(slow_graph, steps=5, seconds=0.02)
 
 
 def submit(invoke, tmp_path: Path, server: str, g: dict | None = None, count: int = 1) -> list:

@@ -8,31 +8,17 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import responses
+from workflows import slow_graph
 
 from comfyctl.ledger import Ledger
 
-
-def quick_graph(steps: int = 5, seconds: float = 0.05, prefix: str = "job") -> dict:
-    return {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "SlowProgress",
-              "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds,
-                         "seed": 0}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
-    }
-
-
-def failing_graph() -> dict:
-    graph = quick_graph()
-    graph["2"] = {"class_type": "FailAtStep",
-                  "inputs": {"image": ["1", 0], "steps": 5, "seconds_per_step": 0.02,
-                             "fail_at_step": 3}}
-    return graph
+quick_graph = partial(slow_graph, steps=5, seconds=0.05)
+failing_graph = partial(slow_graph, steps=5, seconds=0.02, fail_at=3)
 
 
 @pytest.fixture
