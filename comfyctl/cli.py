@@ -30,7 +30,7 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # Click reads it per instance
 
 
 class ComfyctlGroup(click.Group):

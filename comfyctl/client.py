@@ -183,10 +183,12 @@ class ServerClient:
                 data = {}
             data = data if isinstance(data, dict) else {}
             # Only ComfyUI's own JSON error is shown: a proxy's page may echo secrets.
-            error = data.get("error") if isinstance(data.get("error"), dict) else {
+            error: dict[str, Any] = data["error"] if isinstance(data.get("error"), dict) else {
                 "type": "http_error", "message": f"HTTP {resp.status_code} without a ComfyUI "
                                                  "error body"}
-            raise WorkflowRejected(self.spec.name, error, data.get("node_errors") or {},
+            node_errors = data.get("node_errors")
+            raise WorkflowRejected(self.spec.name, error,
+                                   node_errors if isinstance(node_errors, dict) else {},
                                    resp.status_code)
         raise SubmitUncertain(self.spec.name, f"http {resp.status_code}")
 
@@ -284,16 +286,18 @@ class ServerClient:
         asked about, and the single-job route only for finished ones (it alone has the
         outputs)."""
         found: dict[str, Observation] = {}
-        for job in self._list_jobs("pending,in_progress"):
-            if job.get("id") in wanted:
-                found[job["id"]] = from_job(job, self.url)
+        for active in self._list_jobs("pending,in_progress"):
+            if active.get("id") in wanted:
+                found[active["id"]] = from_job(active, self.url)
         rest = [pid for pid in wanted if pid not in found]
         finished: set[str] | None = None
         if len(rest) > HISTORY_PER_ID_LIMIT:
-            finished = {job.get("id") for job in
+            finished = {str(done.get("id")) for done in
                         self._list_jobs("completed,failed,cancelled")}
         for pid in rest:
-            job = self.job(pid) if finished is None or pid in finished else None
+            job: dict[str, Any] | None = None
+            if finished is None or pid in finished:
+                job = self.job(pid)
             found[pid] = (from_job(job, self.url) if job is not None
                           else Observation("unknown", pid, self.url))
         return found
@@ -403,7 +407,7 @@ def _read_body(resp: requests.Response, deadline: float) -> None:
             resp.close()
             raise _SlowBody
     resp._content = b"".join(chunks)  # what requests itself fills in for non-stream replies
-    resp._content_consumed = True
+    resp._content_consumed = True  # type: ignore[attr-defined]
 
 
 def new_client_id() -> str:

@@ -114,8 +114,9 @@ def _job_row(record: Record, result: Probe | None) -> dict[str, Any]:
     }
 
 
-def _server_anomalies(spec: ServerSpec, result: Probe, mine: list[Record]) -> list[dict]:
-    found = []
+def _server_anomalies(spec: ServerSpec, result: Probe, mine: list[Record]) \
+        -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
     for pid in result.unknown:
         found.append({"kind": "unknown-to-server", "server": spec.name, "prompt_id": pid,
                       "detail": f"the ledger thinks it is active but {spec.name} does not know "
@@ -128,7 +129,7 @@ def _server_anomalies(spec: ServerSpec, result: Probe, mine: list[Record]) -> li
     return found
 
 
-def _binding_anomalies(config: Config, records: list[Record]) -> list[dict]:
+def _binding_anomalies(config: Config, records: list[Record]) -> list[dict[str, Any]]:
     found = []
     for record in records:
         if record["status"] not in ACTIVE:
@@ -147,7 +148,7 @@ def _binding_anomalies(config: Config, records: list[Record]) -> list[dict]:
     return found
 
 
-def _slow_jobs(records: list[Record]) -> list[dict]:
+def _slow_jobs(records: list[Record]) -> list[dict[str, Any]]:
     """Running jobs that have run far longer than finished jobs usually take."""
     durations = []
     for record in records:

@@ -169,7 +169,7 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
             record["progress"] = {**progress, "node": obs.node, "updated_at": obs.at}
     elif obs.kind == "output":
         _mark_running(record, obs.at)
-        _merge_outputs(record, {obs.node: obs.outputs or {}})
+        _merge_outputs(record, {obs.node or "?": obs.outputs or {}})
     elif obs.kind == "finished":
         record["status"] = obs.outcome or SUCCESS
         record["finished_at"] = record["finished_at"] or obs.at

@@ -143,8 +143,9 @@ def detect(ledger: Ledger, records: list[Record],
     _note_running(ledger, [o for a in answers.values() if a.value for o in a.value.values()])
     samples: dict[str, bool] = {}
     if opts.sample > 0:
-        running = [r for url, rs in groups.items() if answers[url].value for r in rs
-                   if answers[url].value[r["prompt_id"]].kind == "running"]
+        running = [r for url, rs in groups.items() for r in rs
+                   if (answers[url].value or {}).get(r["prompt_id"]) is not None
+                   and (answers[url].value or {})[r["prompt_id"]].kind == "running"]
         samples = sample_progress(running, client_for, opts.sample)
     findings = []
     for url, group in groups.items():

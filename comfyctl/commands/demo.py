@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -10,7 +11,7 @@ from comfyctl.context import AppContext
 from comfyctl.errors import UsageProblem
 from comfyctl.ledger import Ledger
 
-DEMO_WORKFLOW = {
+DEMO_WORKFLOW: dict[str, dict[str, Any]] = {
     "1": {"class_type": "EmptyImage",
           "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 3355443}},
     "2": {"class_type": "SlowProgress",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ def select(app: AppContext, ledger: Tasks, servers: tuple[str, ...],
         if not sep:
             raise UsageProblem(f"--label {pair!r} is not KEY=VALUE.")
         labels.append((key, value))
+    candidates: Iterable[Record]
     if statuses:  # only the lines naming these statuses are parsed
         chosen = ledger.select(statuses=statuses)
         candidates = sorted(chosen, key=lambda r: r.get("submitted_at") or "", reverse=True)

@@ -85,7 +85,8 @@ def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: i
     graph = apply_overrides(read_workflow(workflow), list(overrides))
     specs = app.servers(servers)
     submitter = Submitter(app.ledger, app.client)
-    queue_len = submitter.queue_lengths(specs) if len(specs) > 1 else {specs[0].url: 0}
+    queue_len: dict[str, int | None] = (submitter.queue_lengths(specs) if len(specs) > 1
+                                        else {specs[0].url: 0})
     if all(v is None for v in queue_len.values()):
         raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
     rng = random.SystemRandom()
@@ -97,7 +98,7 @@ def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: i
             usable = [s for s in specs if queue_len.get(s.url) is not None]
             if not usable:
                 raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
-            spec = min(usable, key=lambda s: queue_len[s.url])  # min() keeps the given order
+            spec = min(usable, key=lambda s: queue_len[s.url] or 0)  # keeps the given order
             try:
                 result = submitter.submit(job_graph, spec, label_map)
             except ServerUnreachable as exc:

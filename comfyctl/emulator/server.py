@@ -83,6 +83,10 @@ async def _drip(request: web.Request, response: web.Response, delay: float) -> w
     return stream
 
 
+def _is_prompt(prompt_id: Any) -> Callable[[Any], bool]:
+    return lambda item: bool(item[1] == prompt_id)
+
+
 def _proxy_error_page(status: int) -> str:
     reason = {
         500: "Internal Server Error",
@@ -334,7 +338,8 @@ class ComfyServer:
         is_json = isinstance(response, web.Response) and response.content_type == "application/json"
         if faults.wrong_content_type and is_json:
             return web.Response(status=200, text=_LOGIN_PAGE, content_type="text/html")
-        if faults.slow_drip and is_json and isinstance(response.body, (bytes, bytearray)):
+        if faults.slow_drip and is_json and isinstance(response, web.Response) \
+                and isinstance(response.body, (bytes, bytearray)):
             return await _drip(request, response, faults.slow_drip)
         if (
             faults.malformed_json
@@ -467,13 +472,14 @@ class ComfyServer:
         else:
             prompt_id = str(json_data.get("prompt_id", uuid.uuid4()))
 
-        partial = json_data.get("partial_execution_targets")
-        valid, error, outputs, node_errors = validate_prompt(prompt, partial, newest=self.jobs_api)
+        partial: Any = json_data.get("partial_execution_targets")
+        valid, problem, outputs, node_errors = validate_prompt(prompt, partial,
+                                                               newest=self.jobs_api)
         extra_data = json_data["extra_data"] if "extra_data" in json_data else {}  # noqa: SIM401
         if "client_id" in json_data:
             extra_data["client_id"] = json_data["client_id"]
         if not valid:
-            return web.json_response({"error": error, "node_errors": node_errors}, status=400)
+            return web.json_response({"error": problem, "node_errors": node_errors}, status=400)
         for key in SENSITIVE_EXTRA_DATA_KEYS:
             extra_data.pop(key, None)
         if self.jobs_api:
@@ -499,7 +505,7 @@ class ComfyServer:
             queue.wipe_queue()
         if "delete" in json_data:
             for id_to_delete in json_data["delete"]:
-                queue.delete(lambda item, target=id_to_delete: item[1] == target)
+                queue.delete(_is_prompt(id_to_delete))
         return web.Response(status=200)
 
     async def interrupt(self, request: web.Request) -> web.StreamResponse:
