@@ -272,3 +272,13 @@ def test_demo_runs_end_to_end_as_a_real_process(run_comfyctl):
     rows = [line for line in proc.stdout.splitlines() if "success" in line]
     assert len(rows) >= 2
     assert "emulator-1" in proc.stdout and "emulator-2" in proc.stdout
+
+
+def test_wait_without_json_prints_plain_lines(invoke, emulator, workflow):
+    result = invoke("submit", workflow(quick_graph(steps=2, seconds=0.01)), "-s", emulator.url,
+                    "--wait", "--poll-interval", "0.3")
+    assert result.exit_code == 0, result.stderr
+    pid, *states = result.stdout.splitlines()
+    assert not any(line.startswith("{") for line in result.stdout.splitlines())
+    assert states and states[-1].split("\t")[:3] == [pid, emulator.url.split("://")[1],
+                                                     "success"]

@@ -57,14 +57,14 @@ def read_workflow(source: str) -> dict[str, Any]:
                "server with the shortest queue (ties: the order given).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Store a label with the job (repeatable); filter on it in history.")
-@click.option("--json", "fmt", flag_value="json", default=False,
+@click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per job (and with --wait, JSON events).")
 @click.option("--wait", is_flag=True, help="Then follow the jobs exactly as 'watch' does.")
 @watch_options
 @click.pass_obj
 def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: int,
             vary_seed: bool, servers: tuple[str, ...], labels: tuple[str, ...],
-            fmt: str | bool, wait: bool, **params: Any) -> None:
+            as_json: bool, wait: bool, **params: Any) -> None:
     """Submit an API-format workflow, binding each job to the server that runs it.
 
     WORKFLOW is a file in ComfyUI API format ({node_id: {class_type, inputs}}) or '-'
@@ -113,7 +113,7 @@ def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: i
         record = result.record
         for warning in result.warnings:
             click.echo(f"comfyctl: warning: {record['prompt_id']}: {warning}", err=True)
-        if fmt == "json":
+        if as_json:
             click.echo(json.dumps({**SUBMIT_SCHEMA, "prompt_id": record["prompt_id"],
                                    "server": record["server"], "server_url": record["server_url"],
                                    "status": record["status"], "number": record["number"],
@@ -122,7 +122,7 @@ def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: i
             click.echo(record["prompt_id"])  # echo flushes: the id is out before any waiting
         submitted.append(record)
     if wait:
-        follow(app, submitted, FollowOptions.from_params(params, "json" if fmt else "text"))
+        follow(app, submitted, FollowOptions.from_params(params, "json" if as_json else "text"))
 
 
 def _explain_rejection(exc: WorkflowRejected) -> None:

@@ -15,11 +15,11 @@ from comfyctl.records import ACTIVE
 @click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...|-]",
                 shell_complete=complete_prompt_ids)
 @watch_options
-@click.option("--json", "fmt", flag_value="json", default=False,
+@click.option("--json", "as_json", is_flag=True,
               help="Print newline-delimited JSON events, one per line, flushed as they happen.")
 @click.pass_obj
-def command(app: AppContext, prompt_ids: tuple[str, ...], fmt: str | bool, **params: object) \
-        -> None:
+def command(app: AppContext, prompt_ids: tuple[str, ...], as_json: bool,
+            **params: object) -> None:
     """Follow jobs to the end, each on its own bound server.
 
     Progress comes over each job's WebSocket (connected as the client_id it was
@@ -52,4 +52,4 @@ def command(app: AppContext, prompt_ids: tuple[str, ...], fmt: str | bool, **par
         if not records:
             click.echo("comfyctl: no unfinished jobs in the ledger.", err=True)
             return
-    follow(app, records, FollowOptions.from_params(params, "json" if fmt == "json" else "text"))
+    follow(app, records, FollowOptions.from_params(params, "json" if as_json else "text"))
