@@ -32,9 +32,12 @@ from comfyctl.records import Observation
 log = logging.getLogger("comfyctl.client")
 
 RETRY_STATUSES = {502, 503, 504}
+# Reasons that prove a request never reached the server (see ``request``).
+NEVER_SENT = ("refused", "connect timeout", "dns", "tls")
 # Below this many unqueued ids, /history/{id} per job is cheaper than the whole /history.
 HISTORY_PER_ID_LIMIT = 3
-JOBS_PAGE = 100000  # one page: ComfyUI keeps at most 10,000 history entries
+JOBS_PAGE = 100000
+RECENT_HISTORY = 64  # one page: ComfyUI keeps at most 10,000 history entries
 
 
 @dataclass
@@ -163,9 +166,11 @@ class ServerClient:
         try:
             resp = self.request("POST", "/prompt", json_body=body)
         except ServerUnreachable as exc:
-            if exc.reason in ("timeout", "reset"):
-                raise SubmitUncertain(self.spec.name, exc.reason) from None
-            raise
+            # Only a failure to connect proves the job was never sent; after that, any
+            # failure (timeout, reset, a cut-off reply) leaves it uncertain.
+            if exc.reason.startswith(NEVER_SENT):
+                raise
+            raise SubmitUncertain(self.spec.name, exc.reason) from None
         if resp.status_code == 200:
             data = self._decode(resp)
             if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
@@ -191,6 +196,20 @@ class ServerClient:
                                    node_errors if isinstance(node_errors, dict) else {},
                                    resp.status_code)
         raise SubmitUncertain(self.spec.name, f"http {resp.status_code}")
+
+    def find_by_client_id(self, client_id: str) -> str | None:
+        """The prompt_id a server gave a job submitted with ``client_id`` (servers older
+        than client-chosen ids ignore ours): looked up in the queue, then recent history."""
+        queue = self.queue()
+        for item in queue.running + queue.pending:
+            if item.client_id == client_id:
+                return item.prompt_id
+        for prompt_id, entry in self.history(max_items=RECENT_HISTORY).items():
+            prompt = entry.get("prompt") if isinstance(entry, dict) else None
+            extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
+            if isinstance(extra, dict) and extra.get("client_id") == client_id:
+                return str(prompt_id)
+        return None
 
     def exists(self, prompt_id: str) -> bool:
         """Whether the server knows the id at all (queued, running or in history)."""

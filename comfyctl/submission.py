@@ -27,7 +27,6 @@ from comfyctl.errors import (
 )
 from comfyctl.ledger import Ledger, Record
 from comfyctl.records import (
-    LOST,
     REJECTED,
     SUBMITTING,
     Observation,
@@ -159,8 +158,8 @@ class Submitter:
         except WorkflowRejected as exc:
             self._settle(prompt_id, status=REJECTED, error=rejection_summary(exc))
             raise
-        except SubmitUncertain:
-            return self._confirm(client, record)
+        except SubmitUncertain as exc:
+            return self._confirm(client, record, exc.reason)
         except ServerUnreachable:
             with self.ledger.transaction() as tasks:  # certainly never sent: no ghost record
                 tasks.remove(prompt_id)
@@ -177,19 +176,27 @@ class Submitter:
             tasks.put(stored)
         return Submitted(stored, warnings)
 
-    def _confirm(self, client: ServerClient, record: Record) -> Submitted:
-        """The reply was lost: ask the server instead of sending the job again."""
+    def _confirm(self, client: ServerClient, record: Record, reason: str) -> Submitted:
+        """The reply was lost: ask the server instead of sending the job again.
+        (ServerUnreachable here leaves the record submitting, to be settled later.)"""
         prompt_id = record["prompt_id"]
-        obs = client.status(prompt_id)  # ServerUnreachable leaves it submitting, settled later
+        obs = client.status(prompt_id)
         if obs.kind == "unknown":
-            self._settle(prompt_id, status=LOST, error={
+            adopted = client.find_by_client_id(record["client_id"])
+            if adopted is not None:  # an older server chose its own id
+                obs = client.status(adopted)
+                prompt_id = adopted
+        if obs.kind == "unknown":
+            # Final, so that neither recover nor a retry elsewhere sends this record again.
+            self._settle(record["prompt_id"], status=REJECTED, error={
                 "type": "submit_failed", "node_id": None, "node_type": None,
-                "message": "The submit got no reply and the server does not know the job."})
-            raise ServerUnreachable(record["server"], "no reply to the submit",
-                                    "The job was not queued; 'comfyctl recover --resubmit' "
-                                    "can send it again.")
+                "message": f"The submit failed ({reason}) and the server does not know the "
+                           "job."})
+            raise ServerUnreachable(record["server"], f"submit failed: {reason}",
+                                    "The server did not queue the job.")
         with self.ledger.transaction() as tasks:
-            stored = tasks.get(prompt_id) or record
+            stored = tasks.remove(record["prompt_id"]) or record
+            stored["prompt_id"] = prompt_id
             apply(stored, obs)
             tasks.put(stored)
         return Submitted(stored, [])

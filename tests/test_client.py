@@ -32,7 +32,6 @@ from comfyctl.ledger import Ledger
 from comfyctl.records import (
     ERROR,
     INTERRUPTED,
-    LOST,
     PENDING,
     RUNNING,
     SUCCESS,
@@ -228,18 +227,43 @@ def test_submitter_asks_instead_of_resending_after_a_lost_reply(mock,
     assert ledger.load()[done.record["prompt_id"]]["status"] == PENDING
 
 
-def test_submitter_marks_lost_when_the_server_never_got_it(mock, ledger_path: Path) -> None:
+def test_submitter_settles_a_job_the_server_never_got_as_rejected(mock,
+                                                                   ledger_path: Path) -> None:
+    """Asked by id and by client_id, the server knows nothing: the record is settled as
+    rejected (final), so neither recover nor a retry elsewhere can send it twice."""
     mock.post(f"{URL}/prompt", body=requests.exceptions.ReadTimeout("read timed out"))
     mock.get(f"{URL}/api/jobs", status=404)
     mock.get(f"{URL}/queue", json={"queue_running": [], "queue_pending": []})
     mock.get(re.compile(rf"{re.escape(URL)}/history/[0-9a-f-]+"), json={})
+    mock.get(f"{URL}/history", json={})
     client = make_client()
     ledger = Ledger(ledger_path)
     with pytest.raises(ServerUnreachable):
         Submitter(ledger, lambda spec: client).submit(GRAPH, client.spec)
     assert calls(mock).count("POST /prompt") == 1
     [stored] = ledger.load().values()
-    assert stored["status"] == LOST
+    assert stored["status"] == "rejected" and "timeout" in stored["error"]["message"]
+
+
+def test_submitter_adopts_the_id_an_old_server_gave_after_a_lost_reply(mock,
+                                                                       ledger_path: Path) -> None:
+    """Servers older than client-chosen ids ignore ours; the job is found by its client_id."""
+    mock.post(f"{URL}/prompt", body=requests.exceptions.ChunkedEncodingError("cut off"))
+    mock.get(f"{URL}/api/jobs", status=404)
+    mock.get(re.compile(rf"{re.escape(URL)}/history/[0-9a-f-]+"), json={})
+    client = make_client()
+    ledger = Ledger(ledger_path)
+    submitter = Submitter(ledger, lambda spec: client)
+    record = submitter.prepare(GRAPH, client.spec)
+    with ledger.transaction() as tasks:
+        tasks.put(record)
+    mock.get(f"{URL}/queue", json={"queue_running": [], "queue_pending": [
+        [7, "server-chosen", {}, {"client_id": record["client_id"]}, ["3"]]]})
+    result = submitter.send(record, GRAPH, client.spec)
+    assert calls(mock).count("POST /prompt") == 1
+    assert result.record["prompt_id"] == "server-chosen"
+    assert set(ledger.load()) == {"server-chosen"}
+    assert ledger.load()["server-chosen"]["status"] == "pending"
 
 
 # -- queue, history, snapshot --------------------------------------------------------------
