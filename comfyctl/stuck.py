@@ -32,7 +32,9 @@ from comfyctl.records import (
     age_seconds,
     apply,
     now_iso,
-    progress_changed_at,
+)
+from comfyctl.records import (
+    LOST as LOST_STATUS,
 )
 from comfyctl.submission import Submitter, submitter_gone
 
@@ -53,7 +55,20 @@ class DetectOptions:
     stall_after: float = 30.0
     max_queue_age: float | None = None
     sample: float = 0.0
+    # A stall suspected from the ledger's progress age is confirmed by listening this long
+    # (the watcher that wrote that progress may have died while the job went on).
+    confirm: float = 3.0
     deadline: float = 15.0
+    # recover --resubmit also takes lost jobs someone already acknowledged.
+    acknowledged_lost: bool = False
+
+
+def candidates(records: list[Record], opts: DetectOptions) -> list[Record]:
+    """What detection looks at: unfinished jobs, and lost jobs not yet resubmitted (a lost
+    job already acknowledged by recover only when ``acknowledged_lost``)."""
+    return [r for r in records if r["status"] in ACTIVE or (
+        r["status"] == LOST_STATUS and not r.get("superseded_by")
+        and (opts.acknowledged_lost or not r.get("recovered")))]
 
 
 @dataclass
@@ -86,9 +101,13 @@ def classify(record: Record, obs: Observation | None, unreachable: str | None,
              opts: DetectOptions, sampled_progress: bool | None = None) -> Finding | None:
     """What is wrong with one active job, judged from its own server's answer only."""
     if unreachable is not None:
+        if record["status"] == LOST_STATUS:
+            return None  # nothing to learn about it while its server is down
         return Finding(record, UNREACHABLE, f"server {record['server']} is unreachable "
                                             f"({unreachable})")
     assert obs is not None
+    if record["status"] == LOST_STATUS and obs.kind != "unknown" and obs.kind != "finished":
+        return None  # the server knows it again: the next watch or refresh revives it
     if obs.kind == "finished":
         if obs.outcome == SUCCESS:
             count = sum(len(v) for out in (obs.outputs or {}).values() if isinstance(out, dict)
@@ -102,6 +121,9 @@ def classify(record: Record, obs: Observation | None, unreachable: str | None,
     if obs.kind == "unknown":
         if record["status"] == SUBMITTING and not submitter_gone(record):
             return None  # its submit may still be in flight
+        if record["status"] == LOST_STATUS:
+            return Finding(record, LOST_JOB, "recorded lost earlier and not resubmitted; "
+                                             f"{record['server']} still does not know it", obs)
         return Finding(record, LOST_JOB, "not pending, not running, not in the history of "
                                          f"{record['server']} (restarted or evicted)", obs)
     if obs.kind == "running":
@@ -116,23 +138,34 @@ def classify(record: Record, obs: Observation | None, unreachable: str | None,
 
 def _judge_running(record: Record, opts: DetectOptions, sampled_progress: bool | None,
                    obs: Observation) -> Finding | None:
-    percent = float((record.get("progress") or {}).get("percent") or 0.0)
+    """Stalled only on evidence: a sample that saw nothing move, or progress a watcher
+    recorded that has not changed for longer than the threshold. A job nobody recorded
+    is not called stalled from its age alone (a model load reports no progress)."""
+    progress = record.get("progress") or {}
+    percent = float(progress.get("percent") or 0.0)
     if sampled_progress is True:
         return None
     if sampled_progress is False:
-        return Finding(record, STALLED, f"no progress during a {opts.sample:g}s sample "
-                                        f"(last seen {percent:.2f}%)", obs)
-    age = age_seconds(progress_changed_at(record))
+        return Finding(record, STALLED, f"nothing moved during a sample of its WebSocket "
+                                        f"(last recorded {percent:.2f}%)", obs)
+    age = age_seconds(progress.get("updated_at"))
     if age is not None and age > opts.stall_after:
         return Finding(record, STALLED, f"running, progress unchanged at {percent:.2f}% for "
                                         f"{age:.0f}s (threshold {opts.stall_after:g}s)", obs)
     return None
 
 
+def _recently_recorded(record: Record, opts: DetectOptions) -> bool:
+    """A watcher is writing this job's progress: listening as its client_id would only
+    take the watcher's socket away (ComfyUI keeps one socket per client_id)."""
+    age = age_seconds((record.get("progress") or {}).get("updated_at"))
+    return age is not None and age <= opts.stall_after
+
+
 def detect(ledger: Ledger, records: list[Record],
            client_for: Callable[[Record], ServerClient], opts: DetectOptions) -> Detection:
-    """Ask every bound server about its own active jobs, concurrently, and classify."""
-    active = [r for r in records if r["status"] in ACTIVE]
+    """Ask every bound server about its own jobs, concurrently, and classify."""
+    active = candidates(records, opts)
     groups: dict[str, list[Record]] = {}
     for record in active:
         groups.setdefault(record["server_url"], []).append(record)
@@ -141,21 +174,32 @@ def detect(ledger: Ledger, records: list[Record],
         lambda url: client_for(groups[url][0]).snapshot([r["prompt_id"] for r in groups[url]]),
         opts.deadline, name=lambda url: groups[url][0]["server"])
     _note_running(ledger, [o for a in answers.values() if a.value for o in a.value.values()])
+    running = [r for url, rs in groups.items() for r in rs
+               if (answers[url].value or {}).get(r["prompt_id"]) is not None
+               and (answers[url].value or {})[r["prompt_id"]].kind == "running"]
     samples: dict[str, bool] = {}
     if opts.sample > 0:
-        running = [r for url, rs in groups.items() for r in rs
-                   if (answers[url].value or {}).get(r["prompt_id"]) is not None
-                   and (answers[url].value or {})[r["prompt_id"]].kind == "running"]
-        samples = sample_progress(running, client_for, opts.sample)
-    findings = []
-    for url, group in groups.items():
-        answer = answers[url]
-        for record in group:
-            obs = answer.value.get(record["prompt_id"]) if answer.value else None
-            reason = answer.error.reason if answer.error else None
-            finding = classify(record, obs, reason, opts, samples.get(record["prompt_id"]))
-            if finding is not None:
-                findings.append(finding)
+        quiet = [r for r in running if not _recently_recorded(r, opts)]
+        samples = sample_progress(quiet, client_for, opts.sample)
+
+    def judge() -> list[Finding]:
+        found = []
+        for url, group in groups.items():
+            answer = answers[url]
+            for record in group:
+                obs = answer.value.get(record["prompt_id"]) if answer.value else None
+                reason = answer.error.reason if answer.error else None
+                finding = classify(record, obs, reason, opts, samples.get(record["prompt_id"]))
+                if finding is not None:
+                    found.append(finding)
+        return found
+
+    findings = judge()
+    suspected = [f.record for f in findings
+                 if f.condition == STALLED and f.record["prompt_id"] not in samples]
+    if suspected and opts.confirm > 0:
+        samples.update(sample_progress(suspected, client_for, opts.confirm))
+        findings = judge()
     servers = {url: (a.error.reason if a.error else None) for url, a in answers.items()}
     return Detection(findings, len(active), servers)
 
@@ -169,7 +213,7 @@ def _note_running(ledger: Ledger, observations: list[Observation]) -> None:
     with ledger.transaction() as tasks:
         for obs in updates:
             stored = tasks.get(obs.prompt_id)
-            if stored is not None and stored["status"] in (SUBMITTING, PENDING) \
+            if stored is not None and stored["status"] in (SUBMITTING, PENDING, LOST_STATUS) \
                     and apply(stored, obs):
                 tasks.put(stored)
 
@@ -195,10 +239,12 @@ def sample_progress(records: list[Record], client_for: Callable[[Record], Server
                     frame = sock.recv()
                 except websocket.WebSocketTimeoutException:
                     break
-                if isinstance(frame, str):
-                    obs = from_ws_message(json.loads(frame), record["server_url"],
-                                          record["prompt_id"])
-                    seen = obs is not None and obs.kind in ("progress", "finished", "done")
+                msg = json.loads(frame) if isinstance(frame, str) else None
+                # What a reconnect replays (the current node, without a prompt_id) is not
+                # movement; progress, a new node, an output or the end are.
+                if isinstance(msg, dict) and (msg.get("data") or {}).get("prompt_id"):
+                    seen = from_ws_message(msg, record["server_url"],
+                                           record["prompt_id"]) is not None
         except (OSError, ValueError, websocket.WebSocketException):
             return
         finally:
@@ -295,7 +341,8 @@ class Repairer:
         pid = action.finding.record["prompt_id"]
         with self.ledger.transaction() as tasks:
             stored = tasks.get(pid)
-            if stored is None or stored["status"] not in ACTIVE:
+            if stored is None or stored["status"] not in (*ACTIVE, LOST_STATUS) \
+                    or stored.get("recovered"):
                 action.resolved, action.detail = True, "already settled by another process"
                 return
             apply(stored, obs)

@@ -40,6 +40,7 @@ log = logging.getLogger("comfyctl.tracker")
 HISTORY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 # A submitting record younger than this may still be in flight in another process.
 SUBMIT_GRACE_SECONDS = 30.0
+SOCKET_SILENCE = 10.0
 
 
 @dataclass
@@ -295,12 +296,20 @@ class Tracker:
                 continue
             backoff = 0.5
             sock.settimeout(0.5)
+            heard = time.monotonic()
             try:
                 while not (self.stop.is_set() or job_stop.is_set()):
                     try:
                         frame = sock.recv()
                     except websocket.WebSocketTimeoutException:
+                        # ComfyUI keeps one socket per client_id: another process connecting
+                        # as this job (detect-stuck --sample) silently takes the events.
+                        # A running job whose socket stays quiet gets a fresh connection.
+                        if time.monotonic() - heard > SOCKET_SILENCE and \
+                                self.records[prompt_id]["status"] == RUNNING:
+                            break
                         continue
+                    heard = time.monotonic()
                     if not isinstance(frame, str):
                         continue  # binary preview frames
                     try:

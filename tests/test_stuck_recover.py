@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -224,3 +225,39 @@ def test_queued_too_long_only_with_max_queue_age(emulator, tmp_path, invoke):
     (finding,) = findings(result)
     assert finding["prompt_id"] == waiting and finding["condition"] == "queued-too-long"
     assert "position 1" in finding["detail"]
+
+
+def test_a_job_watch_marked_lost_is_resubmitted_by_recover(emulator, tmp_path, ledger_path,
+                                                           invoke):
+    (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=100, seconds=0.05))
+    threading.Timer(0.6, emulator.restart).start()
+    assert invoke("watch", pid, "--poll-interval", "0.3", "--timeout", "20").exit_code == 1
+    assert Ledger(ledger_path).get(pid)["status"] == "lost"
+    detected = invoke("detect-stuck", "--json")
+    assert detected.exit_code == 6 and findings(detected)[0]["condition"] == "lost"
+    result = invoke("recover", "--resubmit", "--json")
+    assert result.exit_code == 0, result.stdout
+    (action,) = findings(result)
+    assert action["action"] == "resubmit" and action["new_prompt_id"]
+    assert Ledger(ledger_path).get(pid)["superseded_by"] == action["new_prompt_id"]
+    assert invoke("detect-stuck", "--json").stdout.count('"lost"') == 0
+
+
+def test_a_progressing_job_whose_watcher_died_is_not_called_stalled(emulator, tmp_path,
+                                                                    ledger_path, invoke):
+    (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.05))
+    watched = invoke("watch", pid, "--timeout", "1", "--poll-interval", "0.3")
+    assert watched.exit_code == 5 and Ledger(ledger_path).get(pid)["progress"]
+    time.sleep(2.5)  # the recorded progress is now older than the threshold
+    result = invoke("detect-stuck", "--stall-after", "2", "--confirm", "1.5", "--json")
+    assert result.exit_code == 0, result.stdout  # the confirming sample saw it move
+    trusting = invoke("detect-stuck", "--stall-after", "2", "--confirm", "0", "--json")
+    assert trusting.exit_code == 6  # without confirmation the ledger's age decides
+
+
+def test_a_job_nobody_recorded_is_not_stalled_from_its_age_alone(emulator, tmp_path, invoke):
+    submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.05))
+    time.sleep(0.5)
+    assert invoke("detect-stuck", "--stall-after", "0.1").exit_code == 0
+    time.sleep(0.5)
+    assert invoke("detect-stuck", "--stall-after", "0.1").exit_code == 0

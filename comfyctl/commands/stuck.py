@@ -19,7 +19,7 @@ from comfyctl.errors import (
 )
 from comfyctl.ledger import Record
 from comfyctl.options import complete_prompt_ids, complete_servers, server_option
-from comfyctl.records import ACTIVE
+from comfyctl.records import ACTIVE, LOST
 from comfyctl.render import table
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,7 +37,11 @@ def detection_options(func: F) -> F:
                      help="Also report jobs still queued this long after submit."),
         click.option("--sample", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
                      help="Listen on running jobs' WebSockets this long to see if they move "
-                          "(for jobs no watcher was recording)."),
+                          "(for jobs no watcher is recording)."),
+        click.option("--confirm", type=click.FloatRange(min=0), default=3.0, show_default=True,
+                     metavar="SECONDS",
+                     help="Listen this long before calling a job stalled from the ledger's "
+                          "progress age (its watcher may have died); 0 trusts the ledger."),
         click.option("--timeout", "deadline", type=click.FloatRange(min=0.1), default=15.0,
                      show_default=True, metavar="SECONDS",
                      help="Per-server bound on the status round; slower servers count as "
@@ -61,7 +65,8 @@ def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
             raise TaskNotFound(missing[0])
         records = [ledger[pid] for pid in dict.fromkeys(prompt_ids)]
     else:
-        records = ledger.select(statuses=ACTIVE)  # detection only looks at unfinished jobs
+        # Detection looks at unfinished jobs and at lost ones not yet resubmitted.
+        records = ledger.select(statuses={*ACTIVE, LOST})
     if servers:
         urls = {spec.url for spec in app.servers(servers)}
         records = [r for r in records if r["server_url"] in urls or r["server"] in servers]
@@ -69,12 +74,14 @@ def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
 
 
 def _detect(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
-            stall_after: float, max_queue_age: float | None, sample: float, deadline: float):
+            deadline: float, acknowledged_lost: bool = False, **tuning: Any) -> Any:
+    """Run detection with the shared options (``tuning``: stall_after, max_queue_age,
+    sample, confirm); each server's round is bounded by ``deadline``."""
     from comfyctl.stuck import DetectOptions, detect
 
     app.timeout = deadline
-    options = DetectOptions(stall_after=stall_after, max_queue_age=max_queue_age,
-                            sample=sample, deadline=deadline + 1.0)
+    options = DetectOptions(deadline=deadline + 1.0, acknowledged_lost=acknowledged_lost,
+                            **tuning)
     return detect(app.ledger, _select(app, prompt_ids, servers), app.client_for_record, options)
 
 
@@ -82,8 +89,7 @@ def _detect(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
 @detection_options
 @click.pass_obj
 def detect_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
-                   stall_after: float, max_queue_age: float | None, sample: float,
-                   deadline: float, as_json: bool, quiet: bool) -> None:
+                   deadline: float, as_json: bool, quiet: bool, **tuning: Any) -> None:
     """Find jobs that stalled, were lost, or finished while nobody was listening.
 
     Every unfinished job in the ledger (or the ids given) is checked on its own bound
@@ -98,7 +104,7 @@ def detect_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[
       comfyctl detect-stuck --stall-after 120 --json | jq -r .prompt_id
       */5 * * * *  comfyctl detect-stuck --quiet || comfyctl recover --resubmit
     """
-    result = _detect(app, prompt_ids, servers, stall_after, max_queue_age, sample, deadline)
+    result = _detect(app, prompt_ids, servers, deadline, **tuning)
     if not quiet:
         _print_findings(result.findings, as_json)
     if result.all_unreachable:
@@ -144,10 +150,9 @@ def _print_findings(findings: list[Any], as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.pass_obj
 def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
-                    stall_after: float, max_queue_age: float | None, sample: float,
                     deadline: float, as_json: bool, quiet: bool, resubmit: bool,
                     to_server: str | None, interrupt_stalled: bool, download_dir: str | None,
-                    dry_run: bool) -> None:
+                    dry_run: bool, **tuning: Any) -> None:
     """Repair what detect-stuck finds, each job on its own bound server.
 
     finished-unnoticed: record success and outputs. failed-unnoticed: record the
@@ -168,7 +173,7 @@ def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple
     options = RepairOptions(resubmit=resubmit, interrupt_stalled=interrupt_stalled,
                             to=app.config.resolve(to_server) if to_server else None,
                             dry_run=dry_run)
-    result = _detect(app, prompt_ids, servers, stall_after, max_queue_age, sample, deadline)
+    result = _detect(app, prompt_ids, servers, deadline, acknowledged_lost=resubmit, **tuning)
     actions = plan(result.findings, options)
     if not dry_run:
         repairer = Repairer(app.ledger, app.client_for_record, app.client, app.spec_for_record)
