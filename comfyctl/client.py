@@ -11,10 +11,13 @@ from __future__ import annotations
 import base64
 import logging
 import ssl
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import requests
@@ -37,7 +40,9 @@ NEVER_SENT = ("refused", "connect timeout", "dns", "tls")
 # Below this many unqueued ids, /history/{id} per job is cheaper than the whole /history.
 HISTORY_PER_ID_LIMIT = 3
 JOBS_PAGE = 100000
-RECENT_HISTORY = 64  # one page: ComfyUI keeps at most 10,000 history entries
+RECENT_HISTORY = 64
+PER_SERVER_REQUESTS = 4  # concurrent read requests to one server
+T = TypeVar("T")  # one page: ComfyUI keeps at most 10,000 history entries
 
 
 @dataclass
@@ -65,12 +70,17 @@ class ServerClient:
         self.spec = spec
         self.url = spec.url
         self._session = session
+        self._session_lock = threading.Lock()
         self._jobs_api: bool | None = None
 
     # -- plumbing ------------------------------------------------------------------------
 
     @property
     def session(self) -> requests.Session:
+        with self._session_lock:  # the poll and fetch threads may both ask first
+            return self._make_session()
+
+    def _make_session(self) -> requests.Session:
         if self._session is None:
             session = requests.Session()
             session.headers.update(self.spec.headers)
@@ -289,40 +299,48 @@ class ServerClient:
                 found[item.prompt_id] = Observation("queued", item.prompt_id, self.url,
                                                     number=item.number, position=position)
         rest = [pid for pid in wanted if pid not in found]
-        if len(rest) <= HISTORY_PER_ID_LIMIT:
-            entries = {pid: self.history_entry(pid) for pid in rest}
-        else:
-            everything = self.history()
-            entries = {pid: everything.get(pid) for pid in rest}
+        entries: dict[str, Any] = {}
+        if len(rest) > HISTORY_PER_ID_LIMIT:
+            # The recent end of the history holds most of them; a whole /history can be
+            # 10,000 entries with their graphs, too heavy for a busy shared server.
+            recent = self.history(max_items=2 * len(rest) + RECENT_HISTORY)
+            entries = {pid: recent[pid] for pid in rest if pid in recent}
+        missing = [pid for pid in rest if pid not in entries]
+        entries.update(zip(missing, self._each(self.history_entry, missing), strict=True))
         for pid in rest:
             entry = entries.get(pid)
             found[pid] = (from_history_entry(entry, self.url, pid) if isinstance(entry, dict)
                           else Observation("unknown", pid, self.url))
         return found
 
+    def _each(self, ask: Callable[[str], T], ids: list[str]) -> list[T]:
+        """``ask`` for each id, a few at a time (read-only requests to this one server)."""
+        if len(ids) <= 1:
+            return [ask(pid) for pid in ids]
+        with ThreadPoolExecutor(max_workers=min(PER_SERVER_REQUESTS, len(ids))) as pool:
+            return list(pool.map(ask, ids))
+
     def _snapshot_jobs(self, wanted: list[str]) -> dict[str, Observation]:
-        """Jobs API: one listing of active jobs, one of finished jobs when several are
-        asked about, and the single-job route only for finished ones (it alone has the
-        outputs)."""
-        found: dict[str, Observation] = {}
-        for active in self._list_jobs("pending,in_progress"):
-            if active.get("id") in wanted:
-                found[active["id"]] = from_job(active, self.url)
-        rest = [pid for pid in wanted if pid not in found]
-        finished: set[str] | None = None
-        if len(rest) > HISTORY_PER_ID_LIMIT:
-            finished = {str(done.get("id")) for done in
-                        self._list_jobs("completed,failed,cancelled")}
-        for pid in rest:
-            job: dict[str, Any] | None = None
-            if finished is None or pid in finished:
-                job = self.job(pid)
+        """Jobs API: the single-job route for a few ids; for more, one unfiltered listing
+        (status filters differ between versions: the first one rejects "cancelled") and
+        the single-job route only for completed jobs (it alone carries the outputs)."""
+        if len(wanted) <= HISTORY_PER_ID_LIMIT:
+            listed: dict[str, dict[str, Any]] = {}
+            details = wanted
+        else:
+            listed = {str(job.get("id")): job for job in self._list_jobs()}
+            details = [pid for pid in wanted if (listed.get(pid) or {}).get("status")
+                       == "completed"]
+        jobs = dict(zip(details, self._each(self.job, details), strict=True))
+        found = {}
+        for pid in wanted:
+            job = jobs[pid] if pid in jobs else listed.get(pid)
             found[pid] = (from_job(job, self.url) if job is not None
                           else Observation("unknown", pid, self.url))
         return found
 
-    def _list_jobs(self, statuses: str) -> list[dict[str, Any]]:
-        data = self.get_json("/api/jobs", params={"status": statuses, "limit": JOBS_PAGE})
+    def _list_jobs(self) -> list[dict[str, Any]]:
+        data = self.get_json("/api/jobs", params={"limit": JOBS_PAGE})
         jobs = data.get("jobs") if isinstance(data, dict) else None
         if not isinstance(jobs, list):
             raise BadServerReply(self.spec.name, "/api/jobs reply has no jobs list")
@@ -337,17 +355,19 @@ class ServerClient:
         prompt_id only when it is verifiably the running job. Never a global interrupt.
         Without ``allow_interrupt`` a running job is left running ("running").
         """
-        if not allow_interrupt and self.status(prompt_id).kind == "running":
-            return "running"
-        if self.has_jobs_api():
+        # The jobs-API cancel interrupts a job that started meanwhile, so a cancel that must
+        # not interrupt goes through the queue, whose delete never does.
+        if allow_interrupt and self.has_jobs_api():
             resp = self.request("POST", f"/api/jobs/{_quote(prompt_id)}/cancel")
             if resp.status_code == 200:
                 reply = self._decode(resp)
                 cancelled = reply.get("cancelled", True) if isinstance(reply, dict) else True
                 return "jobs-api" if cancelled else "not-active"
-            if resp.status_code == 404:
+            if resp.status_code not in (404, 405):
+                raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+            if self.job(prompt_id) is None:
                 return "not-found"
-            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+            # The job exists but this server has no cancel route: use the queue.
         queue = self.queue()
         if any(item.prompt_id == prompt_id for item in queue.pending):
             self._post_ok("/queue", {"delete": [prompt_id]})

@@ -33,6 +33,9 @@ def from_ws_message(
     pid = data.get("prompt_id")
     if pid is not None and pid != prompt_id:
         return None
+    # A reconnect's executing has no prompt_id; on a socket opened with the job's own
+    # client_id it can only be about this job. (Progress without one is dropped: old servers
+    # broadcast another user's anonymous job's progress to every socket in that form.)
     if pid is None and not (kind == "executing" and data.get("node") is not None):
         return None
     make = lambda k, **kw: Observation(k, prompt_id, server_url, source="ws", **kw)  # noqa: E731

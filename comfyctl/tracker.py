@@ -135,6 +135,14 @@ class Tracker:
         if not self._pending_writes:
             return
         pending, self._pending_writes = self._pending_writes, {}
+        try:
+            self._write(pending)
+        except BaseException:  # e.g. LedgerLocked: keep them for the next flush
+            for prompt_id, observations in pending.items():
+                self._pending_writes.setdefault(prompt_id, [])[:0] = observations
+            raise
+
+    def _write(self, pending: dict[str, list[Observation]]) -> None:
         with self.ledger.transaction() as tasks:
             for prompt_id, observations in pending.items():
                 stored = tasks.get(prompt_id)
@@ -249,6 +257,9 @@ class Tracker:
                 observations = state.client.snapshot(ids)
             except ServerUnreachable as exc:
                 self._server_state(state, False, exc.reason)
+            except Exception as exc:  # a bug must not silently end this server's polling
+                log.warning("polling %s failed: %r", state.name, exc)
+                self._server_state(state, False, type(exc).__name__)
             else:
                 self._server_state(state, True, None)
                 for obs in observations.values():
@@ -274,8 +285,8 @@ class Tracker:
                     return
                 try:
                     obs = state.client.status(prompt_id)
-                except ServerUnreachable:
-                    break  # the poller reports the server; it will also see the outcome
+                except Exception:
+                    break  # the poller reports the server, and will see the outcome too
                 if obs.kind == "finished":
                     self.inbox.put(obs)
                     break

@@ -337,16 +337,22 @@ def test_snapshot_reads_queue_before_history(mock, real_queue: dict[str, Any]) -
     assert all(obs.server_url == URL for obs in found.values())
 
 
-def test_snapshot_of_many_ids_reads_the_whole_history_once(mock) -> None:
+def test_snapshot_of_many_ids_reads_recent_history_then_only_the_rest(mock) -> None:
+    """One bounded read of the recent history (never all 10,000 entries of a busy server),
+    then /history/{id} only for the ids it did not hold."""
     mock.get(f"{URL}/api/jobs", status=404)
     mock.get(f"{URL}/queue", json={"queue_running": [], "queue_pending": []})
     entry = {"outputs": {}, "status": {"status_str": "success", "completed": True,
                                        "messages": []}}
-    mock.get(f"{URL}/history", json={"a": entry, "c": entry})
+    mock.get(f"{URL}/history", json={"a": entry, "c": entry},
+             match=[matchers.query_param_matcher({"max_items": str(2 * 4 + 64)})])
+    mock.get(f"{URL}/history/b", json={"b": entry})
+    mock.get(f"{URL}/history/d", json={})
     found = make_client().snapshot(["a", "b", "c", "d"])
-    assert calls(mock) == ["GET /api/jobs", "GET /queue", "GET /history"]
+    assert calls(mock)[:3] == ["GET /api/jobs", "GET /queue", "GET /history"]
+    assert sorted(calls(mock)[3:]) == ["GET /history/b", "GET /history/d"]
     assert {pid: obs.kind for pid, obs in found.items()} == \
-        {"a": "finished", "b": "unknown", "c": "finished", "d": "unknown"}
+        {"a": "finished", "b": "finished", "c": "finished", "d": "unknown"}
 
 
 def test_jobs_api_absent_falls_back_and_is_detected_once(mock) -> None:
@@ -364,23 +370,25 @@ def test_jobs_api_absent_falls_back_and_is_detected_once(mock) -> None:
 def test_jobs_api_present_is_used_instead_of_queue_and_history(mock) -> None:
     mock.get(f"{URL}/api/jobs", json={"jobs": [], "pagination": {"offset": 0, "limit": 1}},
              match=[matchers.query_param_matcher({"limit": "1"})])
+    # One listing without a status filter: the first jobs-API release rejects "cancelled".
     mock.get(f"{URL}/api/jobs", json={"jobs": [
         {"id": "run-1", "status": "in_progress", "priority": 3},
         {"id": "pend-1", "status": "pending", "priority": 4},
         {"id": "someone-elses", "status": "pending", "priority": 5},
-    ]}, match=[matchers.query_param_matcher({"status": "pending,in_progress", "limit": "100000"})])
+        {"id": "done-1", "status": "completed", "priority": 1, "outputs_count": 1},
+        {"id": "bad-1", "status": "failed", "priority": 2,
+         "execution_error": {"exception_type": "RuntimeError", "exception_message": "boom",
+                             "node_id": "2", "node_type": "FailAtStep"}},
+    ]}, match=[matchers.query_param_matcher({"limit": "100000"})])
     mock.get(f"{URL}/api/jobs/done-1", json={
         "id": "done-1", "status": "completed",
         "outputs": {"3": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}}})
-    mock.get(f"{URL}/api/jobs/bad-1", json={
-        "id": "bad-1", "status": "failed",
-        "execution_error": {"exception_type": "RuntimeError", "exception_message": "boom",
-                            "node_id": "2", "node_type": "FailAtStep"}})
-    mock.get(f"{URL}/api/jobs/gone-1", status=404)
 
     found = make_client().snapshot(["run-1", "pend-1", "done-1", "bad-1", "gone-1"])
 
     assert not any(c.endswith(("/queue", "/history")) or "/history/" in c for c in calls(mock))
+    # The single-job route only for the completed job (it alone carries the outputs).
+    assert calls(mock) == ["GET /api/jobs", "GET /api/jobs", "GET /api/jobs/done-1"]
     assert found["run-1"].kind == "running"
     assert (found["pend-1"].kind, found["pend-1"].number) == ("queued", 4)
     assert (found["done-1"].kind, found["done-1"].outcome) == ("finished", SUCCESS)
@@ -773,3 +781,32 @@ def test_observations_carry_the_given_server() -> None:
     assert obs is not None
     assert (obs.kind, obs.value, obs.max, obs.node) == ("progress", 209, 400, "5")
     assert obs.server_url == "http://gpu2.test:8188"
+
+
+def test_cancel_falls_back_to_the_queue_where_the_jobs_api_has_no_cancel_route(mock) -> None:
+    """Some builds list jobs but have no cancel route (a static handler answers 405)."""
+    mock.get(f"{URL}/api/jobs", json={"jobs": []})
+    mock.post(f"{URL}/api/jobs/p-1/cancel", status=405)
+    mock.get(f"{URL}/api/jobs/p-1", json={"id": "p-1", "status": "pending"})
+    mock.get(f"{URL}/queue", json={"queue_running": [[1, "other", {}, {}, []]],
+                                   "queue_pending": [[2, "p-1", {}, {}, []]]})
+    mock.post(f"{URL}/queue", body="")
+    assert make_client().cancel("p-1") == "dequeued"
+    assert "POST /queue" in calls(mock) and "POST /interrupt" not in calls(mock)
+
+
+def test_cancel_of_an_unknown_job_on_a_jobs_api_server(mock) -> None:
+    mock.get(f"{URL}/api/jobs", json={"jobs": []})
+    mock.post(f"{URL}/api/jobs/p-1/cancel", status=404)
+    mock.get(f"{URL}/api/jobs/p-1", status=404)
+    assert make_client().cancel("p-1") == "not-found"
+
+
+def test_pending_only_cancel_never_uses_the_interrupting_jobs_api_route(mock) -> None:
+    """The jobs-API cancel interrupts a job that started meanwhile; the queue delete never
+    does, so cancel --all-pending goes through the queue even where the jobs API exists."""
+    mock.get(f"{URL}/api/jobs", json={"jobs": []})
+    mock.get(f"{URL}/queue", json={"queue_running": [[2, "p-1", {}, {}, []]],
+                                   "queue_pending": []})
+    assert make_client().cancel("p-1", allow_interrupt=False) == "running"
+    assert not any(c.startswith("POST") for c in calls(mock))
