@@ -300,12 +300,15 @@ class ServerClient:
                                                     number=item.number, position=position)
         rest = [pid for pid in wanted if pid not in found]
         entries: dict[str, Any] = {}
+        missing = rest
         if len(rest) > HISTORY_PER_ID_LIMIT:
             # The recent end of the history holds most of them; a whole /history can be
             # 10,000 entries with their graphs, too heavy for a busy shared server.
-            recent = self.history(max_items=2 * len(rest) + RECENT_HISTORY)
+            window = 2 * len(rest) + RECENT_HISTORY
+            recent = self.history(max_items=window)
             entries = {pid: recent[pid] for pid in rest if pid in recent}
-        missing = [pid for pid in rest if pid not in entries]
+            # A window that came back short was the whole history: the rest are unknown.
+            missing = [] if len(recent) < window else [p for p in rest if p not in entries]
         entries.update(zip(missing, self._each(self.history_entry, missing), strict=True))
         for pid in rest:
             entry = entries.get(pid)

@@ -82,7 +82,7 @@ class Tasks(Mapping[str, Record]):
         self._parsed: dict[str, Record] = dict(parsed or {})  # read (cache) or put
         self._changed: dict[str, None] = dict.fromkeys(parsed or {})  # put, in order
         self._removed: set[str] = set()
-        self._index: dict[str, tuple[int, int]] | None = None
+        self._index: dict[str, int] | None = None  # id -> where its line starts
         self._lookups = 0
         self.dirty = False
 
@@ -158,10 +158,16 @@ class Tasks(Mapping[str, Record]):
         # Our records begin with the same fields in the same order, so a strict pattern
         # finds each stamp quickly; if it missed a line (a record edited by hand), the
         # general pattern reads them all.
-        found = _SUBMITTED_FAST.findall(self._raw, self._lo, self._hi)
-        if len(found) != len(_NEWLINE_KEY.findall(self._raw, self._lo, self._hi)):
-            found = _SUBMITTED.findall(self._raw, self._lo, self._hi)
-        stamps = {_decode_key(key): stamp.decode() for key, stamp in found}
+        lines = len(_NEWLINE_KEY.findall(self._raw, self._lo, self._hi))
+        found = list(_SUBMITTED_FAST.finditer(self._raw, self._lo, self._hi))
+        if len(found) != lines:
+            found = list(_SUBMITTED.finditer(self._raw, self._lo, self._hi))
+        stamps, starts = {}, {}
+        for match in found:
+            pid = _decode_key(match.group(1))
+            stamps[pid], starts[pid] = match.group(2).decode(), match.start() + 1
+        if self._index is None and len(starts) == lines:
+            self._index = starts  # the same pass located every line: lookups are now free
         for pid, record in self._parsed.items():
             stamps[pid] = record.get("submitted_at") or ""
         ids = [pid for pid in stamps if pid not in self._removed]
@@ -206,7 +212,8 @@ class Tasks(Mapping[str, Record]):
         if self._index is None and self._lookups > INDEX_AFTER_LOOKUPS:
             self._keys()  # many lookups: one pass to index every line beats a scan each
         if self._index is not None:
-            return self._index.get(prompt_id)
+            start = self._index.get(prompt_id)
+            return None if start is None else self._line_span(start)
         found = self._raw.find(b"\n" + _key_bytes(prompt_id) + b"{", self._lo, self._hi)
         return None if found < 0 else self._line_span(found + 1)
 
@@ -216,9 +223,8 @@ class Tasks(Mapping[str, Record]):
 
     def _keys(self) -> list[str]:
         if self._index is None:
-            self._index = {
-                _decode_key(match.group(1)): self._line_span(match.start() + 1)
-                for match in _LINE_START.finditer(self._raw, self._lo, self._hi)}
+            self._index = {_decode_key(match.group(1)): match.start() + 1
+                           for match in _LINE_START.finditer(self._raw, self._lo, self._hi)}
         existing = [pid for pid in self._index if pid not in self._removed]
         return existing + [pid for pid in self._changed if pid not in self._index]
 

@@ -339,13 +339,15 @@ def test_snapshot_reads_queue_before_history(mock, real_queue: dict[str, Any]) -
 
 def test_snapshot_of_many_ids_reads_recent_history_then_only_the_rest(mock) -> None:
     """One bounded read of the recent history (never all 10,000 entries of a busy server),
-    then /history/{id} only for the ids it did not hold."""
+    then /history/{id} only for the ids it did not hold when that window was full."""
     mock.get(f"{URL}/api/jobs", status=404)
     mock.get(f"{URL}/queue", json={"queue_running": [], "queue_pending": []})
     entry = {"outputs": {}, "status": {"status_str": "success", "completed": True,
                                        "messages": []}}
-    mock.get(f"{URL}/history", json={"a": entry, "c": entry},
-             match=[matchers.query_param_matcher({"max_items": str(2 * 4 + 64)})])
+    window = 2 * 4 + 64
+    full = {f"other-{i}": entry for i in range(window - 2)} | {"a": entry, "c": entry}
+    mock.get(f"{URL}/history", json=full,
+             match=[matchers.query_param_matcher({"max_items": str(window)})])
     mock.get(f"{URL}/history/b", json={"b": entry})
     mock.get(f"{URL}/history/d", json={})
     found = make_client().snapshot(["a", "b", "c", "d"])
@@ -810,3 +812,14 @@ def test_pending_only_cancel_never_uses_the_interrupting_jobs_api_route(mock) ->
                                    "queue_pending": []})
     assert make_client().cancel("p-1", allow_interrupt=False) == "running"
     assert not any(c.startswith("POST") for c in calls(mock))
+
+
+def test_a_short_history_window_is_the_whole_history(mock) -> None:
+    """Fewer entries than asked for means there are no more: no per-id reads (the typical
+    case after a restart, when many jobs are lost at once)."""
+    mock.get(f"{URL}/api/jobs", status=404)
+    mock.get(f"{URL}/queue", json={"queue_running": [], "queue_pending": []})
+    mock.get(f"{URL}/history", json={})
+    found = make_client().snapshot([f"lost-{i}" for i in range(50)])
+    assert calls(mock) == ["GET /api/jobs", "GET /queue", "GET /history"]
+    assert {obs.kind for obs in found.values()} == {"unknown"}
