@@ -19,7 +19,7 @@ Keys whose value is None are left out (ComfyUI's ``prune_dict``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 PENDING = "pending"
@@ -103,57 +103,56 @@ def _is_text(media_type: str, item: dict[str, Any]) -> bool:
     return media_type == "text" or str(item.get("filename", "")).lower().endswith(_TEXT)
 
 
+def _output_items(outputs: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """(node id, media type, item) for every listed output ("animated" flags excluded)."""
+    for node_id, node_outputs in outputs.items():
+        if not isinstance(node_outputs, dict):
+            continue
+        for media_type, items in node_outputs.items():
+            if media_type != "animated" and isinstance(items, list):
+                for item in items:
+                    yield node_id, media_type, item
+
+
 def outputs_summary(outputs: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
     """(outputs_count, preview_output): saved visual media first, then other visual
     media, then saved text files, then raw text."""
     count = 0
     preview = fallback = text_file = text_raw = None
-    for node_id, node_outputs in outputs.items():
-        if not isinstance(node_outputs, dict):
-            continue
-        for media_type, items in node_outputs.items():
-            if media_type == "animated" or not isinstance(items, list):
+    for node_id, media_type, item in _output_items(outputs):
+        if not isinstance(item, dict):
+            normalized = _normalize_item(item)
+            if normalized is None:
+                if media_type == "text" and preview is None and text_raw is None:
+                    value = (
+                        (item[0] if item else "") if isinstance(item, tuple) else str(item)
+                    )
+                    text_preview: dict[str, Any] = {"content": value[:_TEXT_PREVIEW_MAX]}
+                    if len(value) > _TEXT_PREVIEW_MAX:
+                        text_preview["truncated"] = True
+                    text_raw = {**text_preview, "nodeId": node_id, "mediaType": media_type}
                 continue
-            for item in items:
-                if not isinstance(item, dict):
-                    normalized = _normalize_item(item)
-                    if normalized is None:
-                        if media_type == "text" and preview is None and text_raw is None:
-                            value = (
-                                (item[0] if item else "") if isinstance(item, tuple) else str(item)
-                            )
-                            text_preview: dict[str, Any] = {"content": value[:_TEXT_PREVIEW_MAX]}
-                            if len(value) > _TEXT_PREVIEW_MAX:
-                                text_preview["truncated"] = True
-                            text_raw = {**text_preview, "nodeId": node_id, "mediaType": media_type}
-                        continue
-                    item = normalized
-                count += 1
-                if preview is not None or not _previewable(media_type, item):
-                    continue
-                enriched = {**item, "nodeId": node_id}
-                enriched.setdefault("mediaType", media_type)
-                if _is_text(media_type, item):
-                    text_file = text_file or enriched
-                elif item.get("type") == "output":
-                    preview = enriched
-                elif fallback is None:
-                    fallback = enriched
+            item = normalized
+        count += 1
+        if preview is not None or not _previewable(media_type, item):
+            continue
+        enriched = {**item, "nodeId": node_id}
+        enriched.setdefault("mediaType", media_type)
+        if _is_text(media_type, item):
+            text_file = text_file or enriched
+        elif item.get("type") == "output":
+            preview = enriched
+        elif fallback is None:
+            fallback = enriched
     return count, preview or fallback or text_file or text_raw
 
 
 def count_previewable(outputs: dict[str, Any]) -> int:
     count = 0
-    for node_outputs in outputs.values():
-        if not isinstance(node_outputs, dict):
-            continue
-        for media_type, items in node_outputs.items():
-            if media_type == "animated" or not isinstance(items, list):
-                continue
-            for item in items:
-                normalized = item if isinstance(item, dict) else _normalize_item(item)
-                if normalized is not None and _previewable(media_type, normalized):
-                    count += 1
+    for _, media_type, item in _output_items(outputs):
+        normalized = item if isinstance(item, dict) else _normalize_item(item)
+        if normalized is not None and _previewable(media_type, normalized):
+            count += 1
     return count
 
 
