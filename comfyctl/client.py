@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import ssl
 import threading
 import time
@@ -41,6 +42,7 @@ NEVER_SENT = ("refused", "connect timeout", "dns", "tls")
 HISTORY_PER_ID_LIMIT = 3
 JOBS_PAGE = 100000
 RECENT_HISTORY = 64
+TARGETED_INTERRUPT_SINCE = (0, 3, 56)  # the first release after PR #9607 (2025-08-28)
 PER_SERVER_REQUESTS = 4  # concurrent read requests to one server
 T = TypeVar("T")  # one page: ComfyUI keeps at most 10,000 history entries
 
@@ -72,6 +74,7 @@ class ServerClient:
         self._session = session
         self._session_lock = threading.Lock()
         self._jobs_api: bool | None = None
+        self._targeted: bool | None = None
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -380,9 +383,25 @@ class ServerClient:
         if any(item.prompt_id == prompt_id for item in queue.running):
             if not allow_interrupt:
                 return "running"
-            self._post_ok("/interrupt", {"prompt_id": prompt_id})
+            if not self.targets_interrupts():
+                return "unsafe-interrupt"
+            resp = self.request("POST", "/interrupt", json_body={"prompt_id": prompt_id})
+            if resp.status_code == 404:  # some builds say so when it is no longer running
+                return "not-active"
+            if resp.status_code != 200:
+                raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
             return "interrupted"
         return "not-active"
+
+    def targets_interrupts(self) -> bool:
+        """Whether POST /interrupt honours a prompt_id (ComfyUI PR #9607, August 2025).
+        Older servers ignore the body and interrupt whatever runs at that instant."""
+        if self._targeted is None:
+            version = (self.system_stats().get("system") or {}).get("comfyui_version")
+            numbers = re.findall(r"\d+", str(version or ""))[:3]
+            self._targeted = len(numbers) == 3 and \
+                tuple(int(n) for n in numbers) >= TARGETED_INTERRUPT_SINCE
+        return self._targeted
 
     def _post_ok(self, path: str, body: dict[str, Any]) -> None:
         resp = self.request("POST", path, json_body=body)

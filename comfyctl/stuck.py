@@ -357,6 +357,9 @@ class Repairer:
     def _interrupt(self, action: Action, opts: RepairOptions) -> None:
         record = action.finding.record
         how = self.client_for_record(record).cancel(record["prompt_id"])
+        if how not in ("jobs-api", "dequeued", "interrupted"):
+            action.resolved, action.detail = False, f"not interrupted ({how})"
+            return
         obs = Observation("cancelled", record["prompt_id"], record["server_url"])
         self._apply(action, obs, f"stalled; interrupted ({how})")
 

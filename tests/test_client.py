@@ -416,8 +416,9 @@ def _interrupts_always_name_a_prompt(mock: responses.RequestsMock) -> None:
             assert isinstance(body, dict) and body.get("prompt_id"), "a global interrupt!"
 
 
-def _no_jobs_api(mock: responses.RequestsMock) -> None:
+def _no_jobs_api(mock: responses.RequestsMock, version: str = "0.3.64") -> None:
     mock.get(f"{URL}/api/jobs", status=404)
+    mock.get(f"{URL}/system_stats", json={"system": {"comfyui_version": version}})
 
 
 def test_cancel_with_jobs_api(mock) -> None:
@@ -445,7 +446,7 @@ def test_cancel_running_job_interrupts_it_by_prompt_id(mock) -> None:
     mock.post(f"{URL}/interrupt", body="",
               match=[matchers.json_params_matcher({"prompt_id": "p-1"})])
     assert make_client().cancel("p-1") == "interrupted"
-    assert calls(mock) == ["GET /api/jobs", "GET /queue", "POST /interrupt"]
+    assert calls(mock) == ["GET /api/jobs", "GET /queue", "GET /system_stats", "POST /interrupt"]
     assert body_of(mock.calls[-1]) == {"prompt_id": "p-1"}
     _interrupts_always_name_a_prompt(mock)
 
@@ -823,3 +824,14 @@ def test_a_short_history_window_is_the_whole_history(mock) -> None:
     found = make_client().snapshot([f"lost-{i}" for i in range(50)])
     assert calls(mock) == ["GET /api/jobs", "GET /queue", "GET /history"]
     assert {obs.kind for obs in found.values()} == {"unknown"}
+
+
+@pytest.mark.parametrize("version", ["0.3.50", "", "unknown"])
+def test_no_interrupt_where_the_server_would_ignore_the_prompt_id(mock, version: str) -> None:
+    """Before ComfyUI honoured /interrupt's prompt_id, it interrupted whatever ran at that
+    instant: comfyctl does not interrupt such a server (or one whose version it cannot tell)."""
+    _no_jobs_api(mock, version)
+    mock.get(f"{URL}/queue", json={"queue_running": [[1, "p-1", {}, {}, []]],
+                                   "queue_pending": []})
+    assert make_client().cancel("p-1") == "unsafe-interrupt"
+    assert "POST /interrupt" not in calls(mock)

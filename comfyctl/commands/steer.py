@@ -57,7 +57,7 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
             how = client.cancel(record["prompt_id"],
                                 allow_interrupt=record["prompt_id"] in prompt_ids)
             obs = Observation("cancelled", record["prompt_id"], record["server_url"])
-            if how in ("not-active", "not-found", "running"):
+            if how in ("not-active", "not-found", "running", "unsafe-interrupt"):
                 obs = client.status(record["prompt_id"])
         except ServerUnreachable as exc:
             unreachable.append(exc)
@@ -70,7 +70,10 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
             record = stored or record
         what = {"jobs-api": "cancelled (jobs API)", "dequeued": "cancelled (removed from queue)",
                 "interrupted": "cancelled (interrupted by prompt_id)",
-                "running": "running; not interrupted (--all-pending never interrupts)"}
+                "running": "running; not interrupted (--all-pending never interrupts)",
+                "unsafe-interrupt": "running; not interrupted: this server's ComfyUI predates "
+                                    "interrupt by prompt_id, so an interrupt could stop "
+                                    "another job"}
         _report(record, what.get(how, f"not active on the server; now {record['status']}"),
                 as_json)
     if unreachable:
