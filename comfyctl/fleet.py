@@ -40,17 +40,12 @@ def probe(client: ServerClient, active_ids: list[str]) -> Probe:
     latency = (time.monotonic() - started) * 1000
     version = (stats.get("system") or {}).get("comfyui_version")
     queue = client.queue()
-    numbers = [item.number for item in queue.running + queue.pending]
-    newest = client.history(max_items=1)
-    for entry in newest.values():
-        prompt = entry.get("prompt") if isinstance(entry, dict) else None
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-            numbers.append(prompt[0])
+    counter = client.prompt_counter(queue)
     queued = {item.prompt_id for item in queue.running + queue.pending}
     unknown = [pid for pid, obs in client.snapshot([p for p in active_ids if p not in queued])
                .items() if obs.kind == "unknown"] if active_ids else []
     return Probe(round(latency, 1), version, [i.prompt_id for i in queue.running],
-                 [i.prompt_id for i in queue.pending], max(numbers) if numbers else None,
+                 [i.prompt_id for i in queue.pending], counter,
                  unknown)
 
 

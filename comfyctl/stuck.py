@@ -200,8 +200,32 @@ def detect(ledger: Ledger, records: list[Record],
     if suspected and opts.confirm > 0:
         samples.update(sample_progress(suspected, client_for, opts.confirm))
         findings = judge()
+    _add_restart_evidence(findings, client_for)
     servers = {url: (a.error.reason if a.error else None) for url, a in answers.items()}
     return Detection(findings, len(active), servers)
+
+
+def _add_restart_evidence(findings: list[Finding],
+                          client_for: Callable[[Record], ServerClient]) -> None:
+    """Say why a job is lost when the server shows it: a prompt counter below the job's
+    number, or an empty queue and history, mean it restarted (rather than someone
+    deleting the job or its history entry)."""
+    lost: dict[str, list[Finding]] = {}
+    for finding in findings:
+        if finding.condition == LOST_JOB:
+            lost.setdefault(finding.record["server_url"], []).append(finding)
+    for group in lost.values():
+        try:
+            counter = client_for(group[0].record).prompt_counter()
+        except ServerUnreachable:
+            continue
+        for finding in group:
+            number = finding.record.get("number")
+            if counter is None:
+                finding.detail += "; its queue and history are empty: it restarted"
+            elif isinstance(number, int) and counter < number:
+                finding.detail += (f"; its prompt counter is at {counter}, this job was "
+                                   f"number {number}: it restarted")
 
 
 def _note_running(ledger: Ledger, observations: list[Observation]) -> None:

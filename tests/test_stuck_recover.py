@@ -97,6 +97,7 @@ def test_restart_lost_resubmitted_exactly_once_by_concurrent_recovers(emulator, 
     detected = invoke("detect-stuck", "--json")
     assert detected.exit_code == 6
     assert findings(detected)[0]["condition"] == "lost"
+    assert findings(detected)[0]["detail"].endswith("it restarted")  # the evidence is named
     procs = [subprocess.Popen([sys.executable, "-m", "comfyctl", "recover", "--resubmit",
                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
