@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import sys
 import threading
 import time
@@ -197,7 +198,12 @@ class LiveArea:
             self._drawn = 0
 
     def _draw(self) -> None:
-        for line in self.lines.values():
+        # Fit the terminal: running jobs first, the rest summed up in one line.
+        room = max(3, shutil.get_terminal_size((80, 24)).lines - 2)
+        lines = sorted(self.lines.values(), key=lambda line: RUNNING not in line)
+        if len(lines) > room:
+            lines = [*lines[:room - 1], f"... and {len(lines) - room + 1} more job(s)"]
+        for line in lines:
             self.stream.write(line + "\n")
-        self._drawn = len(self.lines)
+        self._drawn = len(lines)
         self.stream.flush()
