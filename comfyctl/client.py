@@ -235,6 +235,18 @@ class ServerClient:
                 numbers.append(prompt[0])
         return max(numbers) if numbers else None
 
+    def execution_messages(self, prompt_id: str) -> list[Any] | None:
+        """The server's own record of a finished run ([name, {..., timestamp}] pairs:
+        execution_start, execution_cached, execution_success/error/interrupted); None
+        while the job is not finished or the server does not keep them."""
+        if self.has_jobs_api():
+            job = self.job(prompt_id) or {}
+            status = job.get("execution_status") or {}
+        else:
+            status = (self.history_entry(prompt_id) or {}).get("status") or {}
+        messages = status.get("messages") if isinstance(status, dict) else None
+        return messages if isinstance(messages, list) else None
+
     def exists(self, prompt_id: str) -> bool:
         """Whether the server knows the id at all (queued, running or in history)."""
         return self.status(prompt_id).kind != "unknown"

@@ -206,3 +206,16 @@ def test_refresh_updates_unfinished_jobs_from_their_servers(emulator_factory, in
     saved = invoke("history", "--download", str(out))
     assert saved.exit_code == 0
     assert len([p for p in out.rglob("*.png")]) == 4
+
+
+@pytest.mark.parametrize("server", ["a", "b"], ids=["classic", "jobs-api"])
+def test_one_id_shows_the_servers_execution_messages(fleet, invoke, schema, server):
+    *_, ids = fleet
+    detail = json.loads(invoke("history", ids[server][0], "--json").stdout)
+    jsonschema.validate(detail, schema)
+    names = [name for name, _ in detail["server_messages"]]
+    assert names[0] == "execution_start" and names[-1] == "execution_success"
+    text = invoke("history", ids[server][0]).stdout
+    assert "execution_success" in text
+    offline = json.loads(invoke("history", ids[server][0], "--no-refresh", "--json").stdout)
+    assert "server_messages" not in offline

@@ -92,6 +92,7 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
         record = _find(ledger, prompt_id)
         if refresh is not False:
             record = refresh_records(app, [record])[0]
+            record = {**record, "server_messages": _server_messages(app, record)}
         records = [record]
     else:
         records = select(app, ledger, servers, statuses, since, label_filters, limit)
@@ -107,6 +108,14 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
                 click.echo(output["url"])
         return
     _print(app, records, fmt, single=prompt_id is not None)
+
+
+def _server_messages(app: AppContext, record: Record) -> list[Any] | None:
+    """The bound server's execution messages for one job (shown, never stored)."""
+    try:
+        return app.client_for_record(record).execution_messages(record["prompt_id"])
+    except ServerUnreachable:
+        return None
 
 
 def _settle_orphans(app: AppContext, ledger: Tasks) -> None:
@@ -236,6 +245,12 @@ def _detail(record: Record) -> str:
         lines.append(f"{'warning:':<17} {warning}")
     for output in record.get("outputs") or []:
         lines.append(f"{'output:':<17} {output['url']}")
+    for message in record.get("server_messages") or []:
+        if isinstance(message, list) and len(message) == 2 and isinstance(message[1], dict):
+            stamp = message[1].get("timestamp")
+            when = (datetime.fromtimestamp(stamp / 1000, timezone.utc).isoformat(
+                timespec="milliseconds") if isinstance(stamp, (int, float)) else "-")
+            lines.append(f"{'server message:':<17} {when} {message[0]}")
     return "\n".join(lines)
 
 
