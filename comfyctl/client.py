@@ -356,14 +356,15 @@ class ServerClient:
     def _snapshot_jobs(self, wanted: list[str]) -> dict[str, Observation]:
         """Jobs API: the single-job route for a few ids; for more, one unfiltered listing
         (status filters differ between versions: the first one rejects "cancelled") and
-        the single-job route only for completed jobs (it alone carries the outputs)."""
+        the single-job route only for completed and cancelled jobs (it alone carries the
+        outputs, and the messages that tell an interrupt from a cancel)."""
         if len(wanted) <= HISTORY_PER_ID_LIMIT:
             listed: dict[str, dict[str, Any]] = {}
             details = wanted
         else:
             listed = {str(job.get("id")): job for job in self._list_jobs()}
             details = [pid for pid in wanted if (listed.get(pid) or {}).get("status")
-                       == "completed"]
+                       in ("completed", "cancelled")]
         jobs = dict(zip(details, self._each(self.job, details), strict=True))
         found = {}
         for pid in wanted:

@@ -109,6 +109,15 @@ def from_job(job: dict[str, Any], server_url: str) -> Observation:
     if status == "in_progress":
         return Observation("running", prompt_id, server_url)
     if status == "cancelled":
+        # The jobs API calls an interrupted run "cancelled"; its detail keeps the history
+        # messages, which tell it apart the way the classic /history path does.
+        status_info = job.get("execution_status")
+        messages = status_info.get("messages") if isinstance(status_info, dict) else None
+        names = {m[0]: m[1] for m in messages or [] if isinstance(m, list) and len(m) == 2}
+        if "execution_interrupted" in names:
+            return Observation("finished", prompt_id, server_url, outcome=INTERRUPTED,
+                               outputs=job.get("outputs") or {},
+                               error=interrupt_summary(names["execution_interrupted"] or {}))
         return Observation("finished", prompt_id, server_url, outcome=CANCELLED,
                            outputs=job.get("outputs") or {},
                            error={"type": "cancelled", "message": "Cancelled on the server.",

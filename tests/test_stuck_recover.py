@@ -12,6 +12,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import pytest
 import requests
 from workflows import slow_graph
 
@@ -262,3 +263,19 @@ def test_a_job_nobody_recorded_is_not_stalled_from_its_age_alone(emulator, tmp_p
     assert invoke("detect-stuck", "--stall-after", "0.1").exit_code == 0
     time.sleep(0.5)
     assert invoke("detect-stuck", "--stall-after", "0.1").exit_code == 0
+
+
+@pytest.mark.parametrize("jobs_api", [False, True], ids=["classic", "jobs-api"])
+def test_an_interrupt_by_someone_else_is_recorded_as_interrupted(emulator_factory, tmp_path,
+                                                                 ledger_path, invoke, jobs_api):
+    """Both API generations give the same status for a run interrupted on the server."""
+    emu = emulator_factory(jobs_api=jobs_api)
+    (pid,) = submit(invoke, tmp_path, emu.url, graph(steps=200, seconds=0.05))
+    time.sleep(0.5)
+    requests.post(emu.url + "/interrupt", json={"prompt_id": pid}, timeout=5)
+    emu.wait_idle(timeout=10)
+    detected = invoke("detect-stuck", "--json")
+    (finding,) = findings(detected)
+    assert finding["condition"] == "failed-unnoticed" and "interrupted" in finding["detail"]
+    assert invoke("recover").exit_code == 0
+    assert Ledger(ledger_path).get(pid)["status"] == "interrupted"
