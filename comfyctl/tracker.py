@@ -108,7 +108,7 @@ class Tracker:
         deadline = time.monotonic() + self.options.timeout if self.options.timeout else None
         try:
             self._start_threads()
-            last_flush = time.monotonic()
+            last_flush, interval = time.monotonic(), self.options.flush_interval
             while self.active():
                 try:
                     item = self.inbox.get(timeout=0.2)
@@ -117,9 +117,12 @@ class Tracker:
                 if item is not None:
                     self._handle(item)
                 now = time.monotonic()
-                if now - last_flush >= self.options.flush_interval:
+                if now - last_flush >= interval:
                     self.flush()
-                    last_flush = now
+                    last_flush = time.monotonic()
+                    # Progress writes cost at most ~10% of the time, however big the
+                    # ledger (state changes are still written at once).
+                    interval = max(self.options.flush_interval, 10 * (last_flush - now))
                 self._check_stalls()
                 if deadline is not None and now >= deadline:
                     raise TimeoutError
