@@ -101,6 +101,12 @@ class TaskFailed(ComfyctlError):
     exit_code = ExitCode.FAILED
 
 
+class Interrupted(ComfyctlError):
+    """Ctrl-C during a long wait; the message says what is still running where."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class ProblemsFound(ComfyctlError):
     exit_code = ExitCode.PROBLEMS
 

@@ -10,7 +10,13 @@ from typing import Any
 import click
 
 from comfyctl.context import AppContext
-from comfyctl.errors import ComfyctlError, ExitCode, ProblemsFound, TaskFailed, WaitTimeout
+from comfyctl.errors import (
+    ComfyctlError,
+    Interrupted,
+    ProblemsFound,
+    TaskFailed,
+    WaitTimeout,
+)
 from comfyctl.ledger import Record
 from comfyctl.records import FAILED, SUCCESS, TERMINAL
 from comfyctl.render import LiveArea, event_json, state_line
@@ -99,10 +105,6 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     if failed:
         raise TaskFailed(f"{len(failed)} of {len(records)} job(s) did not succeed: "
                          f"{_where(failed, with_status=True)}.")
-
-
-class Interrupted(ComfyctlError):
-    exit_code = ExitCode.INTERRUPTED
 
 
 def _where(records: list[Record], with_status: bool = False) -> str:
