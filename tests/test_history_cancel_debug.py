@@ -219,3 +219,9 @@ def test_one_id_shows_the_servers_execution_messages(fleet, invoke, schema, serv
     assert "execution_success" in text
     offline = json.loads(invoke("history", ids[server][0], "--no-refresh", "--json").stdout)
     assert "server_messages" not in offline
+
+
+def test_no_colour_codes_when_stdout_is_not_a_terminal(fleet, run_comfyctl):
+    proc = run_comfyctl("history")
+    assert proc.returncode == 0 and "success" in proc.stdout
+    assert "\x1b[" not in proc.stdout

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -217,7 +218,8 @@ def _print(app: AppContext, records: list[Record], fmt: str, single: bool) -> No
     elif single:
         click.echo(_detail(records[0]))
     elif records:
-        click.echo(table(HISTORY_COLUMNS, history_rows(records, app.color)))
+        colour = app.color and sys.stdout.isatty()  # never escape codes in a pipe or file
+        click.echo(table(HISTORY_COLUMNS, history_rows(records, colour)))
     else:
         click.echo("comfyctl: no jobs match.", err=True)
 
