@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +39,22 @@ class ComfyctlGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ComfyctlError as exc:
-            if _want_traceback(ctx):
-                raise
+            _show_traceback(ctx)
             raise CliError(str(exc), int(exc.exit_code)) from None
         except KeyboardInterrupt:
-            if _want_traceback(ctx):
-                raise
+            _show_traceback(ctx)
             raise CliError("Interrupted.", ExitCode.INTERRUPTED) from None
         except OSError as exc:  # e.g. a full disk while writing the ledger
-            if _want_traceback(ctx):
-                raise
+            _show_traceback(ctx)
             where = f" ({exc.filename})" if exc.filename else ""
             raise CliError(f"{exc.strerror or exc}{where}.", ExitCode.FAILED) from None
 
 
-def _want_traceback(ctx: click.Context) -> bool:
-    return bool(ctx.params.get("traceback")) or os.environ.get("COMFYCTL_TRACEBACK") == "1"
+def _show_traceback(ctx: click.Context) -> None:
+    """With --traceback (or COMFYCTL_TRACEBACK=1) print the real exception first; the
+    exit code stays the documented one, so scripts behave the same while debugging."""
+    if ctx.params.get("traceback") or os.environ.get("COMFYCTL_TRACEBACK") == "1":
+        traceback.print_exc(file=sys.stderr)
 
 
 class _RedactingFilter(logging.Filter):

@@ -164,7 +164,8 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
         _mark_running(record, obs.at)
         if obs.kind == "progress" and obs.value is not None and obs.max:
             _record_progress(record, obs, server_name or record["server"])
-        elif obs.node is not None:
+        elif obs.node is not None and (record["progress"] or {}).get("node") != obs.node:
+            # A new node is movement; the same node again (a reconnect replays it) is not.
             progress = record["progress"] or {"value": 0, "max": 0, "percent": 0.0}
             record["progress"] = {**progress, "node": obs.node, "updated_at": obs.at}
     elif obs.kind == "output":
@@ -210,6 +211,10 @@ def _mark_running(record: Record, at: str) -> None:
 
 def _record_progress(record: Record, obs: Observation, server_name: str) -> None:
     assert obs.value is not None and obs.max
+    current = record["progress"] or {}
+    if (current.get("value"), current.get("max"), current.get("node")) == \
+            (obs.value, obs.max, obs.node):
+        return  # nothing moved: the time of the last change stays what it was
     percent = round(100.0 * obs.value / obs.max, 2)
     record["progress"] = {
         "value": obs.value, "max": obs.max, "percent": percent,

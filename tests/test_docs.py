@@ -217,7 +217,7 @@ def test_traceback_shows_the_real_exception(run_comfyctl, corrupt_ledger: Path, 
         proc = run_comfyctl("--traceback", "history")
     else:
         proc = run_comfyctl("history", env={"COMFYCTL_TRACEBACK": "1"})
-    assert proc.returncode != 0
+    assert proc.returncode == 7  # the documented exit code, traceback or not
     assert "Traceback (most recent call last)" in proc.stderr
     assert "comfyctl.errors.LedgerCorrupt" in proc.stderr
     assert "ledger.py" in proc.stderr  # raised where it happened, not re-raised by the CLI

@@ -225,3 +225,9 @@ def test_no_colour_codes_when_stdout_is_not_a_terminal(fleet, run_comfyctl):
     proc = run_comfyctl("history")
     assert proc.returncode == 0 and "success" in proc.stdout
     assert "\x1b[" not in proc.stdout
+
+
+def test_prune_refuses_filters_it_would_ignore(fleet, invoke, ledger_path):
+    before = ledger_path.read_bytes()
+    result = invoke("history", "--prune", "--older-than", "1s", "--label", "batch=1")
+    assert result.exit_code == 2 and ledger_path.read_bytes() == before

@@ -266,3 +266,17 @@ def test_outputs_from_websocket_and_history_are_not_duplicated() -> None:
 def test_flatten_outputs_tolerates_junk() -> None:
     assert flatten_outputs(A, None) == []  # type: ignore[arg-type]
     assert flatten_outputs(A, {"1": "x", "2": {"images": "y"}, "3": {"images": [1, None]}}) == []
+
+
+def test_repeating_the_same_progress_does_not_make_it_fresh() -> None:
+    """A re-attached watcher hears the current node and step again; a stall must stay old."""
+    url = "http://gpu1:8188"
+    rec = new_record("p", "gpu1", url, "c", None)
+    apply(rec, Observation("progress", "p", url, value=4, max=20, node="2",
+                           at="2026-01-01T00:00:00.000+00:00"))
+    stamp = rec["progress"]["updated_at"]
+    assert not apply(rec, Observation("progress", "p", url, value=4, max=20, node="2"))
+    assert not apply(rec, Observation("executing", "p", url, node="2"))
+    assert rec["progress"]["updated_at"] == stamp and len(rec["progress_history"]) == 1
+    assert apply(rec, Observation("progress", "p", url, value=5, max=20, node="2"))
+    assert rec["progress"]["updated_at"] != stamp

@@ -282,3 +282,9 @@ def test_wait_without_json_prints_plain_lines(invoke, emulator, workflow):
     assert not any(line.startswith("{") for line in result.stdout.splitlines())
     assert states and states[-1].split("\t")[:3] == [pid, emulator.url.split("://")[1],
                                                      "success"]
+
+
+def test_stall_timeout_without_websocket_is_a_usage_error(invoke, emulator, workflow):
+    pid = invoke("submit", workflow(), "-s", emulator.url).stdout.strip()
+    result = invoke("watch", pid, "--no-websocket", "--stall-timeout", "1")
+    assert result.exit_code == 2 and "WebSocket" in result.stderr

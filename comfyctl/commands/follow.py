@@ -15,6 +15,7 @@ from comfyctl.errors import (
     Interrupted,
     ProblemsFound,
     TaskFailed,
+    UsageProblem,
     WaitTimeout,
 )
 from comfyctl.ledger import Record
@@ -50,6 +51,9 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     from comfyctl.submission import settle_submitting
     from comfyctl.tracker import Tracker, TrackerEvent, WatchOptions
 
+    if opts.no_websocket and opts.stall_timeout:
+        raise UsageProblem("--stall-timeout needs progress, which only the WebSocket gives.",
+                           "Drop --no-websocket, or use 'comfyctl detect-stuck' later.")
     settle_submitting(app.ledger, app.client_for_record, records)
     live = LiveArea(sys.stderr, app.color) if sys.stderr.isatty() else None
     stalled: list[Record] = []

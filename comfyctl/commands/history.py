@@ -84,6 +84,9 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
       comfyctl history --prune --older-than 30d
     """
     if prune:
+        if prompt_id or servers or since or label_filters or limit:
+            raise UsageProblem("--prune selects by --older-than and --status only.",
+                               "Drop the other filters (nothing was removed).")
         return _prune(app, older_than, statuses)
     if older_than:
         raise UsageProblem("--older-than only goes with --prune.")
