@@ -60,6 +60,7 @@ class ServerSpec:
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     configured: bool = True
+    problem: ConfigError | None = field(default=None, repr=False, compare=False)
 
     def public(self) -> dict[str, Any]:
         """A description safe to print: secrets appear only as 'set'."""
@@ -73,6 +74,7 @@ class ServerSpec:
             "verify": self.verify,
             "timeout": self.timeout,
             "connect_timeout": self.connect_timeout,
+            "problem": self.problem.message if self.problem else None,
         }
 
     def secrets(self) -> list[str]:
@@ -146,8 +148,18 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
         url = canonical_url(raw_url)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.message}", exc.hint) from None
-    username = _expand(merged.get("username"), where)
-    password = _expand(merged.get("password"), where)
+    problems: list[ConfigError] = []
+
+    def secret(value: Any) -> Any:
+        # An unset ${VAR} only matters once this server is used: other servers still work.
+        try:
+            return _expand(value, where)
+        except ConfigError as exc:
+            problems.append(exc)
+            return None
+
+    username = secret(merged.get("username"))
+    password = secret(merged.get("password"))
     userinfo = urlsplit(raw_url if "://" in raw_url else "http://" + raw_url)
     if userinfo.username and username is None:  # credentials written inside the URL
         username = unquote(userinfo.username)  # userinfo is percent-encoded
@@ -169,14 +181,15 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
     return ServerSpec(
         name=name,
         url=url,
-        headers={str(k): str(_expand(v, where)) for k, v in headers.items()},
+        headers={str(k): str(secret(v)) for k, v in headers.items()},
         username=username,
         password=password,
-        token=_expand(merged.get("token"), where) or None,
+        token=secret(merged.get("token")) or None,
         token_param=str(merged.get("token_param", "token")),
-        verify=_expand(verify, where),
+        verify=secret(verify),
         timeout=timeout,
         connect_timeout=connect_timeout,
+        problem=problems[0] if problems else None,
     )
 
 

@@ -60,6 +60,8 @@ class AppContext:
     def client(self, spec: ServerSpec) -> ServerClient:
         from comfyctl.client import ServerClient
 
+        if spec.problem is not None:  # e.g. an unset ${VAR}: reported when the server is used
+            raise spec.problem
         if self.timeout is not None:
             spec = replace(spec, timeout=min(spec.timeout, self.timeout),
                            connect_timeout=min(spec.connect_timeout, self.timeout))

@@ -170,16 +170,19 @@ def test_env_expansion(config_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert spec.headers == {"X-Key": f"k-{TOKEN}-x"}
 
 
-def test_missing_env_variable_is_a_config_error(config_path: Path, invoke,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_env_variable_is_an_error_only_where_that_server_is_used(
+        config_path: Path, invoke, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COMFYCTL_TEST_UNSET_VAR", raising=False)
-    with pytest.raises(ConfigError) as info:
-        one_server(config_path, 'url = "http://h:1"\npassword = "${COMFYCTL_TEST_UNSET_VAR}"\n')
-    assert "COMFYCTL_TEST_UNSET_VAR" in str(info.value)
-    assert info.value.exit_code == ExitCode.USAGE
-    result = invoke("servers")
-    assert result.exit_code == 2
-    assert "COMFYCTL_TEST_UNSET_VAR" in result.stderr
+    spec = one_server(config_path,
+                      'url = "http://h:1"\npassword = "${COMFYCTL_TEST_UNSET_VAR}"\n').servers["s"]
+    assert spec.problem is not None and "COMFYCTL_TEST_UNSET_VAR" in str(spec.problem)
+    assert spec.problem.exit_code == ExitCode.USAGE
+    listed = invoke("servers", "--json")  # the rest of comfyctl keeps working
+    assert listed.exit_code == 0 and "COMFYCTL_TEST_UNSET_VAR" in listed.stdout
+    workflow = config_path.parent / "wf.json"
+    workflow.write_text('{"1": {"class_type": "EmptyImage", "inputs": {}}}')
+    result = invoke("submit", str(workflow), "-s", "s")
+    assert result.exit_code == 2 and "COMFYCTL_TEST_UNSET_VAR" in result.stderr
 
 
 @pytest.mark.parametrize("text, culprit", [

@@ -64,7 +64,7 @@ CONFIGS = {
     "not-toml": "servers = [\n",
     "not-utf8": b"[servers.a]\nurl = \"\xff\"\n",
     "unknown-key": '[servers.a]\nurl = "http://h:1"\npasword = "x"\n',
-    "missing-env": '[servers.a]\nurl = "http://h:1"\ntoken = "${COMFYCTL_TEST_UNSET_VAR}"\n',
+    "missing-env": '[servers.a]\nurl = "http://${COMFYCTL_TEST_UNSET_VAR}:1"\n',
     "bad-timeout": '[servers.a]\nurl = "http://h:1"\ntimeout = "soon"\n',
     "servers-not-table": 'servers = "a"\n',
     "directory": None,
