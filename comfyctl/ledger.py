@@ -22,11 +22,17 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, UsageProblem
+from comfyctl.errors import (
+    LedgerCorrupt,
+    LedgerError,
+    LedgerLocked,
+    TaskNotFound,
+    UsageProblem,
+)
 
 SCHEMA_NAME = "comfyctl.ledger"
 SCHEMA_VERSION = 1
@@ -48,6 +54,7 @@ _SUBMITTED_FAST = re.compile(
 _SUBMITTED = re.compile(rb'\n("(?:[^"\\\n]|\\.)*"):\{[^\n]*?"submitted_at":"([^"]*)"')
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 INDEX_AFTER_LOOKUPS = 16
+MIN_PREFIX = 4
 
 
 def _key_bytes(prompt_id: str) -> bytes:
@@ -115,6 +122,28 @@ class Tasks(Mapping[str, Record]):
         """Every record (parses all of them: the slow path). A list, so callers may
         remove records while going through it."""
         return [self[pid] for pid in self._keys()]
+
+    def find(self, prompt_id: str) -> Record:
+        """A record by its full id, or by a unique prefix of at least 4 characters (the
+        tables show 8). TaskNotFound (exit 4), or UsageProblem when the prefix is ambiguous."""
+        if prompt_id in self:
+            return self[prompt_id]
+        matches = [pid for pid in self if pid.startswith(prompt_id)] \
+            if len(prompt_id) >= MIN_PREFIX else []
+        if len(matches) > 1:
+            raise UsageProblem(f"{prompt_id!r} matches {len(matches)} jobs.",
+                               "Give more of the id.")
+        if not matches:
+            raise TaskNotFound(prompt_id)
+        return self[matches[0]]
+
+    def find_all(self, prompt_ids: Iterable[str]) -> list[Record]:
+        """``find`` for each id, each record once, in the order given."""
+        found = {}
+        for prompt_id in prompt_ids:
+            record = self.find(prompt_id)
+            found[record["prompt_id"]] = record
+        return list(found.values())
 
     # -- changes ---------------------------------------------------------------------
 

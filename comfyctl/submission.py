@@ -65,7 +65,7 @@ def parse_workflow(raw: bytes, source: str) -> dict[str, Any]:
         )
     if not isinstance(data, dict) or not data:
         raise WorkflowInvalid(f"{source} holds no nodes; expected {{node_id: {{class_type, "
-                              "inputs}}}} (ComfyUI API format).")
+                              f"inputs}}}} (ComfyUI API format).")
     for node_id, node in data.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) \
                 or not isinstance(node.get("inputs", {}), dict):

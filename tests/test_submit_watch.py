@@ -288,3 +288,19 @@ def test_stall_timeout_without_websocket_is_a_usage_error(invoke, emulator, work
     pid = invoke("submit", workflow(), "-s", emulator.url).stdout.strip()
     result = invoke("watch", pid, "--no-websocket", "--stall-timeout", "1")
     assert result.exit_code == 2 and "WebSocket" in result.stderr
+
+
+def test_short_ids_and_submit_json_lines_work_everywhere(invoke, emulator, workflow,
+                                                         ledger_path):
+    submitted = invoke("submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s",
+                       emulator.url, "--json")
+    pid = json.loads(submitted.stdout)["prompt_id"]
+    emulator.wait_idle(timeout=10)
+    piped = invoke("watch", "-", "--json", input=submitted.stdout)  # submit --json | watch -
+    assert piped.exit_code == 0, piped.stderr
+    short = pid[:8]  # what the history table shows
+    assert invoke("watch", short).exit_code == 0
+    assert invoke("history", short, "--no-refresh", "--json").exit_code == 0
+    assert invoke("detect-stuck", short).exit_code == 0
+    assert invoke("cancel", short).stdout.startswith(pid)  # already finished: reported
+    assert invoke("watch", pid[:3]).exit_code == 4  # too short to be a prefix

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from comfyctl.context import AppContext
-from comfyctl.errors import ComfyctlError, ServerUnreachable, TaskNotFound, UsageProblem
+from comfyctl.errors import ComfyctlError, ServerUnreachable, UsageProblem
 from comfyctl.ledger import Record, Tasks
 from comfyctl.options import complete_prompt_ids, output_format, server_option
 from comfyctl.records import ACTIVE, STATUSES, SUBMITTING, TERMINAL, apply, parse_time
@@ -93,7 +93,7 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
     ledger = app.ledger.load()
     _settle_orphans(app, ledger)
     if prompt_id is not None:
-        record = _find(ledger, prompt_id)
+        record = ledger.find(prompt_id)
         if refresh is not False:
             record = refresh_records(app, [record])[0]
             record = {**record, "server_messages": _server_messages(app, record)}
@@ -129,17 +129,6 @@ def _settle_orphans(app: AppContext, ledger: Tasks) -> None:
     orphans = [r for r in ledger.select(statuses={SUBMITTING}) if submitter_gone(r)]
     if orphans:  # settle_submitting updates these records in place
         settle_submitting(app.ledger, app.client_for_record, orphans)
-
-
-def _find(ledger: Tasks, prompt_id: str) -> Record:
-    if prompt_id in ledger:
-        return ledger[prompt_id]
-    matches = [pid for pid in ledger if pid.startswith(prompt_id)] if len(prompt_id) >= 4 else []
-    if len(matches) == 1:
-        return ledger[matches[0]]
-    if len(matches) > 1:
-        raise UsageProblem(f"{prompt_id!r} matches {len(matches)} jobs; give more of the id.")
-    raise TaskNotFound(prompt_id)
 
 
 def select(app: AppContext, ledger: Tasks, servers: tuple[str, ...],

@@ -7,7 +7,7 @@ import json
 import click
 
 from comfyctl.context import AppContext
-from comfyctl.errors import ServerUnreachable, TaskNotFound, UsageProblem
+from comfyctl.errors import ServerUnreachable, UsageProblem
 from comfyctl.options import complete_prompt_ids, server_option
 from comfyctl.records import PENDING, TERMINAL, Observation, apply
 from comfyctl.render import human_age, short_id, table
@@ -38,11 +38,7 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
     ledger = app.ledger.load()
     if not prompt_ids and not all_pending:
         raise UsageProblem("Give prompt ids to cancel, or --all-pending.")
-    targets = []
-    for pid in dict.fromkeys(prompt_ids):
-        if pid not in ledger:
-            raise TaskNotFound(pid)
-        targets.append(ledger[pid])
+    targets = ledger.find_all(prompt_ids)
     if all_pending:
         urls = {s.url for s in app.servers(servers)} if servers else None
         targets += [r for r in ledger.select(statuses={PENDING}, server_urls=urls)

@@ -15,7 +15,6 @@ from comfyctl.errors import (
     ProblemsFound,
     ServerUnreachable,
     TaskFailed,
-    TaskNotFound,
 )
 from comfyctl.ledger import Record
 from comfyctl.options import complete_prompt_ids, complete_servers, server_option
@@ -59,14 +58,9 @@ def detection_options(func: F) -> F:
 def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...]) \
         -> list[Record]:
     ledger = app.ledger.load()
-    if prompt_ids:
-        missing = [pid for pid in prompt_ids if pid not in ledger]
-        if missing:
-            raise TaskNotFound(missing[0])
-        records = [ledger[pid] for pid in dict.fromkeys(prompt_ids)]
-    else:
-        # Detection looks at unfinished jobs and at lost ones not yet resubmitted.
-        records = ledger.select(statuses={*ACTIVE, LOST})
+    # Without ids: unfinished jobs, and lost ones not yet resubmitted.
+    records = (ledger.find_all(prompt_ids) if prompt_ids
+               else ledger.select(statuses={*ACTIVE, LOST}))
     if servers:
         urls = {spec.url for spec in app.servers(servers)}
         records = [r for r in records if r["server_url"] in urls or r["server"] in servers]

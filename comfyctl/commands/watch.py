@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
 from comfyctl.commands.follow import FollowOptions, follow
 from comfyctl.context import AppContext
-from comfyctl.errors import TaskNotFound, UsageProblem
+from comfyctl.errors import UsageProblem
 from comfyctl.options import complete_prompt_ids, watch_options
 from comfyctl.records import ACTIVE
 
@@ -37,14 +38,10 @@ def command(app: AppContext, prompt_ids: tuple[str, ...], as_json: bool,
     ids = list(prompt_ids)
     if "-" in ids:
         ids.remove("-")
-        ids.extend(line.strip() for line in sys.stdin if line.strip())
+        ids.extend(_id_from_line(line) for line in sys.stdin if line.strip())
     ledger = app.ledger.load()
     if ids:
-        records = []
-        for pid in dict.fromkeys(ids):
-            if pid not in ledger:
-                raise TaskNotFound(pid)
-            records.append(ledger[pid])
+        records = ledger.find_all(ids)
     elif prompt_ids:  # '-' given, but stdin was empty
         raise UsageProblem("No prompt ids on stdin.", "Pipe ids from 'comfyctl submit'.")
     else:
@@ -53,3 +50,17 @@ def command(app: AppContext, prompt_ids: tuple[str, ...], as_json: bool,
             click.echo("comfyctl: no unfinished jobs in the ledger.", err=True)
             return
     follow(app, records, FollowOptions.from_params(params, "json" if as_json else "text"))
+
+
+def _id_from_line(line: str) -> str:
+    """A prompt id from one line of stdin: a bare id, or a JSON object with a prompt_id
+    (so 'submit --json | watch -' works as well as the plain pipe)."""
+    text = line.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text).get("prompt_id")
+        except (ValueError, AttributeError):
+            value = None
+        if isinstance(value, str):
+            return value
+    return text
