@@ -6,6 +6,7 @@ own thread with a deadline, so one dead or hanging server never delays the other
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections import Counter
@@ -18,6 +19,8 @@ from comfyctl.config import Config, ServerSpec, server_name_for_url
 from comfyctl.fanout import fan_out
 from comfyctl.ledger import Record
 from comfyctl.records import ACTIVE, RUNNING, SUCCESS, age_seconds, parse_time
+
+log = logging.getLogger("comfyctl.fleet")
 
 REPORT_SCHEMA = {"schema": "comfyctl.fleet-report", "schema_version": 1}
 
@@ -35,6 +38,7 @@ class Probe:
 
 
 def probe(client: ServerClient, active_ids: list[str]) -> Probe:
+    log.info("probing %s (%s)", client.spec.name, client.url)
     started = time.monotonic()
     stats = client.system_stats()
     latency = (time.monotonic() - started) * 1000

@@ -10,6 +10,7 @@ writing ``superseded_by`` in the same transaction that writes the new job's reco
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from comfyctl.records import (
     LOST as LOST_STATUS,
 )
 from comfyctl.submission import Submitter, submitter_gone
+
+log = logging.getLogger("comfyctl.stuck")
 
 FINISHED_UNNOTICED = "finished-unnoticed"
 FAILED_UNNOTICED = "failed-unnoticed"
@@ -169,6 +172,8 @@ def detect(ledger: Ledger, records: list[Record],
     groups: dict[str, list[Record]] = {}
     for record in active:
         groups.setdefault(record["server_url"], []).append(record)
+    for url, group in groups.items():
+        log.info("asking %s (%s) about %d job(s)", group[0]["server"], url, len(group))
     answers = fan_out(
         list(groups),
         lambda url: client_for(groups[url][0]).snapshot([r["prompt_id"] for r in groups[url]]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import random
 import socket
@@ -35,6 +36,8 @@ from comfyctl.records import (
     new_record,
     now_iso,
 )
+
+log = logging.getLogger("comfyctl.submit")
 
 SEED_INPUTS = ("seed", "noise_seed")
 MAX_SEED = 2**53 - 1  # JSON-safe integer
@@ -153,6 +156,8 @@ class Submitter:
         Raises WorkflowRejected or ServerUnreachable."""
         client = self.client_for(spec)
         prompt_id = record["prompt_id"]
+        log.info("sending %s to %s (%s) as client %s", prompt_id, spec.name, spec.url,
+                 record["client_id"])
         try:
             reply = client.submit(graph, record["client_id"], prompt_id)
         except WorkflowRejected as exc:

@@ -231,6 +231,7 @@ class Tracker:
     # -- threads -------------------------------------------------------------------------
 
     def _start_threads(self) -> None:
+        log.info("following %d job(s) on %d server(s)", len(self.active()), len(self.servers))
         for url, state in self.servers.items():
             self._spawn(self._server_worker, state, name=f"poll {url}")
             self._spawn(self._history_fetcher, state, name=f"fetch {url}")
@@ -308,6 +309,7 @@ class Tracker:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
+            log.info("listening for %s on %s as its client_id", prompt_id, state.name)
             backoff = 0.5
             sock.settimeout(0.5)
             heard = time.monotonic()

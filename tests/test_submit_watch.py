@@ -304,3 +304,11 @@ def test_short_ids_and_submit_json_lines_work_everywhere(invoke, emulator, workf
     assert invoke("detect-stuck", short).exit_code == 0
     assert invoke("cancel", short).stdout.startswith(pid)  # already finished: reported
     assert invoke("watch", pid[:3]).exit_code == 4  # too short to be a prefix
+
+
+def test_verbose_says_what_happens_on_stderr(emulator, workflow, run_comfyctl):
+    proc = run_comfyctl("-v", "submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s",
+                        emulator.url, "--wait", "--poll-interval", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert "sending" in proc.stderr and "following 1 job(s)" in proc.stderr
+    assert "comfyctl:" not in proc.stdout  # logging never goes to stdout
