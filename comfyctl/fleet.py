@@ -90,7 +90,14 @@ def fleet_report(config: Config, records: list[Record],
         if result is not None:
             anomalies += _server_anomalies(spec, result, mine)
         for record in active[url]:
-            jobs.append(_job_row(record, result))
+            row = _job_row(record, result)
+            jobs.append(row)
+            if row["server_status"] == "finished":
+                anomalies.append({
+                    "kind": "finished-unnoticed", "server": spec.name,
+                    "prompt_id": record["prompt_id"],
+                    "detail": f"{spec.name} finished it but the ledger says "
+                              f"{record['status']}; 'comfyctl recover' records it"})
     anomalies += _binding_anomalies(config, records)
     anomalies += _slow_jobs(records)
     return {**REPORT_SCHEMA, "servers": servers, "jobs": jobs, "anomalies": anomalies}
@@ -98,15 +105,19 @@ def fleet_report(config: Config, records: list[Record],
 
 def _job_row(record: Record, result: Probe | None) -> dict[str, Any]:
     progress = record.get("progress") or {}
-    position = None
+    position, server_says = None, None
     if result is not None:
-        if record["prompt_id"] in result.running:
-            position = 0
-        elif record["prompt_id"] in result.pending:
-            position = result.pending.index(record["prompt_id"]) + 1
+        pid = record["prompt_id"]
+        if pid in result.running:
+            position, server_says = 0, "running"
+        elif pid in result.pending:
+            position, server_says = result.pending.index(pid) + 1, "pending"
+        else:  # not queued: finished (in its history) or unknown to it
+            server_says = "unknown" if pid in result.unknown else "finished"
     return {
         "prompt_id": record["prompt_id"], "server": record["server"],
         "server_url": record["server_url"], "status": record["status"],
+        "server_status": server_says,
         "percent": progress.get("percent"), "node": progress.get("node"),
         "progress_age_s": _round(age_seconds(progress.get("updated_at"))),
         "queue_position": position,

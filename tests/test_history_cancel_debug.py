@@ -231,3 +231,16 @@ def test_prune_refuses_filters_it_would_ignore(fleet, invoke, ledger_path):
     before = ledger_path.read_bytes()
     result = invoke("history", "--prune", "--older-than", "1s", "--label", "batch=1")
     assert result.exit_code == 2 and ledger_path.read_bytes() == before
+
+
+def test_debug_tasks_shows_what_the_server_says_next_to_the_ledger(emulator, invoke, tmp_path):
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph(steps=1, seconds=0.01)))
+    (pid,) = invoke("submit", str(wf), "-s", emulator.url).stdout.split()
+    emulator.wait_idle(timeout=10)  # finished on the server; nobody watched
+    report = json.loads(invoke("debug-tasks", "--json").stdout)
+    (job,) = report["jobs"]
+    assert (job["status"], job["server_status"]) == ("pending", "finished")
+    assert ("finished-unnoticed", pid) in {(a["kind"], a["prompt_id"])
+                                           for a in report["anomalies"]}
+    assert "server says" in invoke("debug-tasks").stdout

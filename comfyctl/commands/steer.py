@@ -129,9 +129,9 @@ def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float,
                       "ledger", "oldest active"), rows))
     if report["jobs"]:
         click.echo()
-        click.echo(table(("prompt_id", "server", "status", "progress", "node", "progress age",
-                          "queue pos"),
-                         [[j["prompt_id"], j["server"], j["status"],
+        click.echo(table(("prompt_id", "server", "ledger", "server says", "progress", "node",
+                          "progress age", "queue pos"),
+                         [[j["prompt_id"], j["server"], j["status"], j["server_status"] or "-",
                            f"{j['percent']:.2f}%" if j["percent"] is not None else "-",
                            j["node"] or "-", human_age(j["progress_age_s"]),
                            "-" if j["queue_position"] is None else str(j["queue_position"])]
