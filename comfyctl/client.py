@@ -95,7 +95,6 @@ class ServerClient:
                 import urllib3
 
                 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-            session.trust_env = True
             self._session = session
         return self._session
 
@@ -250,10 +249,6 @@ class ServerClient:
             status = (self.history_entry(prompt_id) or {}).get("status") or {}
         messages = status.get("messages") if isinstance(status, dict) else None
         return messages if isinstance(messages, list) else None
-
-    def exists(self, prompt_id: str) -> bool:
-        """Whether the server knows the id at all (queued, running or in history)."""
-        return self.status(prompt_id).kind != "unknown"
 
     # -- status --------------------------------------------------------------------------
 

@@ -41,8 +41,8 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 Record = dict[str, Any]
 
 # The layout our writer produces: grep- and diff-friendly, and splittable without parsing.
-_HEADER = (b'{"schema": "comfyctl.ledger", "schema_version": %d, "tasks": {\n'
-           % SCHEMA_VERSION)
+_HEADER = (b'{"schema": "%s", "schema_version": %d, "tasks": {\n'
+           % (SCHEMA_NAME.encode(), SCHEMA_VERSION))
 _FOOTER = b"}}\n"
 _KEY = re.compile(rb'("(?:[^"\\\n]|\\.)*"):\{')
 _LINE_START = re.compile(rb'\n("(?:[^"\\\n]|\\.)*"):\{')
@@ -228,9 +228,6 @@ class Tasks(Mapping[str, Record]):
             out += [part, b",\n"]
         out[-1] = b"\n"
         return [*out, _FOOTER]
-
-    def serialize(self) -> bytes:
-        return b"".join(self.chunks())
 
     def _encode(self, prompt_id: str) -> bytes:
         return _key_bytes(prompt_id) + _ENCODER.encode(self._parsed[prompt_id]).encode()

@@ -29,6 +29,8 @@ TERMINAL = FINAL | {LOST}
 FAILED = frozenset({ERROR, INTERRUPTED, CANCELLED, REJECTED, LOST})
 
 PROGRESS_HISTORY_LIMIT = 20
+# A write-ahead record older than this is settled even if its process seems alive.
+STALE_SUBMIT_SECONDS = 600.0
 
 
 def now_iso() -> str:
@@ -87,6 +89,22 @@ def new_record(
         # Lets a later command tell a crashed submit from one still in flight.
         "submitter": {"host": socket.gethostname(), "pid": os.getpid()},
     }
+
+
+def submitter_gone(record: Record) -> bool:
+    """Whether the process that wrote a ``submitting`` record can no longer finish it."""
+    info = record.get("submitter") or {}
+    if (age_seconds(record.get("submitted_at")) or 0.0) > STALE_SUBMIT_SECONDS:
+        return True
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def view_url(server_url: str, filename: str, subfolder: str, kind: str) -> str:

@@ -33,11 +33,12 @@ from comfyctl.records import (
     age_seconds,
     apply,
     now_iso,
+    submitter_gone,
 )
 from comfyctl.records import (
     LOST as LOST_STATUS,
 )
-from comfyctl.submission import Submitter, submitter_gone
+from comfyctl.submission import Submitter
 
 log = logging.getLogger("comfyctl.stuck")
 
@@ -47,8 +48,6 @@ STALLED = "stalled"
 LOST_JOB = "lost"
 QUEUED_TOO_LONG = "queued-too-long"
 UNREACHABLE = "unreachable"
-CONDITIONS = (FINISHED_UNNOTICED, FAILED_UNNOTICED, STALLED, LOST_JOB, QUEUED_TOO_LONG,
-              UNREACHABLE)
 FINDING_SCHEMA = {"schema": "comfyctl.finding", "schema_version": 1}
 ACTION_SCHEMA = {"schema": "comfyctl.recovery-action", "schema_version": 1}
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import random
-import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,17 +29,16 @@ from comfyctl.records import (
     REJECTED,
     SUBMITTING,
     Observation,
-    age_seconds,
     apply,
     new_record,
     now_iso,
+    submitter_gone,
 )
 
 log = logging.getLogger("comfyctl.submit")
 
 SEED_INPUTS = ("seed", "noise_seed")
 MAX_SEED = 2**53 - 1  # JSON-safe integer
-STALE_SUBMIT_SECONDS = 600.0
 
 
 def parse_workflow(raw: bytes, source: str) -> dict[str, Any]:
@@ -220,8 +217,7 @@ def rejection_summary(exc: WorkflowRejected) -> dict[str, Any]:
         "type": exc.error.get("type") or "rejected",
         "message": exc.error.get("message") or exc.message,
         "details": exc.error.get("details") or None,
-        "node_errors": {node: [line for _, line in lines] for node, lines in
-                        _grouped(node_error_lines(exc.node_errors))},
+        "node_errors": _by_node(node_error_lines(exc.node_errors)),
         "node_id": None,
         "node_type": None,
     }
@@ -243,27 +239,11 @@ def node_error_lines(node_errors: dict[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
-def _grouped(lines: list[tuple[str, str]]) -> list[tuple[str, list[tuple[str, str]]]]:
-    groups: dict[str, list[tuple[str, str]]] = {}
+def _by_node(lines: list[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
     for node, line in lines:
-        groups.setdefault(node, []).append((node, line))
-    return list(groups.items())
-
-
-def submitter_gone(record: Record) -> bool:
-    """Whether the process that wrote a ``submitting`` record can no longer finish it."""
-    info = record.get("submitter") or {}
-    if (age_seconds(record.get("submitted_at")) or 0.0) > STALE_SUBMIT_SECONDS:
-        return True
-    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
-        return False
-    try:
-        os.kill(info["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+        grouped.setdefault(node, []).append(line)
+    return grouped
 
 
 def settle_submitting(ledger: Ledger, client_for: Callable[[Record], ServerClient],

@@ -32,6 +32,7 @@ from comfyctl.records import (
     age_seconds,
     apply,
     progress_changed_at,
+    submitter_gone,
 )
 
 log = logging.getLogger("comfyctl.tracker")
@@ -39,7 +40,6 @@ log = logging.getLogger("comfyctl.tracker")
 # After the WebSocket says "done", the history entry can lag a little behind.
 HISTORY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 # A submitting record younger than this may still be in flight in another process.
-SUBMIT_GRACE_SECONDS = 30.0
 SOCKET_SILENCE = 10.0
 
 
@@ -197,12 +197,10 @@ class Tracker:
             self.on_event(TrackerEvent("progress", record))
 
     def _judge_unknown(self, record: Record, obs: Observation) -> Observation:
-        """The server does not know the job. Twice in a row (after it was seen, or once the
-        submit grace is over) means the server lost it, typically by restarting."""
-        if record["status"] == SUBMITTING:
-            age = age_seconds(record["submitted_at"]) or 0.0
-            if age < SUBMIT_GRACE_SECONDS:
-                return obs
+        """The server does not know the job. Twice in a row (unless its submit may still be
+        in flight) means the server lost it, typically by restarting."""
+        if record["status"] == SUBMITTING and not submitter_gone(record):
+            return obs
         count = self._unknown_count.get(record["prompt_id"], 0) + 1
         self._unknown_count[record["prompt_id"]] = count
         if count < 2:

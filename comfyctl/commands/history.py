@@ -95,7 +95,7 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
     if prompt_id is not None:
         record = ledger.find(prompt_id)
         if refresh is not False:
-            record = refresh_records(app, [record])[0]
+            record = refresh_records(app, [record], finished_too=True)[0]
             record = {**record, "server_messages": _server_messages(app, record)}
         records = [record]
     else:
@@ -124,11 +124,10 @@ def _server_messages(app: AppContext, record: Record) -> list[Any] | None:
 
 def _settle_orphans(app: AppContext, ledger: Tasks) -> None:
     """Write-ahead records whose submitting process died are settled on sight."""
-    from comfyctl.submission import settle_submitting, submitter_gone
+    from comfyctl.submission import settle_submitting
 
-    orphans = [r for r in ledger.select(statuses={SUBMITTING}) if submitter_gone(r)]
-    if orphans:  # settle_submitting updates these records in place
-        settle_submitting(app.ledger, app.client_for_record, orphans)
+    # Only records whose process is gone are asked about; they are updated in place.
+    settle_submitting(app.ledger, app.client_for_record, ledger.select(statuses={SUBMITTING}))
 
 
 def select(app: AppContext, ledger: Tasks, servers: tuple[str, ...],
@@ -164,7 +163,8 @@ def select(app: AppContext, ledger: Tasks, servers: tuple[str, ...],
     return found
 
 
-def refresh_records(app: AppContext, records: list[Record]) -> list[Record]:
+def refresh_records(app: AppContext, records: list[Record],
+                    finished_too: bool = False) -> list[Record]:
     """Ask each job's bound server about it: one round per server, all servers at once."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -173,7 +173,7 @@ def refresh_records(app: AppContext, records: list[Record]) -> list[Record]:
     settle_submitting(app.ledger, app.client_for_record, records)
     by_server: dict[str, list[Record]] = {}
     for record in records:
-        if record["status"] not in TERMINAL or record["prompt_id"] == records[0]["prompt_id"]:
+        if finished_too or record["status"] not in TERMINAL:
             by_server.setdefault(record["server_url"], []).append(record)
 
     def ask(group: list[Record]) -> dict[str, Any]:
