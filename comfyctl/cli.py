@@ -67,7 +67,7 @@ class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         try:
-            secrets = [s for spec in self.app.config.servers.values() for s in spec.secrets()]
+            secrets = self.app.config.secrets()
         except ComfyctlError:
             secrets = []
         for secret in secrets:

@@ -10,12 +10,16 @@ A config file looks like::
     username = "alice"
     password = "${GPU1_PASSWORD}"             # ${VAR} is read from the environment
     token = "${GPU1_TOKEN}"                    # appended as ?token=... to HTTP and WebSocket URLs
+    webhook = "https://hooks.example.com/x"    # POSTed each finished job of this server
+    webhook_secret = "${HOOK_SECRET}"          # signs it (X-Comfyctl-Signature)
     verify = true                              # false, or a CA bundle path
     timeout = 10                               # read timeout, seconds
     connect_timeout = 3
 
-Wherever a server name is accepted a bare URL works too. Secrets (password, token,
-header values) live only in ``ServerSpec`` objects; nothing here ever renders them.
+A top-level ``webhook``/``webhook_secret`` applies to jobs of every server that has none
+of its own. Wherever a server name is accepted a bare URL works too. Secrets (password,
+token, header values, webhook URLs and secrets) live only in ``ServerSpec`` and ``Config``
+objects; nothing here ever renders them.
 """
 
 from __future__ import annotations
@@ -40,9 +44,9 @@ DEFAULT_CONNECT_TIMEOUT = 3.0
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SERVER_KEYS = {
     "url", "headers", "username", "password", "token", "token_param",
-    "verify", "timeout", "connect_timeout",
+    "verify", "timeout", "connect_timeout", "webhook", "webhook_secret",
 }
-_TOP_LEVEL_KEYS = {"default_server", "defaults", "servers"}
+_TOP_LEVEL_KEYS = {"default_server", "defaults", "servers", "webhook", "webhook_secret"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class ServerSpec:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     configured: bool = True
     problem: ConfigError | None = field(default=None, repr=False, compare=False)
+    webhook: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
 
     def public(self) -> dict[str, Any]:
         """A description safe to print: secrets appear only as 'set'."""
@@ -75,10 +81,12 @@ class ServerSpec:
             "timeout": self.timeout,
             "connect_timeout": self.connect_timeout,
             "problem": self.problem.message if self.problem else None,
+            "webhook": "set" if self.webhook else None,
         }
 
     def secrets(self) -> list[str]:
-        values = [self.password, self.token, *self.headers.values()]
+        values = [self.password, self.token, *self.headers.values(), self.webhook,
+                  self.webhook_secret]
         return [v for v in values if v and len(v) >= 4]
 
 
@@ -190,7 +198,22 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
         timeout=timeout,
         connect_timeout=connect_timeout,
         problem=problems[0] if problems else None,
+        webhook=_webhook_url(secret(merged.get("webhook")), where),
+        webhook_secret=_string(secret(merged.get("webhook_secret")), where, "webhook_secret"),
     )
+
+
+def _string(value: Any, where: str, key: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string.")
+    return value or None
+
+
+def _webhook_url(value: Any, where: str) -> str | None:
+    url = _string(value, where, "webhook")
+    if url is not None and urlsplit(url).scheme not in ("http", "https"):
+        raise ConfigError(f"{where}: webhook must be an http(s) URL.")
+    return url
 
 
 @dataclass
@@ -198,6 +221,14 @@ class Config:
     path: Path | None = None
     servers: dict[str, ServerSpec] = field(default_factory=dict)
     default_server: str | None = None
+    webhook: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> list[str]:
+        """Every secret the config holds, for redaction."""
+        values = [self.webhook, self.webhook_secret,
+                  *(s for spec in self.servers.values() for s in spec.secrets())]
+        return [v for v in values if v and len(v) >= 4]
 
     @classmethod
     def load(cls, path: Path, required: bool = False) -> Config:
@@ -243,7 +274,11 @@ class Config:
         default = data.get("default_server")
         if default is not None and not isinstance(default, str):
             raise ConfigError("default_server must be a server name or URL.")
-        return cls(path=path, servers=servers, default_server=default)
+        where = "The config"
+        return cls(path=path, servers=servers, default_server=default,
+                   webhook=_webhook_url(_expand(data.get("webhook"), where), where),
+                   webhook_secret=_string(_expand(data.get("webhook_secret"), where), where,
+                                          "webhook_secret"))
 
     def resolve(self, name_or_url: str) -> ServerSpec:
         """A configured server by name, or by URL (matching a configured one when it can)."""

@@ -16,6 +16,7 @@ from comfyctl.ledger import Ledger, Record
 
 if TYPE_CHECKING:
     from comfyctl.client import ServerClient
+    from comfyctl.hooks import Webhook
 
 APP_NAME = "comfyctl"
 
@@ -83,6 +84,17 @@ class AppContext:
 
     def client_for_record(self, record: Record) -> ServerClient:
         return self.client(self.spec_for_record(record))
+
+    def webhooks_for(self, record: Record) -> list[Webhook]:
+        """The configured webhook for a job: its server's own, else the global one."""
+        from comfyctl.hooks import Webhook
+
+        spec = self.spec_for_record(record)
+        if spec.webhook:
+            return [Webhook(spec.webhook, spec.webhook_secret)]
+        if self.config.webhook:
+            return [Webhook(self.config.webhook, self.config.webhook_secret)]
+        return []
 
     def servers(self, names: tuple[str, ...] | list[str]) -> list[ServerSpec]:
         """The servers named on the command line, else the default one."""

@@ -40,10 +40,19 @@ REGENERATE = "python -m comfyctl.docgen"
 ENVIRONMENT = (
     ("COMFYCTL_CONFIG", "Config file, as --config."),
     ("COMFYCTL_LEDGER", "Task ledger, as --ledger."),
-    ("COMFYCTL_SERVER", "The server used when a command needs one and none is given."),
+    ("COMFYCTL_SERVER", "The server used when a command needs one and none is given. Set for "
+                        "an --exec command to the job's server name, so comfyctl run from "
+                        "a hook defaults to it."),
     ("COMFYCTL_LOCK_TIMEOUT", "Seconds to wait for the ledger lock before exit 7 (default 10)."),
     ("COMFYCTL_TRACEBACK", "Set to 1 to show the full Python traceback on errors."),
     ("NO_COLOR", "When set, no colour in output (as --no-color)."),
+    ("COMFYCTL_WEBHOOK_SECRET", "Signs the bodies POSTed to --webhook URLs "
+                                "(X-Comfyctl-Signature); else the config's webhook_secret."),
+    ("COMFYCTL_PROMPT_ID", "Set for an --exec command: the job that ended."),
+    ("COMFYCTL_STATUS", "Set for an --exec command: how it ended (success, error, "
+                        "interrupted, cancelled, lost)."),
+    ("COMFYCTL_SERVER_URL", "Set for an --exec command: the job's server URL."),
+    ("COMFYCTL_OUTPUTS", "Set for an --exec command: the job's output URLs, one per line."),
 )
 FILES = (
     ("config.toml", "In the user config dir (e.g. ~/.config/comfyctl/ on Linux): servers, "

@@ -66,6 +66,29 @@ def watch_options(func: F) -> F:
     return func
 
 
+def hook_options(func: F) -> F:
+    """Options shared by ``watch``, ``submit --wait`` and ``recover``: announce each job's end."""
+    decorators = [
+        click.option("--exec", "exec_command", metavar="CMD",
+                     help="Run CMD (through the shell) once for each job that ends, with "
+                          "COMFYCTL_PROMPT_ID, COMFYCTL_STATUS, COMFYCTL_SERVER, "
+                          "COMFYCTL_SERVER_URL and COMFYCTL_OUTPUTS set and the job's JSON "
+                          "record on stdin."),
+        click.option("--exec-timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=60.0, show_default=True, metavar="SECONDS",
+                     help="Bound on each hook: an --exec command still running after this "
+                          "long is killed; a webhook is retried (connection errors, 5xx) with "
+                          "backoff for this long."),
+        click.option("--webhook", "webhooks", multiple=True, metavar="URL",
+                     help="POST each ended job's JSON record to URL (repeatable; also "
+                          "'webhook' in the config), signed with COMFYCTL_WEBHOOK_SECRET "
+                          "or the config's webhook_secret."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
 def completion_app(ctx: click.Context) -> Any:
     """The AppContext for a completion callback.
 

@@ -338,8 +338,10 @@ def plan(findings: list[Finding], opts: RepairOptions) -> list[Action]:
 class Repairer:
     def __init__(self, ledger: Ledger, client_for_record: Callable[[Record], ServerClient],
                  client_for_spec: Callable[[ServerSpec], ServerClient],
-                 spec_for_record: Callable[[Record], ServerSpec]) -> None:
+                 spec_for_record: Callable[[Record], ServerSpec],
+                 on_finished: Callable[[Record], object] | None = None) -> None:
         self.ledger = ledger
+        self.on_finished = on_finished  # told of each job a repair leaves terminal
         self.client_for_record = client_for_record
         self.submitter = Submitter(ledger, client_for_spec)
         self.spec_for_record = spec_for_record
@@ -349,6 +351,10 @@ class Repairer:
             getattr(self, "_" + action.action.replace("-", "_"))(action, opts)
         except ComfyctlError as exc:
             action.resolved, action.detail = False, str(exc)
+        if self.on_finished is not None and action.resolved and action.action != "none":
+            stored = self.ledger.get(action.finding.record["prompt_id"])
+            if stored is not None:
+                self.on_finished(stored)
         return action
 
     def _none(self, action: Action, opts: RepairOptions) -> None:

@@ -79,8 +79,11 @@ class Tracker:
         client_for: Callable[[Record], ServerClient],
         options: WatchOptions,
         on_event: Callable[[TrackerEvent], None],
+        on_finished: Callable[[Record], object] | None = None,
     ) -> None:
         self.ledger = ledger
+        # Told once per job that turns terminal, after it is on disk (hooks: comfyctl.hooks).
+        self.on_finished = on_finished
         self.records = {r["prompt_id"]: r for r in records}
         self.options = options
         self.on_event = on_event
@@ -191,6 +194,8 @@ class Tracker:
             if record["status"] in TERMINAL:
                 self._job_stops.get(obs.prompt_id, threading.Event()).set()
                 self.flush()  # a finished job is on disk before anyone is told
+                if self.on_finished is not None:
+                    self.on_finished(record)
             self.on_event(TrackerEvent("state", record))
         else:
             self._stalled.discard(obs.prompt_id)

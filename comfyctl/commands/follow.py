@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -22,6 +25,9 @@ from comfyctl.ledger import Record
 from comfyctl.records import FAILED, SUCCESS, TERMINAL
 from comfyctl.render import LiveArea, event_json, state_line
 
+if TYPE_CHECKING:
+    from comfyctl.hooks import Notifier
+
 
 @dataclass
 class FollowOptions:
@@ -32,13 +38,33 @@ class FollowOptions:
     download_dir: str | None
     overwrite: bool
     no_websocket: bool
+    exec_command: str | None = None
+    exec_timeout: float = 60.0
+    webhooks: tuple[str, ...] = ()
     fmt: str = "text"
 
     @classmethod
     def from_params(cls, params: dict[str, Any], fmt: str) -> FollowOptions:
         names = ("timeout", "stall_timeout", "fail_on_stall", "poll_interval",
-                 "download_dir", "overwrite", "no_websocket")
+                 "download_dir", "overwrite", "no_websocket", "exec_command", "exec_timeout",
+                 "webhooks")
         return cls(**{n: params[n] for n in names}, fmt=fmt)
+
+
+def make_notifier(app: AppContext, exec_command: str | None, exec_timeout: float,
+                  webhooks: tuple[str, ...], report: Callable[[str], None]) -> Notifier:
+    """The hooks of one run: --exec, --webhook URLs (signed with COMFYCTL_WEBHOOK_SECRET or
+    the config's webhook_secret) and the webhooks the config names."""
+    from comfyctl.hooks import HookOptions, Notifier, Webhook
+
+    secret = os.environ.get("COMFYCTL_WEBHOOK_SECRET") or app.config.webhook_secret
+    for url in webhooks:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise UsageProblem(f"--webhook needs an http(s) URL, not {url[:40]!r}.")
+    options = HookOptions(exec_command=exec_command, exec_timeout=exec_timeout,
+                          webhook_retry_for=exec_timeout,
+                          webhooks=[Webhook(url, secret) for url in webhooks])
+    return Notifier(app.ledger, options, app.webhooks_for, report)
 
 
 class _StallExit(Exception):
@@ -64,6 +90,15 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         else:
             click.echo(line)
 
+    def tell(message: str) -> None:
+        line = f"comfyctl: {message}"
+        if live is not None:
+            live.print_above(line, sys.stderr)
+        else:
+            click.echo(line, err=True)
+
+    notifier = make_notifier(app, opts.exec_command, opts.exec_timeout, opts.webhooks, tell)
+
     def on_event(event: TrackerEvent) -> None:
         record = event.record
         if opts.fmt == "json":
@@ -86,11 +121,12 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     for record in records:
         if record["status"] in TERMINAL:
             on_event(TrackerEvent("state", record))
+            notifier.finished(record)  # announced unless someone already did
     tracker = Tracker(
         app.ledger, [r for r in records if r["status"] not in TERMINAL], app.client_for_record,
         WatchOptions(poll_interval=opts.poll_interval, timeout=opts.timeout,
                      stall_timeout=opts.stall_timeout, use_websocket=not opts.no_websocket),
-        on_event,
+        on_event, notifier.finished,
     )
     try:
         tracker.run()
@@ -103,6 +139,7 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         raise Interrupted(f"Interrupted; still running: {_where(tracker.active())}.",
                           "Resume with 'comfyctl watch'.") from None
     finally:
+        notifier.close()  # the hooks of jobs that ended still run to their own end
         if live is not None:
             live.close()
     failed = [r for r in records if r["status"] in FAILED]

@@ -17,7 +17,7 @@ from comfyctl.errors import (
     TaskFailed,
 )
 from comfyctl.ledger import Record
-from comfyctl.options import complete_prompt_ids, complete_servers, server_option
+from comfyctl.options import complete_prompt_ids, complete_servers, hook_options, server_option
 from comfyctl.records import ACTIVE, LOST
 from comfyctl.render import table
 
@@ -142,11 +142,13 @@ def _print_findings(findings: list[Any], as_json: bool) -> None:
 @click.option("--download", "download_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Save the outputs of recovered successful jobs to DIR/<server>/...")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@hook_options
 @click.pass_obj
 def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
                     deadline: float, as_json: bool, quiet: bool, resubmit: bool,
                     to_server: str | None, interrupt_stalled: bool, download_dir: str | None,
-                    dry_run: bool, **tuning: Any) -> None:
+                    dry_run: bool, exec_command: str | None, exec_timeout: float,
+                    webhooks: tuple[str, ...], **tuning: Any) -> None:
     """Repair what detect-stuck finds, each job on its own bound server.
 
     finished-unnoticed: record success and outputs. failed-unnoticed: record the
@@ -161,7 +163,12 @@ def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple
       comfyctl recover --dry-run
       comfyctl recover --resubmit --download out/
       comfyctl recover --resubmit --to gpu2 --json
+      comfyctl recover --exec ./notify.sh          # announce jobs it settles
+
+    --exec and --webhook announce each job a repair leaves ended (once, also when a
+    watcher noticed it first).
     """
+    from comfyctl.commands.follow import make_notifier
     from comfyctl.stuck import Repairer, RepairOptions, plan
 
     options = RepairOptions(resubmit=resubmit, interrupt_stalled=interrupt_stalled,
@@ -170,8 +177,14 @@ def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple
     result = _detect(app, prompt_ids, servers, deadline, acknowledged_lost=resubmit, **tuning)
     actions = plan(result.findings, options)
     if not dry_run:
-        repairer = Repairer(app.ledger, app.client_for_record, app.client, app.spec_for_record)
-        actions = [repairer.run(action, options) for action in actions]
+        notifier = make_notifier(app, exec_command, exec_timeout, webhooks,
+                                 lambda message: click.echo(f"comfyctl: {message}", err=True))
+        repairer = Repairer(app.ledger, app.client_for_record, app.client, app.spec_for_record,
+                            notifier.finished)
+        try:
+            actions = [repairer.run(action, options) for action in actions]
+        finally:
+            notifier.close()
         if download_dir:
             _download(app, [a.finding.record for a in actions
                             if a.resolved and a.action == "record-success"], Path(download_dir))

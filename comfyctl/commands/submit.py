@@ -10,7 +10,7 @@ import click
 from comfyctl.commands.follow import FollowOptions, follow
 from comfyctl.context import AppContext
 from comfyctl.errors import ServerUnreachable, UsageProblem, WorkflowInvalid, WorkflowRejected
-from comfyctl.options import server_option, watch_options
+from comfyctl.options import hook_options, server_option, watch_options
 from comfyctl.render import SUBMIT_SCHEMA
 
 
@@ -61,6 +61,7 @@ def read_workflow(source: str) -> dict[str, Any]:
               help="Print one JSON object per job (and with --wait, JSON events).")
 @click.option("--wait", is_flag=True, help="Then follow the jobs exactly as 'watch' does.")
 @watch_options
+@hook_options
 @click.pass_obj
 def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: int,
             vary_seed: bool, servers: tuple[str, ...], labels: tuple[str, ...],

@@ -8,7 +8,7 @@ import click
 from comfyctl.commands.follow import FollowOptions, follow
 from comfyctl.context import AppContext
 from comfyctl.errors import UsageProblem
-from comfyctl.options import complete_prompt_ids, watch_options
+from comfyctl.options import complete_prompt_ids, hook_options, watch_options
 from comfyctl.records import ACTIVE
 
 
@@ -16,6 +16,7 @@ from comfyctl.records import ACTIVE
 @click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...|-]",
                 shell_complete=complete_prompt_ids)
 @watch_options
+@hook_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print newline-delimited JSON events, one per line, flushed as they happen.")
 @click.pass_obj
@@ -34,6 +35,10 @@ def command(app: AppContext, prompt_ids: tuple[str, ...], as_json: bool,
       comfyctl watch 3f2c9a1e-...                    # one job
       comfyctl submit wf.json --count 4 | comfyctl watch - --download out/
       comfyctl watch --timeout 600 --json | jq -r .status
+      comfyctl watch --exec 'notify-send "$COMFYCTL_STATUS" "$COMFYCTL_PROMPT_ID"'
+
+    --exec and --webhook announce each job's end once, however many watchers
+    (or recover runs) notice it.
     """
     ids = list(prompt_ids)
     if "-" in ids:
