@@ -13,13 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from workflows import slow_graph
 
 from comfyctl.hooks import claim
 from comfyctl.ledger import Ledger
 from comfyctl.records import new_record
 
+REPO = Path(__file__).resolve().parents[1]
 # Writes one file per run: its environment, then the schema of its stdin record.
 RECORDER = ('f="$HOOKS/run.$$"; '
             'printf "%s|%s|%s|%s|%s\\n" "$COMFYCTL_PROMPT_ID" "$COMFYCTL_STATUS" '
