@@ -21,9 +21,11 @@ from comfyctl.errors import ComfyctlError, ExitCode
 
 EXIT_CODES_HELP = """\b
 Exit codes: 0 ok · 1 task failed/cancelled/unrecovered or general error ·
-2 usage or bad input · 3 server unreachable · 4 task not in the ledger ·
+2 usage or bad input · 3 server unreachable or not answering · 4 task not in the ledger ·
 5 timeout · 6 problems found (detect-stuck, --fail-on-stall) ·
-7 ledger corrupt or locked · 130 interrupted (Ctrl-C)."""
+7 ledger corrupt or locked · 8 access denied · 9 server error ·
+10 bad reply from a server · 11 submit uncertain (id printed; do not resubmit) ·
+130 interrupted (Ctrl-C)."""
 
 
 class CliError(click.ClickException):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import socket
 import ssl
 import threading
 import time
@@ -25,7 +26,11 @@ import requests
 
 from comfyctl.config import ServerSpec
 from comfyctl.errors import (
+    AccessDenied,
     BadServerReply,
+    ServerError,
+    ServerFailed,
+    ServerTimeout,
     ServerUnreachable,
     SubmitUncertain,
     WorkflowRejected,
@@ -36,8 +41,7 @@ from comfyctl.records import Observation
 log = logging.getLogger("comfyctl.client")
 
 RETRY_STATUSES = {502, 503, 504}
-# Reasons that prove a request never reached the server (see ``request``).
-NEVER_SENT = ("refused", "connect timeout", "dns", "tls")
+DENIED_STATUSES = {401, 403, 407}
 # Below this many unqueued ids, /history/{id} per job is cheaper than the whole /history.
 HISTORY_PER_ID_LIMIT = 3
 JOBS_PAGE = 100000
@@ -115,7 +119,9 @@ class ServerClient:
         timeout: float | None = None,
         stream: bool = False,
     ) -> requests.Response:
-        """One HTTP exchange; connection problems become ServerUnreachable.
+        """One HTTP exchange. ServerUnreachable when no connection was made (nothing was
+        sent), ServerTimeout when the answer did not come whole, BadServerReply when it
+        came broken; an HTTP status is the caller's to judge.
 
         ``retries`` is for idempotent reads only: refused connections and 502/503/504
         are retried with backoff; a timeout is not (a hanging server stays hanging).
@@ -130,27 +136,20 @@ class ServerClient:
                 )
                 if not stream:
                     _read_body(resp, time.monotonic() + read_timeout)
-            except requests.exceptions.ConnectTimeout:
-                # Never connected, so nothing was sent: as certain as a refused connection.
-                if attempt < retries:
-                    attempt += 1
-                    time.sleep(0.2 * 2**attempt)
-                    continue
-                raise ServerUnreachable(self.spec.name, "connect timeout") from None
-            except requests.exceptions.SSLError:
-                raise ServerUnreachable(self.spec.name, "tls",
-                                        "Check verify/CA bundle in the config.") from None
-            except (requests.exceptions.Timeout, _SlowBody):
-                raise ServerUnreachable(self.spec.name, "timeout") from None
-            except requests.exceptions.ConnectionError as exc:
-                reason = _connection_reason(exc)
-                if attempt < retries:
-                    attempt += 1
-                    time.sleep(0.2 * 2**attempt)
-                    continue
-                raise ServerUnreachable(self.spec.name, reason) from None
             except requests.exceptions.RequestException as exc:
-                raise ServerUnreachable(self.spec.name, type(exc).__name__) from None
+                error = self._failure(exc)
+                # A read may be retried when nothing was sent, or the connection was cut
+                # (not when it timed out: a hanging server stays hanging).
+                again = isinstance(error, ServerUnreachable) or (
+                    isinstance(error, ServerTimeout)
+                    and not isinstance(exc, requests.exceptions.Timeout))
+                if again and attempt < retries:
+                    attempt += 1
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                raise error from None
+            except _SlowBody:
+                raise ServerTimeout(self.spec.name, "timeout") from None
             log.debug("%s %s%s -> %s", method, self.url, path, resp.status_code)
             if resp.status_code in RETRY_STATUSES and attempt < retries:
                 attempt += 1
@@ -158,11 +157,34 @@ class ServerClient:
                 continue
             return resp
 
+    def _failure(self, exc: requests.exceptions.RequestException) -> ServerError:
+        """The typed error for what requests raised, decided on exception types only."""
+        name = self.spec.name
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return ServerUnreachable(name, "connect timeout")  # never connected: never sent
+        if isinstance(exc, requests.exceptions.SSLError):
+            return ServerUnreachable(name, "tls", "Check verify/CA bundle in the config.")
+        if isinstance(exc, requests.exceptions.Timeout):
+            return ServerTimeout(name, "timeout")
+        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                            requests.exceptions.InvalidSchema)):
+            return ServerUnreachable(name, "invalid URL")
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            return _connection_failure(name, exc)
+        return BadServerReply(name, f"the reply was cut off ({type(exc).__name__})")
+
+    def _http_error(self, resp: requests.Response, what: str = "") -> ServerError:
+        """The typed error for an HTTP status the caller did not expect."""
+        reason = f"http {resp.status_code}{what}"
+        if resp.status_code in DENIED_STATUSES:
+            return AccessDenied(self.spec.name, reason)
+        return ServerFailed(self.spec.name, reason)
+
     def get_json(self, path: str, params: dict[str, Any] | None = None,
                  timeout: float | None = None) -> Any:
         resp = self.request("GET", path, params=params, retries=2, timeout=timeout)
         if resp.status_code != 200:
-            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+            raise self._http_error(resp)
         return self._decode(resp)
 
     def _decode(self, resp: requests.Response) -> Any:
@@ -175,28 +197,33 @@ class ServerClient:
 
     def submit(self, graph: dict[str, Any], client_id: str, prompt_id: str,
                front: bool = False) -> SubmitReply:
-        """POST /prompt once. Never retried here: see ``confirm_submit``."""
+        """POST /prompt once. Never retried here: see ``Submitter``.
+
+        ServerUnreachable only when the request certainly never left (no connection was
+        made); SubmitUncertain whenever it may have reached the server and no proper
+        answer came (timeout, a cut connection, a 5xx, a 200 that is not ComfyUI's JSON).
+        """
         body: dict[str, Any] = {"prompt": graph, "client_id": client_id, "prompt_id": prompt_id}
         if front:
             body["front"] = True
         try:
             resp = self.request("POST", "/prompt", json_body=body)
-        except ServerUnreachable as exc:
-            # Only a failure to connect proves the job was never sent; after that, any
-            # failure (timeout, reset, a cut-off reply) leaves it uncertain.
-            if exc.reason.startswith(NEVER_SENT):
-                raise
+        except ServerUnreachable:
+            raise
+        except ServerError as exc:
             raise SubmitUncertain(self.spec.name, exc.reason) from None
         if resp.status_code == 200:
-            data = self._decode(resp)
+            try:
+                data = self._decode(resp)
+            except BadServerReply:
+                data = None
             if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
-                raise BadServerReply(self.spec.name, "POST /prompt reply has no prompt_id")
+                # A 200 means the server took it: ComfyUI queues before it answers.
+                raise SubmitUncertain(self.spec.name, "HTTP 200 without ComfyUI's JSON reply")
             return SubmitReply(data["prompt_id"], data.get("number"),
                                data.get("node_errors") or {})
-        if resp.status_code in (401, 403, 407):
-            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}: access denied",
-                                    "Check the server's username/password, token or headers "
-                                    "in the config.")
+        if resp.status_code in DENIED_STATUSES:
+            raise self._http_error(resp)  # refused in front of ComfyUI: not queued
         if 400 <= resp.status_code < 500:
             try:
                 data = resp.json()
@@ -264,7 +291,7 @@ class ServerClient:
             elif resp.status_code in (404, 405):
                 self._jobs_api = False
             else:
-                raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+                raise self._http_error(resp)
         return self._jobs_api
 
     def queue(self) -> QueueSnapshot:
@@ -295,7 +322,7 @@ class ServerClient:
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
-            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+            raise self._http_error(resp)
         data = self._decode(resp)
         return data if isinstance(data, dict) else None
 
@@ -393,7 +420,7 @@ class ServerClient:
                 cancelled = reply.get("cancelled", True) if isinstance(reply, dict) else True
                 return "jobs-api" if cancelled else "not-active"
             if resp.status_code not in (404, 405):
-                raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+                raise self._http_error(resp)
             if self.job(prompt_id) is None:
                 return "not-found"
             # The job exists but this server has no cancel route: use the queue.
@@ -412,7 +439,7 @@ class ServerClient:
             if resp.status_code == 404:  # some builds say so when it is no longer running
                 return "not-active"
             if resp.status_code != 200:
-                raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+                raise self._http_error(resp)
             return "interrupted"
         return "not-active"
 
@@ -429,7 +456,7 @@ class ServerClient:
     def _post_ok(self, path: str, body: dict[str, Any]) -> None:
         resp = self.request("POST", path, json_body=body)
         if resp.status_code != 200:
-            raise ServerUnreachable(self.spec.name, f"http {resp.status_code}")
+            raise self._http_error(resp)
 
     # -- misc ----------------------------------------------------------------------------
 
@@ -444,7 +471,7 @@ class ServerClient:
         resp = self.request("GET", "/view", params=params, retries=2, stream=stream)
         if resp.status_code != 200:
             resp.close()
-            raise ServerUnreachable(self.spec.name, f"http {resp.status_code} for /view")
+            raise self._http_error(resp, f" for /view of {output['filename']!r}")
         return resp
 
     def ws_url(self, client_id: str) -> str:
@@ -506,15 +533,33 @@ def _quote(text: str) -> str:
     return quote(text, safe="")
 
 
-def _connection_reason(exc: requests.exceptions.ConnectionError) -> str:
-    text = str(exc)
-    if "refused" in text.lower():
-        return "refused"
-    if "reset" in text.lower() or "aborted" in text.lower() or "RemoteDisconnected" in text:
-        return "reset"
-    if "Name or service not known" in text or "getaddrinfo" in text or "resolve" in text:
-        return "dns"
-    return "connection failed"
+def _connection_failure(server: str, exc: requests.exceptions.ConnectionError) -> ServerError:
+    """Whether a connection was ever made, read from the exceptions urllib3 chains: only
+    a failure to connect (NewConnectionError: refused, DNS, ...) proves nothing was sent."""
+    import urllib3.exceptions
+
+    causes = _causes(exc)
+    if any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in causes):
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
+            return ServerUnreachable(server, "refused")
+        if any(isinstance(c, (urllib3.exceptions.NameResolutionError, socket.gaierror))
+               for c in causes):
+            return ServerUnreachable(server, "dns")
+        return ServerUnreachable(server, "connection failed")
+    return ServerTimeout(server, "connection cut")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything it wraps (urllib3's ``reason``, args, causes, contexts)."""
+    found: list[BaseException] = []
+    stack: list[Any] = [exc]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, BaseException) or any(item is f for f in found):
+            continue
+        found.append(item)
+        stack += [getattr(item, "reason", None), item.__cause__, item.__context__, *item.args]
+    return found
 
 
 def _queue_items(raw: Any) -> list[QueueItem]:

@@ -14,14 +14,30 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from comfyctl.client import ServerClient
-from comfyctl.errors import ComfyctlError
+from comfyctl.errors import ComfyctlError, ExitCode
 
 _UNSAFE = re.compile(r"[\x00-\x1f]")
 
 
 class UnsafeOutputPath(ComfyctlError):
     pass
+
+
+class DownloadFailed(ComfyctlError):
+    """Some outputs could not be saved; ``failures`` names each file and why."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, failures: list[tuple[str, str]],
+                 done: list[tuple[Path, str]] | None = None) -> None:
+        shown = "; ".join(f"{name}: {why}" for name, why in failures[:5])
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} download(s) failed: {shown}{more}.")
+        self.failures = failures
+        self.done = done or []
 
 
 def _safe_part(part: str) -> str:
@@ -50,24 +66,45 @@ def target_path(root: Path, server: str, output: dict[str, Any]) -> Path:
 def download_outputs(
     client: ServerClient, record: dict[str, Any], root: Path, overwrite: bool = False
 ) -> list[tuple[Path, str]]:
-    """Fetch every output of ``record`` from its bound server. Returns (path, what happened)."""
+    """Fetch every output of ``record`` from its bound server; returns (path, "saved" or
+    "exists"). Every file is tried; then DownloadFailed names each one that failed."""
     results = []
+    failures: list[tuple[str, str]] = []
     for output in record.get("outputs", []):
-        target = target_path(root, record["server"], output)
-        if target.exists() and not overwrite:
-            results.append((target, "exists"))
+        name = str(output.get("filename"))
+        try:
+            target = target_path(root, record["server"], output)
+            if target.exists() and not overwrite:
+                results.append((target, "exists"))
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _fetch(client, output, target)
+        except ComfyctlError as exc:
+            failures.append((name, str(exc)))
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with client.view(output) as resp:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    for chunk in resp.iter_content(chunk_size=65536):
-                        handle.write(chunk)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+        except requests.exceptions.RequestException as exc:  # its text may hold the URL
+            failures.append((name, f"the transfer broke off ({type(exc).__name__})"))
+            continue
+        except OSError as exc:  # e.g. a full disk, or DIR not writable
+            where = exc.filename or root
+            failures.append((name, f"{exc.strerror or exc} ({where})"))
+            continue
         results.append((target, "saved"))
+    if failures:
+        raise DownloadFailed([(f"{record['prompt_id']}: {n}", why) for n, why in failures],
+                             results)
     return results
+
+
+def _fetch(client: ServerClient, output: dict[str, Any], target: Path) -> None:
+    with client.view(output) as resp:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in resp.iter_content(chunk_size=65536):
+                    handle.write(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise

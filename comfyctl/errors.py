@@ -11,14 +11,20 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
+    """The documented exit codes (README's table is checked against this)."""
+
     OK = 0
     FAILED = 1  # a task failed, was cancelled or stays unrecovered; or a general error
     USAGE = 2  # usage error or bad input
-    UNREACHABLE = 3  # server unreachable
+    UNREACHABLE = 3  # server unreachable, or it did not answer in time
     NOT_FOUND = 4  # task not in the ledger
-    TIMEOUT = 5
+    TIMEOUT = 5  # gave up waiting (--timeout)
     PROBLEMS = 6  # detect-stuck found problems; watch --fail-on-stall
     LEDGER = 7  # ledger corrupt or locked
+    ACCESS_DENIED = 8  # the server refused our credentials (HTTP 401/403/407)
+    SERVER_ERROR = 9  # the server answered with an error (HTTP 5xx or unexpected status)
+    BAD_REPLY = 10  # the server answered, but not as ComfyUI does (a proxy's page, ...)
+    UNCERTAIN = 11  # a job may or may not be queued; its id is printed and kept
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -50,23 +56,81 @@ class WorkflowInvalid(UsageProblem):
     pass
 
 
-class ServerUnreachable(ComfyctlError):
-    """The server could not be asked. ``reason`` is short: refused, timeout, tls, http 502, ..."""
+class ServerError(ComfyctlError):
+    """A server could not be asked, or did not answer as ComfyUI does. Callers decide on
+    the subclass, never on ``reason`` (a few words for people: refused, timeout, http 502)."""
 
     exit_code = ExitCode.UNREACHABLE
+    what = "failed"
 
     def __init__(self, server: str, reason: str, hint: str | None = None) -> None:
-        super().__init__(f"Server {server} is unreachable ({reason}).", hint)
+        super().__init__(f"Server {server} {self.what} ({reason}).", hint)
         self.server = server
         self.reason = reason
 
 
-class BadServerReply(ServerUnreachable):
-    """The server answered, but not as ComfyUI would (malformed JSON, HTML from a proxy, ...)."""
+class ServerUnreachable(ServerError):
+    """No connection was made (refused, DNS, TLS, connect timeout): nothing was sent."""
+
+    what = "is unreachable"
 
 
-class SubmitUncertain(ServerUnreachable):
-    """The request may have reached the server: the reply was lost (timeout or reset)."""
+class ServerTimeout(ServerError):
+    """Connected, but no whole answer came: it timed out, or the connection was cut.
+    The request may have reached the server."""
+
+    what = "did not answer"
+
+
+class AccessDenied(ServerError):
+    """HTTP 401/403/407: the server (or a proxy in front) refused our credentials."""
+
+    exit_code = ExitCode.ACCESS_DENIED
+    what = "denied access"
+
+    def __init__(self, server: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(server, reason, hint or "Check the server's username/password, "
+                                                 "token or headers in the config.")
+
+
+class ServerFailed(ServerError):
+    """The server answered with an HTTP error (5xx, or a status ComfyUI does not use)."""
+
+    exit_code = ExitCode.SERVER_ERROR
+    what = "answered with an error"
+
+
+class SubmitFailed(ServerFailed):
+    """A submit whose reply was lost, and the server, asked, does not have the job."""
+
+    what = "did not queue the job"
+
+
+class BadServerReply(ServerError):
+    """The server answered, but not as ComfyUI would (malformed JSON, HTML from a proxy)."""
+
+    exit_code = ExitCode.BAD_REPLY
+    what = "sent a reply ComfyUI would not send"
+
+
+class SubmitUncertain(ComfyctlError):
+    """A job's request may have reached its server, and the server could not be asked
+    since: it may be queued. The record stays (``submitting``) and is settled on the next
+    contact; the job must not be sent anywhere else. ``record`` is that write-ahead record."""
+
+    exit_code = ExitCode.UNCERTAIN
+
+    def __init__(self, server: str, reason: str, record: dict | None = None,
+                 hint: str | None = None) -> None:
+        pid = f" of {record['prompt_id']}" if record else ""
+        super().__init__(
+            f"The submit{pid} to server {server} is uncertain ({reason}): the server may "
+            "have queued it.",
+            hint or "It stays in the ledger and is settled when a command reaches the "
+                    "server again (e.g. 'comfyctl watch'); do not submit it again.")
+        self.server = server
+        self.reason = reason
+        self.record = record
 
 
 class WorkflowRejected(ComfyctlError):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from comfyctl.errors import ComfyctlError, ServerUnreachable
+from comfyctl.errors import ComfyctlError, ServerError, ServerTimeout
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -21,14 +21,14 @@ T = TypeVar("T")
 @dataclass
 class Answer(Generic[T]):
     value: T | None = None
-    error: ServerUnreachable | None = None
+    error: ServerError | None = None
     seconds: float = 0.0
 
 
 def fan_out(keys: Iterable[K], ask: Callable[[K], T], deadline: float,
             name: Callable[[K], str] = str) -> dict[K, Answer[T]]:
     """``ask(key)`` for every key concurrently; after ``deadline`` seconds the ones still
-    running are answered with ServerUnreachable(timeout)."""
+    running are answered with ServerTimeout."""
     answers: dict[K, Answer[T]] = {}
     lock = threading.Lock()
     threads = []
@@ -37,10 +37,10 @@ def fan_out(keys: Iterable[K], ask: Callable[[K], T], deadline: float,
         started = time.monotonic()
         try:
             answer: Answer[T] = Answer(value=ask(key))
-        except ServerUnreachable as exc:
+        except ServerError as exc:
             answer = Answer(error=exc)
-        except ComfyctlError as exc:
-            answer = Answer(error=ServerUnreachable(name(key), exc.message))
+        except ComfyctlError as exc:  # e.g. an unset ${VAR} in this server's config
+            answer = Answer(error=ServerError(name(key), exc.message))
         answer.seconds = time.monotonic() - started
         with lock:
             answers.setdefault(key, answer)
@@ -54,6 +54,6 @@ def fan_out(keys: Iterable[K], ask: Callable[[K], T], deadline: float,
         thread.join(max(0.0, end - time.monotonic()))
     with lock:
         for key, _ in threads:
-            answers.setdefault(key, Answer(error=ServerUnreachable(name(key), "timeout"),
+            answers.setdefault(key, Answer(error=ServerTimeout(name(key), "timeout"),
                                            seconds=deadline))
         return dict(answers)

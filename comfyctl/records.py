@@ -94,6 +94,8 @@ def new_record(
 def submitter_gone(record: Record) -> bool:
     """Whether the process that wrote a ``submitting`` record can no longer finish it."""
     info = record.get("submitter") or {}
+    if info.get("finished"):  # it gave up on an uncertain send: nobody else will settle it
+        return True
     if (age_seconds(record.get("submitted_at")) or 0.0) > STALE_SUBMIT_SECONDS:
         return True
     if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):

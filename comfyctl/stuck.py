@@ -19,7 +19,7 @@ from typing import Any
 
 from comfyctl.client import ServerClient
 from comfyctl.config import ServerSpec
-from comfyctl.errors import ComfyctlError, ServerUnreachable
+from comfyctl.errors import ComfyctlError, ServerError
 from comfyctl.events import from_ws_message
 from comfyctl.fanout import fan_out
 from comfyctl.ledger import Ledger, Record
@@ -221,7 +221,7 @@ def _add_restart_evidence(findings: list[Finding],
     for group in lost.values():
         try:
             counter = client_for(group[0].record).prompt_counter()
-        except ServerUnreachable:
+        except ServerError:
             continue
         for finding in group:
             number = finding.record.get("number")
@@ -258,7 +258,7 @@ def sample_progress(records: list[Record], client_for: Callable[[Record], Server
         seen = False
         try:
             sock = client_for(record).connect_ws(record["client_id"])
-        except ServerUnreachable:
+        except ServerError:
             return
         try:
             while not seen and time.monotonic() < end:

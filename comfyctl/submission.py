@@ -19,7 +19,8 @@ from typing import Any
 from comfyctl.client import ServerClient, new_client_id, new_prompt_id
 from comfyctl.config import ServerSpec
 from comfyctl.errors import (
-    ServerUnreachable,
+    ServerError,
+    SubmitFailed,
     SubmitUncertain,
     WorkflowInvalid,
     WorkflowRejected,
@@ -125,7 +126,7 @@ class Submitter:
         def probe(spec: ServerSpec) -> int | None:
             try:
                 snap = self.client_for(spec).queue()
-            except ServerUnreachable:
+            except ServerError:
                 return None
             return len(snap.running) + len(snap.pending)
 
@@ -145,12 +146,17 @@ class Submitter:
                 labels: dict[str, str] | None = None,
                 resubmitted_from: str | None = None) -> Record:
         """The write-ahead record of a new job (the caller puts it in the ledger)."""
+        self.client_for(spec)  # a server that cannot be used (config) gets no record at all
         return new_record(new_prompt_id(), spec.name, spec.url, new_client_id(),
                           self.ledger.store_workflow(graph), labels, resubmitted_from)
 
     def send(self, record: Record, graph: dict[str, Any], spec: ServerSpec) -> Submitted:
         """POST the job whose write-ahead record is already in the ledger.
-        Raises WorkflowRejected or ServerUnreachable."""
+
+        Raises WorkflowRejected; ServerUnreachable or AccessDenied when the job certainly
+        did not reach ComfyUI (its record is removed: it may go elsewhere); SubmitUncertain
+        when it may be queued (the record stays, to be settled on the next contact);
+        SubmitFailed when the server answered that it does not have it."""
         client = self.client_for(spec)
         prompt_id = record["prompt_id"]
         log.info("sending %s to %s (%s) as client %s", prompt_id, spec.name, spec.url,
@@ -162,8 +168,8 @@ class Submitter:
             raise
         except SubmitUncertain as exc:
             return self._confirm(client, record, exc.reason)
-        except ServerUnreachable:
-            with self.ledger.transaction() as tasks:  # certainly never sent: no ghost record
+        except ServerError:
+            with self.ledger.transaction() as tasks:  # certainly never queued: no ghost record
                 tasks.remove(prompt_id)
             raise
         warnings = [f"node {node}: {summary}" for node, summary in
@@ -179,23 +185,33 @@ class Submitter:
         return Submitted(stored, warnings)
 
     def _confirm(self, client: ServerClient, record: Record, reason: str) -> Submitted:
-        """The reply was lost: ask the server instead of sending the job again.
-        (ServerUnreachable here leaves the record submitting, to be settled later.)"""
+        """The reply was lost or garbled: ask the server instead of sending the job again."""
         prompt_id = record["prompt_id"]
-        obs = client.status(prompt_id)
-        if obs.kind == "unknown":
-            adopted = client.find_by_client_id(record["client_id"])
-            if adopted is not None:  # an older server chose its own id
-                obs = client.status(adopted)
-                prompt_id = adopted
+        try:
+            obs = client.status(prompt_id)
+            if obs.kind == "unknown":
+                adopted = client.find_by_client_id(record["client_id"])
+                if adopted is not None:  # an older server chose its own id
+                    obs = client.status(adopted)
+                    prompt_id = adopted
+        except ServerError as exc:
+            # Unsettled: this process is done with it, so the next command that reaches
+            # the server settles it (see records.submitter_gone).
+            with self.ledger.transaction() as tasks:
+                stored = tasks.get(record["prompt_id"])
+                if stored is not None and stored["status"] == SUBMITTING:
+                    stored["submitter"] = {**(stored.get("submitter") or {}), "finished": True}
+                    tasks.put(stored)
+                    record = stored
+            raise SubmitUncertain(record["server"], f"{reason}; then {exc.reason}",
+                                  record) from None
         if obs.kind == "unknown":
             # Final, so that neither recover nor a retry elsewhere sends this record again.
             self._settle(record["prompt_id"], status=REJECTED, error={
                 "type": "submit_failed", "node_id": None, "node_type": None,
                 "message": f"The submit failed ({reason}) and the server does not know the "
                            "job."})
-            raise ServerUnreachable(record["server"], f"submit failed: {reason}",
-                                    "The server did not queue the job.")
+            raise SubmitFailed(record["server"], f"{reason}; it does not know the job")
         with self.ledger.transaction() as tasks:
             stored = tasks.remove(record["prompt_id"]) or record
             stored["prompt_id"] = prompt_id
@@ -255,7 +271,7 @@ def settle_submitting(ledger: Ledger, client_for: Callable[[Record], ServerClien
     for record in orphans:
         try:
             obs = client_for(record).status(record["prompt_id"])
-        except ServerUnreachable:
+        except ServerError:
             continue
         if obs.kind == "unknown":
             obs = Observation("lost", record["prompt_id"], record["server_url"], error={

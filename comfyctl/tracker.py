@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfyctl.client import ServerClient
-from comfyctl.errors import ServerUnreachable
+from comfyctl.errors import ServerError
 from comfyctl.events import from_ws_message
 from comfyctl.ledger import Ledger, Record
 from comfyctl.records import (
@@ -262,7 +262,7 @@ class Tracker:
                 return
             try:
                 observations = state.client.snapshot(ids)
-            except ServerUnreachable as exc:
+            except ServerError as exc:
                 self._server_state(state, False, exc.reason)
             except Exception as exc:  # a bug must not silently end this server's polling
                 log.warning("polling %s failed: %r", state.name, exc)
@@ -308,7 +308,7 @@ class Tracker:
         while not (self.stop.is_set() or job_stop.is_set()):
             try:
                 sock = state.client.connect_ws(client_id)
-            except ServerUnreachable:
+            except ServerError:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue

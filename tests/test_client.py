@@ -21,9 +21,14 @@ import comfyctl.client
 from comfyctl.client import ServerClient
 from comfyctl.config import ServerSpec
 from comfyctl.errors import (
+    AccessDenied,
     BadServerReply,
     ComfyctlError,
+    ExitCode,
+    ServerFailed,
+    ServerTimeout,
     ServerUnreachable,
+    SubmitFailed,
     SubmitUncertain,
     WorkflowRejected,
 )
@@ -53,6 +58,19 @@ GRAPH = {
                                                  "color": 3355443}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
 }
+
+
+def refused(text: str = "Connection refused") -> requests.exceptions.ConnectionError:
+    """What requests raises when nothing listens: urllib3's NewConnectionError, caused by
+    ConnectionRefusedError (the client decides on these types, not on the text)."""
+    import urllib3
+
+    cause = ConnectionRefusedError(111, text)
+    new = urllib3.exceptions.NewConnectionError(None, f"Failed to establish a new connection: "
+                                                      f"{cause}")  # type: ignore[arg-type]
+    new.__cause__ = cause
+    return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(
+        None, "/", new))  # type: ignore[arg-type]
 
 
 def capture(name: str) -> Any:
@@ -142,8 +160,7 @@ def test_submit_400_raises_workflow_rejected(mock, name: str, message: str) -> N
 
 
 def test_submit_refused_is_unreachable_not_uncertain(mock) -> None:
-    mock.post(f"{URL}/prompt", body=requests.exceptions.ConnectionError(
-        "HTTPConnectionPool: Max retries exceeded ([Errno 111] Connection refused)"))
+    mock.post(f"{URL}/prompt", body=refused())
     with pytest.raises(ServerUnreachable) as info:
         make_client().submit(GRAPH, "c", PROMPT_ID)
     assert not isinstance(info.value, SubmitUncertain)
@@ -177,10 +194,12 @@ def test_submit_5xx_is_uncertain_and_never_retried(mock, status: int) -> None:
 
 @pytest.mark.parametrize("reply", ["<html>proxy</html>", json.dumps({"number": 3}),
                                    json.dumps(["not", "an", "object"])])
-def test_submit_200_without_a_prompt_id_is_a_bad_reply(mock, reply: str) -> None:
+def test_submit_200_without_a_prompt_id_is_uncertain(mock, reply: str) -> None:
+    """A 200 means ComfyUI queued it (it answers after queueing): never "not sent"."""
     mock.post(f"{URL}/prompt", body=reply, status=200)
-    with pytest.raises(BadServerReply):
+    with pytest.raises(SubmitUncertain) as info:
         make_client().submit(GRAPH, "c", PROMPT_ID)
+    assert info.value.exit_code == ExitCode.UNCERTAIN
 
 
 def test_server_choosing_its_own_prompt_id_is_adopted(mock) -> None:
@@ -238,7 +257,7 @@ def test_submitter_settles_a_job_the_server_never_got_as_rejected(mock,
     mock.get(f"{URL}/history", json={})
     client = make_client()
     ledger = Ledger(ledger_path)
-    with pytest.raises(ServerUnreachable):
+    with pytest.raises(SubmitFailed):
         Submitter(ledger, lambda spec: client).submit(GRAPH, client.spec)
     assert calls(mock).count("POST /prompt") == 1
     [stored] = ledger.load().values()
@@ -400,10 +419,11 @@ def test_jobs_api_present_is_used_instead_of_queue_and_history(mock) -> None:
     assert "someone-elses" not in found
 
 
-def test_jobs_api_detection_error_is_unreachable(mock) -> None:
+def test_jobs_api_detection_401_is_access_denied(mock) -> None:
     mock.get(f"{URL}/api/jobs", status=401)
-    with pytest.raises(ServerUnreachable, match="http 401"):
+    with pytest.raises(AccessDenied, match="http 401") as info:
         make_client().has_jobs_api()
+    assert info.value.exit_code == ExitCode.ACCESS_DENIED
 
 
 # -- cancel --------------------------------------------------------------------------------
@@ -494,7 +514,7 @@ def test_cancel_failed_interrupt_is_reported(mock) -> None:
     mock.get(f"{URL}/queue", json={"queue_running": [[1, "p-1", {}, {}, []]],
                                    "queue_pending": []})
     mock.post(f"{URL}/interrupt", status=500)
-    with pytest.raises(ServerUnreachable):
+    with pytest.raises(ServerFailed):
         make_client().cancel("p-1")
     assert calls(mock).count("POST /interrupt") == 1
     _interrupts_always_name_a_prompt(mock)
@@ -576,14 +596,14 @@ def test_gets_retry_502_and_503(mock, backoff: list[float], status: int) -> None
 
 def test_gets_give_up_after_the_retries(mock) -> None:
     mock.get(f"{URL}/history/x", status=503)
-    with pytest.raises(ServerUnreachable) as info:
+    with pytest.raises(ServerFailed) as info:
         make_client().history_entry("x")
     assert info.value.reason == "http 503"
     assert len(mock.calls) == 3
 
 
 def test_gets_retry_refused_connections(mock) -> None:
-    mock.get(f"{URL}/queue", body=requests.exceptions.ConnectionError("Connection refused"))
+    mock.get(f"{URL}/queue", body=refused())
     mock.get(f"{URL}/queue", json={"queue_running": [], "queue_pending": []})
     make_client().queue()
     assert len(mock.calls) == 2
@@ -591,7 +611,7 @@ def test_gets_retry_refused_connections(mock) -> None:
 
 def test_get_timeout_is_not_retried(mock) -> None:
     mock.get(f"{URL}/queue", body=requests.exceptions.ReadTimeout("slow"))
-    with pytest.raises(ServerUnreachable, match="timeout"):
+    with pytest.raises(ServerTimeout, match="timeout"):
         make_client().queue()
     assert len(mock.calls) == 1
 
@@ -610,7 +630,7 @@ def test_malformed_json_is_a_bad_reply(mock) -> None:
 
 
 FAILURES = {
-    "refused": lambda m: m.get(f"{URL}/queue", body=requests.exceptions.ConnectionError(
+    "refused": lambda m: m.get(f"{URL}/queue", body=refused(
         f"HTTPConnectionPool: /queue?token={TOKEN} (Connection refused)")),
     "timeout": lambda m: m.get(f"{URL}/queue", body=requests.exceptions.ReadTimeout(
         f"Read timed out for {URL}/queue?token={TOKEN}")),
@@ -835,3 +855,54 @@ def test_no_interrupt_where_the_server_would_ignore_the_prompt_id(mock, version:
                                    "queue_pending": []})
     assert make_client().cancel("p-1") == "unsafe-interrupt"
     assert "POST /interrupt" not in calls(mock)
+
+
+# -- the error taxonomy: decided on types, never on message text ---------------------------
+
+
+@pytest.mark.parametrize("status, kind, code", [
+    (401, AccessDenied, ExitCode.ACCESS_DENIED), (403, AccessDenied, ExitCode.ACCESS_DENIED),
+    (407, AccessDenied, ExitCode.ACCESS_DENIED), (500, ServerFailed, ExitCode.SERVER_ERROR),
+    (404, ServerFailed, ExitCode.SERVER_ERROR)])
+def test_http_errors_have_their_own_types_and_exit_codes(mock, status, kind, code) -> None:
+    mock.get(f"{URL}/queue", status=status, body="<html>nope</html>")
+    with pytest.raises(kind) as info:
+        make_client().queue()
+    assert not isinstance(info.value, ServerUnreachable)
+    assert info.value.exit_code == code
+
+
+def test_a_malformed_reply_is_a_bad_reply_not_unreachable(mock) -> None:
+    mock.get(f"{URL}/queue", body="<html>Gateway</html>", status=200)
+    with pytest.raises(BadServerReply) as info:
+        make_client().queue()
+    assert not isinstance(info.value, ServerUnreachable)
+    assert info.value.exit_code == ExitCode.BAD_REPLY
+
+
+def test_never_sent_is_decided_on_the_exception_type_not_its_text(mock) -> None:
+    """A failure whose text says "refused" but that is not a failure to connect may have
+    sent the request: uncertain. Only urllib3's NewConnectionError proves nothing left."""
+    mock.post(f"{URL}/prompt", body=requests.exceptions.ConnectionError(
+        "Connection refused (but after the request went out)"))
+    with pytest.raises(SubmitUncertain):
+        make_client().submit(GRAPH, "c", PROMPT_ID)
+
+
+def test_a_real_refused_connection_is_unreachable() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = ServerClient(ServerSpec(name="gone", url=f"http://127.0.0.1:{port}"))
+    with pytest.raises(ServerUnreachable) as info:
+        client.submit(GRAPH, "c", PROMPT_ID)
+    assert info.value.reason == "refused" and info.value.exit_code == ExitCode.UNREACHABLE
+
+
+def test_submit_access_denied_is_certain_not_uncertain(mock) -> None:
+    mock.post(f"{URL}/prompt", status=403, body="forbidden")
+    with pytest.raises(AccessDenied) as info:
+        make_client().submit(GRAPH, "c", PROMPT_ID)
+    assert info.value.exit_code == ExitCode.ACCESS_DENIED

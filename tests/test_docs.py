@@ -143,6 +143,13 @@ def test_exit_status_section_lists_every_exit_code() -> None:
     assert [int(code) for code, _ in docgen.exit_codes(cli)] == sorted(int(c) for c in ExitCode)
 
 
+def test_readme_exit_code_table_matches_the_code() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Exit codes"):readme.index("## Performance")]
+    codes = [int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)]
+    assert codes == sorted(int(c) for c in ExitCode)
+
+
 def test_environment_section_lists_every_variable_the_code_reads() -> None:
     used = set()
     for path in (REPO / "comfyctl").rglob("*.py"):

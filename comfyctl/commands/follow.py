@@ -73,7 +73,7 @@ class _StallExit(Exception):
 
 def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     """Watch ``records`` until each is terminal; raise the documented error otherwise."""
-    from comfyctl.download import download_outputs
+    from comfyctl.commands.history import download_all
     from comfyctl.submission import settle_submitting
     from comfyctl.tracker import Tracker, TrackerEvent, WatchOptions
 
@@ -83,6 +83,7 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     settle_submitting(app.ledger, app.client_for_record, records)
     live = LiveArea(sys.stderr, app.color) if sys.stderr.isatty() else None
     stalled: list[Record] = []
+    failed_downloads: list[ComfyctlError] = []
 
     def emit(line: str) -> None:
         if live is not None:
@@ -115,7 +116,9 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
                 raise _StallExit
         if event.kind == "state" and record is not None and record["status"] == SUCCESS \
                 and opts.download_dir:
-            _download(app, record, Path(opts.download_dir), opts.overwrite, download_outputs)
+            failed = download_all(app, [record], Path(opts.download_dir), opts.overwrite)
+            if failed is not None:
+                failed_downloads.append(failed)
 
     # Already finished jobs are reported at once, from the ledger.
     for record in records:
@@ -146,6 +149,9 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     if failed:
         raise TaskFailed(f"{len(failed)} of {len(records)} job(s) did not succeed: "
                          f"{_where(failed, with_status=True)}.")
+    if failed_downloads:
+        raise failed_downloads[0] if len(failed_downloads) == 1 else TaskFailed(
+            f"Downloads failed for {len(failed_downloads)} job(s); see above.")
 
 
 def _where(records: list[Record], with_status: bool = False) -> str:
@@ -155,14 +161,3 @@ def _where(records: list[Record], with_status: bool = False) -> str:
              for r in records[:10]]
     more = f" and {len(records) - 10} more" if len(records) > 10 else ""
     return ", ".join(parts) + more
-
-
-def _download(app: AppContext, record: Record, root: Path, overwrite: bool, fetch: Any) -> None:
-    try:
-        results = fetch(app.client_for_record(record), record, root, overwrite)
-    except ComfyctlError as exc:
-        click.echo(f"comfyctl: download for {record['prompt_id']} failed: {exc}", err=True)
-        return
-    for path, what in results:
-        if what == "exists":
-            click.echo(f"comfyctl: {path} exists, not overwritten (use --overwrite)", err=True)

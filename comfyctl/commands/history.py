@@ -6,12 +6,12 @@ import sys
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from comfyctl.context import AppContext
-from comfyctl.errors import ComfyctlError, ServerUnreachable, UsageProblem
+from comfyctl.errors import ComfyctlError, ServerError, UsageProblem
 from comfyctl.ledger import Record, Tasks
 from comfyctl.options import complete_prompt_ids, output_format, server_option
 from comfyctl.records import ACTIVE, STATUSES, SUBMITTING, TERMINAL, apply, parse_time
@@ -23,6 +23,9 @@ from comfyctl.render import (
     record_json,
     table,
 )
+
+if TYPE_CHECKING:
+    from comfyctl.download import DownloadFailed
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -104,21 +107,22 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
             active = [r for r in records if r["status"] in ACTIVE]
             fresh = {r["prompt_id"]: r for r in refresh_records(app, active)}
             records = [fresh.get(r["prompt_id"], r) for r in records]
-    if download_dir:
-        download_all(app, records, Path(download_dir), overwrite)
+    failed = download_all(app, records, Path(download_dir), overwrite) if download_dir else None
     if list_outputs:
         for record in records:
             for output in record.get("outputs") or []:
                 click.echo(output["url"])
-        return
-    _print(app, records, fmt, single=prompt_id is not None)
+    else:
+        _print(app, records, fmt, single=prompt_id is not None)
+    if failed is not None:
+        raise failed
 
 
 def _server_messages(app: AppContext, record: Record) -> list[Any] | None:
     """The bound server's execution messages for one job (shown, never stored)."""
     try:
         return app.client_for_record(record).execution_messages(record["prompt_id"])
-    except ServerUnreachable:
+    except ServerError:
         return None
 
 
@@ -179,7 +183,7 @@ def refresh_records(app: AppContext, records: list[Record],
     def ask(group: list[Record]) -> dict[str, Any]:
         try:
             return app.client_for_record(group[0]).snapshot([r["prompt_id"] for r in group])
-        except ServerUnreachable as exc:
+        except ServerError as exc:
             click.echo(f"comfyctl: {exc} Showing the ledger's view of its jobs.", err=True)
             return {}
 
@@ -248,18 +252,33 @@ def _detail(record: Record) -> str:
     return "\n".join(lines)
 
 
-def download_all(app: AppContext, records: list[Record], root: Path, overwrite: bool) -> None:
-    from comfyctl.download import download_outputs
+def download_all(app: AppContext, records: list[Record], root: Path,
+                 overwrite: bool) -> DownloadFailed | None:
+    """Save the records' outputs, saying what happened to each file on stderr. Returns
+    what failed (the caller raises it once its output is printed: exit 1)."""
+    from comfyctl.download import DownloadFailed, download_outputs
 
+    failures: list[tuple[str, str]] = []
     for record in records:
         if not record.get("outputs"):
             continue
         try:
-            for path, what in download_outputs(app.client_for_record(record), record, root,
-                                               overwrite):
-                click.echo(f"comfyctl: {what}: {path}", err=True)
-        except ComfyctlError as exc:
-            click.echo(f"comfyctl: download for {record['prompt_id']} failed: {exc}", err=True)
+            results = download_outputs(app.client_for_record(record), record, root, overwrite)
+        except DownloadFailed as exc:
+            results = exc.done
+            failures += exc.failures
+        except ComfyctlError as exc:  # e.g. the server's config is unusable
+            results = []
+            failures.append((record["prompt_id"], str(exc)))
+        for path, what in results:
+            if what == "exists":
+                click.echo(f"comfyctl: {path} exists, not overwritten (use --overwrite)",
+                           err=True)
+            else:
+                click.echo(f"comfyctl: saved: {path}", err=True)
+    for name, why in failures:
+        click.echo(f"comfyctl: download of {name} failed: {why}", err=True)
+    return DownloadFailed(failures) if failures else None
 
 
 def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...]) -> None:

@@ -7,7 +7,7 @@ import json
 import click
 
 from comfyctl.context import AppContext
-from comfyctl.errors import ServerUnreachable, UsageProblem
+from comfyctl.errors import ServerError, UsageProblem
 from comfyctl.options import complete_prompt_ids, server_option
 from comfyctl.records import PENDING, TERMINAL, Observation, apply
 from comfyctl.render import human_age, short_id, table
@@ -55,7 +55,7 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
             obs = Observation("cancelled", record["prompt_id"], record["server_url"])
             if how in ("not-active", "not-found", "running", "unsafe-interrupt"):
                 obs = client.status(record["prompt_id"])
-        except ServerUnreachable as exc:
+        except ServerError as exc:
             unreachable.append(exc)
             _report(record, f"not cancelled: {exc}", as_json)
             continue

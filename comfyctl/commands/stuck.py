@@ -176,6 +176,7 @@ def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple
                             dry_run=dry_run)
     result = _detect(app, prompt_ids, servers, deadline, acknowledged_lost=resubmit, **tuning)
     actions = plan(result.findings, options)
+    failed_downloads = None
     if not dry_run:
         notifier = make_notifier(app, exec_command, exec_timeout, webhooks,
                                  lambda message: click.echo(f"comfyctl: {message}", err=True))
@@ -186,8 +187,9 @@ def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple
         finally:
             notifier.close()
         if download_dir:
-            _download(app, [a.finding.record for a in actions
-                            if a.resolved and a.action == "record-success"], Path(download_dir))
+            failed_downloads = _download(app, [a.finding.record for a in actions if a.resolved
+                                               and a.action == "record-success"],
+                                         Path(download_dir))
     if not quiet:
         if as_json:
             for action in actions:
@@ -206,12 +208,14 @@ def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple
     if open_items:
         _fail(quiet, TaskFailed(f"{len(open_items)} problem(s) remain"
                                 + (" (dry run)." if dry_run else ".")))
+    if failed_downloads is not None:
+        _fail(quiet, failed_downloads)
 
 
-def _download(app: AppContext, records: list[Record], root: Path) -> None:
+def _download(app: AppContext, records: list[Record], root: Path) -> ComfyctlError | None:
     from comfyctl.commands.history import download_all
 
-    download_all(app, records, root, overwrite=False)
+    return download_all(app, records, root, overwrite=False)
 
 
 commands = [detect_command, recover_command]

@@ -9,7 +9,13 @@ import click
 
 from comfyctl.commands.follow import FollowOptions, follow
 from comfyctl.context import AppContext
-from comfyctl.errors import ServerUnreachable, UsageProblem, WorkflowInvalid, WorkflowRejected
+from comfyctl.errors import (
+    ServerUnreachable,
+    SubmitUncertain,
+    UsageProblem,
+    WorkflowInvalid,
+    WorkflowRejected,
+)
 from comfyctl.options import hook_options, server_option, watch_options
 from comfyctl.render import SUBMIT_SCHEMA
 
@@ -80,7 +86,7 @@ def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: i
       comfyctl submit wf.json --set 6.text='"a red fox"' --wait --download out/
       comfyctl submit wf.json | comfyctl watch -
     """
-    from comfyctl.submission import Submitter, apply_overrides, vary_seeds
+    from comfyctl.submission import Submitted, Submitter, apply_overrides, vary_seeds
 
     label_map = parse_labels(labels)
     graph = apply_overrides(read_workflow(workflow), list(overrides))
@@ -91,26 +97,38 @@ def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: i
     if all(v is None for v in queue_len.values()):
         raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
     rng = random.SystemRandom()
-    submitted = []
+    submitted, uncertain = [], []
     for _ in range(count):
         job_graph = vary_seeds(graph, rng) if vary_seed else graph
         result = None
         while result is None:
             usable = [s for s in specs if queue_len.get(s.url) is not None]
             if not usable:
-                raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
+                break
             spec = min(usable, key=lambda s: queue_len[s.url] or 0)  # keeps the given order
             try:
                 result = submitter.submit(job_graph, spec, label_map)
-            except ServerUnreachable as exc:
+            except ServerUnreachable as exc:  # certainly never sent: another server may take it
                 if len(specs) == 1:
                     raise
                 click.echo(f"comfyctl: {exc} Trying another server.", err=True)
                 queue_len[spec.url] = None
+            except SubmitUncertain as exc:
+                # It may be queued there: it goes nowhere else, and that server gets no more.
+                click.echo(f"comfyctl: {exc}", err=True)
+                queue_len[spec.url] = None
+                uncertain.append(exc)
+                assert exc.record is not None
+                result = Submitted(exc.record, [])
             except WorkflowRejected as exc:
                 _explain_rejection(exc)
                 raise
-        queue_len[spec.url] = (queue_len[spec.url] or 0) + 1
+        if result is None:
+            if uncertain:
+                break  # the servers that took or may have taken jobs are not asked again
+            raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
+        if queue_len.get(spec.url) is not None:
+            queue_len[spec.url] = (queue_len[spec.url] or 0) + 1
         record = result.record
         for warning in result.warnings:
             click.echo(f"comfyctl: warning: {record['prompt_id']}: {warning}", err=True)
@@ -124,6 +142,12 @@ def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: i
         submitted.append(record)
     if wait:
         follow(app, submitted, FollowOptions.from_params(params, "json" if as_json else "text"))
+    if uncertain:
+        if len(uncertain) == 1 and len(submitted) == count:
+            raise uncertain[0]
+        raise SubmitUncertain(", ".join(dict.fromkeys(e.server for e in uncertain)),
+                              f"{len(uncertain)} job(s); {len(submitted)} of {count} "
+                              "submitted in all")
 
 
 def _explain_rejection(exc: WorkflowRejected) -> None:

@@ -38,6 +38,15 @@ class Faults:
     #: History entries of prompts this server never ran, served as if they were its own
     #: (a server that returns another server's prompt ids).
     foreign_history: dict[str, Any] = field(default_factory=dict)
+    #: What becomes of the reply once the request was read and handled (a prompt is
+    #: queued): ``"drop"`` closes the connection without an answer, ``"garble"`` answers
+    #: 200 with a body that is not the route's JSON (a proxy's HTML page), ``"freeze"``
+    #: never answers, and from then on neither does any HTTP request (a server that hangs
+    #: after taking a job; its queue still runs) until cleared, when the replies go out.
+    reply: str | None = None
+    #: The routes ``reply`` applies to, as ``"METHOD /path"`` without the ``/api`` prefix
+    #: (e.g. ``("POST /prompt",)``); empty: every HTTP route.
+    reply_routes: tuple[str, ...] = ()
     #: Overrides every node's ``seconds_per_step`` (tests use 0.01).
     seconds_per_step: float | None = None
     #: Overrides every node's ``steps``.

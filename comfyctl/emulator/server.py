@@ -83,6 +83,11 @@ async def _drip(request: web.Request, response: web.Response, delay: float) -> w
     return stream
 
 
+def _route_matches(request: web.Request, routes: tuple[str, ...]) -> bool:
+    path = request.path[4:] if request.path.startswith("/api/") else request.path
+    return not routes or f"{request.method} {path}" in routes
+
+
 def _is_prompt(prompt_id: Any) -> Callable[[Any], bool]:
     return lambda item: bool(item[1] == prompt_id)
 
@@ -148,11 +153,13 @@ class ComfyServer:
         self._open_ws: dict[web.WebSocketResponse, web.Request] = {}
         self._generation = 0
         self._closing = False
+        self._frozen = False  # a "freeze" reply fault fired: no HTTP request is answered
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self, sock: socket.socket) -> None:
         self._closing = False
+        self._frozen = False
         self.port = sock.getsockname()[1]
         self.state = _State(self)
         state = self.state
@@ -322,6 +329,10 @@ class ComfyServer:
     async def _fault_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         faults = self.faults
         if request.path not in WS_PATHS:
+            if self._frozen and not await self._thawed():
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPServiceUnavailable()
             generation = self._generation
             while faults.http_hang:
                 if self._closing or generation != self._generation:
@@ -335,6 +346,9 @@ class ComfyServer:
                     status=status, text=_proxy_error_page(status), content_type="text/html"
                 )
         response = await handler(request)
+        if faults.reply is not None and request.path not in WS_PATHS \
+                and _route_matches(request, faults.reply_routes):
+            return await self._spoil_reply(request, response, faults.reply)
         is_json = isinstance(response, web.Response) and response.content_type == "application/json"
         if faults.wrong_content_type and is_json:
             return web.Response(status=200, text=_LOGIN_PAGE, content_type="text/html")
@@ -352,6 +366,29 @@ class ComfyServer:
                 status=200, body=body[: max(1, len(body) // 2)], content_type="application/json"
             )
         return response
+
+    async def _thawed(self) -> bool:
+        """Wait while the server is frozen; False when it shuts down meanwhile."""
+        generation = self._generation
+        while self._frozen and self.faults.reply == "freeze":
+            if self._closing or generation != self._generation:
+                return False
+            await asyncio.sleep(0.02)
+        self._frozen = False
+        return True
+
+    async def _spoil_reply(self, request: web.Request, response: web.StreamResponse,
+                           mode: str) -> web.StreamResponse:
+        """The request was handled (a prompt is queued); its reply goes wrong."""
+        if mode == "garble":
+            return web.Response(status=200, text=_LOGIN_PAGE, content_type="text/html")
+        if mode == "freeze":
+            self._frozen = True
+            if await self._thawed():
+                return response
+        if request.transport is not None:  # "drop", or a frozen reply at shutdown
+            request.transport.abort()
+        raise web.HTTPServiceUnavailable()
 
     # -- misc routes ---------------------------------------------------------------------
 

@@ -1,0 +1,164 @@
+"""A job runs at most once, and every job comfyctl accepted stays in the ledger until it ends.
+
+Each test drives a fault the emulator reproduces on a real socket (a reply dropped after
+the request was read, a 200 with a garbled body, a server that takes a job and freezes)
+and checks the servers' own queues and histories: no job may be on two servers, and every
+id printed on stdout must be in the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from workflows import slow_graph
+
+from comfyctl.errors import ExitCode
+from comfyctl.ledger import Ledger
+
+
+@pytest.fixture
+def wf(tmp_path: Path) -> str:
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(slow_graph(steps=2, seconds=0.01)))
+    return str(path)
+
+
+def configure(config_path: Path, timeout: float = 1.0, **servers: str) -> None:
+    """Named servers with a short read timeout (a frozen server costs one timeout)."""
+    text = f"[defaults]\ntimeout = {timeout}\nconnect_timeout = 1\n"
+    for name, url in servers.items():
+        text += f'[servers.{name}]\nurl = "{url}"\n'
+    config_path.write_text(text)
+
+
+def server_ids(emu) -> list[str]:
+    """Every prompt id the server has queued, running or in its history (duplicates kept)."""
+    emu.faults.clear()
+    import requests
+
+    queue = requests.get(emu.url + "/queue", timeout=5).json()
+    history = requests.get(emu.url + "/history", timeout=5).json()
+    return [item[1] for key in ("queue_running", "queue_pending") for item in queue[key]] \
+        + list(history)
+
+
+def test_uncertain_send_to_a_is_never_sent_to_b(emulator_factory, invoke, config_path, wf,
+                                                ledger_path):
+    """Point 1: a takes the job and freezes (the reply and the confirmation both time out).
+    The job must not go to b; its id is printed and its record kept."""
+    a, b = emulator_factory(), emulator_factory()
+    configure(config_path, a=a.url, b=b.url)
+    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
+    result = invoke("submit", wf, "-s", "a", "-s", "b")
+    assert result.exit_code == ExitCode.UNCERTAIN, result.stderr
+    [pid] = result.stdout.split()
+    assert "uncertain" in result.stderr and "Trying another server" not in result.stderr
+    ledger = Ledger(ledger_path).load()
+    assert list(ledger) == [pid] and ledger[pid]["server"] == "a"
+    assert ledger[pid]["status"] == "submitting"
+    a.faults.clear()
+    a.wait_idle(timeout=10)
+    assert server_ids(b) == [] and server_ids(a) == [pid]
+    watched = invoke("watch", pid, "--timeout", "20", "--poll-interval", "0.2")
+    assert watched.exit_code == 0, watched.stderr
+    assert Ledger(ledger_path).get(pid)["status"] == "success"
+
+
+@pytest.mark.parametrize("routes", [("POST /prompt",), ()], ids=["only-the-reply", "every-reply"])
+@pytest.mark.parametrize("mode", ["garble", "drop"])
+def test_garbled_or_dropped_reply_keeps_the_job(emulator_factory, invoke, config_path, wf,
+                                                ledger_path, mode, routes):
+    """Point 2: the server queued the job and its reply came garbled or not at all. When the
+    server can be asked, the job is confirmed (exit 0); else it is uncertain (exit 11,
+    never 3): in both cases its id is printed and its record kept."""
+    a = emulator_factory()
+    configure(config_path, a=a.url)
+    a.faults.reply, a.faults.reply_routes = mode, routes
+    result = invoke("submit", wf, "-s", "a")
+    confirmed = bool(routes)
+    assert result.exit_code == (0 if confirmed else ExitCode.UNCERTAIN), result.stderr
+    [pid] = result.stdout.split()
+    record = Ledger(ledger_path).get(pid)
+    assert record is not None
+    assert record["status"] in (("pending", "running", "success") if confirmed
+                                else ("submitting",))
+    a.faults.clear()
+    a.wait_idle(timeout=10)
+    assert server_ids(a) == [pid]
+    assert invoke("watch", pid, "--timeout", "20").exit_code == 0
+    assert Ledger(ledger_path).get(pid)["status"] == "success"
+
+
+def test_config_error_writes_nothing(emulator, invoke, config_path, wf, ledger_path,
+                                     monkeypatch):
+    """Point 3: a server whose secret is unset fails before anything is written."""
+    monkeypatch.delenv("COMFYCTL_TEST_UNSET_PW", raising=False)
+    config_path.write_text(f'[servers.a]\nurl = "{emulator.url}"\nusername = "u"\n'
+                           'password = "${COMFYCTL_TEST_UNSET_PW}"\n')
+    result = invoke("submit", wf, "-s", "a")
+    assert result.exit_code == ExitCode.USAGE
+    assert "COMFYCTL_TEST_UNSET_PW" in result.stderr
+    assert len(Ledger(ledger_path).load()) == 0
+    assert invoke("detect-stuck").exit_code == 0  # no phantom 'lost' job
+    assert server_ids(emulator) == []
+
+
+def test_frozen_server_prints_the_id_and_settles_later(emulator_factory, run_comfyctl,
+                                                       config_path, wf, ledger_path):
+    """Point 4, as a real process: a server that takes the job and never answers. The id
+    is on stdout (so `submit | watch -` follows it), the outcome is called uncertain, the
+    record is kept and settled by the next command that reaches the server."""
+    a = emulator_factory()
+    configure(config_path, a=a.url)
+    a.faults.reply = "freeze"
+    submitted = run_comfyctl("submit", wf, "-s", "a")
+    assert submitted.returncode == ExitCode.UNCERTAIN, submitted.stderr
+    assert "uncertain" in submitted.stderr and "Traceback" not in submitted.stderr
+    [pid] = submitted.stdout.split()
+    assert Ledger(ledger_path).get(pid)["status"] == "submitting"
+    a.faults.clear()
+    watched = run_comfyctl("watch", "-", "--poll-interval", "0.2", "--timeout", "30",
+                           input=submitted.stdout)
+    assert watched.returncode == 0, watched.stderr
+    assert Ledger(ledger_path).get(pid)["status"] == "success"
+    assert server_ids(a) == [pid]
+
+
+def test_uncertain_submit_the_server_never_got_is_settled_lost(emulator_factory, invoke,
+                                                                config_path, wf, ledger_path):
+    """The other end of point 4: asked later, the server does not know the job, so the
+    record is settled (not left 'submitting' forever) and the job never ran twice."""
+    a = emulator_factory()
+    configure(config_path, a=a.url)
+    a.faults.http_hang = True  # hangs before reading: nothing is queued
+    result = invoke("submit", wf, "-s", "a")
+    assert result.exit_code == ExitCode.UNCERTAIN
+    [pid] = result.stdout.split()
+    a.restart()  # ends the hanging requests unread
+    a.faults.clear()
+    assert invoke("history", pid).exit_code == 0
+    record = Ledger(ledger_path).get(pid)
+    assert record["status"] == "lost" and record["error"]["type"] == "submit_failed"
+    assert server_ids(a) == []
+
+
+@pytest.mark.parametrize("how", ["submit-wait", "history"])
+def test_failed_download_exits_1_naming_the_file_and_the_reason(emulator, invoke, wf,
+                                                                tmp_path, ledger_path, how):
+    """Point 8: a /view answered 400 is a server error for that file, not "unreachable",
+    and the command exits 1."""
+    emulator.faults.output_filename = "../outside.png"  # ComfyUI's /view refuses '..' (400)
+    out = tmp_path / "out"
+    if how == "submit-wait":
+        result = invoke("submit", wf, "-s", emulator.url, "--wait", "--download", str(out),
+                        "--poll-interval", "0.2", "--timeout", "30")
+    else:
+        pid = invoke("submit", wf, "-s", emulator.url).stdout.strip()
+        emulator.wait_idle(timeout=10)
+        assert invoke("watch", pid).exit_code == 0
+        result = invoke("history", pid, "--download", str(out))
+    assert result.exit_code == ExitCode.FAILED, result.stderr
+    assert "outside.png" in result.stderr and "http 400" in result.stderr
+    assert "unreachable" not in result.stderr
