@@ -138,6 +138,7 @@ def _register() -> None:
         completion,
         demo,
         history,
+        metrics,
         servers,
         steer,
         stuck,
@@ -145,7 +146,7 @@ def _register() -> None:
         watch,
     )
 
-    for module in (submit, watch, history, servers, demo, completion):
+    for module in (submit, watch, history, servers, metrics, demo, completion):
         cli.add_command(module.command)
     for command in (*stuck.commands, *steer.commands):
         cli.add_command(command)

@@ -7,6 +7,7 @@ ledger only ever changes through ``records.apply``.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from comfyctl.records import (
@@ -96,12 +97,40 @@ def from_history_entry(entry: dict[str, Any], server_url: str, prompt_id: str) -
     elif status.get("status_str") == "error" or status.get("completed") is False:
         outcome, error = ERROR, {"type": "error", "message": "The server recorded an error.",
                                  "node_id": None, "node_type": None}
+    prompt = entry.get("prompt")
+    extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
+    ends = [names.get(n) for n in ("execution_success", "execution_error",
+                                   "execution_interrupted")]
+    timing = server_timing(
+        (extra or {}).get("create_time") if isinstance(extra, dict) else None,
+        (names.get("execution_start") or {}).get("timestamp"),
+        next((e.get("timestamp") for e in ends if isinstance(e, dict)), None))
     return Observation("finished", prompt_id, server_url, outcome=outcome,
-                       outputs=entry.get("outputs") or {}, error=error)
+                       outputs=entry.get("outputs") or {}, error=error, timing=timing)
+
+
+def server_timing(created: Any, started: Any, finished: Any) -> dict[str, str | None] | None:
+    """The server's own clock for a finished job (ComfyUI gives milliseconds since the
+    epoch): when it was queued (newer servers only), started and finished."""
+    stamps = {"created_at": created, "started_at": started, "finished_at": finished}
+    if not any(isinstance(v, (int, float)) for v in stamps.values()):
+        return None
+    return {key: (datetime.fromtimestamp(value / 1000, timezone.utc)
+                  .isoformat(timespec="milliseconds")
+                  if isinstance(value, (int, float)) and value > 0 else None)
+            for key, value in stamps.items()}
 
 
 def from_job(job: dict[str, Any], server_url: str) -> Observation:
     """A jobs-API job object (newer ComfyUI) as an observation."""
+    obs = _from_job(job, server_url)
+    if obs.kind == "finished":
+        obs.timing = server_timing(job.get("create_time"), job.get("execution_start_time"),
+                                   job.get("execution_end_time"))
+    return obs
+
+
+def _from_job(job: dict[str, Any], server_url: str) -> Observation:
     prompt_id = str(job.get("id") or job.get("prompt_id"))
     status = job.get("status")
     if status == "pending":

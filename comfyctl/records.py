@@ -165,6 +165,7 @@ class Observation:
     outputs: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     source: str = "http"
+    timing: dict[str, str | None] | None = None  # finished: the server's own timestamps
 
 
 def apply(record: Record, obs: Observation, server_name: str | None = None) -> bool:
@@ -199,6 +200,8 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
             _merge_outputs(record, obs.outputs)
         if obs.error:
             record["error"] = obs.error
+        if obs.timing:
+            record["server_timing"] = obs.timing
         if record["status"] == SUCCESS and record["progress"] and record["progress"]["max"]:
             record["progress"] = {**record["progress"], "value": record["progress"]["max"],
                                   "percent": 100.0}

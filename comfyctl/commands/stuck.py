@@ -24,11 +24,9 @@ from comfyctl.render import table
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def detection_options(func: F) -> F:
+def detection_tuning(func: F) -> F:
+    """What detection looks for and how long it may take (detect-stuck, recover, metrics)."""
     decorators = [
-        click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...]",
-                       shell_complete=complete_prompt_ids),
-        server_option("Only jobs bound to this server (repeatable)."),
         click.option("--stall-after", type=click.FloatRange(min=0), default=30.0,
                      show_default=True, metavar="SECONDS",
                      help="A running job whose progress has not changed for longer is stalled."),
@@ -45,6 +43,18 @@ def detection_options(func: F) -> F:
                      show_default=True, metavar="SECONDS",
                      help="Per-server bound on the status round; slower servers count as "
                           "unreachable."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def detection_options(func: F) -> F:
+    decorators = [
+        click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...]",
+                       shell_complete=complete_prompt_ids),
+        server_option("Only jobs bound to this server (repeatable)."),
+        detection_tuning,
         click.option("--json", "as_json", is_flag=True,
                      help="Print one JSON object per line (a finding, or an action for recover)."),
         click.option("--quiet", "-q", is_flag=True,
@@ -53,6 +63,15 @@ def detection_options(func: F) -> F:
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def detect_options(deadline: float, acknowledged_lost: bool = False, **tuning: Any) -> Any:
+    """DetectOptions from the shared options; each server's round is bounded by
+    ``deadline`` (and a little more for the whole round)."""
+    from comfyctl.stuck import DetectOptions
+
+    return DetectOptions(deadline=deadline + 1.0, acknowledged_lost=acknowledged_lost,
+                         **tuning)
 
 
 def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...]) \
@@ -71,11 +90,10 @@ def _detect(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
             deadline: float, acknowledged_lost: bool = False, **tuning: Any) -> Any:
     """Run detection with the shared options (``tuning``: stall_after, max_queue_age,
     sample, confirm); each server's round is bounded by ``deadline``."""
-    from comfyctl.stuck import DetectOptions, detect
+    from comfyctl.stuck import detect
 
     app.timeout = deadline
-    options = DetectOptions(deadline=deadline + 1.0, acknowledged_lost=acknowledged_lost,
-                            **tuning)
+    options = detect_options(deadline, acknowledged_lost, **tuning)
     return detect(app.ledger, _select(app, prompt_ids, servers), app.client_for_record, options)
 
 
