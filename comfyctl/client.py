@@ -44,11 +44,11 @@ RETRY_STATUSES = {502, 503, 504}
 DENIED_STATUSES = {401, 403, 407}
 # Below this many unqueued ids, /history/{id} per job is cheaper than the whole /history.
 HISTORY_PER_ID_LIMIT = 3
-JOBS_PAGE = 100000
-RECENT_HISTORY = 64
+JOBS_PAGE = 100000  # one page: ComfyUI keeps at most 10,000 history entries
+RECENT_HISTORY = 64  # how far back the recent end of /history is read
 TARGETED_INTERRUPT_SINCE = (0, 3, 56)  # the first release after PR #9607 (2025-08-28)
 PER_SERVER_REQUESTS = 4  # concurrent read requests to one server
-T = TypeVar("T")  # one page: ComfyUI keeps at most 10,000 history entries
+T = TypeVar("T")
 
 
 @dataclass

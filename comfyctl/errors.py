@@ -1,13 +1,14 @@
 """Typed errors raised by the core, each carrying its documented exit code.
 
-The core raises these and never prints or exits; the CLI renders each one once
-(see ``cli.main``). Messages are one sentence; ``hint`` says what to do next.
+The core raises these and never prints or exits; ``cli.py`` renders each one once, with
+its exit code. Messages are one sentence; ``hint`` says what to do next.
 Messages never contain secrets: they are built from canonical server URLs only.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -138,7 +139,8 @@ class WorkflowRejected(ComfyctlError):
 
     exit_code = ExitCode.FAILED
 
-    def __init__(self, server: str, error: dict, node_errors: dict, status: int) -> None:
+    def __init__(self, server: str, error: dict[str, Any], node_errors: dict[str, Any],
+                 status: int) -> None:
         detail = error.get("message") or error.get("type") or f"HTTP {status}"
         super().__init__(f"Server {server} rejected the workflow: {detail}.")
         self.error = error

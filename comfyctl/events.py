@@ -1,8 +1,8 @@
 """Turning what a ComfyUI server says into observations of one job.
 
 Two sources: WebSocket messages (sent to the job's own client_id) and HTTP answers
-(/queue, /history, the jobs API). Both produce ``records.Observation`` values; the
-ledger only ever changes through ``records.apply``.
+(/queue, /history, the jobs API). Both produce ``records.Observation`` values, and what a
+server says reaches a record only through ``records.apply``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ def from_ws_message(
     # broadcast another user's anonymous job's progress to every socket in that form.)
     if pid is None and not (kind == "executing" and data.get("node") is not None):
         return None
-    make = lambda k, **kw: Observation(k, prompt_id, server_url, source="ws", **kw)  # noqa: E731
+
+    def make(what: str, **fields: Any) -> Observation:
+        return Observation(what, prompt_id, server_url, source="ws", **fields)
+
     if kind == "execution_start":
         return make("running")
     if kind == "executing":

@@ -263,7 +263,7 @@ class Tasks(Mapping[str, Record]):
     def _parse_line(self, prompt_id: str, span: tuple[int, int]) -> Record:
         raw = self._raw[span[0] + len(_key_bytes(prompt_id)):span[1]]
         try:
-            record = json.loads(raw)
+            record: Record = json.loads(raw)  # _check_record below proves the shape
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LedgerCorrupt(self.path, f"the record {prompt_id!r} is not valid JSON: "
                                            f"{exc}") from None
@@ -399,12 +399,14 @@ class Ledger:
     def load_workflow(self, ref: str) -> dict[str, Any]:
         digest = ref.split(":", 1)[-1]
         try:
-            return json.loads((self.workflow_dir / f"{digest}.json").read_bytes())
+            workflow: dict[str, Any] = json.loads(
+                (self.workflow_dir / f"{digest}.json").read_bytes())
         except (OSError, ValueError) as exc:
             raise LedgerError(
                 f"The stored workflow {ref} is missing or unreadable ({exc}).",
                 "It cannot be resubmitted; submit the workflow file again.",
             ) from None
+        return workflow
 
     def prune_workflows(self, referenced: set[str], min_age: float = 3600.0) -> list[str]:
         """Remove stored workflows no record refers to; returns the removed references.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -76,7 +77,7 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
         raise unreachable[0]
 
 
-def _report(record: dict, what: str, as_json: bool) -> None:
+def _report(record: dict[str, Any], what: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"schema": "comfyctl.cancel", "schema_version": 1,
                                "prompt_id": record["prompt_id"], "server": record["server"],

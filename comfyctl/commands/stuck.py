@@ -100,7 +100,7 @@ def _detect(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
 @click.command("detect-stuck", short_help="Find stalled, lost and unnoticed jobs.")
 @detection_options
 @click.pass_obj
-def detect_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
+def detect_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
                    deadline: float, as_json: bool, quiet: bool, **tuning: Any) -> None:
     """Find jobs that stalled, were lost, or finished while nobody was listening.
 
@@ -162,7 +162,7 @@ def _print_findings(findings: list[Any], as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @hook_options
 @click.pass_obj
-def recover_command(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
+def recover_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
                     deadline: float, as_json: bool, quiet: bool, resubmit: bool,
                     to_server: str | None, interrupt_stalled: bool, download_dir: str | None,
                     dry_run: bool, exec_command: str | None, exec_timeout: float,

@@ -69,7 +69,7 @@ def read_workflow(source: str) -> dict[str, Any]:
 @watch_options
 @hook_options
 @click.pass_obj
-def command(app: AppContext, workflow: str, overrides: tuple[str, ...], count: int,
+def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count: int,
             vary_seed: bool, servers: tuple[str, ...], labels: tuple[str, ...],
             as_json: bool, wait: bool, **params: Any) -> None:
     """Submit an API-format workflow, binding each job to the server that runs it.

@@ -20,7 +20,7 @@ from comfyctl.records import ACTIVE
 @click.option("--json", "as_json", is_flag=True,
               help="Print newline-delimited JSON events, one per line, flushed as they happen.")
 @click.pass_obj
-def command(app: AppContext, prompt_ids: tuple[str, ...], as_json: bool,
+def command(app: AppContext, /, prompt_ids: tuple[str, ...], as_json: bool,
             **params: object) -> None:
     """Follow jobs to the end, each on its own bound server.
 
