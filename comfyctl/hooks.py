@@ -82,7 +82,8 @@ def claim(ledger: Ledger, prompt_id: str) -> Record | None:
         stored["notified"] = {"status": stored["status"], "at": now_iso(),
                               "by": f"{socket.gethostname()}:{os.getpid()}"}
         tasks.put(stored)
-        return json.loads(json.dumps(stored))  # a copy the hook threads may keep
+        copy: Record = json.loads(json.dumps(stored))  # a copy the hook threads may keep
+        return copy
 
 
 def hook_env(record: Record) -> dict[str, str]:
