@@ -121,7 +121,7 @@ class SubmitUncertain(ComfyctlError):
 
     exit_code = ExitCode.UNCERTAIN
 
-    def __init__(self, server: str, reason: str, record: dict | None = None,
+    def __init__(self, server: str, reason: str, record: dict[str, Any] | None = None,
                  hint: str | None = None) -> None:
         pid = f" of {record['prompt_id']}" if record else ""
         super().__init__(
