@@ -19,7 +19,7 @@ from comfyctl.options import server_option
               help="Write the metrics to PATH atomically instead of stdout (for "
                    "node_exporter's textfile collector: a *.prom file in its directory).")
 @click.pass_obj
-def command(app: AppContext, servers: tuple[str, ...], deadline: float,
+def command(app: AppContext, /, servers: tuple[str, ...], deadline: float,
             textfile: Path | None, **tuning: Any) -> None:
     """Print Prometheus metrics about every server and the jobs bound to it.
 
