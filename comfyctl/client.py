@@ -254,17 +254,6 @@ class ServerClient:
                 return str(prompt_id)
         return None
 
-    def prompt_counter(self, queue: QueueSnapshot | None = None) -> int | None:
-        """The highest prompt number the server shows (queue, newest history entry); None
-        when both are empty. It restarts from 0 when the server restarts."""
-        queue = queue or self.queue()
-        numbers = [item.number for item in queue.running + queue.pending]
-        for entry in self.history(max_items=1).values():
-            prompt = entry.get("prompt") if isinstance(entry, dict) else None
-            if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-                numbers.append(prompt[0])
-        return max(numbers) if numbers else None
-
     def execution_messages(self, prompt_id: str) -> list[Any] | None:
         """The server's own record of a finished run ([name, {..., timestamp}] pairs:
         execution_start, execution_cached, execution_success/error/interrupted); None

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfyctl.client import ServerClient
+from comfyctl.client import QueueItem, ServerClient
 from comfyctl.config import Config, ServerSpec, server_name_for_url
 from comfyctl.fanout import fan_out
 from comfyctl.ledger import Record
 from comfyctl.records import ACTIVE, RUNNING, SUCCESS, age_seconds, parse_time
+from comfyctl.restart import ServerLog, no_proof, read_log, restart_proof
 
 log = logging.getLogger("comfyctl.fleet")
 
@@ -33,8 +34,9 @@ class Probe:
     version: str | None
     running: list[str]
     pending: list[str]
-    max_number: int | None
     unknown: list[str] = field(default_factory=list)
+    running_items: list[QueueItem] = field(default_factory=list)
+    log: ServerLog | None = None
 
 
 def probe(client: ServerClient, active_ids: list[str]) -> Probe:
@@ -44,13 +46,12 @@ def probe(client: ServerClient, active_ids: list[str]) -> Probe:
     latency = (time.monotonic() - started) * 1000
     version = (stats.get("system") or {}).get("comfyui_version")
     queue = client.queue()
-    counter = client.prompt_counter(queue)
     queued = {item.prompt_id for item in queue.running + queue.pending}
     unknown = [pid for pid, obs in client.snapshot([p for p in active_ids if p not in queued])
                .items() if obs.kind == "unknown"] if active_ids else []
     return Probe(round(latency, 1), version, [i.prompt_id for i in queue.running],
-                 [i.prompt_id for i in queue.pending], counter,
-                 unknown)
+                 [i.prompt_id for i in queue.pending], unknown, queue.running,
+                 read_log(client) if unknown else None)
 
 
 def fleet_report(config: Config, records: list[Record],
@@ -67,6 +68,7 @@ def fleet_report(config: Config, records: list[Record],
     for record in records:
         by_server.setdefault(record["server_url"], []).append(record)
     active = {url: [r for r in rs if r["status"] in ACTIVE] for url, rs in by_server.items()}
+    known = {r["prompt_id"] for r in records}
     answers = fan_out(list(specs), lambda url: probe(client_for_spec(specs[url]),
                                                      [r["prompt_id"] for r in active[url]]),
                       deadline, name=lambda url: specs[url].name)
@@ -88,7 +90,8 @@ def fleet_report(config: Config, records: list[Record],
             "oldest_active_age_s": _round(age_seconds(oldest["submitted_at"])) if oldest else None,
         })
         if result is not None:
-            anomalies += _server_anomalies(spec, result, mine)
+            anomalies += _server_anomalies(spec, result, mine, records)
+            anomalies += _foreign_jobs(spec, result, mine, known)
         for record in active[url]:
             row = _job_row(record, result)
             jobs.append(row)
@@ -124,18 +127,47 @@ def _job_row(record: Record, result: Probe | None) -> dict[str, Any]:
     }
 
 
-def _server_anomalies(spec: ServerSpec, result: Probe, mine: list[Record]) \
-        -> list[dict[str, Any]]:
+def _server_anomalies(spec: ServerSpec, result: Probe, mine: list[Record],
+                      everything: list[Record]) -> list[dict[str, Any]]:
+    """Jobs the server does not know: lost in a restart only on proof (see
+    ``comfyctl.restart``), else forgotten (deleted from its queue or history)."""
     found: list[dict[str, Any]] = []
+    by_id = {r["prompt_id"]: r for r in mine}
     for pid in result.unknown:
-        found.append({"kind": "unknown-to-server", "server": spec.name, "prompt_id": pid,
-                      "detail": f"the ledger thinks it is active but {spec.name} does not know "
-                                "it (not queued, not in history): possible restart"})
-    seen = [r["number"] for r in mine if isinstance(r.get("number"), int)]
-    if seen and result.max_number is not None and result.max_number < max(seen):
-        found.append({"kind": "counter-went-backwards", "server": spec.name, "prompt_id": None,
-                      "detail": f"{spec.name}'s prompt counter is at {result.max_number} but "
-                                f"the ledger saw {max(seen)}: the server restarted"})
+        record = by_id.get(pid)
+        proof = restart_proof(record, result.log, everything) if record else None
+        if proof is not None:
+            found.append({"kind": "lost-in-restart", "server": spec.name, "prompt_id": pid,
+                          "detail": f"the ledger thinks it is active but {spec.name} does not "
+                                    f"know it: {proof}"})
+        else:
+            why = no_proof(record, result.log) if record else "no record"
+            found.append({"kind": "unknown-to-server", "server": spec.name, "prompt_id": pid,
+                          "detail": f"the ledger thinks it is active but {spec.name} does not "
+                                    f"know it (not queued, not in history); {why}"})
+    return found
+
+
+def _foreign_jobs(spec: ServerSpec, result: Probe, mine: list[Record], known: set[str]) \
+        -> list[dict[str, Any]]:
+    """A job comfyctl did not submit that is running while ours wait behind it."""
+    waiting = [r for r in mine if r["prompt_id"] in result.pending and r["status"] in ACTIVE]
+    found: list[dict[str, Any]] = []
+    for item in result.running_items:
+        if item.prompt_id in known or not waiting:
+            continue
+        # detect-stuck dates it on the jobs it blocks (ComfyUI 0.3.64 gives no start time).
+        seen = [b["first_seen"] for r in waiting
+                if (b := r.get("blocked_by") or {}).get("prompt_id") == item.prompt_id]
+        held = age_seconds(min(seen)) if seen else None
+        how_long = (f"running for at least {held:.0f}s" if held is not None else
+                    "running for an unknown time (detect-stuck times it)")
+        found.append({"kind": "foreign-job-blocking", "server": spec.name,
+                      "prompt_id": item.prompt_id, "client_id": item.client_id,
+                      "running_for_s": _round(held), "blocked": len(waiting),
+                      "detail": f"{item.prompt_id} was not submitted by comfyctl (not in the "
+                                f"ledger; client_id {item.client_id or 'none'}); {how_long}; "
+                                f"{len(waiting)} of our job(s) wait behind it"})
     return found
 
 

@@ -22,8 +22,10 @@ from comfyctl.config import Config, ServerSpec
 from comfyctl.ledger import Ledger, Record
 from comfyctl.records import PENDING, RUNNING, STATUSES, SUBMITTING, age_seconds, parse_time
 from comfyctl.stuck import (
+    BLOCKED,
     FAILED_UNNOTICED,
     FINISHED_UNNOTICED,
+    FORGOTTEN,
     LOST_JOB,
     QUEUED_TOO_LONG,
     STALLED,
@@ -33,8 +35,8 @@ from comfyctl.stuck import (
     detect,
 )
 
-CONDITIONS = (FINISHED_UNNOTICED, FAILED_UNNOTICED, STALLED, LOST_JOB, QUEUED_TOO_LONG,
-              UNREACHABLE)
+CONDITIONS = (FINISHED_UNNOTICED, FAILED_UNNOTICED, STALLED, LOST_JOB, FORGOTTEN, BLOCKED,
+              QUEUED_TOO_LONG, UNREACHABLE)
 QUANTILES = (0.5, 0.9, 0.99)
 
 

@@ -15,28 +15,39 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-from comfyctl.client import ServerClient
+from comfyctl.client import QueueItem, ServerClient
 from comfyctl.config import ServerSpec
 from comfyctl.errors import ComfyctlError, ServerError
 from comfyctl.events import from_ws_message
 from comfyctl.fanout import fan_out
-from comfyctl.ledger import Ledger, Record
+from comfyctl.ledger import Ledger, Record, Tasks
 from comfyctl.records import (
     ACTIVE,
     PENDING,
     REJECTED,
     SUBMITTING,
     SUCCESS,
+    TERMINAL,
     Observation,
     age_seconds,
     apply,
     now_iso,
+    parse_time,
     submitter_gone,
 )
 from comfyctl.records import (
     LOST as LOST_STATUS,
+)
+from comfyctl.restart import (
+    ServerLog,
+    later_submissions,
+    mark_alive,
+    no_proof,
+    read_log,
+    restart_proof,
 )
 from comfyctl.submission import Submitter
 
@@ -46,6 +57,8 @@ FINISHED_UNNOTICED = "finished-unnoticed"
 FAILED_UNNOTICED = "failed-unnoticed"
 STALLED = "stalled"
 LOST_JOB = "lost"
+FORGOTTEN = "forgotten"
+BLOCKED = "blocked"
 QUEUED_TOO_LONG = "queued-too-long"
 UNREACHABLE = "unreachable"
 FINDING_SCHEMA = {"schema": "comfyctl.finding", "schema_version": 1}
@@ -57,20 +70,34 @@ class DetectOptions:
     stall_after: float = 30.0
     max_queue_age: float | None = None
     sample: float = 0.0
-    # A stall suspected from the ledger's progress age is confirmed by listening this long
-    # (the watcher that wrote that progress may have died while the job went on).
+    # Each run listens this long to running jobs nobody is following (stopping at the
+    # first sign of movement) and records what it heard, so runs from cron can compare.
+    listen: float = 2.0
+    # A suspected stall is confirmed by listening this long (a node may report progress
+    # less often than the short listen, or the watcher that recorded it may have died).
     confirm: float = 3.0
     deadline: float = 15.0
     # recover --resubmit also takes lost jobs someone already acknowledged.
     acknowledged_lost: bool = False
+    # ... and forgotten ones too (recover --resubmit-forgotten).
+    acknowledged_forgotten: bool = False
 
 
 def candidates(records: list[Record], opts: DetectOptions) -> list[Record]:
     """What detection looks at: unfinished jobs, and lost jobs not yet resubmitted (a lost
-    job already acknowledged by recover only when ``acknowledged_lost``)."""
-    return [r for r in records if r["status"] in ACTIVE or (
-        r["status"] == LOST_STATUS and not r.get("superseded_by")
-        and (opts.acknowledged_lost or not r.get("recovered")))]
+    job already acknowledged by recover only when ``acknowledged_lost``; a forgotten one
+    only when ``acknowledged_forgotten``)."""
+    def wanted(r: Record) -> bool:
+        if r["status"] in ACTIVE:
+            return True
+        if r["status"] != LOST_STATUS or r.get("superseded_by"):
+            return False
+        if not r.get("recovered"):
+            return True
+        if (r.get("error") or {}).get("type") == FORGOTTEN:
+            return opts.acknowledged_forgotten
+        return opts.acknowledged_lost
+    return [r for r in records if wanted(r)]
 
 
 @dataclass
@@ -79,13 +106,14 @@ class Finding:
     condition: str
     detail: str
     observation: Observation | None = None
+    evidence: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.record
         return {**FINDING_SCHEMA, "prompt_id": r["prompt_id"], "server": r["server"],
                 "server_url": r["server_url"], "condition": self.condition,
                 "detail": self.detail, "ledger_status": r["status"],
-                "progress": r.get("progress")}
+                "progress": r.get("progress"), "evidence": self.evidence}
 
 
 @dataclass
@@ -97,6 +125,16 @@ class Detection:
     @property
     def all_unreachable(self) -> bool:
         return bool(self.servers) and all(v is not None for v in self.servers.values())
+
+
+@dataclass
+class Heard:
+    """What a short listen on a job's socket told."""
+
+    moved: bool  # progress, a new node, an output or the end
+    node: str | None = None  # the node it is executing (replayed on connect, or heard)
+    value: float | None = None
+    max: float | None = None
 
 
 def classify(record: Record, obs: Observation | None, unreachable: str | None,
@@ -123,45 +161,116 @@ def classify(record: Record, obs: Observation | None, unreachable: str | None,
     if obs.kind == "unknown":
         if record["status"] == SUBMITTING and not submitter_gone(record):
             return None  # its submit may still be in flight
-        if record["status"] == LOST_STATUS:
-            return Finding(record, LOST_JOB, "recorded lost earlier and not resubmitted; "
-                                             f"{record['server']} still does not know it", obs)
-        return Finding(record, LOST_JOB, "not pending, not running, not in the history of "
-                                         f"{record['server']} (restarted or evicted)", obs)
+        # Lost or only forgotten: decided by ``_judge_unknown`` from restart evidence.
+        where = ("recorded lost earlier and not resubmitted; " if record["status"] == LOST_STATUS
+                 else "not pending, not running, not in the history of ")
+        return Finding(record, FORGOTTEN, f"{where}{record['server']} does not know it", obs)
     if obs.kind == "running":
         return _judge_running(record, opts, sampled_progress, obs)
-    if obs.kind == "queued" and opts.max_queue_age is not None:
+    if obs.kind == "queued":
+        return _judge_queued(record, opts, obs)
+    return None
+
+
+def _judge_queued(record: Record, opts: DetectOptions, obs: Observation) -> Finding | None:
+    """Queued behind a job comfyctl did not submit that has held the server for longer
+    than ``stall_after``; or (with ``max_queue_age``) queued too long."""
+    blocker = record.get("blocked_by") or {}
+    held = age_seconds(blocker.get("first_seen"))
+    if blocker and held is not None and held >= opts.stall_after:
+        owner = blocker.get("client_id") or "none"
+        return Finding(record, BLOCKED, f"queued behind {blocker['prompt_id']}, which comfyctl "
+                       f"did not submit (not in the ledger; client_id {owner}): "
+                       f"running for at least {held:.0f}s (seen running since "
+                       f"{blocker['first_seen']}); its progress goes only to its own client",
+                       obs, {"blocking_prompt_id": blocker["prompt_id"],
+                             "blocking_client_id": blocker.get("client_id"),
+                             "running_for_s": round(held, 1)})
+    if opts.max_queue_age is not None:
         age = age_seconds(record.get("submitted_at"))
         if age is not None and age > opts.max_queue_age:
             where = f" at position {obs.position + 1}" if obs.position is not None else ""
-            return Finding(record, QUEUED_TOO_LONG, f"queued for {age:.0f}s{where}", obs)
+            behind = f", behind {blocker['prompt_id']} (not comfyctl's)" if blocker else ""
+            return Finding(record, QUEUED_TOO_LONG, f"queued for {age:.0f}s{where}{behind}", obs)
     return None
 
 
 def _judge_running(record: Record, opts: DetectOptions, sampled_progress: bool | None,
                    obs: Observation) -> Finding | None:
-    """Stalled only on evidence: a sample that saw nothing move, or progress a watcher
-    recorded that has not changed for longer than the threshold. A job nobody recorded
-    is not called stalled from its age alone (a model load reports no progress)."""
-    progress = record.get("progress") or {}
-    percent = float(progress.get("percent") or 0.0)
+    """Stalled only on evidence: a sample that saw nothing move, or no movement across
+    checks (a listener's recorded progress, or detect-stuck's own listens) for longer
+    than the threshold. A job nobody heard is not called stalled from its age alone (a
+    model load reports no progress)."""
     if sampled_progress is True:
         return None
+    evidence = _stall_evidence(record)
     if sampled_progress is False:
-        return Finding(record, STALLED, f"nothing moved during a sample of its WebSocket "
-                                        f"(last recorded {percent:.2f}%)", obs)
-    age = age_seconds(progress.get("updated_at"))
+        return Finding(record, STALLED, f"nothing moved during a {opts.sample:g}s sample of "
+                                        f"its WebSocket ({_describe(evidence)})", obs, evidence)
+    age = age_seconds(last_movement(record))
     if age is not None and age > opts.stall_after:
-        return Finding(record, STALLED, f"running, progress unchanged at {percent:.2f}% for "
-                                        f"{age:.0f}s (threshold {opts.stall_after:g}s)", obs)
+        evidence["still_for_s"] = round(age, 1)
+        return Finding(record, STALLED, f"running, no movement for {age:.0f}s (threshold "
+                                        f"{opts.stall_after:g}s): {_describe(evidence)}",
+                       obs, evidence)
     return None
 
 
-def _recently_recorded(record: Record, opts: DetectOptions) -> bool:
+def last_movement(record: Record) -> str | None:
+    """When anyone last saw the job move: a listener's recorded progress, or a change
+    detect-stuck heard (``probe.since``)."""
+    stamps = [s for s in ((record.get("progress") or {}).get("updated_at"),
+                          (record.get("probe") or {}).get("since")) if s]
+    return max(stamps, key=lambda s: parse_time(s) or datetime.min.replace(tzinfo=timezone.utc),
+               default=None)
+
+
+def _stall_evidence(record: Record) -> dict[str, Any]:
+    progress = record.get("progress") or {}
+    probe = record.get("probe") or {}
+    percent = progress.get("percent") if progress.get("max") else None
+    if percent is None and probe.get("value") is not None and probe.get("max"):
+        percent = round(100.0 * probe["value"] / probe["max"], 2)
+    return {"node": probe.get("node") or progress.get("node"),
+            "node_type": probe.get("node_type"), "percent": percent,
+            "checks": probe.get("checks"), "since": last_movement(record)}
+
+
+def _describe(evidence: dict[str, Any]) -> str:
+    node = evidence.get("node")
+    where = "node unknown" if node is None else f"node {node}" + (
+        f" ({evidence['node_type']})" if evidence.get("node_type") else "")
+    percent = evidence.get("percent")
+    text = f"{where}, last percent {'unknown' if percent is None else f'{percent:.2f}%'}"
+    if evidence.get("checks"):
+        text += f", {evidence['checks']} check(s) by detect-stuck"
+    return text
+
+
+def _quietly_followed(record: Record, opts: DetectOptions) -> bool:
     """A watcher is writing this job's progress: listening as its client_id would only
     take the watcher's socket away (ComfyUI keeps one socket per client_id)."""
     age = age_seconds((record.get("progress") or {}).get("updated_at"))
     return age is not None and age <= opts.stall_after
+
+
+@dataclass
+class _Round:
+    """One server's answer: its jobs, the jobs it runs, and its log (read afterwards)."""
+
+    observations: dict[str, Observation]
+    running: list[QueueItem]
+    log: ServerLog | None
+
+
+def _ask(client: ServerClient, prompt_ids: list[str]) -> _Round:
+    observations = client.snapshot(prompt_ids)
+    kinds = {o.kind for o in observations.values()}
+    # Who holds the server matters only while one of ours waits behind it.
+    running = client.queue().running if "queued" in kinds else []
+    # Read after the queue: an entry later than this read's newest is after the sighting.
+    server_log = read_log(client) if kinds & {"queued", "running", "unknown"} else None
+    return _Round(observations, running, server_log)
 
 
 def detect(ledger: Ledger, records: list[Record],
@@ -175,23 +284,36 @@ def detect(ledger: Ledger, records: list[Record],
         log.info("asking %s (%s) about %d job(s)", group[0]["server"], url, len(group))
     answers = fan_out(
         list(groups),
-        lambda url: client_for(groups[url][0]).snapshot([r["prompt_id"] for r in groups[url]]),
+        lambda url: _ask(client_for(groups[url][0]), [r["prompt_id"] for r in groups[url]]),
         opts.deadline, name=lambda url: groups[url][0]["server"])
-    _note_running(ledger, [o for a in answers.values() if a.value for o in a.value.values()])
-    running = [r for url, rs in groups.items() for r in rs
-               if (answers[url].value or {}).get(r["prompt_id"]) is not None
-               and (answers[url].value or {})[r["prompt_id"]].kind == "running"]
+    rounds = {url: a.value for url, a in answers.items() if a.value is not None}
+    tasks = ledger.load()
+    notes: dict[str, dict[str, Any]] = {}  # prompt_id -> fields to store
+    for url, answer in rounds.items():
+        _note_sightings(groups[url], answer, tasks, notes)
+    running = [r for url, rs in groups.items() for r in rs if url in rounds
+               and (obs := rounds[url].observations.get(r["prompt_id"])) is not None
+               and obs.kind == "running"]
     samples: dict[str, bool] = {}
+    unheld = [r for r in running if not _quietly_followed(r, opts)]
     if opts.sample > 0:
-        quiet = [r for r in running if not _recently_recorded(r, opts)]
-        samples = sample_progress(quiet, client_for, opts.sample)
+        heard = listen(unheld, client_for, opts.sample)
+        samples = {pid: h.moved for pid, h in heard.items()}
+    elif opts.listen > 0:
+        heard = listen(unheld, client_for, opts.listen)
+    else:
+        heard = {}
+    for record in unheld:
+        if record["prompt_id"] in heard:
+            _note_probe(record, heard[record["prompt_id"]], ledger, notes)
 
     def judge() -> list[Finding]:
         found = []
         for url, group in groups.items():
             answer = answers[url]
             for record in group:
-                obs = answer.value.get(record["prompt_id"]) if answer.value else None
+                obs = answer.value.observations.get(record["prompt_id"]) \
+                    if answer.value else None
                 reason = answer.error.reason if answer.error else None
                 finding = classify(record, obs, reason, opts, samples.get(record["prompt_id"]))
                 if finding is not None:
@@ -202,89 +324,162 @@ def detect(ledger: Ledger, records: list[Record],
     suspected = [f.record for f in findings
                  if f.condition == STALLED and f.record["prompt_id"] not in samples]
     if suspected and opts.confirm > 0:
-        samples.update(sample_progress(suspected, client_for, opts.confirm))
+        for pid, confirmed in listen(suspected, client_for, opts.confirm).items():
+            if confirmed.moved:
+                record = next(r for r in suspected if r["prompt_id"] == pid)
+                _note_probe(record, confirmed, ledger, notes)
         findings = judge()
-    _add_restart_evidence(findings, client_for)
+    _judge_unknown(findings, rounds, tasks)
+    _store(ledger, notes)
     servers = {url: (a.error.reason if a.error else None) for url, a in answers.items()}
     return Detection(findings, len(active), servers)
 
 
-def _add_restart_evidence(findings: list[Finding],
-                          client_for: Callable[[Record], ServerClient]) -> None:
-    """Say why a job is lost when the server shows it: a prompt counter below the job's
-    number, or an empty queue and history, mean it restarted (rather than someone
-    deleting the job or its history entry)."""
-    lost: dict[str, list[Finding]] = {}
-    for finding in findings:
-        if finding.condition == LOST_JOB:
-            lost.setdefault(finding.record["server_url"], []).append(finding)
-    for group in lost.values():
-        try:
-            counter = client_for(group[0].record).prompt_counter()
-        except ServerError:
+def _note_sightings(group: list[Record], answer: _Round, tasks: Tasks,
+                    notes: dict[str, dict[str, Any]]) -> None:
+    """What a status round teaches that a later run needs: jobs seen alive (with the log
+    time that dates the sighting), and the foreign job each waiting one is queued behind."""
+    foreign = next((item for item in answer.running if item.prompt_id not in tasks), None)
+    for record in group:
+        obs = answer.observations.get(record["prompt_id"])
+        if obs is None or obs.kind not in ("queued", "running"):
             continue
-        for finding in group:
-            number = finding.record.get("number")
-            if counter is None:
-                finding.detail += "; its queue and history are empty: it restarted"
-            elif isinstance(number, int) and counter < number:
-                finding.detail += (f"; its prompt counter is at {counter}, this job was "
-                                   f"number {number}: it restarted")
+        note = notes.setdefault(record["prompt_id"], {"observations": [obs]})
+        if mark_alive(record, answer.log):
+            note["seen_alive"] = record["seen_alive"]
+        if obs.kind != "queued":
+            continue
+        before = record.get("blocked_by") or {}
+        if foreign is None:
+            blocked = None
+        elif before.get("prompt_id") == foreign.prompt_id:
+            blocked = before
+        else:
+            blocked = {"prompt_id": foreign.prompt_id, "client_id": foreign.client_id,
+                       "first_seen": now_iso()}
+        if blocked != (record.get("blocked_by") or None):
+            record["blocked_by"] = note["blocked_by"] = blocked
 
 
-def _note_running(ledger: Ledger, observations: list[Observation]) -> None:
-    """Record when a job was first seen running, so a later run can age its stall.
-    Only queued/running facts are written: outcomes are left for ``recover``."""
-    updates = [o for o in observations if o.kind in ("queued", "running")]
-    if not updates:
+def _note_probe(record: Record, heard: Heard, ledger: Ledger,
+                notes: dict[str, dict[str, Any]]) -> None:
+    """Fold a listen into the record's ``probe``: ``since`` is when anyone last saw the
+    job move, so runs of detect-stuck from cron compare across time."""
+    before = record.get("probe") or {}
+    node = heard.node or before.get("node")
+    moved = heard.moved or (heard.node is not None and before.get("node") not in
+                            (None, heard.node))
+    # Nothing heard moving: the last movement anyone recorded stands.
+    since = now_iso() if moved else last_movement(record) or now_iso()
+    probe = {"at": now_iso(), "node": node, "node_type": before.get("node_type"),
+             "value": heard.value if heard.value is not None else before.get("value"),
+             "max": heard.max if heard.value is not None else before.get("max"),
+             "since": since, "checks": 1 if moved or not before else before.get("checks", 1) + 1}
+    if node is not None and node != before.get("node"):
+        probe["node_type"] = _node_type(ledger, record, node)
+    record["probe"] = probe
+    notes.setdefault(record["prompt_id"], {})["probe"] = probe
+
+
+def _node_type(ledger: Ledger, record: Record, node: str) -> str | None:
+    try:
+        graph = ledger.load_workflow(record["workflow"]) if record.get("workflow") else {}
+    except ComfyctlError:
+        return None
+    entry = graph.get(node)
+    return entry.get("class_type") if isinstance(entry, dict) else None
+
+
+def _judge_unknown(findings: list[Finding], rounds: dict[str, _Round], tasks: Tasks) -> None:
+    """A job its server does not know is lost only on proof of a restart; without proof
+    it was forgotten (history or queue entry deleted), and is not resubmitted."""
+    unknown = [f for f in findings if f.condition == FORGOTTEN]
+    if not unknown:
+        return
+    later = later_submissions(tasks, [f.record for f in unknown])
+    for finding in unknown:
+        answer = rounds.get(finding.record["server_url"])
+        server_log = answer.log if answer else None
+        proof = restart_proof(finding.record, server_log, later)
+        if proof is not None:
+            finding.condition, finding.detail = LOST_JOB, f"{finding.detail}; {proof}"
+            finding.evidence = {"restart": proof}
+        else:
+            why = no_proof(finding.record, server_log)
+            finding.detail = f"{finding.detail}; {why}"
+            finding.evidence = {"restart": None, "why": why}
+
+
+def _store(ledger: Ledger, notes: dict[str, dict[str, Any]]) -> None:
+    """Write what this run saw, so the next run can compare. Only queued/running facts,
+    sightings and listens are written: outcomes are left for ``recover``."""
+    if not notes:
         return
     with ledger.transaction() as tasks:
-        for obs in updates:
-            stored = tasks.get(obs.prompt_id)
-            if stored is not None and stored["status"] in (SUBMITTING, PENDING, LOST_STATUS) \
-                    and apply(stored, obs):
+        for pid, note in notes.items():
+            stored = tasks.get(pid)
+            if stored is None or stored["status"] in TERMINAL:
+                continue
+            changed = False
+            for obs in note.get("observations", []):
+                if stored["status"] in (SUBMITTING, PENDING, LOST_STATUS):
+                    changed |= apply(stored, obs)
+            for key in ("seen_alive", "blocked_by", "probe"):
+                if key in note and stored.get(key) != note[key]:
+                    stored[key] = note[key]
+                    changed = True
+            if changed:
                 tasks.put(stored)
 
 
-def sample_progress(records: list[Record], client_for: Callable[[Record], ServerClient],
-                    seconds: float) -> dict[str, bool]:
-    """Listen on each job's WebSocket (as its client_id) for ``seconds``: did it move?"""
+def listen(records: list[Record], client_for: Callable[[Record], ServerClient],
+           seconds: float) -> dict[str, Heard]:
+    """Listen on each job's WebSocket (as its client_id) for up to ``seconds``, stopping
+    at the first sign of movement. Only for jobs nobody else listens to: ComfyUI keeps one
+    socket per client_id, so connecting takes the events away from any other."""
     import websocket
 
-    moved: dict[str, bool] = {}
+    heard: dict[str, Heard] = {}
 
-    def listen(record: Record) -> None:
+    def one(record: Record) -> None:
         end = time.monotonic() + seconds
-        seen = False
+        result = Heard(False)
         try:
             sock = client_for(record).connect_ws(record["client_id"])
         except ServerError:
             return
         try:
-            while not seen and time.monotonic() < end:
+            while not result.moved and time.monotonic() < end:
                 sock.settimeout(max(0.05, end - time.monotonic()))
                 try:
                     frame = sock.recv()
                 except websocket.WebSocketTimeoutException:
                     break
                 msg = json.loads(frame) if isinstance(frame, str) else None
+                obs = from_ws_message(msg, record["server_url"], record["prompt_id"]) \
+                    if isinstance(msg, dict) else None
+                if obs is None:
+                    continue
+                if obs.node is not None:
+                    result.node = obs.node
                 # What a reconnect replays (the current node, without a prompt_id) is not
                 # movement; progress, a new node, an output or the end are.
-                if isinstance(msg, dict) and (msg.get("data") or {}).get("prompt_id"):
-                    seen = from_ws_message(msg, record["server_url"],
-                                           record["prompt_id"]) is not None
+                assert isinstance(msg, dict)
+                result.moved = bool((msg.get("data") or {}).get("prompt_id"))
+                if obs.kind == "progress":
+                    result.value, result.max = obs.value, obs.max
         except (OSError, ValueError, websocket.WebSocketException):
             return
         finally:
             sock.close()
-        moved[record["prompt_id"]] = seen
+        heard[record["prompt_id"]] = result
 
-    threads = [threading.Thread(target=listen, args=(r,), daemon=True) for r in records]
+    threads = [threading.Thread(target=one, args=(r,), daemon=True) for r in records]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(seconds + 5)
-    return moved
+    return heard
 
 
 # -- repair --------------------------------------------------------------------------------
@@ -293,6 +488,7 @@ def sample_progress(records: list[Record], client_for: Callable[[Record], Server
 @dataclass
 class RepairOptions:
     resubmit: bool = False
+    resubmit_forgotten: bool = False
     interrupt_stalled: bool = False
     to: ServerSpec | None = None
     dry_run: bool = False
@@ -325,6 +521,11 @@ def plan(findings: list[Finding], opts: RepairOptions) -> list[Action]:
             actions.append(Action(finding, "record-failure"))
         elif condition == LOST_JOB:
             actions.append(Action(finding, "resubmit" if opts.resubmit else "mark-lost"))
+        elif condition == FORGOTTEN:
+            # No proof of a restart: it may have finished (its history deleted) or been
+            # taken off the queue on purpose. Sent again only when asked for by name.
+            actions.append(Action(finding, "resubmit" if opts.resubmit_forgotten
+                                  else "mark-forgotten"))
         elif condition == STALLED and opts.interrupt_stalled:
             actions.append(Action(finding, "interrupt-resubmit" if opts.resubmit else
                                   "interrupt"))
@@ -369,6 +570,15 @@ class Repairer:
         obs = Observation("lost", action.finding.record["prompt_id"],
                           action.finding.record["server_url"])
         self._apply(action, obs, "lost")
+
+    def _mark_forgotten(self, action: Action, opts: RepairOptions) -> None:
+        record = action.finding.record
+        obs = Observation("lost", record["prompt_id"], record["server_url"], error={
+            "type": FORGOTTEN, "node_id": None, "node_type": None,
+            "message": f"Server {record['server']} no longer knows this job, and nothing "
+                       "proves it restarted: " + ((action.finding.evidence or {}).get("why")
+                                                  or "no proof of a restart") + "."})
+        self._apply(action, obs, FORGOTTEN)
 
     def _apply(self, action: Action, obs: Observation | None, how: str) -> None:
         assert obs is not None

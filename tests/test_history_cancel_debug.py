@@ -171,7 +171,7 @@ def test_debug_tasks_names_jobs_lost_in_a_restart(emulator, invoke, tmp_path):
     emulator.restart()
     report = json.loads(invoke("debug-tasks", "--json").stdout)
     kinds = {(a["kind"], a["prompt_id"]) for a in report["anomalies"]}
-    assert ("unknown-to-server", pid) in kinds
+    assert ("lost-in-restart", pid) in kinds  # proven: start-up lines after submit's sighting
 
 
 def test_debug_tasks_flags_bindings_whose_server_changed(emulator, invoke, tmp_path):

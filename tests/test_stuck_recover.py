@@ -252,9 +252,13 @@ def test_a_progressing_job_whose_watcher_died_is_not_called_stalled(emulator, tm
     assert watched.exit_code == 5 and Ledger(ledger_path).get(pid)["progress"]
     time.sleep(2.5)  # the recorded progress is now older than the threshold
     result = invoke("detect-stuck", "--stall-after", "2", "--confirm", "1.5", "--json")
-    assert result.exit_code == 0, result.stdout  # the confirming sample saw it move
-    trusting = invoke("detect-stuck", "--stall-after", "2", "--confirm", "0", "--json")
-    assert trusting.exit_code == 6  # without confirmation the ledger's age decides
+    assert result.exit_code == 0, result.stdout  # its listen heard it move
+    assert Ledger(ledger_path).get(pid)["probe"]["since"] > \
+        Ledger(ledger_path).get(pid)["progress"]["updated_at"]  # and recorded that
+    time.sleep(2.5)
+    trusting = invoke("detect-stuck", "--stall-after", "2", "--listen", "0", "--confirm", "0",
+                      "--json")
+    assert trusting.exit_code == 6  # without listening, the last recorded movement decides
 
 
 def test_a_job_nobody_recorded_is_not_stalled_from_its_age_alone(emulator, tmp_path, invoke):

@@ -103,8 +103,9 @@ def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float,
     ledger's counts by status, and the oldest active job. Per active job: binding,
     status, last progress and its age, queue position. Then anomalies: jobs bound to
     a server no longer configured or whose URL changed, jobs their server does not
-    know (restart?), prompt counters that went backwards, jobs running unusually long.
-    All servers are probed at once, each bounded by --timeout.
+    know (lost-in-restart only with proof, see 'detect-stuck'), jobs comfyctl did
+    not submit that run while ours wait (foreign-job-blocking), jobs running
+    unusually long. All servers are probed at once, each bounded by --timeout.
 
     \b
     Examples:

@@ -29,12 +29,18 @@ def detection_tuning(func: F) -> F:
     decorators = [
         click.option("--stall-after", type=click.FloatRange(min=0), default=30.0,
                      show_default=True, metavar="SECONDS",
-                     help="A running job whose progress has not changed for longer is stalled."),
+                     help="A running job nobody has seen move for longer is stalled (seen by "
+                          "a watcher, or by this command's listens on earlier runs)."),
         click.option("--max-queue-age", type=click.FloatRange(min=0), metavar="SECONDS",
                      help="Also report jobs still queued this long after submit."),
+        click.option("--listen", type=click.FloatRange(min=0), default=2.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Listen this long to each running job no watcher follows (less "
+                          "when it moves) and record what was heard for the next run; 0 "
+                          "only reads the ledger."),
         click.option("--sample", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
-                     help="Listen on running jobs' WebSockets this long to see if they move "
-                          "(for jobs no watcher is recording)."),
+                     help="Listen this long instead and call a job stalled at once if nothing "
+                          "moved (no comparison with earlier runs)."),
         click.option("--confirm", type=click.FloatRange(min=0), default=3.0, show_default=True,
                      metavar="SECONDS",
                      help="Listen this long before calling a job stalled from the ledger's "
@@ -87,13 +93,15 @@ def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
 
 
 def _detect(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
-            deadline: float, acknowledged_lost: bool = False, **tuning: Any) -> Any:
+            deadline: float, acknowledged_lost: bool = False,
+            acknowledged_forgotten: bool = False, **tuning: Any) -> Any:
     """Run detection with the shared options (``tuning``: stall_after, max_queue_age,
     sample, confirm); each server's round is bounded by ``deadline``."""
     from comfyctl.stuck import detect
 
     app.timeout = deadline
-    options = detect_options(deadline, acknowledged_lost, **tuning)
+    options = detect_options(deadline, acknowledged_lost,
+                             acknowledged_forgotten=acknowledged_forgotten, **tuning)
     return detect(app.ledger, _select(app, prompt_ids, servers), app.client_for_record, options)
 
 
@@ -106,8 +114,13 @@ def detect_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tup
 
     Every unfinished job in the ledger (or the ids given) is checked on its own bound
     server only, with one status round per server, all servers at once. Conditions:
-    finished-unnoticed, failed-unnoticed, stalled, lost, queued-too-long (with
-    --max-queue-age) and unreachable. Nothing is changed (see 'recover').
+    finished-unnoticed, failed-unnoticed, stalled, lost (the server restarted, with
+    proof), forgotten (the server does not know it and nothing proves a restart: its
+    history or queue entry was deleted), blocked (queued behind a job comfyctl did
+    not submit, running longer than --stall-after), queued-too-long (with
+    --max-queue-age) and unreachable. What each run hears is recorded, so runs from
+    cron spaced --stall-after apart find stalls with no watcher running. Only
+    sightings are written; outcomes are left to 'recover'.
     Exit 0 when all is well, 6 when anything is found, 3 when every server is down.
 
     \b
@@ -153,6 +166,9 @@ def _print_findings(findings: list[Any], as_json: bool) -> None:
 @click.option("--resubmit", is_flag=True,
               help="Resubmit lost jobs (and, with --interrupt-stalled, stalled ones) from the "
                    "stored workflow, once, with lineage both ways.")
+@click.option("--resubmit-forgotten", is_flag=True,
+              help="Also resubmit forgotten jobs (the server does not know them and nothing "
+                   "proves it restarted: they may have finished). Never implied.")
 @click.option("--to", "to_server", metavar="NAME|URL", shell_complete=complete_servers,
               help="Resubmit to this server instead of the job's own (failover).")
 @click.option("--interrupt-stalled", is_flag=True,
@@ -164,7 +180,8 @@ def _print_findings(findings: list[Any], as_json: bool) -> None:
 @click.pass_obj
 def recover_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
                     deadline: float, as_json: bool, quiet: bool, resubmit: bool,
-                    to_server: str | None, interrupt_stalled: bool, download_dir: str | None,
+                    resubmit_forgotten: bool, to_server: str | None,
+                    interrupt_stalled: bool, download_dir: str | None,
                     dry_run: bool, exec_command: str | None, exec_timeout: float,
                     webhooks: tuple[str, ...], **tuning: Any) -> None:
     """Repair what detect-stuck finds, each job on its own bound server.
@@ -172,7 +189,8 @@ def recover_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tu
     finished-unnoticed: record success and outputs. failed-unnoticed: record the
     server's error. lost: mark lost, or with --resubmit send the stored workflow
     again (once, however often recover runs; linked by superseded_by and
-    resubmitted_from). stalled: report, or cancel with --interrupt-stalled.
+    resubmitted_from). forgotten: mark lost (error type forgotten), or resend only
+    with --resubmit-forgotten. blocked: report. stalled: report, or cancel with --interrupt-stalled.
     unreachable: left alone unless --to and --resubmit move it. Overlapping runs
     never act twice on one job. Exit 0 when every problem was resolved, else 1.
 
@@ -189,10 +207,12 @@ def recover_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tu
     from comfyctl.commands.follow import make_notifier
     from comfyctl.stuck import Repairer, RepairOptions, plan
 
-    options = RepairOptions(resubmit=resubmit, interrupt_stalled=interrupt_stalled,
+    options = RepairOptions(resubmit=resubmit, resubmit_forgotten=resubmit_forgotten,
+                            interrupt_stalled=interrupt_stalled,
                             to=app.config.resolve(to_server) if to_server else None,
                             dry_run=dry_run)
-    result = _detect(app, prompt_ids, servers, deadline, acknowledged_lost=resubmit, **tuning)
+    result = _detect(app, prompt_ids, servers, deadline, acknowledged_lost=resubmit,
+                     acknowledged_forgotten=resubmit_forgotten, **tuning)
     actions = plan(result.findings, options)
     failed_downloads = None
     if not dry_run:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
@@ -10,6 +11,7 @@ import click
 from comfyctl.commands.follow import FollowOptions, follow
 from comfyctl.context import AppContext
 from comfyctl.errors import (
+    ComfyctlError,
     ServerUnreachable,
     SubmitUncertain,
     UsageProblem,
@@ -140,6 +142,10 @@ def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count
         else:
             click.echo(record["prompt_id"])  # echo flushes: the id is out before any waiting
         submitted.append(record)
+    from comfyctl.restart import note_submitted
+
+    with contextlib.suppress(ComfyctlError):  # a missing mark only weakens restart proof
+        note_submitted(app.ledger, submitted, app.client_for_record)
     if wait:
         follow(app, submitted, FollowOptions.from_params(params, "json" if as_json else "text"))
     if uncertain:

@@ -8,6 +8,11 @@ prompt gets ``status`` (with ``sid``) then ``executing {"node": X}``. Sockets li
 dict keyed by sid, so a second socket with the same ``clientId`` replaces the first, and
 when either closes the sid is removed (ComfyUI's behaviour, kept on purpose).
 
+Like ComfyUI's ``app/logger.py``, the server keeps its last 300 console writes, each
+``{"t": <local time, ISO, no zone>, "m": <text>}``, served at ``/internal/logs/raw`` (not
+under ``/api``); a start (and a restart) writes the start-up lines first, then each
+``POST /prompt`` writes "got prompt" and each finished prompt "Prompt executed in ...".
+
 With ``jobs_api=True`` the newest server's additions are served too: ``/api/jobs``,
 ``/api/jobs/{id}``, ``POST /api/jobs/{id}/cancel``, ``POST /api/jobs/cancel``; queued
 prompts get ``extra_data.create_time``; a client-chosen ``prompt_id`` must be a canonical
@@ -27,7 +32,9 @@ import struct
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +69,7 @@ SERVER_FEATURES: dict[str, Any] = {
 }
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 WS_PATHS = frozenset({"/ws", "/api/ws"})
+LOG_CAPACITY = 300  # app.logger.setup_logger's default
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -119,6 +127,7 @@ class _State:
 
     def __init__(self, server: ComfyServer) -> None:
         self.number = 0
+        self.logs: deque[dict[str, str]] = deque(maxlen=LOG_CAPACITY)
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.sockets_metadata: dict[str, dict[str, Any]] = {}
         self.messages: asyncio.Queue[tuple[Any, Any, str | None]] = asyncio.Queue()
@@ -163,6 +172,7 @@ class ComfyServer:
         self.port = sock.getsockname()[1]
         self.state = _State(self)
         state = self.state
+        self._log_startup()
         self._tasks = [
             asyncio.create_task(self._publish_loop(state)),
             asyncio.create_task(self._worker(state)),
@@ -188,6 +198,27 @@ class ComfyServer:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+
+    def log(self, message: str) -> None:
+        """One console write, as ComfyUI's LogInterceptor records it (logging's
+        StreamHandler writes message and newline at once)."""
+        self.state.logs.append({"t": datetime.now().isoformat(), "m": message})
+
+    def _log_startup(self) -> None:
+        """What ComfyUI 0.3.64 prints while starting (main.py, server.py), in order."""
+        for line in (
+            "Checkpoint files will always be loaded safely.\n",
+            "Total VRAM 16384 MB, total RAM 16384 MB\n",
+            "pytorch version: 2.13.0+cpu\n",
+            "Set vram state to: DISABLED\n",
+            "Device: cpu\n",
+            f"Python version: {sys.version}\n",
+            f"ComfyUI version: {COMFYUI_VERSION}\n",
+            "[Prompt Server] web root: <emulated>\n",
+            "Starting server\n\n",
+            f"To see the GUI go to: http://{self.host}:{self.port}\n",
+        ):
+            self.log(line)
 
     def drop_websockets(self) -> None:
         """Abort every open WebSocket's connection (no close frame: a dropped link)."""
@@ -261,6 +292,7 @@ class ComfyServer:
         executor = state.executor
         while True:
             item, task_id = await state.queue.get()
+            started = time.perf_counter()
             prompt_id = item[1]
             executor.last_prompt_id = prompt_id
             try:
@@ -282,6 +314,7 @@ class ComfyServer:
                 self.send_sync(
                     "executing", {"node": None, "prompt_id": prompt_id}, executor.client_id
                 )
+            self.log(f"Prompt executed in {time.perf_counter() - started:.2f} seconds\n")
 
     # -- app -----------------------------------------------------------------------------
 
@@ -322,6 +355,9 @@ class ComfyServer:
                 app.router.add_get(prefix + path, handler)
             for path, handler in posts:
                 app.router.add_post(prefix + path, handler)
+        # ComfyUI mounts /internal as a sub-app: it has no /api twin.
+        app.router.add_get("/internal/logs/raw", self.logs_raw)
+        app.router.add_get("/internal/logs", self.logs_text)
         app.router.add_route("*", "/{tail:.*}", self.not_found)
         return app
 
@@ -470,6 +506,7 @@ class ComfyServer:
         return web.json_response(self.queue_info())
 
     async def post_prompt(self, request: web.Request) -> web.StreamResponse:
+        self.log("got prompt\n")
         json_data = await request.json()
         state = self.state
         if "number" in json_data:
@@ -554,10 +591,21 @@ class ComfyServer:
         if prompt_id:
             running, _ = self.state.queue.current()
             if any(item[1] == prompt_id for item in running):
+                self.log(f"Interrupting prompt {prompt_id}\n")
                 self.state.executor.interrupt()
+            else:
+                self.log(f"Prompt {prompt_id} is not currently running, skipping interrupt\n")
         else:
+            self.log("Global interrupt (no prompt_id specified)\n")
             self.state.executor.interrupt()
         return web.Response(status=200)
+
+    async def logs_raw(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"entries": list(self.state.logs),
+                                  "size": {"cols": 80, "rows": 24}})
+
+    async def logs_text(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response("".join(e["t"] + " - " + e["m"] for e in self.state.logs))
 
     async def free(self, request: web.Request) -> web.StreamResponse:
         json_data = await request.json()

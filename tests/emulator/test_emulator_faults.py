@@ -280,3 +280,30 @@ def test_faults_clear_and_speed_overrides(fast_emulator: Emulator) -> None:
     emu.faults.clear()
     assert emu.faults.http_status is None and emu.faults.seconds_per_step is None
     assert requests.get(emu.url + "/queue", timeout=10).status_code == 200
+
+
+def test_console_log_like_app_logger(fast_emulator: Emulator) -> None:
+    """/internal/logs/raw: start-up lines first, "got prompt" per POST /prompt, "Prompt
+    executed" per run, at most 300 entries; a restart starts a new buffer with new
+    start-up lines; no /api twin (ComfyUI mounts /internal as a sub-app)."""
+    emu = fast_emulator
+    first = get_json(emu, "/internal/logs/raw")
+    assert first["size"] == {"cols": 80, "rows": 24}
+    messages = [e["m"] for e in first["entries"]]
+    assert "Starting server\n\n" in messages and "ComfyUI version: 0.3.64\n" in messages
+    assert messages[-1] == f"To see the GUI go to: http://127.0.0.1:{emu.port}\n"
+    booted = next(e["t"] for e in first["entries"] if e["m"].startswith("Starting server"))
+    _run(emu)
+    after = [e["m"] for e in get_json(emu, "/internal/logs/raw")["entries"]]
+    assert after[-2] == "got prompt\n" and after[-1].startswith("Prompt executed in ")
+    assert requests.get(emu.url + "/api/internal/logs/raw", timeout=HTTP_TIMEOUT).status_code \
+        == 404
+    for _ in range(300):
+        requests.post(emu.url + "/prompt", json={}, timeout=HTTP_TIMEOUT)  # 400, still logged
+    full = get_json(emu, "/internal/logs/raw")["entries"]
+    assert len(full) == 300 and not any(e["m"].startswith("Starting server") for e in full)
+    emu.restart()
+    fresh = get_json(emu, "/internal/logs/raw")["entries"]
+    rebooted = next(e["t"] for e in fresh if e["m"].startswith("Starting server"))
+    assert rebooted > booted and len(fresh) == 10
+    assert "got prompt" not in get_json(emu, "/internal/logs")
