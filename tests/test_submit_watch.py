@@ -209,7 +209,8 @@ def test_submit_pipe_watch_as_real_processes(emulator, workflow, ledger_path):
 
 
 def test_two_watchers_on_one_server_each_see_their_own_progress(invoke, emulator, workflow):
-    wf = workflow(quick_graph(steps=20, seconds=0.05))
+    # Long enough that the first job is still running when its watcher's process is up.
+    wf = workflow(quick_graph(steps=40, seconds=0.1))
     first = invoke("submit", wf, "-s", emulator.url).stdout.strip()
     second = invoke("submit", wf, "-s", emulator.url).stdout.strip()
     procs = [subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid, "--json",
