@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import sys
 import threading
@@ -21,6 +22,7 @@ from comfyctl.records import (
     ERROR,
     INTERRUPTED,
     LOST,
+    PENDING,
     REJECTED,
     RUNNING,
     SUCCESS,
@@ -140,31 +142,71 @@ def event_json(kind: str, record: dict[str, Any] | None, server: str | None = No
     return json.dumps(payload)
 
 
-class LiveArea:
-    """Progress bars for active jobs on a terminal (stderr), redrawn at most 10 times a second.
+def live_area_wanted(stream: IO[str]) -> bool:
+    """Whether a live area can be drawn on ``stream``: a terminal that understands cursor
+    movement (TERM=dumb does not). Otherwise only plain lines are printed."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+    return tty and os.environ.get("TERM", "") != "dumb"
 
-    Lines printed through ``print_above`` appear above the bars, so data lines on stdout
-    and the live area share one terminal cleanly.
+
+def terminal_size(stream: IO[str]) -> os.terminal_size:
+    """The size of the terminal ``stream`` is on (not stdout's: stdout may be a pipe)."""
+    try:
+        return os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return shutil.get_terminal_size((80, 24))
+
+
+class LiveArea:
+    """One line per unfinished job on a terminal (stderr), redrawn in place at most 10
+    times a second: running jobs with a bar, pending ones with their queue position, and
+    the jobs of an unreachable server marked on their own line.
+
+    Every line is cut to the terminal's width, so none wraps: the area then takes exactly
+    as many rows as it has lines, and erasing that many rows leaves no stale copy. Lines
+    printed through ``print_above`` (data on stdout, notices on stderr) appear above the
+    area and stay.
     """
 
     def __init__(self, stream: IO[str] | None = None, color: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.color = color
-        self.lines: dict[str, str] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.positions: dict[str, int] = {}  # prompt_id -> 1-based place in its queue
+        self.down: dict[str, str] = {}  # server name -> why it is unreachable
         self._drawn = 0
         self._last = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def update(self, record: dict[str, Any], force: bool = False) -> None:
-        pid = record["prompt_id"]
-        if record["status"] in TERMINAL:
-            self.lines.pop(pid, None)
-        else:
-            self.lines[pid] = self._bar(record)
-        now = time.monotonic()
-        if force or now - self._last > 0.1:
-            self._redraw()
-            self._last = now
+        with self._lock:
+            pid = record["prompt_id"]
+            if record["status"] in TERMINAL:
+                self.records.pop(pid, None)
+                self.positions.pop(pid, None)
+            else:
+                self.records[pid] = record
+            self._maybe_redraw(force)
+
+    def queue_position(self, record: dict[str, Any], position: int | None) -> None:
+        """Where a pending job waits in its server's queue (1 = next), when known."""
+        with self._lock:
+            if position is None:
+                self.positions.pop(record["prompt_id"], None)
+            else:
+                self.positions[record["prompt_id"]] = position
+            self.update(record)
+
+    def server_state(self, server: str, reachable: bool, reason: str | None = None) -> None:
+        with self._lock:
+            if reachable:
+                self.down.pop(server, None)
+            else:
+                self.down[server] = reason or "unreachable"
+            self._maybe_redraw(True)
 
     def print_above(self, text: str, out: IO[str]) -> None:
         with self._lock:
@@ -176,21 +218,45 @@ class LiveArea:
     def close(self) -> None:
         with self._lock:
             self._erase()
+            self.stream.flush()
 
-    def _bar(self, record: dict[str, Any]) -> str:
-        progress = record.get("progress") or {}
-        percent = float(progress.get("percent") or 0.0)
-        filled = int(percent / 5)
-        bar = "#" * filled + "-" * (20 - filled)
-        node = progress.get("node") or "-"
-        status = paint(f"{record['status']:<9}", record["status"], self.color)
-        return (f"{record['server'][:20]:<20} {short_id(record['prompt_id'])} {status} "
-                f"[{bar}] {percent:6.2f}% node {node}")
+    def line(self, record: dict[str, Any], width: int) -> str:
+        """One job's line, at most ``width - 1`` columns (the last column stays free: some
+        terminals wrap as soon as it is written)."""
+        status = record["status"]
+        server = record["server"] if len(record["server"]) <= 16 else \
+            record["server"][:15] + "~"
+        head = f"{server:<16} {short_id(record['prompt_id'])} "
+        down = self.down.get(record["server"])
+        if down is not None:
+            tail = f"server unreachable ({down})"
+        elif status == RUNNING:
+            progress = record.get("progress") or {}
+            percent = float(progress.get("percent") or 0.0)
+            room = width - 1 - len(head) - 11 - 10  # status; "[", "] ", the percent
+            size = max(5, min(20, room))
+            filled = int(percent / 100 * size)
+            tail = f"[{'#' * filled}{'-' * (size - filled)}] {percent:6.2f}%"
+            if progress.get("node"):
+                tail += f" node {progress['node']}"
+        elif status == PENDING:
+            position = self.positions.get(record["prompt_id"])
+            tail = f"queued, #{position} in line" if position else "queued"
+        else:
+            tail = ""
+        plain = f"{head}{status:<10} {tail}".rstrip()[:max(1, width - 1)]
+        if not self.color or len(plain) < len(head) + len(status):
+            return plain
+        at = len(head)
+        painted = paint(status, "lost" if down is not None else status, True)
+        return plain[:at] + painted + plain[at + len(status):]
 
-    def _redraw(self) -> None:
-        with self._lock:
+    def _maybe_redraw(self, force: bool) -> None:
+        now = time.monotonic()
+        if force or now - self._last > 0.1:
             self._erase()
             self._draw()
+            self._last = now
 
     def _erase(self) -> None:
         if self._drawn:
@@ -198,11 +264,17 @@ class LiveArea:
             self._drawn = 0
 
     def _draw(self) -> None:
-        # Fit the terminal: running jobs first, the rest summed up in one line.
-        room = max(3, shutil.get_terminal_size((80, 24)).lines - 2)
-        lines = sorted(self.lines.values(), key=lambda line: RUNNING not in line)
+        size = terminal_size(self.stream)
+        # Fit the terminal: running jobs first, then pending ones in queue order, the rest
+        # summed up in one line.
+        room = max(3, size.lines - 2)
+        order = {RUNNING: 0, PENDING: 1}
+        records = sorted(self.records.values(), key=lambda r: (
+            order.get(r["status"], 2), self.positions.get(r["prompt_id"], 1 << 30)))
+        lines = [self.line(r, size.columns) for r in records]
         if len(lines) > room:
-            lines = [*lines[:room - 1], f"... and {len(lines) - room + 1} more job(s)"]
+            lines = [*lines[:room - 1],
+                     f"... and {len(lines) - room + 1} more job(s)"[:size.columns - 1]]
         for line in lines:
             self.stream.write(line + "\n")
         self._drawn = len(lines)

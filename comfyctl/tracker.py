@@ -54,12 +54,14 @@ class WatchOptions:
 
 @dataclass
 class TrackerEvent:
-    """What the display hears about: ``state``, ``progress``, ``stalled``, ``server``."""
+    """What the display hears about: ``state``, ``progress``, ``stalled``, ``server``, and
+    ``queued`` (a pending job's place in its server's queue changed: ``position``, 0 = next)."""
 
     kind: str
     record: Record | None = None
     server: str | None = None
     detail: str | None = None
+    position: int | None = None
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Tracker:
         self._pending_writes: dict[str, list[Observation]] = {}
         self._stalled: set[str] = set()
         self._unknown_count: dict[str, int] = {}
+        self._positions: dict[str, int | None] = {}
         self._job_stops: dict[str, threading.Event] = {}
         self._threads: list[threading.Thread] = []
         for record in records:
@@ -181,6 +184,9 @@ class Tracker:
                 return
         else:
             self._unknown_count.pop(obs.prompt_id, None)
+        if obs.kind == "queued" and self._positions.get(obs.prompt_id) != obs.position:
+            self._positions[obs.prompt_id] = obs.position
+            self.on_event(TrackerEvent("queued", record, position=obs.position))
         before_status = record["status"]
         if not apply(record, obs, state.name):
             return

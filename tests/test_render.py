@@ -39,3 +39,31 @@ def test_finished_jobs_leave_the_area_and_lines_print_above_it() -> None:
     assert out.getvalue() == "data line\n"
     area.update(job(1, "success"), force=True)
     assert last_frame(stream) == []
+
+
+@pytest.mark.parametrize("width", [20, 60, 200])
+def test_every_line_is_cut_to_the_width_and_colour_does_not_count(width: int) -> None:
+    area = LiveArea(io.StringIO(), color=True)
+    for status in ("running", "pending", "submitting"):
+        record = {"prompt_id": "3f2c9a1e-0000", "server": "a-very-long-server-name-indeed",
+                  "status": status, "progress": {"percent": 52.25, "node": "12345678"}}
+        area.positions[record["prompt_id"]] = 3
+        line = area.line(record, width)
+        visible = line.replace("\x1b[36m", "").replace("\x1b[0m", "")
+        assert len(visible) <= width - 1
+        assert visible.startswith("a-very-long-ser~"[:width - 1])
+        if width >= 60:
+            assert ("\x1b[36mrunning" in line) == (status == "running")  # coloured status
+    area.server_state("a-very-long-server-name-indeed", False, "refused")
+    assert "server unreachable (refused)" in area.line(record, 200)
+
+
+def test_pending_jobs_show_their_place_in_the_queue_and_come_after_running_ones() -> None:
+    stream = io.StringIO()
+    area = LiveArea(stream, color=False)
+    area.update(job(1, "pending"), force=True)
+    area.queue_position(job(1, "pending"), 2)
+    area.update(job(2, "running", 10.0), force=True)
+    frame = last_frame(stream)
+    assert "00000002 running" in frame[0]
+    assert frame[1].endswith("pending    queued, #2 in line")

@@ -22,8 +22,8 @@ from comfyctl.errors import (
     WaitTimeout,
 )
 from comfyctl.ledger import Record
-from comfyctl.records import FAILED, SUCCESS, TERMINAL
-from comfyctl.render import LiveArea, event_json, state_line
+from comfyctl.records import FAILED, RUNNING, SUCCESS, TERMINAL
+from comfyctl.render import LiveArea, event_json, live_area_wanted, state_line
 
 if TYPE_CHECKING:
     from comfyctl.hooks import Notifier
@@ -81,7 +81,8 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         raise UsageProblem("--stall-timeout needs progress, which only the WebSocket gives.",
                            "Drop --no-websocket, or use 'comfyctl detect-stuck' later.")
     settle_submitting(app.ledger, app.client_for_record, records)
-    live = LiveArea(sys.stderr, app.color) if sys.stderr.isatty() else None
+    # Plain lines only when stderr is no terminal or one without cursor movement.
+    live = LiveArea(sys.stderr, app.color) if live_area_wanted(sys.stderr) else None
     stalled: list[Record] = []
     failed_downloads: list[ComfyctlError] = []
 
@@ -102,12 +103,21 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
 
     def on_event(event: TrackerEvent) -> None:
         record = event.record
+        if event.kind == "queued":  # for the live area only: not a state change
+            if live is not None and record is not None:
+                live.queue_position(record, None if event.position is None
+                                    else event.position + 1)
+            return
         if opts.fmt == "json":
             emit(event_json(event.kind, record, event.server, event.detail))
         elif event.kind in ("state", "stalled") and record is not None:
             emit(state_line(record, event.detail if event.kind == "stalled" else None))
         elif event.kind == "server":
-            click.echo(f"comfyctl: server {event.server} is {event.detail}", err=True)
+            tell(f"server {event.server} is {event.detail}")
+        if event.kind == "server" and live is not None and event.server is not None:
+            detail = event.detail or ""
+            live.server_state(event.server, not detail.startswith("unreachable"),
+                              detail.removeprefix("unreachable (").removesuffix(")"))
         if record is not None and live is not None:
             live.update(record, force=event.kind == "state")
         if event.kind == "stalled" and record is not None:
@@ -116,7 +126,7 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
                 raise _StallExit
         if event.kind == "state" and record is not None and record["status"] == SUCCESS \
                 and opts.download_dir:
-            failed = download_all(app, [record], Path(opts.download_dir), opts.overwrite)
+            failed = download_all(app, [record], Path(opts.download_dir), opts.overwrite, tell)
             if failed is not None:
                 failed_downloads.append(failed)
 
@@ -125,6 +135,9 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         if record["status"] in TERMINAL:
             on_event(TrackerEvent("state", record))
             notifier.finished(record)  # announced unless someone already did
+    if live is not None:
+        for record in records:
+            live.update(record)  # pending jobs show from the start, not at their first event
     tracker = Tracker(
         app.ledger, [r for r in records if r["status"] not in TERMINAL], app.client_for_record,
         WatchOptions(poll_interval=opts.poll_interval, timeout=opts.timeout,
@@ -134,12 +147,12 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     try:
         tracker.run()
     except TimeoutError:
-        raise WaitTimeout(f"Timed out; still running: {_where(tracker.active())}.") from None
+        raise WaitTimeout(f"Timed out; {_unfinished(tracker.active())}.") from None
     except _StallExit:
         raise ProblemsFound(f"Stalled: {_where(stalled)}.",
                             "Inspect with 'comfyctl history ID' or cancel it.") from None
     except KeyboardInterrupt:
-        raise Interrupted(f"Interrupted; still running: {_where(tracker.active())}.",
+        raise Interrupted(f"Interrupted; {_unfinished(tracker.active())}.",
                           "Resume with 'comfyctl watch'.") from None
     finally:
         notifier.close()  # the hooks of jobs that ended still run to their own end
@@ -161,3 +174,13 @@ def _where(records: list[Record], with_status: bool = False) -> str:
              for r in records[:10]]
     more = f" and {len(records) - 10} more" if len(records) > 10 else ""
     return ", ".join(parts) + more
+
+
+def _unfinished(records: list[Record]) -> str:
+    """What is left, running and queued named apart (a queued job is not running)."""
+    running = [r for r in records if r["status"] == RUNNING]
+    waiting = [r for r in records if r["status"] != RUNNING]
+    parts = [f"running: {_where(running)}"] if running or not waiting else []
+    if waiting:
+        parts.append(f"pending: {_where(waiting)}")
+    return "; ".join(parts)

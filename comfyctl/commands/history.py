@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -252,11 +252,18 @@ def _detail(record: Record) -> str:
     return "\n".join(lines)
 
 
-def download_all(app: AppContext, records: list[Record], root: Path,
-                 overwrite: bool) -> DownloadFailed | None:
-    """Save the records' outputs, saying what happened to each file on stderr. Returns
-    what failed (the caller raises it once its output is printed: exit 1)."""
+def download_all(app: AppContext, records: list[Record], root: Path, overwrite: bool,
+                 tell: Callable[[str], None] | None = None) -> DownloadFailed | None:
+    """Save the records' outputs, saying what happened to each file on stderr (through
+    ``tell``, e.g. above watch's live area). Returns what failed (the caller raises it once
+    its output is printed: exit 1)."""
     from comfyctl.download import DownloadFailed, download_outputs
+
+    def say(message: str) -> None:
+        if tell is not None:
+            tell(message)
+        else:
+            click.echo(f"comfyctl: {message}", err=True)
 
     failures: list[tuple[str, str]] = []
     for record in records:
@@ -272,12 +279,11 @@ def download_all(app: AppContext, records: list[Record], root: Path,
             failures.append((record["prompt_id"], str(exc)))
         for path, what in results:
             if what == "exists":
-                click.echo(f"comfyctl: {path} exists, not overwritten (use --overwrite)",
-                           err=True)
+                say(f"{path} exists, not overwritten (use --overwrite)")
             else:
-                click.echo(f"comfyctl: saved: {path}", err=True)
+                say(f"saved: {path}")
     for name, why in failures:
-        click.echo(f"comfyctl: download of {name} failed: {why}", err=True)
+        say(f"download of {name} failed: {why}")
     return DownloadFailed(failures) if failures else None
 
 

@@ -28,7 +28,8 @@ def command(app: AppContext, /, prompt_ids: tuple[str, ...], as_json: bool,
     submitted with); each server is also polled, and HTTP is the source of truth.
     With no ids, every unfinished job in the ledger is followed; '-' reads ids
     from stdin. stdout gets one line per state change (or --json events); a live
-    progress area is drawn on stderr when it is a terminal.
+    area (running jobs with a bar, pending ones with their queue position) is drawn
+    on stderr when it is a terminal (not with TERM=dumb).
 
     \b
     Examples:
