@@ -175,7 +175,12 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
     status = record["status"]
     if status in FINAL or obs.kind == "unknown":
         return False
+    if status == LOST and record.get("superseded_by"):
+        return False  # it is to be cancelled, not revived: see settle_superseded
     before = _fingerprint(record)
+    if status == LOST and obs.kind != "lost":
+        # The server knows it after all: "lost" (its error, its end) no longer holds.
+        record["error"], record["finished_at"] = None, None
     if obs.kind == "queued":
         if status in (SUBMITTING, LOST):
             record["status"] = PENDING
@@ -219,6 +224,47 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
     if changed:
         record["updated_at"] = now_iso()
     return changed
+
+
+def settle_superseded(record: Record, obs: Observation) -> bool:
+    """The one state of a lost job that was resubmitted as another (``superseded_by``),
+    once its own server answers again: ``cancelled`` there (it was still queued or running
+    and has just been cancelled), the outcome it reached anyway (both ran: a warning says
+    so), or still ``lost`` when the server does not have it. ``recovered.original`` says
+    which, so the server is not asked again. Returns True when the record changed."""
+    new = record.get("superseded_by")
+    if not new or record["status"] != LOST or obs.server_url != record["server_url"] \
+            or obs.prompt_id != record["prompt_id"]:
+        return False
+    if obs.kind == "cancelled":
+        record.update(status=CANCELLED, finished_at=obs.at, error={
+            "type": "superseded", "node_id": None, "node_type": None,
+            "message": f"Cancelled on {record['server']}, where it was still queued or "
+                       f"running: it had been resubmitted as {new}."})
+        how = "cancelled"
+    elif obs.kind == "finished":
+        record.update(status=obs.outcome or SUCCESS, error=obs.error,
+                      finished_at=(obs.timing or {}).get("finished_at") or obs.at,
+                      started_at=(obs.timing or {}).get("started_at")
+                      or record.get("started_at") or obs.at)
+        _merge_outputs(record, obs.outputs or {})
+        record["warnings"] = [*record.get("warnings", []),
+                              f"It ran to the end on {record['server']} although it had been "
+                              f"resubmitted as {new}: both ran."]
+        how = "ran"
+    elif obs.kind == "unknown":
+        how = "gone"
+    else:
+        return False  # still queued or running: it has to be cancelled first
+    record["recovered"] = {**(record.get("recovered") or {}), "original": how}
+    record["updated_at"] = now_iso()
+    return True
+
+
+def superseded_unsettled(record: Record) -> bool:
+    """A lost job resubmitted as another whose own server has not been asked since."""
+    return record["status"] == LOST and bool(record.get("superseded_by")) \
+        and not (record.get("recovered") or {}).get("original")
 
 
 def _fingerprint(record: Record) -> tuple[Any, ...]:

@@ -50,6 +50,7 @@ from comfyctl.restart import (
     restart_proof,
 )
 from comfyctl.submission import Submitter
+from comfyctl.supersede import reap_servers
 
 log = logging.getLogger("comfyctl.stuck")
 
@@ -291,6 +292,8 @@ def detect(ledger: Ledger, records: list[Record],
     notes: dict[str, dict[str, Any]] = {}  # prompt_id -> fields to store
     for url, answer in rounds.items():
         _note_sightings(groups[url], answer, tasks, notes)
+    reap_servers(ledger, client_for, records, opts.deadline,
+                 skip={url for url, answer in answers.items() if answer.error})
     running = [r for url, rs in groups.items() for r in rs if url in rounds
                and (obs := rounds[url].observations.get(r["prompt_id"])) is not None
                and obs.kind == "running"]

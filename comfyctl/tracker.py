@@ -34,6 +34,7 @@ from comfyctl.records import (
     progress_changed_at,
     submitter_gone,
 )
+from comfyctl.supersede import reap_quietly
 
 log = logging.getLogger("comfyctl.tracker")
 
@@ -274,9 +275,12 @@ class Tracker:
                 log.warning("polling %s failed: %r", state.name, exc)
                 self._server_state(state, False, type(exc).__name__)
             else:
+                reached = state.reachable is not True  # for the first time, or again
                 self._server_state(state, True, None)
                 for obs in observations.values():
                     self.inbox.put(obs)
+                if reached:
+                    reap_quietly(self.ledger, state.client)
             self.stop.wait(self.options.poll_interval)
 
     def _server_state(self, state: _ServerState, reachable: bool, reason: str | None) -> None:

@@ -162,3 +162,83 @@ def test_failed_download_exits_1_naming_the_file_and_the_reason(emulator, invoke
     assert result.exit_code == ExitCode.FAILED, result.stderr
     assert "outside.png" in result.stderr and "http 400" in result.stderr
     assert "unreachable" not in result.stderr
+
+
+# -- point 5: failover never leaves the original running -----------------------------------
+
+
+def gone_from_queue(emu, prompt_id: str) -> bool:
+    """Whether the job leaves the server's queue (an interrupt takes effect at the next
+    step, so it is given a few seconds)."""
+    import time
+
+    import requests
+
+    for _ in range(100):
+        queue = requests.get(emu.url + "/queue", timeout=5).json()
+        if prompt_id not in [item[1] for key in ("queue_running", "queue_pending")
+                             for item in queue[key]]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def fail_over(invoke, a, b, wf_path: Path, ledger_path: Path, pending: bool) -> tuple[str, str]:
+    """A job on b (running, stalled at 50%; or pending behind such a job) while b freezes;
+    recover fails it over to a. Returns (original on b, its copy on a)."""
+    b.faults.stall_at_percent = 50.0
+    slow = json.dumps(slow_graph(steps=10, seconds=0.01))
+    wf_path.write_text(slow)
+    ids = invoke("submit", str(wf_path), "-s", "b", "--count", "2" if pending else "1",
+                 "--vary-seed").stdout.split()
+    original = ids[-1]
+    b.faults.http_hang = True
+    result = invoke("recover", "--resubmit", "--to", "a", "--timeout", "1", "--json")
+    actions = {x["prompt_id"]: x for x in map(json.loads, result.stdout.splitlines())}
+    copy = actions[original]["new_prompt_id"]
+    assert copy and Ledger(ledger_path).get(copy)["server_url"] == a.url
+    b.faults.http_hang = False  # b thaws: the original is still there
+    return original, copy
+
+
+@pytest.mark.parametrize("reach", ["detect-stuck", "history", "watch", "debug-tasks"])
+@pytest.mark.parametrize("pending", [False, True], ids=["running", "pending"])
+def test_superseded_job_is_cancelled_when_its_server_is_reached_again(
+        emulator_factory, invoke, config_path, tmp_path, ledger_path, reach, pending):
+    a, b = emulator_factory(), emulator_factory()
+    configure(config_path, timeout=2.0, a=a.url, b=b.url)
+    original, copy = fail_over(invoke, a, b, tmp_path / "slow.json", ledger_path, pending)
+    if reach == "watch":  # following another job on b reaches b
+        other = invoke("submit", str(tmp_path / "slow.json"), "-s", "b").stdout.strip()
+        invoke("watch", other, "--timeout", "2", "--poll-interval", "0.2")
+    elif reach == "history":
+        invoke("history", "--refresh")
+    else:
+        invoke(reach)
+    record = Ledger(ledger_path).get(original)
+    assert record["status"] == "cancelled", record
+    assert record["superseded_by"] == copy and record["error"]["type"] == "superseded"
+    assert gone_from_queue(b, original)
+    # One consistent story: the list, the single view and debug-tasks agree.
+    listed = json.loads(invoke("history", "--refresh", "--json").stdout)["tasks"]
+    single = json.loads(invoke("history", original, "--json").stdout)
+    assert {t["prompt_id"]: t["status"] for t in listed}[original] == "cancelled"
+    assert single["status"] == "cancelled" and single["error"]["type"] == "superseded"
+
+
+def test_superseded_job_that_ran_anyway_says_so_once(emulator_factory, invoke, config_path,
+                                                     tmp_path, ledger_path):
+    """If the original finished before any command reached its server again, its record
+    says it ran (no 'lost' error beside a success), with a warning naming the copy."""
+    a, b = emulator_factory(), emulator_factory()
+    configure(config_path, timeout=2.0, a=a.url, b=b.url)
+    original, copy = fail_over(invoke, a, b, tmp_path / "slow.json", ledger_path, False)
+    b.faults.stall_at_percent = None  # it runs on to the end before anyone asks
+    b.wait_idle(timeout=10)
+    assert invoke("history", original, "--json").exit_code == 0
+    record = Ledger(ledger_path).get(original)
+    assert record["status"] == "success" and record["error"] is None
+    assert record["superseded_by"] == copy
+    assert any(copy in w and "both ran" in w for w in record["warnings"])
+    assert invoke("history", original, "--json").stdout == \
+        invoke("history", original, "--json").stdout  # settled once: nothing changes

@@ -280,3 +280,38 @@ def test_repeating_the_same_progress_does_not_make_it_fresh() -> None:
     assert rec["progress"]["updated_at"] == stamp and len(rec["progress_history"]) == 1
     assert apply(rec, Observation("progress", "p", url, value=5, max=20, node="2"))
     assert rec["progress"]["updated_at"] != stamp
+
+
+def test_a_lost_job_the_server_knows_again_drops_the_lost_error() -> None:
+    """One consistent state: never 'success' beside a 'lost' error and a lost end time."""
+    from comfyctl.records import LOST, SUCCESS, Observation, apply, new_record
+
+    record = new_record("p", "a", "http://a", "c", None)
+    assert apply(record, Observation("lost", "p", "http://a"))
+    assert record["status"] == LOST and record["error"]["type"] == "lost"
+    assert apply(record, Observation("finished", "p", "http://a", outcome=SUCCESS, outputs={}))
+    assert record["status"] == SUCCESS and record["error"] is None
+    assert record["finished_at"] is not None
+
+
+def test_a_superseded_job_is_settled_only_by_settle_superseded() -> None:
+    from comfyctl.records import (
+        CANCELLED,
+        LOST,
+        Observation,
+        apply,
+        new_record,
+        settle_superseded,
+        superseded_unsettled,
+    )
+
+    record = new_record("p", "b", "http://b", "c", None)
+    apply(record, Observation("lost", "p", "http://b"))
+    record["superseded_by"] = "q"
+    assert not apply(record, Observation("running", "p", "http://b"))  # not revived
+    assert not settle_superseded(record, Observation("running", "p", "http://b"))
+    assert record["status"] == LOST and superseded_unsettled(record)
+    assert not settle_superseded(record, Observation("cancelled", "p", "http://other"))
+    assert settle_superseded(record, Observation("cancelled", "p", "http://b"))
+    assert record["status"] == CANCELLED and "q" in record["error"]["message"]
+    assert not superseded_unsettled(record)

@@ -14,7 +14,15 @@ from comfyctl.context import AppContext
 from comfyctl.errors import ComfyctlError, ServerError, UsageProblem
 from comfyctl.ledger import Record, Tasks
 from comfyctl.options import complete_prompt_ids, output_format, server_option
-from comfyctl.records import ACTIVE, STATUSES, SUBMITTING, TERMINAL, apply, parse_time
+from comfyctl.records import (
+    ACTIVE,
+    STATUSES,
+    SUBMITTING,
+    TERMINAL,
+    apply,
+    parse_time,
+    superseded_unsettled,
+)
 from comfyctl.render import (
     HISTORY_COLUMNS,
     RECORD_SCHEMA,
@@ -104,7 +112,7 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
     else:
         records = select(app, ledger, servers, statuses, since, label_filters, limit)
         if refresh:
-            active = [r for r in records if r["status"] in ACTIVE]
+            active = [r for r in records if r["status"] in ACTIVE or superseded_unsettled(r)]
             fresh = {r["prompt_id"]: r for r in refresh_records(app, active)}
             records = [fresh.get(r["prompt_id"], r) for r in records]
     failed = download_all(app, records, Path(download_dir), overwrite) if download_dir else None
@@ -173,8 +181,12 @@ def refresh_records(app: AppContext, records: list[Record],
     from concurrent.futures import ThreadPoolExecutor
 
     from comfyctl.submission import settle_submitting
+    from comfyctl.supersede import originals, reap_servers
 
     settle_submitting(app.ledger, app.client_for_record, records)
+    # Superseded jobs are cancelled where they still are, and so settled, not refreshed.
+    reap_servers(app.ledger, app.client_for_record,
+                 originals(app.ledger, {r["server_url"] for r in records}))
     by_server: dict[str, list[Record]] = {}
     for record in records:
         if finished_too or record["status"] not in TERMINAL:

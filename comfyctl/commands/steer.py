@@ -113,9 +113,11 @@ def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float,
       comfyctl debug-tasks --server gpu1 --json | jq .anomalies
     """
     from comfyctl.fleet import fleet_report
+    from comfyctl.supersede import originals, reap_servers
 
     app.timeout = deadline
     only = {s.url for s in app.servers(servers)} if servers else None
+    reap_servers(app.ledger, app.client_for_record, originals(app.ledger, only), deadline)
     report = fleet_report(app.config, list(app.ledger.load().values()), app.client,
                           app.spec_for_record, deadline + 0.5, only)
     if as_json:

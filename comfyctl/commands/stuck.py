@@ -120,7 +120,8 @@ def detect_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tup
     not submit, running longer than --stall-after), queued-too-long (with
     --max-queue-age) and unreachable. What each run hears is recorded, so runs from
     cron spaced --stall-after apart find stalls with no watcher running. Only
-    sightings are written; outcomes are left to 'recover'.
+    sightings are written; outcomes are left to 'recover', except that a job already
+    resubmitted elsewhere that its server still has is cancelled there.
     Exit 0 when all is well, 6 when anything is found, 3 when every server is down.
 
     \b
