@@ -6,17 +6,15 @@ the core are rendered once, here, as ``click.ClickException`` with their exit co
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
 from comfyctl import __version__
-from comfyctl.context import AppContext
+from comfyctl.commands import LazyGroup
 from comfyctl.errors import ComfyctlError, ExitCode
 
 EXIT_CODES_HELP = """\b
@@ -36,7 +34,7 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # Click reads it per instance
 
 
-class ComfyctlGroup(click.Group):
+class ComfyctlGroup(LazyGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -56,26 +54,9 @@ def _show_traceback(ctx: click.Context) -> None:
     """With --traceback (or COMFYCTL_TRACEBACK=1) print the real exception first; the
     exit code stays the documented one, so scripts behave the same while debugging."""
     if ctx.params.get("traceback") or os.environ.get("COMFYCTL_TRACEBACK") == "1":
+        import traceback
+
         traceback.print_exc(file=sys.stderr)
-
-
-class _RedactingFilter(logging.Filter):
-    """Keeps configured secrets out of --verbose output."""
-
-    def __init__(self, app: AppContext) -> None:
-        super().__init__()
-        self.app = app
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        try:
-            secrets = self.app.config.secrets()
-        except ComfyctlError:
-            secrets = []
-        for secret in secrets:
-            message = message.replace(secret, "***")
-        record.msg, record.args = message, None
-        return True
 
 
 @click.group(cls=ComfyctlGroup, epilog=EXIT_CODES_HELP,
@@ -108,6 +89,8 @@ def cli(ctx: click.Context, config_path: Path | None, ledger_path: Path | None, 
       comfyctl submit wf.json -s gpu1 | comfyctl watch -
       comfyctl history --status running
     """
+    from comfyctl.context import AppContext  # config and ledger: not for --help
+
     app = AppContext(
         config_path=config_path,
         # An explicit --config must exist; COMFYCTL_CONFIG may point at a file not made yet.
@@ -119,40 +102,10 @@ def cli(ctx: click.Context, config_path: Path | None, ledger_path: Path | None, 
     )
     ctx.obj = app
     if verbose:
-        logger = logging.getLogger("comfyctl")
-        handler = logging.StreamHandler(sys.stderr)
-        handler.addFilter(_RedactingFilter(app))
-        handler.setFormatter(logging.Formatter("comfyctl: %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        from comfyctl.logs import log_to_stderr
 
-        def detach() -> None:  # in-process runs (tests, library use) must not pile up
-            logger.removeHandler(handler)
-            logger.setLevel(logging.NOTSET)
-
-        ctx.call_on_close(detach)
-
-
-def _register() -> None:
-    from comfyctl.commands import (
-        completion,
-        demo,
-        history,
-        metrics,
-        servers,
-        steer,
-        stuck,
-        submit,
-        watch,
-    )
-
-    for module in (submit, watch, history, servers, metrics, demo, completion):
-        cli.add_command(module.command)
-    for command in (*stuck.commands, *steer.commands):
-        cli.add_command(command)
-
-
-_register()
+        # Secrets are read when a message is logged: the config may not be readable yet.
+        ctx.call_on_close(log_to_stderr(verbose, lambda: app.config.secrets()))
 
 
 def main(args: list[str] | None = None, prog_name: str | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Generate completions/, man/ and README's command reference from the Click command tree.
+"""Generate completions/, man/, README's command reference and the command index (the
+one-line help ``--help`` lists without importing the commands) from the Click command tree.
 
     python -m comfyctl.docgen            # rewrite the generated files
     python -m comfyctl.docgen --check    # list stale files, exit 1 if any
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import re
 import sys
 import textwrap
@@ -23,6 +25,7 @@ from pathlib import Path
 import click
 
 from comfyctl import __version__
+from comfyctl.commands import INDEX, index_entry
 from comfyctl.commands.completion import completion_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +36,7 @@ HELP_WIDTH = 80
 COMPLETION_FILES = {"bash": "completions/comfyctl.bash", "zsh": "completions/_comfyctl",
                     "fish": "completions/comfyctl.fish"}
 README = "README.md"
+COMMAND_INDEX = INDEX.relative_to(REPO).as_posix()
 REFERENCE_START = "<!-- commands:start -->"
 REFERENCE_END = "<!-- commands:end -->"
 REGENERATE = "python -m comfyctl.docgen"
@@ -129,6 +133,18 @@ def command_docs(cli: click.Group) -> list[CommandDoc]:
 
     visit(cli, root, PROG)
     return docs
+
+
+def subcommands(group: click.Group) -> dict[str, click.Command]:
+    """Every subcommand of ``group`` by name, imported (a lazy group lists names only)."""
+    ctx = click.Context(group, info_name=PROG)
+    found = {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}
+    return {name: command for name, command in found.items() if command is not None}
+
+
+def command_index(cli: click.Group) -> str:
+    entries = {name: index_entry(command) for name, command in subcommands(cli).items()}
+    return json.dumps(entries, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def exit_codes(cli: click.Command) -> list[tuple[str, str]]:
@@ -274,6 +290,7 @@ def generate(cli: click.Group, root: Path = REPO) -> dict[str, str]:
     """Every generated file (path relative to ``root`` -> content), built in memory."""
     files = {path: completion_source(cli, shell) for shell, path in COMPLETION_FILES.items()}
     files.update(man_pages(cli))
+    files[COMMAND_INDEX] = command_index(cli)
     files[README] = with_reference((root / README).read_text(encoding="utf-8"),
                                    command_reference(cli))
     return files

@@ -12,6 +12,7 @@ import pytest
 
 import comfyctl
 from comfyctl.cli import cli
+from comfyctl.docgen import subcommands
 
 SRC = Path(comfyctl.__file__).resolve().parents[1]
 HEAVY = ("requests", "websocket", "tabulate", "aiohttp", "urllib3")
@@ -21,7 +22,7 @@ def all_commands() -> list[tuple[str, click.Command]]:
     found: list[tuple[str, click.Command]] = []
 
     def walk(prefix: str, group: click.Group) -> None:
-        for name, command in sorted(group.commands.items()):
+        for name, command in sorted(subcommands(group).items()):
             found.append((f"{prefix}{name}".strip(), command))
             if isinstance(command, click.Group):
                 walk(f"{prefix}{name} ", command)

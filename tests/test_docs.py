@@ -16,6 +16,7 @@ from comfyctl.errors import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = docgen.command_docs(cli)
+COMMANDS = docgen.subcommands(cli)
 REGENERATE = "Run `python -m comfyctl.docgen` and commit the result."
 
 
@@ -42,16 +43,17 @@ def fresh_checkout(tmp_path: Path) -> Path:
 
 def test_sync_check_fails_when_a_commands_help_changes(fresh_checkout: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    history = cli.commands["history"]
+    history = COMMANDS["history"]
     monkeypatch.setattr(history, "help", history.help.replace("newest first", "oldest first"))
-    # The summary line also appears in the root page's command list.
-    assert docgen.stale(cli, fresh_checkout) == ["README.md", "man/comfyctl-history.1",
-                                                 "man/comfyctl.1"]
+    # The summary line also appears in the root page's command list, and in the index that
+    # list is shown from without importing the commands.
+    assert docgen.stale(cli, fresh_checkout) == ["README.md", "comfyctl/commands/index.json",
+                                                 "man/comfyctl-history.1", "man/comfyctl.1"]
 
 
 def test_sync_check_fails_when_an_option_changes(fresh_checkout: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    submit = cli.commands["submit"]
+    submit = COMMANDS["submit"]
     (count,) = [p for p in submit.params if p.name == "count"]
     monkeypatch.setattr(count, "help", "Submit this many.")
     monkeypatch.setattr(submit, "params", [*submit.params,
@@ -71,7 +73,7 @@ def test_sync_check_fails_for_a_removed_command_and_an_edited_file(fresh_checkou
 def test_docgen_check_command(fresh_checkout: Path, capsys: pytest.CaptureFixture[str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
     assert docgen.main(["--check", "--root", str(fresh_checkout)]) == 0
-    monkeypatch.setattr(cli.commands["watch"], "help", "Follow jobs.\n\nChanged.")
+    monkeypatch.setattr(COMMANDS["watch"], "help", "Follow jobs.\n\nChanged.")
     assert docgen.main(["--check", "--root", str(fresh_checkout)]) == 1
     err = capsys.readouterr().err
     assert "man/comfyctl-watch.1" in err and "python -m comfyctl.docgen" in err
@@ -89,8 +91,8 @@ def test_generation_is_byte_stable() -> None:
 
 def test_a_man_page_for_every_command() -> None:
     pages = {name for name in docgen.generate(cli, REPO) if name.startswith("man/")}
-    assert pages == {"man/comfyctl.1"} | {f"man/comfyctl-{name}.1" for name in cli.commands
-                                          if not cli.commands[name].hidden}
+    assert pages == {"man/comfyctl.1"} | {f"man/comfyctl-{name}.1" for name in COMMANDS
+                                          if not COMMANDS[name].hidden}
 
 
 def test_readme_reference_is_between_markers_before_exit_codes() -> None:
@@ -130,7 +132,7 @@ def test_every_option_has_help(doc: docgen.CommandDoc) -> None:
 
 
 def test_examples_use_only_real_commands() -> None:
-    names = set(cli.commands)
+    names = set(COMMANDS)
     for doc in DOCS:
         for line in doc.examples:
             for used in re.findall(r"comfyctl(?: --?[\w-]+(?: [\w./]+)?)* ([a-z-]+)", line):
