@@ -23,6 +23,7 @@ from comfyctl.config import ServerSpec
 from comfyctl.errors import ComfyctlError, ServerError
 from comfyctl.events import from_ws_message
 from comfyctl.fanout import fan_out
+from comfyctl.lease import TTL, claim, leases_for, listen_lease, new_owner, release_quietly
 from comfyctl.ledger import Ledger, Record, Tasks
 from comfyctl.records import (
     ACTIVE,
@@ -248,13 +249,6 @@ def _describe(evidence: dict[str, Any]) -> str:
     return text
 
 
-def _quietly_followed(record: Record, opts: DetectOptions) -> bool:
-    """A watcher is writing this job's progress: listening as its client_id would only
-    take the watcher's socket away (ComfyUI keeps one socket per client_id)."""
-    age = age_seconds((record.get("progress") or {}).get("updated_at"))
-    return age is not None and age <= opts.stall_after
-
-
 @dataclass
 class _Round:
     """One server's answer: its jobs, the jobs it runs, and its log (read afterwards)."""
@@ -297,20 +291,8 @@ def detect(ledger: Ledger, records: list[Record],
     running = [r for url, rs in groups.items() for r in rs if url in rounds
                and (obs := rounds[url].observations.get(r["prompt_id"])) is not None
                and obs.kind == "running"]
-    samples: dict[str, bool] = {}
-    unheld = [r for r in running if not _quietly_followed(r, opts)]
-    if opts.sample > 0:
-        heard = listen(unheld, client_for, opts.sample)
-        samples = {pid: h.moved for pid, h in heard.items()}
-    elif opts.listen > 0:
-        heard = listen(unheld, client_for, opts.listen)
-    else:
-        heard = {}
-    for record in unheld:
-        if record["prompt_id"] in heard:
-            _note_probe(record, heard[record["prompt_id"]], ledger, notes)
 
-    def judge() -> list[Finding]:
+    def judge(samples: dict[str, bool]) -> list[Finding]:
         found = []
         for url, group in groups.items():
             answer = answers[url]
@@ -323,15 +305,31 @@ def detect(ledger: Ledger, records: list[Record],
                     found.append(finding)
         return found
 
-    findings = judge()
-    suspected = [f.record for f in findings
-                 if f.condition == STALLED and f.record["prompt_id"] not in samples]
-    if suspected and opts.confirm > 0:
-        for pid, confirmed in listen(suspected, client_for, opts.confirm).items():
-            if confirmed.moved:
-                record = next(r for r in suspected if r["prompt_id"] == pid)
-                _note_probe(record, confirmed, ledger, notes)
-        findings = judge()
+    leases, owner = leases_for(ledger), new_owner("detect-stuck")
+    seconds = opts.sample or opts.listen
+    # Listen only to jobs nobody listens to, holding their lease meanwhile: a watcher
+    # connecting as the job while we listen would lose its socket when ours closes. A
+    # job another process listens to is judged from what that process records.
+    probing = [r for r in running if seconds > 0 and claim(
+        leases, listen_lease(r["prompt_id"]), owner, seconds + opts.confirm + TTL)]
+    try:
+        heard = listen(probing, client_for, seconds) if probing else {}
+        samples = {pid: h.moved for pid, h in heard.items()} if opts.sample > 0 else {}
+        for record in probing:
+            if record["prompt_id"] in heard:
+                _note_probe(record, heard[record["prompt_id"]], ledger, notes)
+        findings = judge(samples)
+        suspected = [f.record for f in findings if f.condition == STALLED
+                     and f.record["prompt_id"] not in samples and f.record in probing]
+        if suspected and opts.confirm > 0:
+            for pid, confirmed in listen(suspected, client_for, opts.confirm).items():
+                if confirmed.moved:
+                    record = next(r for r in suspected if r["prompt_id"] == pid)
+                    _note_probe(record, confirmed, ledger, notes)
+            findings = judge(samples)
+    finally:
+        for record in probing:
+            release_quietly(leases, listen_lease(record["prompt_id"]), owner)
     _judge_unknown(findings, rounds, tasks)
     _store(ledger, notes)
     servers = {url: (a.error.reason if a.error else None) for url, a in answers.items()}

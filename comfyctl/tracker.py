@@ -11,6 +11,7 @@ once). A server that hangs or refuses only ever stalls its own worker.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import queue
@@ -21,10 +22,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfyctl.client import ServerClient
-from comfyctl.errors import ServerError
+from comfyctl.errors import ComfyctlError, ServerError
 from comfyctl.events import from_ws_message
+from comfyctl.lease import (
+    RENEW_EVERY,
+    TTL,
+    claim,
+    leases_for,
+    listen_lease,
+    new_owner,
+    release_quietly,
+)
 from comfyctl.ledger import Ledger, Record
 from comfyctl.records import (
+    PENDING,
     RUNNING,
     SUBMITTING,
     TERMINAL,
@@ -42,6 +53,8 @@ log = logging.getLogger("comfyctl.tracker")
 HISTORY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 # A submitting record younger than this may still be in flight in another process.
 SOCKET_SILENCE = 10.0
+OBSERVE_EVERY = 0.25  # how often a follower looks at the store (the holder writes every ~1 s)
+CLAIM_EVERY = 1.0  # how often a follower tries to take the lease over
 
 
 @dataclass
@@ -99,6 +112,10 @@ class Tracker:
         self._positions: dict[str, int | None] = {}
         self._job_stops: dict[str, threading.Event] = {}
         self._threads: list[threading.Thread] = []
+        self.leases = leases_for(ledger)
+        self.owner = new_owner("watch")
+        self._held: dict[str, bool] = {}  # prompt_id -> we hold its listen lease
+        self._seen: dict[str, tuple[Any, ...]] = {}  # what _observe last handed on
         for record in records:
             url = record["server_url"]
             if url not in self.servers:
@@ -171,6 +188,9 @@ class Tracker:
         if isinstance(item, TrackerEvent):
             self.on_event(item)
             return
+        if isinstance(item, _Followed):
+            self._follow(item.record)
+            return
         obs: Observation = item
         record = self.records.get(obs.prompt_id)
         if record is None or record["status"] in TERMINAL:
@@ -206,6 +226,32 @@ class Tracker:
             self.on_event(TrackerEvent("state", record))
         else:
             self._stalled.discard(obs.prompt_id)
+            self.on_event(TrackerEvent("progress", record))
+
+    def _follow(self, stored: Record) -> None:
+        """Take what the lease holder wrote (never going back: a stale copy of a job we
+        already know further along is ignored)."""
+        record = self.records.get(stored["prompt_id"])
+        if record is None or record["status"] in TERMINAL or \
+                record["server_url"] != stored.get("server_url"):
+            return
+        if _rank(stored["status"]) < _rank(record["status"]):
+            return
+        before, changed = record["status"], False
+        for key in _FOLLOWED:
+            if key in stored and record.get(key) != stored[key]:
+                record[key] = copy.deepcopy(stored[key])
+                changed = True
+        if not changed:
+            return
+        self._stalled.discard(record["prompt_id"])
+        if record["status"] != before:
+            if record["status"] in TERMINAL:
+                self._job_stops.get(record["prompt_id"], threading.Event()).set()
+                if self.on_finished is not None:
+                    self.on_finished(record)
+            self.on_event(TrackerEvent("state", record))
+        else:
             self.on_event(TrackerEvent("progress", record))
 
     def _judge_unknown(self, record: Record, obs: Observation) -> Observation:
@@ -245,12 +291,14 @@ class Tracker:
         for url, state in self.servers.items():
             self._spawn(self._server_worker, state, name=f"poll {url}")
             self._spawn(self._history_fetcher, state, name=f"fetch {url}")
+        # Per job: the lease holder's socket, or a follower of what the holder writes.
+        for record in self.active():
+            job_stop = self._job_stops.setdefault(record["prompt_id"], threading.Event())
+            state = self.servers[record["server_url"]]
+            self._spawn(self._socket_worker, state, record["prompt_id"],
+                        record["client_id"], job_stop, name=f"ws {record['prompt_id']}")
         if self.options.use_websocket:
-            for record in self.active():
-                job_stop = self._job_stops.setdefault(record["prompt_id"], threading.Event())
-                state = self.servers[record["server_url"]]
-                self._spawn(self._socket_worker, state, record["prompt_id"],
-                            record["client_id"], job_stop, name=f"ws {record['prompt_id']}")
+            self._spawn(self._renewer, name="leases")
 
     def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -311,48 +359,132 @@ class Tracker:
 
     def _socket_worker(self, state: _ServerState, prompt_id: str, client_id: str,
                        job_stop: threading.Event) -> None:
-        """Listen as the job's own client_id; reconnect with backoff when the socket drops."""
+        """Hold the job's lease and listen as its client_id (reconnecting with backoff when
+        the socket drops); while another process holds it, follow the job through what
+        that process writes to the store, and take over when it is gone."""
+        name = listen_lease(prompt_id)
+        backoff, last_claim = 0.5, 0.0
+        try:
+            while not (self.stop.is_set() or job_stop.is_set()):
+                if not self._held.get(prompt_id):
+                    self._observe(prompt_id)
+                    if self.options.use_websocket and \
+                            time.monotonic() - last_claim >= CLAIM_EVERY:
+                        last_claim = time.monotonic()
+                        self._try_claim(prompt_id, name)
+                    if not self._held.get(prompt_id):
+                        self.stop.wait(OBSERVE_EVERY)
+                        continue
+                if self._listen(state, prompt_id, client_id, job_stop):
+                    backoff = 0.5
+                else:
+                    backoff = min(backoff * 2, 10.0)
+                self.stop.wait(backoff)
+        finally:
+            if self._held.pop(prompt_id, False):
+                release_quietly(self.leases, name, self.owner)
+
+    def _try_claim(self, prompt_id: str, name: str) -> None:
+        try:
+            taken = claim(self.leases, name, self.owner)
+        except ComfyctlError as exc:  # e.g. LedgerLocked: try again later
+            log.debug("lease %s: %s", name, exc)
+            return
+        if taken:
+            log.info("holding the lease of %s (%s)", prompt_id, self.owner)
+            self._held[prompt_id] = True
+
+    def _renewer(self) -> None:
+        """Keep every lease this tracker holds alive; a lease someone else took (we were
+        too slow to renew) is given up, so two processes never listen to one job."""
+        while not self.stop.wait(RENEW_EVERY):
+            for prompt_id in [p for p, held in list(self._held.items()) if held]:
+                try:
+                    kept = self.leases.renew_lease(listen_lease(prompt_id), self.owner, TTL)
+                except ComfyctlError as exc:
+                    log.debug("renewing the lease of %s: %s", prompt_id, exc)
+                    continue
+                if not kept:
+                    log.info("lost the lease of %s to another process", prompt_id)
+                    self._held[prompt_id] = False
+
+    def _observe(self, prompt_id: str) -> None:
+        """One look at the store: hand a change the holder wrote to the loop."""
+        try:
+            stored = self.ledger.get(prompt_id)
+        except ComfyctlError:
+            return
+        if stored is None:
+            return
+        view = _followed_view(stored)
+        if view != self._seen.get(prompt_id):
+            self._seen[prompt_id] = view
+            self.inbox.put(_Followed(stored))
+
+    def _listen(self, state: _ServerState, prompt_id: str, client_id: str,
+                job_stop: threading.Event) -> bool:
+        """One connection, while we hold the lease. False when it could not be made."""
         import websocket
 
-        backoff = 0.5
-        while not (self.stop.is_set() or job_stop.is_set()):
-            try:
-                sock = state.client.connect_ws(client_id)
-            except ServerError:
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            log.info("listening for %s on %s as its client_id", prompt_id, state.name)
-            backoff = 0.5
-            sock.settimeout(0.5)
-            heard = time.monotonic()
-            try:
-                while not (self.stop.is_set() or job_stop.is_set()):
-                    try:
-                        frame = sock.recv()
-                    except websocket.WebSocketTimeoutException:
-                        # ComfyUI keeps one socket per client_id: another process connecting
-                        # as this job (detect-stuck --sample) silently takes the events.
-                        # A running job whose socket stays quiet gets a fresh connection.
-                        if time.monotonic() - heard > SOCKET_SILENCE and \
-                                self.records[prompt_id]["status"] == RUNNING:
-                            break
-                        continue
-                    heard = time.monotonic()
-                    if not isinstance(frame, str):
-                        continue  # binary preview frames
-                    try:
-                        msg = json.loads(frame)
-                    except ValueError:
-                        continue
-                    obs = from_ws_message(msg, state.client.url, prompt_id) \
-                        if isinstance(msg, dict) else None
-                    if obs is not None:
-                        self.inbox.put(obs)
-            except (OSError, websocket.WebSocketException) as exc:
-                log.debug("socket for %s dropped: %s", prompt_id, type(exc).__name__)
-            finally:
-                with contextlib.suppress(Exception):
-                    sock.close()
-            self.stop.wait(backoff)
+        try:
+            sock = state.client.connect_ws(client_id)
+        except ServerError:
+            return False
+        log.info("listening for %s on %s as its client_id", prompt_id, state.name)
+        sock.settimeout(0.5)
+        heard = time.monotonic()
+        try:
+            while not (self.stop.is_set() or job_stop.is_set()) and self._held.get(prompt_id):
+                try:
+                    frame = sock.recv()
+                except websocket.WebSocketTimeoutException:
+                    # A socket of this client_id opened elsewhere (an older comfyctl, a
+                    # holder that lost its lease late) takes the events, and its closing
+                    # makes the server forget ours: a running job whose socket stays quiet
+                    # gets a fresh connection (the server re-sends its current node).
+                    if time.monotonic() - heard > SOCKET_SILENCE and \
+                            self.records[prompt_id]["status"] == RUNNING:
+                        break
+                    continue
+                heard = time.monotonic()
+                if not isinstance(frame, str):
+                    continue  # binary preview frames
+                try:
+                    msg = json.loads(frame)
+                except ValueError:
+                    continue
+                obs = from_ws_message(msg, state.client.url, prompt_id) \
+                    if isinstance(msg, dict) else None
+                if obs is not None:
+                    self.inbox.put(obs)
+        except (OSError, websocket.WebSocketException) as exc:
+            log.debug("socket for %s dropped: %s", prompt_id, type(exc).__name__)
+        finally:
+            # Closed before the lease goes: the server must forget this socket before the
+            # next holder connects, or its cleanup would forget the next one's.
+            with contextlib.suppress(Exception):
+                sock.close()
+        return True
 
+
+class _Followed:
+    """A job's record as the lease holder wrote it to the store."""
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+
+
+_FOLLOWED = ("status", "started_at", "finished_at", "number", "progress", "progress_history",
+             "outputs", "error")
+_RANK = {SUBMITTING: 0, PENDING: 1, RUNNING: 2}
+
+
+def _followed_view(record: Record) -> tuple[Any, ...]:
+    progress = record.get("progress") or {}
+    return (record.get("status"), progress.get("value"), progress.get("max"),
+            progress.get("node"), progress.get("updated_at"), len(record.get("outputs") or []),
+            bool(record.get("error")))
+
+
+def _rank(status: str) -> int:
+    return _RANK.get(status, 3)

@@ -1,0 +1,188 @@
+"""Many observers, one job (issue 14): one process holds the job's listen lease and its
+socket; every other watch / submit --wait follows through the store, and takes over
+when the holder dies. Real subprocesses on a real socket, SIGKILL included."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from workflows import slow_graph
+
+from comfyctl.lease import FileLeases, claim, listen_lease, live_holder, new_owner
+from comfyctl.ledger import Ledger
+
+REPO = Path(__file__).resolve().parents[1]
+LONG = slow_graph(steps=40, seconds=0.2)  # 8 s
+
+
+def comfyctl(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "comfyctl", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def percents(evs: list[dict], after: str = "") -> list[float]:
+    return [e["progress"]["percent"] for e in evs
+            if e.get("event") == "progress" and e["at"] > after and e.get("progress")]
+
+
+def submit(invoke, tmp_path: Path, url: str) -> str:
+    wf = tmp_path / "long.json"
+    wf.write_text(json.dumps(LONG))
+    result = invoke("submit", str(wf), "-s", url)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.strip()
+
+
+def stamp() -> str:
+    from comfyctl.records import now_iso
+
+    return now_iso()
+
+
+def wait_for_holder(ledger_path: Path, pid: str, timeout: float = 15) -> str:
+    leases = FileLeases(Ledger(ledger_path))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        holder = live_holder(leases, listen_lease(pid))
+        if holder is not None:
+            return holder
+        time.sleep(0.05)
+    raise AssertionError("nobody took the lease")
+
+
+def test_two_watchers_both_see_progress_to_the_end(emulator, tmp_path, ledger_path, invoke):
+    pid = submit(invoke, tmp_path, emulator.url)
+    first = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
+    wait_for_holder(ledger_path, pid)
+    time.sleep(3)
+    second_started = stamp()
+    second = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
+    out1, err1 = first.communicate(timeout=60)
+    out2, err2 = second.communicate(timeout=60)
+    assert first.returncode == 0, err1
+    assert second.returncode == 0, err2
+    ev1, ev2 = events(out1), events(out2)
+    # The first watcher was not silenced by the second: it kept hearing progress.
+    assert len(set(percents(ev1, after=second_started))) >= 3
+    assert len(set(percents(ev2))) >= 3  # the second followed it through the store
+    assert ev1[-1]["status"] == ev2[-1]["status"] == "success"
+    assert Ledger(ledger_path).get(pid)["status"] == "success"
+    assert live_holder(FileLeases(Ledger(ledger_path)), listen_lease(pid)) is None
+
+
+def test_sigkill_of_the_holder_hands_over_and_the_end_is_kept(emulator, tmp_path,
+                                                              ledger_path, invoke):
+    pid = submit(invoke, tmp_path, emulator.url)
+    first = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
+    holder = wait_for_holder(ledger_path, pid)
+    time.sleep(3)
+    second = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
+    time.sleep(1.5)
+    os.kill(first.pid, signal.SIGKILL)
+    first.communicate(timeout=10)
+    killed = stamp()
+    out2, err2 = second.communicate(timeout=60)
+    assert second.returncode == 0, err2
+    ev2 = events(out2)
+    assert ev2[-1]["status"] == "success" and ev2[-1]["outputs"]
+    assert len(set(percents(ev2, after=killed))) >= 2  # heard on its own socket now
+    assert holder.split(":")[1] == str(first.pid)
+
+
+def test_submit_wait_and_watch_share_one_listener(emulator, tmp_path, ledger_path):
+    wf = tmp_path / "long.json"
+    wf.write_text(json.dumps(LONG))
+    waiting = comfyctl("submit", str(wf), "-s", emulator.url, "--wait", "--json",
+                       "--poll-interval", "0.5")
+    assert waiting.stdout is not None
+    pid = json.loads(waiting.stdout.readline())["prompt_id"]
+    wait_for_holder(ledger_path, pid)
+    time.sleep(3)
+    watcher_started = stamp()
+    watcher = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
+    out1, err1 = waiting.communicate(timeout=60)
+    out2, err2 = watcher.communicate(timeout=60)
+    assert waiting.returncode == 0, err1
+    assert watcher.returncode == 0, err2
+    assert len(set(percents(events(out1), after=watcher_started))) >= 3
+    assert len(set(percents(events(out2)))) >= 3
+    assert events(out1)[-1]["status"] == events(out2)[-1]["status"] == "success"
+
+
+def test_sigkill_of_submit_wait_hands_over_to_watch(emulator, tmp_path, ledger_path):
+    wf = tmp_path / "long.json"
+    wf.write_text(json.dumps(LONG))
+    waiting = comfyctl("submit", str(wf), "-s", emulator.url, "--wait", "--json",
+                       "--poll-interval", "0.5")
+    assert waiting.stdout is not None
+    pid = json.loads(waiting.stdout.readline())["prompt_id"]
+    wait_for_holder(ledger_path, pid)
+    watcher = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
+    time.sleep(2)
+    os.kill(waiting.pid, signal.SIGKILL)
+    waiting.communicate(timeout=10)
+    out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 0, err
+    assert events(out)[-1]["status"] == "success"
+
+
+def test_detect_stuck_never_listens_to_a_job_a_watcher_holds(emulator, tmp_path, ledger_path,
+                                                             invoke):
+    g = slow_graph(steps=400, seconds=0.02)  # 52.25% after ~4 s, then it hangs
+    g["2"]["inputs"].update(stall_at_step=210, stall_seconds=3600.0)
+    wf = tmp_path / "stall.json"
+    wf.write_text(json.dumps(g))
+    pid = invoke("submit", str(wf), "-s", emulator.url).stdout.strip()
+    out_file = (tmp_path / "watch.out").open("w+")  # 400 events: more than a pipe holds
+    watcher = subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid, "--json",
+                                "--poll-interval", "0.5"], cwd=REPO, stdout=out_file,
+                               stderr=subprocess.DEVNULL, text=True)
+    wait_for_holder(ledger_path, pid)
+    deadline = time.monotonic() + 30
+    while (Ledger(ledger_path).get(pid)["progress"] or {}).get("percent") != 52.25:
+        assert time.monotonic() < deadline, "the watcher never recorded 52.25%"
+        time.sleep(0.1)
+    first = invoke("detect-stuck", "--stall-after", "2", "--json")
+    assert first.exit_code == 0, first.stdout
+    assert "probe" not in Ledger(ledger_path).get(pid)  # it did not listen
+    time.sleep(2.5)
+    late = invoke("detect-stuck", "--stall-after", "2", "--json")
+    assert late.exit_code == 6
+    (finding,) = [json.loads(line) for line in late.stdout.splitlines()]
+    assert finding["condition"] == "stalled" and "52.25%" in finding["detail"]
+    # The watcher still holds the job's socket: an interrupt reaches it as its end.
+    requests.post(emulator.url + "/interrupt", json={"prompt_id": pid}, timeout=5)
+    watcher.wait(timeout=30)
+    out_file.seek(0)
+    assert events(out_file.read())[-1]["status"] == "interrupted"
+
+
+def test_a_lease_is_one_holders_and_a_dead_holders_is_taken_over(ledger_path):
+    leases = FileLeases(Ledger(ledger_path))
+    name = listen_lease("job")
+    mine, other = new_owner("a"), new_owner("b")
+    assert claim(leases, name, mine) and not claim(leases, name, other)
+    assert leases.renew_lease(name, mine, 5) and not leases.renew_lease(name, other, 5)
+    assert live_holder(leases, name) == mine
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ghost = mine.replace(f":{os.getpid()}:", f":{dead.pid}:")
+    assert leases.release_lease(name, mine) and claim(leases, name, ghost)
+    assert live_holder(leases, name) is None  # its process is gone
+    assert claim(leases, name, other) and live_holder(leases, name) == other
+    assert not leases.release_lease(name, mine) and leases.release_lease(name, other)
+    assert leases.claim_lease(name, mine, 0.05)
+    time.sleep(0.1)
+    assert leases.lease(name) is None and claim(leases, name, other)  # expired
