@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 from workflows import slow_graph
 
-from comfyctl.lease import FileLeases, claim, listen_lease, live_holder, new_owner
+from comfyctl.lease import claim, leases_for, listen_lease, live_holder, new_owner
 from comfyctl.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def stamp() -> str:
 
 
 def wait_for_holder(ledger_path: Path, pid: str, timeout: float = 15) -> str:
-    leases = FileLeases(Ledger(ledger_path))
+    leases = leases_for(Ledger(ledger_path))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         holder = live_holder(leases, listen_lease(pid))
@@ -79,7 +79,7 @@ def test_two_watchers_both_see_progress_to_the_end(emulator, tmp_path, ledger_pa
     assert len(set(percents(ev2))) >= 3  # the second followed it through the store
     assert ev1[-1]["status"] == ev2[-1]["status"] == "success"
     assert Ledger(ledger_path).get(pid)["status"] == "success"
-    assert live_holder(FileLeases(Ledger(ledger_path)), listen_lease(pid)) is None
+    assert live_holder(leases_for(Ledger(ledger_path)), listen_lease(pid)) is None
 
 
 def test_sigkill_of_the_holder_hands_over_and_the_end_is_kept(emulator, tmp_path,
@@ -170,7 +170,7 @@ def test_detect_stuck_never_listens_to_a_job_a_watcher_holds(emulator, tmp_path,
 
 
 def test_a_lease_is_one_holders_and_a_dead_holders_is_taken_over(ledger_path):
-    leases = FileLeases(Ledger(ledger_path))
+    leases = leases_for(Ledger(ledger_path))
     name = listen_lease("job")
     mine, other = new_owner("a"), new_owner("b")
     assert claim(leases, name, mine) and not claim(leases, name, other)

@@ -227,14 +227,14 @@ def test_two_watchers_on_one_server_each_see_their_own_progress(invoke, emulator
 
 
 def test_ctrl_c_exits_130_naming_what_still_runs_where(emulator, workflow, ledger_path):
-    from comfyctl.lease import FileLeases, listen_lease, live_holder
+    from comfyctl.lease import leases_for, listen_lease, live_holder
 
     pid = subprocess.run([sys.executable, "-m", "comfyctl", "submit",
                           workflow(quick_graph(steps=200, seconds=0.05)), "-s", emulator.url],
                          capture_output=True, text=True, check=True).stdout.strip()
     proc = subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    leases, deadline = FileLeases(Ledger(ledger_path)), time.monotonic() + 20
+    leases, deadline = leases_for(Ledger(ledger_path)), time.monotonic() + 20
     while live_holder(leases, listen_lease(pid)) is None:  # it is following the job now
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
