@@ -264,6 +264,35 @@ def bench_fanout(jobs: int, servers: int, timeout: float) -> None:
             emu.stop()
 
 
+def bench_hooks_metrics(size: int, runs: int) -> None:
+    """What announcing a job's end costs on a big ledger (the claim is one transaction),
+    and `comfyctl metrics` over that ledger (it reads every record)."""
+    from comfyctl.hooks import claim
+
+    print("hooks and metrics", flush=True)
+    emu = Emulator().start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ledger = make_ledger(Path(tmp) / "ledger.json", size, [emu.url])
+            ids = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(0, size, size // 20)]
+            times = []
+            for pid in ids:
+                start = time.perf_counter()
+                assert claim(ledger, pid) is not None
+                times.append(time.perf_counter() - start)
+            report(f"hooks: claim one job's announcement, {size:,}-record ledger",
+                   f"{statistics.median(times) * 1000:.1f} ms",
+                   "one ledger transaction per ended job, only with hooks")
+            env = {"COMFYCTL_LEDGER": str(ledger.path),
+                   "COMFYCTL_CONFIG": str(Path(tmp) / "none.toml")}
+            wall = median_wall([sys.executable, "-m", "comfyctl", "metrics", "--confirm", "0"],
+                               runs, env)
+            report(f"comfyctl metrics, {size:,}-record ledger, 1 server", f"{wall:.2f} s",
+                   "parses every record (counts, run-time summaries)")
+    finally:
+        emu.stop()
+
+
 def main() -> None:
     import logging
 
@@ -283,6 +312,7 @@ def main() -> None:
     bench_submit(20 if args.quick else 50)
     bench_watch(40 if args.quick else 200, 4, 20)
     bench_fanout(1000, 10, 2.0)
+    bench_hooks_metrics(10000 if args.quick else 100000, runs)
     if args.write_readme:
         write_readme(machine, "python benchmarks/run.py" + (" --quick" if args.quick else ""))
 

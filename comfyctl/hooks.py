@@ -72,18 +72,23 @@ def claim(ledger: Ledger, prompt_id: str) -> Record | None:
     claim is absent (or names an earlier terminal state: a lost job its server found
     again), stamp the claim and return the record; else None (not finished, or someone
     else announces it)."""
+    seen = ledger.get(prompt_id)  # a lock-free look first: most observers lose the race
+    if seen is None or _claimed(seen):
+        return None
     with ledger.transaction() as tasks:
         stored = tasks.get(prompt_id)
-        if stored is None or stored["status"] not in TERMINAL:
-            return None
-        notified = stored.get("notified")
-        if isinstance(notified, dict) and notified.get("status") == stored["status"]:
+        if stored is None or stored["status"] not in TERMINAL or _claimed(stored):
             return None
         stored["notified"] = {"status": stored["status"], "at": now_iso(),
                               "by": f"{socket.gethostname()}:{os.getpid()}"}
         tasks.put(stored)
         copy: Record = json.loads(json.dumps(stored))  # a copy the hook threads may keep
         return copy
+
+
+def _claimed(record: Record) -> bool:
+    notified = record.get("notified")
+    return isinstance(notified, dict) and notified.get("status") == record["status"]
 
 
 def hook_env(record: Record) -> dict[str, str]:

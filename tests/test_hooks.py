@@ -288,3 +288,11 @@ def test_a_webhook_that_is_not_a_url_is_a_usage_error(invoke, emulator, tmp_path
     result = invoke("watch", pid, "--webhook", "ftp://x")
     assert result.exit_code == 2
     assert "--webhook needs an http(s) URL" in result.stderr
+
+
+def test_servers_json_shows_the_global_webhook_only_as_set(invoke, config_path):
+    config_path.write_text('webhook = "https://hooks.example.com/T0K3N"\n'
+                           'webhook_secret = "global-secret"\n')
+    result = invoke("servers", "--json")
+    assert json.loads(result.stdout)["webhook"] == "set"
+    assert "T0K3N" not in result.stdout and "global-secret" not in result.stdout

@@ -33,6 +33,7 @@ def command(app: AppContext, fmt: str) -> None:
     servers = [spec.public() for spec in config.servers.values()]
     if fmt == "json":
         click.echo(json.dumps({"schema": "comfyctl.servers", "schema_version": 1, **paths,
+                               "webhook": "set" if config.webhook else None,
                                "servers": servers}, indent=2))
         return
     for key, value in paths.items():
