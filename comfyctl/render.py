@@ -254,8 +254,7 @@ class LiveArea:
     def _maybe_redraw(self, force: bool) -> None:
         now = time.monotonic()
         if force or now - self._last > 0.1:
-            self._erase()
-            self._draw()
+            self._draw(erase=True)
             self._last = now
 
     def _erase(self) -> None:
@@ -263,7 +262,7 @@ class LiveArea:
             self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
             self._drawn = 0
 
-    def _draw(self) -> None:
+    def _draw(self, erase: bool = False) -> None:
         size = terminal_size(self.stream)
         # Fit the terminal: running jobs first, then pending ones in queue order, the rest
         # summed up in one line.
@@ -275,7 +274,8 @@ class LiveArea:
         if len(lines) > room:
             lines = [*lines[:room - 1],
                      f"... and {len(lines) - room + 1} more job(s)"[:size.columns - 1]]
-        for line in lines:
-            self.stream.write(line + "\n")
+        # One write per frame: the terminal never shows a half-drawn area.
+        wipe = f"\x1b[{self._drawn}F\x1b[J" if erase and self._drawn else ""
+        self.stream.write(wipe + "".join(line + "\n" for line in lines))
         self._drawn = len(lines)
         self.stream.flush()

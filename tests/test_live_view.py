@@ -110,13 +110,21 @@ def test_live_view_fits_redraws_in_place_and_keeps_notices(
         return [r for r in rows if any(f" {s} " in r for s in short.values())
                 and not r.startswith("comfyctl:") and not any(p in r for p in short)]
 
+    notice = "comfyctl: server gpu-b is unreachable"
+    notice_seen = False
+
     def check(rows: list[str]) -> None:
+        nonlocal notice_seen
         area = area_rows(rows)
         for pid, sid in short.items():
             copies = [r for r in area if f" {sid} " in r]
             assert len(copies) <= 1, f"{pid} drawn {len(copies)} times:\n" + "\n".join(rows)
         for row in area:
             assert len(row) < columns, f"a line fills the width (it would wrap): {row!r}"
+        # Once printed, the notice stays on screen through every redraw.
+        shown = any(r.startswith(notice) for r in rows)
+        assert shown or not notice_seen, "the notice was erased:\n" + "\n".join(rows)
+        notice_seen = shown
 
     def line_of(rows: list[str], pid: str) -> str:
         return next((r for r in area_rows(rows) if f" {short[pid]} " in r), "")
@@ -128,18 +136,17 @@ def test_live_view_fits_redraws_in_place_and_keeps_notices(
                          and "running" in line_of(rows, running)
                          and "%" in line_of(rows, other), 30, check), "\n".join(term.rows())
         b.stop()
-        notice = "comfyctl: server gpu-b is unreachable"
         assert term.pump(lambda rows: "unreachable" in line_of(rows, other)
                          and any(r.startswith(notice) for r in rows), 30, check), \
             "\n".join(term.rows())
-        # The notice stays above the area through later redraws.
+        # The notice stays above the area through later redraws (check() sees each frame).
         frames = term.frames
-        assert term.pump(lambda rows: term.frames >= frames + 5, 30, check)
+        assert term.pump(lambda rows: term.frames >= frames + 5
+                         and "pending" in line_of(rows, queued[0])
+                         and "running" in line_of(rows, running), 30, check)
         rows = term.rows()
-        assert any(r.startswith(notice) for r in rows), "\n".join(rows)
         assert rows.index(next(r for r in rows if r.startswith(notice))) < \
             rows.index(line_of(rows, running))
-        assert "pending" in line_of(rows, queued[0]) and "running" in line_of(rows, running)
         term.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         term.pump(lambda rows: term.proc.poll() is not None, 20, check)
         assert term.proc.wait(timeout=20) == 130
