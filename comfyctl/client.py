@@ -9,6 +9,7 @@ error messages name the canonical URL only, never a token or header.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 import socket
@@ -485,12 +486,29 @@ class ServerClient:
             return websocket.create_connection(
                 self.ws_url(client_id), header=headers, sslopt=sslopt,
                 timeout=timeout or self.spec.connect_timeout, suppress_origin=True,
-                enable_multithread=True,
+                enable_multithread=True, skip_utf8_validation=True, class_=_websocket_class(),
             )
         except ssl.SSLError:
             raise ServerUnreachable(self.spec.name, "tls") from None
         except (OSError, websocket.WebSocketException) as exc:
             raise ServerUnreachable(self.spec.name, f"websocket: {type(exc).__name__}") from None
+
+
+@functools.cache
+def _websocket_class() -> type[Any]:
+    """websocket-client's WebSocket without its UTF-8 check of text frames: a Python loop
+    over every byte, half of the CPU ``watch`` spent. Python's own decoder still rejects
+    invalid text, raised as the check would have (the socket is then dropped)."""
+    import websocket
+
+    class WebSocket(websocket.WebSocket):
+        def recv(self) -> str | bytes:
+            try:
+                return super().recv()
+            except UnicodeDecodeError as exc:
+                raise websocket.WebSocketPayloadException(f"cannot decode: {exc}") from None
+
+    return WebSocket
 
 
 class _SlowBody(Exception):

@@ -8,14 +8,17 @@ import socket
 import threading
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 from comfyctl.client import ServerClient
 from comfyctl.config import ServerSpec
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def handshake_recorder() -> tuple[str, dict, threading.Thread]:
-    """A loopback server that accepts one WebSocket handshake and records it."""
+def handshake_recorder(then: bytes = b"") -> tuple[str, dict, threading.Thread]:
+    """A loopback server that accepts one WebSocket handshake and records it, then sends
+    ``then`` (raw frames)."""
     listener = socket.create_server(("127.0.0.1", 0))
     seen: dict = {}
 
@@ -34,7 +37,7 @@ def handshake_recorder() -> tuple[str, dict, threading.Thread]:
             accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
             conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                           f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
-                         .encode())
+                         .encode() + then)
             conn.recv(1024)  # until the client closes
 
     thread = threading.Thread(target=serve, daemon=True)
@@ -57,3 +60,23 @@ def test_websocket_carries_headers_basic_auth_and_token_but_no_origin() -> None:
     expected = base64.b64encode(b"alice:pw-secret").decode()
     assert headers["authorization"] == f"Basic {expected}"
     assert "origin" not in headers
+
+
+def text_frame(payload: bytes) -> bytes:
+    return bytes([0x81, len(payload)]) + payload  # FIN + text; a server's frames are unmasked
+
+
+def test_text_frames_decode_and_invalid_utf8_is_a_websocket_error() -> None:
+    import websocket
+
+    frames = text_frame('{"type": "progress", "node": "é"}'.encode()) + text_frame(b"\xff\xfe")
+    url, _, thread = handshake_recorder(frames)
+    sock = ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5)
+    try:
+        assert sock.recv() == '{"type": "progress", "node": "é"}'
+        # As websocket-client's own UTF-8 check (skipped: too slow) would have said.
+        with pytest.raises(websocket.WebSocketPayloadException):
+            sock.recv()
+    finally:
+        sock.close()
+    thread.join(5)
