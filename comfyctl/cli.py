@@ -6,6 +6,8 @@ the core are rendered once, here, as ``click.ClickException`` with their exit co
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import click
 
 from comfyctl import __version__
 from comfyctl.commands import LazyGroup
-from comfyctl.errors import ComfyctlError, ExitCode
+from comfyctl.errors import ComfyctlError, ExitCode, UsageProblem
 
 EXIT_CODES_HELP = """\b
 Exit codes: 0 ok · 1 task failed/cancelled/unrecovered or general error ·
@@ -23,7 +25,7 @@ Exit codes: 0 ok · 1 task failed/cancelled/unrecovered or general error ·
 5 timeout · 6 problems found (detect-stuck, --fail-on-stall) ·
 7 ledger corrupt or locked · 8 access denied · 9 server error ·
 10 bad reply from a server · 11 submit uncertain (id printed; do not resubmit) ·
-130 interrupted (Ctrl-C)."""
+130 interrupted (Ctrl-C) · 141 stdout closed by its reader (e.g. | head)."""
 
 
 class CliError(click.ClickException):
@@ -34,10 +36,41 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # Click reads it per instance
 
 
+class _ClosedStdin(io.TextIOBase):
+    """Stands in for a stdin that was closed (``<&-``): reading it is a usage error, said
+    in one sentence, not an AttributeError on None."""
+
+    def _closed(self, *args: object) -> Any:
+        raise UsageProblem("stdin is closed, so '-' has nothing to read.",
+                           "Pipe the input in, or name a file or ids instead of '-'.")
+
+    read = readline = readlines = __next__ = _closed
+
+    @property
+    def buffer(self) -> Any:
+        return self._closed()
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (``| head``): point stdout at /dev/null so that
+    nothing more, not even the interpreter's last flush, complains about it."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 class ComfyctlGroup(LazyGroup):
     def invoke(self, ctx: click.Context) -> Any:
+        if sys.stdin is None:  # started with stdin closed
+            sys.stdin = _ClosedStdin()
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # A closed stdout ends the command quietly, with the code a shell gives any
+            # program that SIGPIPE stops (so `set -o pipefail` sees what it sees for `yes`).
+            _quiet_stdout()
+            raise click.exceptions.Exit(ExitCode.BROKEN_PIPE) from None
         except ComfyctlError as exc:
             _show_traceback(ctx)
             raise CliError(str(exc), int(exc.exit_code)) from None
@@ -93,9 +126,10 @@ def cli(ctx: click.Context, config_path: Path | None, ledger_path: Path | None, 
 
     app = AppContext(
         config_path=config_path,
-        # An explicit --config must exist; COMFYCTL_CONFIG may point at a file not made yet.
+        # A config named by --config or COMFYCTL_CONFIG must exist (a typo must not mean
+        # "no servers"); only the default location may be absent.
         config_required=ctx.get_parameter_source("config_path")
-        == click.core.ParameterSource.COMMANDLINE,
+        in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT),
         ledger_path=ledger_path,
         verbose=verbose,
         color=not no_color and "NO_COLOR" not in os.environ,

@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     BAD_REPLY = 10  # the server answered, but not as ComfyUI does (a proxy's page, ...)
     UNCERTAIN = 11  # a job may or may not be queued; its id is printed and kept
     INTERRUPTED = 130  # Ctrl-C
+    BROKEN_PIPE = 141  # stdout's reader went away (| head): ended quietly, as SIGPIPE would
 
 
 class ComfyctlError(Exception):
@@ -141,8 +142,8 @@ class WorkflowRejected(ComfyctlError):
 
     def __init__(self, server: str, error: dict[str, Any], node_errors: dict[str, Any],
                  status: int) -> None:
-        detail = error.get("message") or error.get("type") or f"HTTP {status}"
-        super().__init__(f"Server {server} rejected the workflow: {detail}.")
+        detail = str(error.get("message") or error.get("type") or f"HTTP {status}")
+        super().__init__(f"Server {server} rejected the workflow: {detail.rstrip('. ')}.")
         self.error = error
         self.node_errors = node_errors
         self.status = status

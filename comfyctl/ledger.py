@@ -33,6 +33,7 @@ from comfyctl.errors import (
     TaskNotFound,
     UsageProblem,
 )
+from comfyctl.records import STATUSES
 
 SCHEMA_NAME = "comfyctl.ledger"
 SCHEMA_VERSION = 1
@@ -68,6 +69,10 @@ def _decode_key(key: bytes) -> str:
 def _check_record(path: Path, key: str, record: Any) -> None:
     if not isinstance(record, dict) or record.get("prompt_id") != key:
         raise LedgerCorrupt(path, f"the record under {key!r} is not a task record")
+    # What every command relies on; anything else would be shown or acted on wrongly.
+    if "status" in record and record["status"] not in STATUSES:
+        raise LedgerCorrupt(path, f"the record {key!r} has no known status "
+                                  f"({record.get('status')!r})")
 
 
 class Tasks(Mapping[str, Record]):
@@ -197,6 +202,10 @@ class Tasks(Mapping[str, Record]):
             stamps[pid], starts[pid] = match.group(2).decode(), match.start() + 1
         if self._index is None and len(starts) == lines:
             self._index = starts  # the same pass located every line: lookups are now free
+        if len(stamps) < lines:  # a line without a submit time: parsing it says what is wrong
+            for pid in self._keys():
+                if pid not in stamps and pid not in self._removed:
+                    self[pid]
         for pid, record in self._parsed.items():
             stamps[pid] = record.get("submitted_at") or ""
         ids = [pid for pid in stamps if pid not in self._removed]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,7 +18,8 @@ def server_option(help_text: str) -> Callable[[F], F]:
 
 
 def output_format(*choices: str, default: str = "table") -> Callable[[F], F]:
-    """Collapse --json/--nl/--csv into one ``fmt`` parameter."""
+    """Collapse --json/--nl/--csv into one ``fmt`` parameter; more than one is a usage error
+    (rather than one silently winning)."""
     flags = {
         "json": "--json",
         "nl": "--nl",
@@ -30,11 +32,18 @@ def output_format(*choices: str, default: str = "table") -> Callable[[F], F]:
     }
 
     def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def combined(*args: Any, **kwargs: Any) -> Any:
+            given = [flags[c] for c in choices if kwargs.pop(f"fmt_{c}")]
+            if len(given) > 1:
+                raise click.UsageError(f"{' and '.join(given)} cannot be combined; pick one.")
+            kwargs["fmt"] = given[0][2:] if given else default
+            return func(*args, **kwargs)
+
         for choice in reversed(choices):
-            func = click.option(flags[choice], "fmt", flag_value=choice,
-                                help=helps[choice])(func)
-        return click.option("--table", "fmt", flag_value=default, default=True, hidden=True)(
-            func)
+            combined = click.option(flags[choice], f"fmt_{choice}", is_flag=True,
+                                    help=helps[choice])(combined)
+        return combined  # type: ignore[return-value]
 
     return decorate
 

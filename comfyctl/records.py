@@ -198,9 +198,12 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
         _mark_running(record, obs.at)
         _merge_outputs(record, {obs.node or "?": obs.outputs or {}})
     elif obs.kind == "finished":
+        # The server's own clock when it says (history messages, jobs-API fields): comfyctl
+        # may notice the end late (recover, a watcher that was not running), not the run.
+        timing = obs.timing or {}
         record["status"] = obs.outcome or SUCCESS
-        record["finished_at"] = record["finished_at"] or obs.at
-        record["started_at"] = record["started_at"] or obs.at
+        record["finished_at"] = timing.get("finished_at") or record["finished_at"] or obs.at
+        record["started_at"] = timing.get("started_at") or record["started_at"] or obs.at
         if obs.outputs is not None:
             _merge_outputs(record, obs.outputs)
         if obs.error:

@@ -147,8 +147,15 @@ class Submitter:
                 resubmitted_from: str | None = None) -> Record:
         """The write-ahead record of a new job (the caller puts it in the ledger)."""
         self.client_for(spec)  # a server that cannot be used (config) gets no record at all
-        return new_record(new_prompt_id(), spec.name, spec.url, new_client_id(),
-                          self.ledger.store_workflow(graph), labels, resubmitted_from)
+        try:
+            ref = self.ledger.store_workflow(graph)
+        except OSError as exc:
+            if exc.filename:
+                raise
+            # Some calls (utime) do not say where: name the folder they were working in.
+            raise OSError(exc.errno, exc.strerror, str(self.ledger.workflow_dir)) from None
+        return new_record(new_prompt_id(), spec.name, spec.url, new_client_id(), ref, labels,
+                          resubmitted_from)
 
     def send(self, record: Record, graph: dict[str, Any], spec: ServerSpec) -> Submitted:
         """POST the job whose write-ahead record is already in the ledger.

@@ -38,6 +38,7 @@ def fault_counts(request: pytest.FixtureRequest) -> dict:
 @pytest.fixture(autouse=True)
 def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point config and ledger at a temp dir so no test touches the user's real files."""
+    (tmp_path / "config.toml").touch()  # a config named by COMFYCTL_CONFIG must exist
     monkeypatch.setenv("COMFYCTL_CONFIG", str(tmp_path / "config.toml"))
     monkeypatch.setenv("COMFYCTL_LEDGER", str(tmp_path / "ledger.json"))
     for name in ("COMFYCTL_SERVER", "COMFYCTL_TRACEBACK", "NO_COLOR", "COMFYCTL_LOCK_TIMEOUT"):

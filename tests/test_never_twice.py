@@ -242,3 +242,176 @@ def test_superseded_job_that_ran_anyway_says_so_once(emulator_factory, invoke, c
     assert any(copy in w and "both ran" in w for w in record["warnings"])
     assert invoke("history", original, "--json").stdout == \
         invoke("history", original, "--json").stdout  # settled once: nothing changes
+
+
+# -- point 6: cancel by a short id ---------------------------------------------------------
+
+
+def test_cancel_by_short_id_interrupts_a_running_job(emulator, invoke, tmp_path, ledger_path):
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(slow_graph(steps=400, seconds=0.05)))
+    pid = invoke("submit", str(path), "-s", emulator.url).stdout.strip()
+    assert invoke("watch", pid, "--timeout", "0.5").exit_code == 5  # it is running now
+    result = invoke("cancel", pid[:8])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "interrupted by prompt_id" in result.stdout
+    assert gone_from_queue(emulator, pid)
+    assert Ledger(ledger_path).get(pid)["status"] in ("cancelled", "interrupted")
+
+
+def test_cancel_exits_1_when_a_named_job_could_not_be_cancelled(emulator, invoke, wf,
+                                                                ledger_path):
+    pid = invoke("submit", wf, "-s", emulator.url).stdout.strip()
+    emulator.wait_idle(timeout=10)
+    assert invoke("watch", pid).exit_code == 0
+    result = invoke("cancel", pid[:6])
+    assert result.exit_code == ExitCode.FAILED
+    assert "already success" in result.stdout and pid in result.stderr
+
+
+# -- point 7: the server's times ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("jobs_api", [False, True], ids=["classic", "jobs-api"])
+@pytest.mark.parametrize("notice", ["recover", "watch"])
+def test_start_and_end_are_the_servers_times(emulator_factory, invoke, wf, ledger_path,
+                                             jobs_api, notice):
+    """Noticed late (the job ran while nobody watched), the record still says when the
+    server ran it: execution_start and execution_success from the server's history."""
+    import requests
+
+    from comfyctl.events import server_timing
+
+    emu = emulator_factory(jobs_api=jobs_api)
+    path = Path(wf)
+    path.write_text(json.dumps(slow_graph(steps=10, seconds=0.03)))
+    pid = invoke("submit", wf, "-s", emu.url).stdout.strip()
+    emu.wait_idle(timeout=10)
+    messages = dict(requests.get(f"{emu.url}/history/{pid}", timeout=5).json()[pid]
+                    ["status"]["messages"])
+    expected = server_timing(None, messages["execution_start"]["timestamp"],
+                             messages["execution_success"]["timestamp"])
+    assert invoke(notice, *([] if notice == "recover" else [pid])).exit_code == 0
+    record = Ledger(ledger_path).get(pid)
+    assert record["status"] == "success"
+    assert (record["started_at"], record["finished_at"]) == \
+        (expected["started_at"], expected["finished_at"])
+
+
+# -- point 9: pipes and streams ------------------------------------------------------------
+
+
+def many_records(ledger_path: Path, count: int = 300, status: str = "success") -> list[str]:
+    """A ledger big enough that its output outlasts any pipe buffer."""
+    from comfyctl.records import new_record, view_url
+
+    ids = []
+    with Ledger(ledger_path).transaction() as tasks:
+        for n in range(count):
+            record = new_record(f"00000000-0000-4000-8000-{n:012d}", "gone",
+                                "http://127.0.0.1:9", f"comfyctl-{n}", None)
+            record["status"] = status
+            record["outputs"] = [{"node": "3", "key": "images", "filename": f"f{n}_{i}.png",
+                                  "subfolder": "", "type": "output",
+                                  "url": view_url("http://127.0.0.1:9", f"f{n}_{i}.png", "",
+                                                  "output")} for i in range(5)]
+            tasks.put(record)
+            ids.append(record["prompt_id"])
+    return ids
+
+
+@pytest.mark.parametrize("command", ["history --nl", "history --outputs", "history",
+                                     "debug-tasks", "watch - --json"])
+def test_a_closed_stdout_ends_the_command_quietly(ledger_path, tmp_path, command):
+    import subprocess
+    import sys
+
+    ids = many_records(ledger_path, status="running" if command == "debug-tasks" else "success")
+    (tmp_path / "ids").write_text("\n".join(ids) + "\n")
+    line = (f"{sys.executable} -m comfyctl {command} --timeout 0.5 < {tmp_path / 'ids'}"
+            if command == "debug-tasks" else
+            f"{sys.executable} -m comfyctl {command} < {tmp_path / 'ids'}")
+    script = f"{line} | head -1; echo \"exit=${{PIPESTATUS[0]}}\" >&2"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parents[1])
+    assert len(proc.stdout.splitlines()) == 1
+    # Nothing on stderr; 141 as for any program SIGPIPE stops (0 when the whole output fit
+    # in the pipe before head left, as a table printed in one write may).
+    codes = {f"exit={ExitCode.BROKEN_PIPE}"} | ({"exit=0"} if command == "history" else set())
+    assert proc.stderr.strip() in codes, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["watch -", "submit - -s http://127.0.0.1:9"])
+def test_a_closed_stdin_is_a_clear_usage_error(command):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(["bash", "-c", f"{sys.executable} -m comfyctl {command} <&-"],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert "stdin is closed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- point 10: small ones seen at the same time ---------------------------------------------
+
+
+def test_demo_never_writes_the_ledger_named_by_the_environment(invoke, ledger_path):
+    result = invoke("demo", "--jobs", "2", "--steps", "1")
+    assert result.exit_code == 0, result.stderr
+    assert not ledger_path.exists() or len(Ledger(ledger_path).load()) == 0
+
+
+@pytest.mark.parametrize("corruption", ["status-42", "cut-line"])
+def test_a_corrupt_record_line_is_exit_7_not_hidden(ledger_path, invoke, corruption):
+    ids = many_records(ledger_path, count=3)
+    raw = ledger_path.read_text()
+    if corruption == "status-42":
+        raw = raw.replace('"status":"success"', '"status":42', 1)
+    else:  # a line cut off before its submit time
+        start = raw.index(f'"{ids[1]}":')
+        end = raw.index("\n", start)
+        raw = raw[:start] + raw[start:start + 60] + ",\n" + raw[end + 1:]
+    ledger_path.write_text(raw)
+    broken = ids[0] if corruption == "status-42" else ids[1]
+    for args in (("history",), ("history", "--json"), ("history", broken)):
+        result = invoke(*args)
+        assert result.exit_code == ExitCode.LEDGER, (args, result.stdout)
+
+
+def test_a_missing_config_named_by_the_environment_is_an_error(invoke, monkeypatch, tmp_path):
+    monkeypatch.setenv("COMFYCTL_CONFIG", str(tmp_path / "nonexistent.toml"))
+    result = invoke("servers")
+    assert result.exit_code == ExitCode.USAGE
+    assert "nonexistent.toml" in result.stderr
+
+
+def test_a_label_given_twice_with_two_values_is_a_usage_error(invoke, emulator, wf,
+                                                              ledger_path):
+    result = invoke("submit", wf, "-s", emulator.url, "--label", "k=1", "--label", "k=2")
+    assert result.exit_code == ExitCode.USAGE and "twice" in result.stderr
+    assert len(Ledger(ledger_path).load()) == 0
+
+
+def test_two_output_formats_are_a_usage_error(invoke):
+    result = invoke("history", "--json", "--csv")
+    assert result.exit_code == ExitCode.USAGE
+    assert "--json and --csv" in result.stderr
+
+
+def test_an_unusable_ledger_path_is_named(invoke, emulator, wf, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = invoke("--ledger", str(blocker / "l.json"), "submit", wf, "-s", emulator.url)
+    assert result.exit_code != 0
+    assert str(blocker) in result.stderr
+
+
+def test_a_rejection_message_ends_in_one_full_stop(invoke, emulator, tmp_path):
+    path = tmp_path / "bad.json"
+    graph = slow_graph()
+    del graph["2"]["inputs"]["steps"]
+    path.write_text(json.dumps(graph))
+    result = invoke("submit", str(path), "-s", emulator.url)
+    assert result.exit_code == ExitCode.FAILED
+    assert "rejected the workflow" in result.stderr and ".." not in result.stderr

@@ -49,8 +49,10 @@ def command(app: AppContext, jobs: int, steps: int) -> None:
     from comfyctl.config import ServerSpec
     from comfyctl.submission import Submitter
 
+    given = click.get_current_context().find_root().get_parameter_source("ledger_path")
     with tempfile.TemporaryDirectory(prefix="comfyctl-demo-") as tmp:
-        if app.ledger_path is None:
+        # Only an explicit --ledger is used: a COMFYCTL_LEDGER set for real work is not.
+        if given != click.core.ParameterSource.COMMANDLINE:
             app._ledger = Ledger(Path(tmp) / "ledger.json")
         emulators = [Emulator(output_dir=str(Path(tmp) / f"out{i}")).start() for i in (1, 2)]
         try:

@@ -8,9 +8,9 @@ from typing import Any
 import click
 
 from comfyctl.context import AppContext
-from comfyctl.errors import ServerError, UsageProblem
+from comfyctl.errors import ServerError, TaskFailed, UsageProblem
 from comfyctl.options import complete_prompt_ids, server_option
-from comfyctl.records import PENDING, TERMINAL, Observation, apply
+from comfyctl.records import CANCELLED, PENDING, TERMINAL, Observation, apply
 from comfyctl.render import human_age, short_id, table
 
 
@@ -29,7 +29,9 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
     The jobs-API cancel where the server has it; else the job is deleted from the
     pending queue; else, only when it is verifiably the running job, it is
     interrupted by prompt_id. Never a global interrupt, never another server.
-    Finished jobs are reported and left alone.
+    Finished jobs are reported and left alone. A unique prefix of an id (4+
+    characters, as tables show) acts exactly like the full id. Exit 1 when a job
+    named could not be cancelled (it had finished, or could not be stopped safely).
 
     \b
     Examples:
@@ -40,19 +42,22 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
     if not prompt_ids and not all_pending:
         raise UsageProblem("Give prompt ids to cancel, or --all-pending.")
     targets = ledger.find_all(prompt_ids)
+    named = {r["prompt_id"] for r in targets}  # a unique prefix acts exactly like the full id
     if all_pending:
         urls = {s.url for s in app.servers(servers)} if servers else None
         targets += [r for r in ledger.select(statuses={PENDING}, server_urls=urls)
                     if r not in targets]
-    unreachable = []
+    unreachable, not_cancelled = [], []
     for record in targets:
         if record["status"] in TERMINAL:
             _report(record, f"already {record['status']}, not touched", as_json)
+            if record["prompt_id"] in named and record["status"] != CANCELLED:
+                not_cancelled.append(record)
             continue
         client = app.client_for_record(record)
         try:
             how = client.cancel(record["prompt_id"],
-                                allow_interrupt=record["prompt_id"] in prompt_ids)
+                                allow_interrupt=record["prompt_id"] in named)
             obs = Observation("cancelled", record["prompt_id"], record["server_url"])
             if how in ("not-active", "not-found", "running", "unsafe-interrupt"):
                 obs = client.status(record["prompt_id"])
@@ -73,8 +78,14 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
                                     "another job"}
         _report(record, what.get(how, f"not active on the server; now {record['status']}"),
                 as_json)
+        if record["prompt_id"] in named and record["status"] != CANCELLED:
+            not_cancelled.append(record)
     if unreachable:
         raise unreachable[0]
+    if not_cancelled:
+        raise TaskFailed(f"{len(not_cancelled)} of the {len(named)} job(s) named could not be "
+                         "cancelled: " + ", ".join(f"{r['prompt_id']} ({r['status']})"
+                                                   for r in not_cancelled[:10]) + ".")
 
 
 def _report(record: dict[str, Any], what: str, as_json: bool) -> None:

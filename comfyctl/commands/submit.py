@@ -23,11 +23,15 @@ from comfyctl.render import SUBMIT_SCHEMA
 
 
 def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
-    labels = {}
+    labels: dict[str, str] = {}
     for value in values:
         key, sep, val = value.partition("=")
         if not sep or not key.strip():
             raise UsageProblem(f"--label {value!r} is not KEY=VALUE.")
+        if key.strip() in labels and labels[key.strip()] != val:
+            raise UsageProblem(f"--label {key.strip()} is given twice "
+                               f"({labels[key.strip()]!r} and {val!r}); a job has one value "
+                               "per label.")
         labels[key.strip()] = val
     return labels
 
