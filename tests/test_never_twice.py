@@ -415,3 +415,83 @@ def test_a_rejection_message_ends_in_one_full_stop(invoke, emulator, tmp_path):
     result = invoke("submit", str(path), "-s", emulator.url)
     assert result.exit_code == ExitCode.FAILED
     assert "rejected the workflow" in result.stderr and ".." not in result.stderr
+
+
+# -- the property: never twice, never lost --------------------------------------------------
+
+FAULTS = {
+    "none": {},
+    "refused": None,  # the server's name points at a port nobody listens on
+    "hang": {"http_hang": True},  # every request hangs before it is read
+    "http-500": {"http_status": 500},  # a proxy's error page, before ComfyUI sees it
+    "truncated-json": {"malformed_json": True},  # after the handler: the job is queued
+    "login-page": {"wrong_content_type": True},
+    **{f"{mode}-{scope}": {"reply": mode, "reply_routes": routes}
+       for mode in ("drop", "garble", "freeze")
+       for scope, routes in (("prompt", ("POST /prompt",)), ("all", ()))},
+}
+
+
+def server_jobs(emu) -> list[tuple[str, dict]]:
+    """(prompt_id, graph) of every job the server has queued, running or in its history."""
+    import requests
+
+    queue = requests.get(emu.url + "/queue", timeout=10).json()
+    history = requests.get(emu.url + "/history", timeout=10).json()
+    items = [(item[1], item[2]) for key in ("queue_running", "queue_pending")
+             for item in queue[key]]
+    return items + [(pid, entry["prompt"][2]) for pid, entry in history.items()]
+
+
+@pytest.fixture
+def two_servers(emulator_factory):
+    return emulator_factory(), emulator_factory()
+
+
+def test_property_each_job_runs_at_most_once_and_every_printed_id_is_kept(
+        two_servers, invoke, tmp_path):
+    """For any faults on one or both servers during `submit -s a -s b --count N`: the
+    union of the servers' queues and histories holds each job at most once (copies differ
+    by seed), every job a server holds is in the ledger, and every id printed is in it."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    emus = dict(zip("ab", two_servers, strict=True))
+    runs = iter(range(10**6))
+
+    @settings(max_examples=20, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(faults=st.tuples(st.sampled_from(sorted(FAULTS)), st.sampled_from(sorted(FAULTS))),
+           count=st.integers(min_value=1, max_value=3))
+    def check(faults: tuple[str, str], count: int) -> None:
+        run = next(runs)
+        config = tmp_path / f"config{run}.toml"
+        ledger = tmp_path / f"ledger{run}.json"
+        urls = {}
+        for name, fault in zip("ab", faults, strict=True):
+            emu = emus[name]
+            emu.faults.clear()
+            emu.restart()  # an empty queue and history for this example
+            urls[name] = "http://127.0.0.1:9" if FAULTS[fault] is None else emu.url
+            for field, value in (FAULTS[fault] or {}).items():
+                setattr(emu.faults, field, value)
+        configure(config, timeout=0.5, **urls)
+        result = invoke("--config", str(config), "--ledger", str(ledger), "submit",
+                        str(tmp_path / "wf.json"), "-s", "a", "-s", "b", "--count", str(count),
+                        "--vary-seed")
+        assert "Traceback" not in result.stderr
+        for emu in emus.values():
+            emu.faults.clear()  # frozen and hanging requests now go through
+        for emu in emus.values():
+            emu.wait_idle(timeout=20)
+        records = Ledger(ledger).load()
+        held = [job for emu in emus.values() for job in server_jobs(emu)]
+        seeds = [graph["2"]["inputs"]["seed"] for _, graph in held]
+        assert len(seeds) == len(set(seeds)), (faults, count, held)  # never twice
+        assert {pid for pid, _ in held} <= set(records), (faults, count)  # never lost
+        assert set(result.stdout.split()) <= set(records)
+        assert result.exit_code in (0, ExitCode.UNREACHABLE, ExitCode.UNCERTAIN,
+                                    ExitCode.SERVER_ERROR), (faults, result.stderr)
+
+    (tmp_path / "wf.json").write_text(json.dumps(slow_graph(steps=1, seconds=0.01)))
+    check()

@@ -45,7 +45,7 @@ class Faults:
     #: after taking a job; its queue still runs) until cleared, when the replies go out.
     reply: str | None = None
     #: The routes ``reply`` applies to, as ``"METHOD /path"`` without the ``/api`` prefix
-    #: (e.g. ``("POST /prompt",)``); empty: every HTTP route.
+    #: (e.g. ``POST /prompt``); empty: every HTTP route.
     reply_routes: tuple[str, ...] = ()
     #: Overrides every node's ``seconds_per_step`` (tests use 0.01).
     seconds_per_step: float | None = None
