@@ -40,6 +40,13 @@ rows: list[tuple[str, str, str]] = []
 WATCH_ATTACH = 2.0  # seconds the watch benchmark's jobs wait for watch to connect
 
 
+def empty_config(tmp: str, name: str) -> str:
+    """A config file with no servers (one named by COMFYCTL_CONFIG must exist)."""
+    path = Path(tmp) / name
+    path.touch()
+    return str(path)
+
+
 def report(name: str, value: str, note: str = "") -> None:
     rows.append((name, value, note))
     print(f"  {name:<58} {value:>14}  {note}", flush=True)
@@ -87,7 +94,8 @@ def bench_startup(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Path(tmp) / "ledger.json"
         make_ledger(ledger, 1000)
-        env = {"COMFYCTL_LEDGER": str(ledger), "COMFYCTL_CONFIG": str(Path(tmp) / "none.toml")}
+        env = {"COMFYCTL_LEDGER": str(ledger),
+               "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
         helped = median_wall([py, "-m", "comfyctl", "--help"], runs, env)
         report("comfyctl --help", f"{helped * 1000:.0f} ms",
                f"{helped / base:.2f}x import click (target <= 1.5x)")
@@ -143,7 +151,7 @@ def bench_ledger(sizes: list[int], runs: int) -> None:
                    f"x{med['update'] / previous:.1f} vs previous size" if previous else "")
             report(f"ledger {size:>6} records: peak RSS", f"{med['rss_mb']:.0f} MB")
             previous = med["update"]
-            env = {"COMFYCTL_LEDGER": str(path), "COMFYCTL_CONFIG": str(Path(tmp) / "x.toml")}
+            env = {"COMFYCTL_LEDGER": str(path), "COMFYCTL_CONFIG": empty_config(tmp, "x.toml")}
             hist = median_wall([sys.executable, "-m", "comfyctl", "history", "--limit", "20"],
                                runs, env)
             report(f"comfyctl history --limit 20 over {size} records", f"{hist * 1000:.0f} ms")
@@ -188,7 +196,7 @@ def bench_watch(jobs: int, servers: int, steps: int) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             env = {**os.environ, "COMFYCTL_LEDGER": str(Path(tmp) / "ledger.json"),
-                   "COMFYCTL_CONFIG": str(Path(tmp) / "none.toml")}
+                   "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
             graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"],
                                                               "steps": steps,
                                                               "seconds_per_step": 0.01}}}
@@ -294,7 +302,7 @@ def bench_hooks_metrics(size: int, runs: int) -> None:
                    f"{statistics.median(times) * 1000:.1f} ms",
                    "one ledger transaction per ended job, only with hooks")
             env = {"COMFYCTL_LEDGER": str(ledger.path),
-                   "COMFYCTL_CONFIG": str(Path(tmp) / "none.toml")}
+                   "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
             wall = median_wall([sys.executable, "-m", "comfyctl", "metrics", "--confirm", "0"],
                                runs, env)
             report(f"comfyctl metrics, {size:,}-record ledger, 1 server", f"{wall:.2f} s",
