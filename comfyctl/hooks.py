@@ -146,7 +146,8 @@ class Notifier:
         return True
 
     def close(self, timeout: float | None = None) -> None:
-        """Wait for running hooks (each is bounded by its own timeout)."""
+        """Wait for running hooks (each is bounded by its own timeout), at most ``timeout``
+        seconds in all; then stop retrying webhooks. A second call returns at once."""
         end = None if timeout is None else time.monotonic() + timeout
         try:
             for thread in self._threads:
@@ -155,6 +156,7 @@ class Notifier:
             pass
         finally:
             self._stop.set()
+            self._threads = []
 
     def _spawn(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True, name="hook")

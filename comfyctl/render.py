@@ -229,7 +229,7 @@ class LiveArea:
         head = f"{server:<16} {short_id(record['prompt_id'])} "
         down = self.down.get(record["server"])
         if down is not None:
-            tail = f"server unreachable ({down})"
+            tail = f"unreachable ({down})"
         elif status == RUNNING:
             progress = record.get("progress") or {}
             percent = float(progress.get("percent") or 0.0)

@@ -296,3 +296,30 @@ def test_servers_json_shows_the_global_webhook_only_as_set(invoke, config_path):
     result = invoke("servers", "--json")
     assert json.loads(result.stdout)["webhook"] == "set"
     assert "T0K3N" not in result.stdout and "global-secret" not in result.stdout
+
+
+def test_ctrl_c_does_not_wait_out_a_hanging_hook(invoke, emulator_factory, tmp_path):
+    import signal
+    import time
+
+    a, b = emulator_factory(), emulator_factory()
+    (quick,) = submit(invoke, tmp_path, a.url, slow_graph(steps=1, seconds=0.01))
+    (slow,) = submit(invoke, tmp_path, b.url, slow_graph(steps=600, seconds=0.05))
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfyctl", "watch", quick, slow, "--exec",
+         'touch "$HOOKS/started"; sleep 60', "--exec-timeout", "120", "--poll-interval", "0.3"],
+        cwd=REPO, env={**os.environ, "HOOKS": str(hooks)}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        end = time.monotonic() + 30
+        while not (hooks / "started").exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert (hooks / "started").exists()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)  # far less than the hook's 60 s
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert f"running: {slow}" in err

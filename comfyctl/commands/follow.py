@@ -152,6 +152,9 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         raise ProblemsFound(f"Stalled: {_where(stalled)}.",
                             "Inspect with 'comfyctl history ID' or cancel it.") from None
     except KeyboardInterrupt:
+        # Ctrl-C does not wait out the hooks: a running --exec command goes on in its own
+        # session, an unfinished webhook delivery is dropped after a moment.
+        notifier.close(timeout=2.0)
         raise Interrupted(f"Interrupted; {_unfinished(tracker.active())}.",
                           "Resume with 'comfyctl watch'.") from None
     finally:
