@@ -495,3 +495,10 @@ def test_property_each_job_runs_at_most_once_and_every_printed_id_is_kept(
 
     (tmp_path / "wf.json").write_text(json.dumps(slow_graph(steps=1, seconds=0.01)))
     check()
+
+
+def test_a_rejection_whose_message_has_a_full_stop_gets_no_second_one():
+    from comfyctl.errors import WorkflowRejected
+
+    exc = WorkflowRejected("a", {"type": "x", "message": "Value not in list."}, {}, 400)
+    assert str(exc) == "Server a rejected the workflow: Value not in list."
