@@ -53,6 +53,9 @@ log = logging.getLogger("comfyctl.tracker")
 HISTORY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 # A submitting record younger than this may still be in flight in another process.
 SOCKET_SILENCE = 10.0
+# How many of each server's queued jobs are listened to before they run (see
+# Tracker._start_listeners): enough to be connected before the running job ends.
+LISTEN_AHEAD = 4
 OBSERVE_EVERY = 0.25  # how often a follower looks at the store (the holder writes every ~1 s)
 CLAIM_EVERY = 1.0  # how often a follower tries to take the lease over
 
@@ -218,6 +221,7 @@ class Tracker:
             writes.append(obs)
         if record["status"] != before_status:
             self._stalled.discard(obs.prompt_id)
+            self._start_listeners(record["server_url"])
             if record["status"] in TERMINAL:
                 self._job_stops.get(obs.prompt_id, threading.Event()).set()
                 self.flush()  # a finished job is on disk before anyone is told
@@ -246,6 +250,7 @@ class Tracker:
             return
         self._stalled.discard(record["prompt_id"])
         if record["status"] != before:
+            self._start_listeners(record["server_url"])
             if record["status"] in TERMINAL:
                 self._job_stops.get(record["prompt_id"], threading.Event()).set()
                 if self.on_finished is not None:
@@ -291,14 +296,31 @@ class Tracker:
         for url, state in self.servers.items():
             self._spawn(self._server_worker, state, name=f"poll {url}")
             self._spawn(self._history_fetcher, state, name=f"fetch {url}")
-        # Per job: the lease holder's socket, or a follower of what the holder writes.
-        for record in self.active():
-            job_stop = self._job_stops.setdefault(record["prompt_id"], threading.Event())
-            state = self.servers[record["server_url"]]
-            self._spawn(self._socket_worker, state, record["prompt_id"],
-                        record["client_id"], job_stop, name=f"ws {record['prompt_id']}")
+        self._start_listeners()
         if self.options.use_websocket:
             self._spawn(self._renewer, name="leases")
+
+    def _start_listeners(self, server_url: str | None = None) -> None:
+        """Per job a listener (the lease holder's socket, or a follower of what the holder
+        writes), for every job that is not simply queued and for the next LISTEN_AHEAD
+        queued ones of each server, in queue order. ComfyUI runs one job at a time and
+        sends every change of its queue to every open socket: listening to all queued jobs
+        at once costs jobs x jobs messages. Called again whenever a job's status changes."""
+        for url, state in self.servers.items():
+            if server_url is not None and url != server_url:
+                continue
+            active = [self.records[pid] for pid in state.prompt_ids
+                      if self.records[pid]["status"] not in TERMINAL]
+            queued = sorted((r for r in active if r["status"] == PENDING
+                             and r.get("number") is not None), key=_queue_order)
+            later = {r["prompt_id"] for r in queued[LISTEN_AHEAD:]}
+            for record in sorted(active, key=_queue_order):
+                prompt_id = record["prompt_id"]
+                if prompt_id in self._job_stops or prompt_id in later:
+                    continue
+                job_stop = self._job_stops.setdefault(prompt_id, threading.Event())
+                self._spawn(self._socket_worker, state, prompt_id, record["client_id"],
+                            job_stop, name=f"ws {prompt_id}")
 
     def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -476,6 +498,12 @@ class _Followed:
 
 _FOLLOWED = ("status", "started_at", "finished_at", "number", "progress", "progress_history",
              "outputs", "error")
+def _queue_order(record: Record) -> tuple[bool, float]:
+    """The order a server runs its queue in (by prompt number; unnumbered ones last)."""
+    number = record.get("number")
+    return (number is None, number if isinstance(number, (int, float)) else 0)
+
+
 _RANK = {SUBMITTING: 0, PENDING: 1, RUNNING: 2}
 
 
