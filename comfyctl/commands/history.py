@@ -185,8 +185,9 @@ def refresh_records(app: AppContext, records: list[Record],
 
     settle_submitting(app.ledger, app.client_for_record, records)
     # Superseded jobs are cancelled where they still are, and so settled, not refreshed.
-    reap_servers(app.ledger, app.client_for_record,
-                 originals(app.ledger, {r["server_url"] for r in records}))
+    if records:
+        reap_servers(app.ledger, app.client_for_record,
+                     originals(app.ledger, {r["server_url"] for r in records}))
     by_server: dict[str, list[Record]] = {}
     for record in records:
         if finished_too or record["status"] not in TERMINAL:
