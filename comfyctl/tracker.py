@@ -51,7 +51,8 @@ log = logging.getLogger("comfyctl.tracker")
 
 # After the WebSocket says "done", the history entry can lag a little behind.
 HISTORY_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
-# A submitting record younger than this may still be in flight in another process.
+# A running job's socket that hears nothing for this long is reconnected: another
+# connection as the job's client_id may have taken its events.
 SOCKET_SILENCE = 10.0
 # How many of each server's queued jobs are listened to before they run (see
 # Tracker._start_listeners): enough to be connected before the running job ends.
