@@ -9,8 +9,10 @@ Sources of truth
   ``server.py`` (commit 002c3fb9a504255ccb3edb668c08b8f56e63d14a), ``execution.py``
   (04e2a914334246661a77665aa14068a0670e3321), ``main.py``
   (02018c7eb5887b889ba26d0f5c43fc1041026e71), ``comfy_execution/progress.py``
-  (1b71f2753280380bb6bbce53e5787dca42b30be1) and ``comfy_execution/jobs.py``
-  (172be438576532bd3d7243c5608ddde8a31e2944). No ComfyUI code is copied: this is a small
+  (1b71f2753280380bb6bbce53e5787dca42b30be1), ``comfy_execution/jobs.py``
+  (172be438576532bd3d7243c5608ddde8a31e2944), and ``nodes.py`` / ``folder_paths.py`` /
+  ``server.py``'s ``image_upload`` at a125cd84 (input and model folder combos, LoadImage's
+  ``VALIDATE_INPUTS``, upload renaming). No ComfyUI code is copied: this is a small
   re-implementation of the observable behaviour.
 
 Two generations

@@ -30,7 +30,7 @@ from typing import Any
 
 from comfyctl.emulator.faults import Faults
 from comfyctl.emulator.images import encode_png, rgb_from_int
-from comfyctl.emulator.nodes import CATALOGUE, Image, NodeSpec
+from comfyctl.emulator.nodes import CATALOGUE, Directories, Image, NodeSpec
 from comfyctl.emulator.validation import full_type_name
 
 #: Binary WebSocket event types (ComfyUI ``protocol.BinaryEventTypes``).
@@ -223,13 +223,6 @@ class ProgressRegistry:
 class CacheEntry:
     outputs: tuple[Any, ...]
     ui: dict[str, Any] | None
-
-
-@dataclass
-class Directories:
-    output: Path
-    input: Path
-    temp: Path
 
 
 class _NodeFailure(Exception):
@@ -624,7 +617,7 @@ class NodeContextImpl:
         self._extra_data = extra_data
         self._progress = progress
         self.node_id = node_id
-        self.input_dir = executor.dirs.input
+        self.dirs = executor.dirs
 
     @property
     def _faults(self) -> Faults:

@@ -19,8 +19,29 @@ from typing import Any, Protocol
 
 from comfyctl.emulator.images import encode_jpeg, rgb_from_int
 
-#: Placeholder in a combo position: replaced by the files of the input directory.
-INPUT_FILES = "__input_files__"
+
+@dataclass(frozen=True)
+class FolderFiles:
+    """A combo whose options are the files of one of the server's folders, read on every
+    ``/object_info`` and validation, as ComfyUI's ``INPUT_TYPES`` lists them.
+
+    ``folder`` is ``"input"`` (top-level files only, filtered by MIME major type like
+    ``folder_paths.filter_files_content_types``) or a models folder name such as
+    ``"checkpoints"`` (walked recursively, model extensions only, like
+    ``folder_paths.get_filename_list``)."""
+
+    folder: str
+    content_types: tuple[str, ...] = ()
+
+
+#: LoadImage's combo: the image files of the input directory.
+INPUT_FILES = FolderFiles("input", ("image",))
+
+#: ``folder_paths.supported_pt_extensions``.
+MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+
+#: The model files a new emulator starts with (empty files under ``models/``).
+DEFAULT_MODELS = {"checkpoints": ["emulator.safetensors"], "loras": ["emulator_lora.safetensors"]}
 
 #: seconds_per_step of nodes that report progress but have no such input (KSampler).
 SAMPLER_SECONDS_PER_STEP = 0.05
@@ -47,11 +68,21 @@ class Latent:
         return f"LATENT(batch={self.batch}, {self.width}x{self.height})"
 
 
+@dataclass
+class Directories:
+    """The server's folders: ``--output-directory``, ``--input-directory``, temp, models."""
+
+    output: Path
+    input: Path
+    temp: Path
+    models: Path
+
+
 class NodeContext(Protocol):
     """What a running node may do (implemented by the execution engine)."""
 
     node_id: str
-    input_dir: Path
+    dirs: Directories
 
     def steps(self, steps: int) -> int: ...
 
@@ -87,6 +118,10 @@ class NodeSpec:
     output_names: tuple[str, ...] | None = None
     output_tooltips: tuple[str, ...] | None = None
     output_node: bool = False
+    #: ``VALIDATE_INPUTS``: gets the named inputs and the folders, returns True or a
+    #: message. Inputs it takes skip the min/max/list checks, as in ComfyUI.
+    validate_inputs: Callable[[dict[str, Any], Directories], bool | str] | None = None
+    validate_args: tuple[str, ...] = ()
 
     def input_spec(self, name: str) -> tuple[Any, str, dict[str, Any]] | None:
         """(type, category, options) of an input, like ComfyUI's ``get_input_info``."""
@@ -193,7 +228,7 @@ async def _load_image(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
     from comfyctl.emulator.images import read_png_info
 
     width, height, color = 512, 512, 0x808080
-    path = ctx.input_dir / str(inp["image"])
+    path = annotated_path(str(inp["image"]), ctx.dirs)
     try:
         info = read_png_info(path.read_bytes())
     except OSError:
@@ -202,6 +237,27 @@ async def _load_image(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
         width, height, rgb = info
         color = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
     return (Image(width, height, 1, color), f"MASK({width}x{height})"), None
+
+
+def annotated_path(name: str, dirs: Directories) -> Path:
+    """``folder_paths.get_annotated_filepath``: ``name [output]`` etc., else the input dir."""
+    for kind in ("output", "input", "temp"):
+        suffix = f" [{kind}]"
+        if name.endswith(suffix):
+            return Path(getattr(dirs, kind)) / name[: -len(suffix)]
+    return dirs.input / name
+
+
+def _image_file_exists(inp: dict[str, Any], folders: Directories) -> bool | str:
+    image = str(inp["image"])
+    if not annotated_path(image, folders).exists():
+        return f"Invalid image file: {image}"
+    return True
+
+
+async def _load_image_mask(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+    (_, mask), _ = await _load_image(ctx, inp)
+    return (mask,), None
 
 
 async def _lora_loader(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
@@ -350,7 +406,7 @@ CATALOGUE: dict[str, NodeSpec] = {
             run=_checkpoint_loader,
             required={
                 "ckpt_name": [
-                    ["emulator.safetensors"],
+                    FolderFiles("checkpoints"),
                     {"tooltip": "The name of the checkpoint (model) to load."},
                 ]
             },
@@ -450,6 +506,21 @@ CATALOGUE: dict[str, NodeSpec] = {
             run=_load_image,
             required={"image": [INPUT_FILES, {"image_upload": True}]},
             outputs=("IMAGE", "MASK"),
+            validate_inputs=_image_file_exists,
+            validate_args=("image",),
+        ),
+        NodeSpec(
+            name="LoadImageMask",
+            display_name="Load Image (as Mask)",
+            category="mask",
+            run=_load_image_mask,
+            required={
+                "image": [FolderFiles("input"), {"image_upload": True}],
+                "channel": [["alpha", "red", "green", "blue"]],
+            },
+            outputs=("MASK",),
+            validate_inputs=_image_file_exists,
+            validate_args=("image",),
         ),
         NodeSpec(
             name="LoraLoader",
@@ -461,7 +532,7 @@ CATALOGUE: dict[str, NodeSpec] = {
             required={
                 "model": ["MODEL"],
                 "clip": ["CLIP"],
-                "lora_name": [["emulator_lora.safetensors"]],
+                "lora_name": [FolderFiles("loras")],
                 "strength_model": [
                     "FLOAT",
                     {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01},
@@ -477,30 +548,49 @@ CATALOGUE: dict[str, NodeSpec] = {
 }
 
 
-def _input_files(input_dir: Path) -> list[str]:
-    try:
-        return sorted(name for name in os.listdir(input_dir) if (input_dir / name).is_file())
-    except OSError:
-        return []
+def folder_files(source: FolderFiles, folders: Directories) -> list[str]:
+    """The options of a folder combo, sorted as ComfyUI sorts them."""
+    import mimetypes
+
+    if source.folder == "input":
+        try:
+            names = [n for n in os.listdir(folders.input) if (folders.input / n).is_file()]
+        except OSError:
+            return []
+        if source.content_types:
+            names = [n for n in names if (mimetypes.guess_type(n, strict=False)[0] or "")
+                     .split("/")[0] in source.content_types]
+        return sorted(names)
+    root = folders.models / source.folder
+    found = []
+    for dirpath, _, files in os.walk(root, followlinks=True):
+        for name in files:
+            if name.endswith(MODEL_EXTENSIONS):
+                found.append(os.path.relpath(os.path.join(dirpath, name), root)
+                             .replace(os.sep, "/"))
+    return sorted(found)
 
 
-def _render_table(table: dict[str, list[Any]], input_dir: Path) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for name, spec in table.items():
-        first = _input_files(input_dir) if spec[0] == INPUT_FILES else spec[0]
-        out[name] = [first, *spec[1:]]
-    return out
+def combo_options(first: Any, folders: Directories | None) -> Any:
+    """An input spec's first element as the server shows it (folder combos listed)."""
+    if isinstance(first, FolderFiles):
+        return folder_files(first, folders) if folders is not None else []
+    return first
 
 
-def object_info(spec: NodeSpec, input_dir: Path) -> dict[str, Any]:
+def _render_table(table: dict[str, list[Any]], folders: Directories) -> dict[str, list[Any]]:
+    return {name: [combo_options(spec[0], folders), *spec[1:]] for name, spec in table.items()}
+
+
+def object_info(spec: NodeSpec, folders: Directories) -> dict[str, Any]:
     """The ``/object_info`` entry of one node, keys in the order ComfyUI 0.3.64 sends."""
     inputs: dict[str, Any] = {}
     order: dict[str, list[str]] = {}
     if spec.required:
-        inputs["required"] = _render_table(spec.required, input_dir)
+        inputs["required"] = _render_table(spec.required, folders)
         order["required"] = list(spec.required)
     if spec.optional:
-        inputs["optional"] = _render_table(spec.optional, input_dir)
+        inputs["optional"] = _render_table(spec.optional, folders)
         order["optional"] = list(spec.optional)
     if spec.hidden:
         inputs["hidden"] = dict(spec.hidden)

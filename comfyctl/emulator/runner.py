@@ -18,9 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from comfyctl.emulator.engine import Directories
 from comfyctl.emulator.faults import Faults
-from comfyctl.emulator.server import ComfyServer
+from comfyctl.emulator.nodes import DEFAULT_MODELS, Directories
+from comfyctl.emulator.server import MAX_UPLOAD_SIZE, ComfyServer
 
 T = TypeVar("T")
 
@@ -46,6 +46,7 @@ class Emulator:
         port: int = 0,
         jobs_api: bool = False,
         output_dir: str | Path | None = None,
+        max_upload_size: int = MAX_UPLOAD_SIZE,
     ) -> None:
         self.host = host
         self.jobs_api = jobs_api
@@ -60,13 +61,21 @@ class Emulator:
         self.output_dir = output.resolve()
         self.input_dir = self._scratch / "input"
         self.temp_dir = self._scratch / "temp"
+        #: ``models/<folder>/`` (checkpoints, loras...): the files listed in ``/object_info``
+        #: and accepted by validation. Add or remove files to give servers different models.
+        self.models_dir = self._scratch / "models"
         for folder in (self.output_dir, self.input_dir, self.temp_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        for kind, names in DEFAULT_MODELS.items():
+            (self.models_dir / kind).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                (self.models_dir / kind / name).touch()
         self._server = ComfyServer(
             faults=self.faults,
             jobs_api=jobs_api,
-            dirs=Directories(self.output_dir, self.input_dir, self.temp_dir),
+            dirs=Directories(self.output_dir, self.input_dir, self.temp_dir, self.models_dir),
             host=host,
+            max_upload_size=max_upload_size,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -45,7 +45,6 @@ from comfyctl.emulator import jobs
 from comfyctl.emulator.engine import (
     PREVIEW_IMAGE,
     PREVIEW_IMAGE_WITH_METADATA,
-    Directories,
     Executor,
     PromptQueue,
 )
@@ -56,7 +55,7 @@ from comfyctl.emulator.images import (
     encode_webp,
     read_png_info,
 )
-from comfyctl.emulator.nodes import CATALOGUE, object_info
+from comfyctl.emulator.nodes import CATALOGUE, Directories, object_info
 from comfyctl.emulator.validation import validate_prompt
 
 log = logging.getLogger("comfyctl.emulator")
@@ -150,8 +149,11 @@ class _State:
 class ComfyServer:
     """One emulated ComfyUI server on an already-bound listening socket."""
 
-    def __init__(self, *, faults: Faults, jobs_api: bool, dirs: Directories, host: str) -> None:
+    def __init__(self, *, faults: Faults, jobs_api: bool, dirs: Directories, host: str,
+                 max_upload_size: int = MAX_UPLOAD_SIZE) -> None:
         self.faults = faults
+        self.max_upload_size = max_upload_size  # --max-upload-size (MB) * 1024 * 1024
+        self.feature_flags = {**SERVER_FEATURES, "max_upload_size": max_upload_size}
         self.jobs_api = jobs_api
         self.dirs = dirs
         self.host = host
@@ -319,7 +321,9 @@ class ComfyServer:
     # -- app -----------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._fault_middleware], client_max_size=MAX_UPLOAD_SIZE)
+        app = web.Application(
+            middlewares=[self._fault_middleware], client_max_size=self.max_upload_size
+        )
         gets: list[tuple[str, Handler]] = [
             ("/ws", self.websocket),
             ("/", self.root),
@@ -486,18 +490,18 @@ class ComfyServer:
         )
 
     async def features(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(dict(SERVER_FEATURES))
+        return web.json_response(dict(self.feature_flags))
 
     async def object_info_all(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(
-            {name: object_info(spec, self.dirs.input) for name, spec in CATALOGUE.items()}
+            {name: object_info(spec, self.dirs) for name, spec in CATALOGUE.items()}
         )
 
     async def object_info_one(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["node_class"]
         out = {}
         if name in CATALOGUE:
-            out[name] = object_info(CATALOGUE[name], self.dirs.input)
+            out[name] = object_info(CATALOGUE[name], self.dirs)
         return web.json_response(out)
 
     # -- prompt / queue / history --------------------------------------------------------
@@ -548,7 +552,8 @@ class ComfyServer:
 
         partial: Any = json_data.get("partial_execution_targets")
         valid, problem, outputs, node_errors = validate_prompt(prompt, partial,
-                                                               newest=self.jobs_api)
+                                                               newest=self.jobs_api,
+                                                               dirs=self.dirs)
         extra_data = json_data["extra_data"] if "extra_data" in json_data else {}  # noqa: SIM401
         if "client_id" in json_data:
             extra_data["client_id"] = json_data["client_id"]
@@ -698,11 +703,17 @@ class ComfyServer:
         return web.FileResponse(path, headers={**disposition, "Content-Type": content_type})
 
     async def upload_image(self, request: web.Request) -> web.StreamResponse:
-        post = await request.post()
+        """``POST /upload/image`` as ComfyUI's ``image_upload``: a name already taken by other
+        content gets `` (1)``, `` (2)``... before the extension; the same content under
+        that name is reused (not written again); ``overwrite=true|1`` replaces it."""
+        post = await request.post()  # a body over max_upload_size: aiohttp answers 413
         image = post.get("image")
         upload_type = str(post.get("type") or "input")
         base = self._dir_by_type(upload_type)
-        if not isinstance(image, web.FileField) or base is None:
+        if base is None:
+            # ComfyUI leaves its directory variable unbound here: an unhandled error.
+            raise RuntimeError(f"unknown upload type {upload_type!r}")
+        if not isinstance(image, web.FileField):
             return web.Response(status=400)
         filename = image.filename
         if not filename:
@@ -718,15 +729,18 @@ class ComfyServer:
         overwrite = str(post.get("overwrite", "")) in ("true", "1")
         stem, ext = os.path.splitext(filename)
         index = 1
+        duplicate = False
         while not overwrite and os.path.exists(path):
             with open(path, "rb") as existing:
                 if existing.read() == content:
+                    duplicate = True
                     break
             filename = f"{stem} ({index}){ext}"
             path = os.path.join(folder, filename)
             index += 1
-        with open(path, "wb") as handle:
-            handle.write(content)
+        if not duplicate:
+            with open(path, "wb") as handle:
+                handle.write(content)
         return web.json_response({"name": filename, "subfolder": subfolder, "type": upload_type})
 
     # -- websocket -----------------------------------------------------------------------
@@ -757,7 +771,7 @@ class ComfyServer:
                         data = json.loads(msg.data)
                         if first_message and data.get("type") == "feature_flags":
                             state.sockets_metadata[sid]["feature_flags"] = data.get("data", {})
-                            await self._send(state, "feature_flags", dict(SERVER_FEATURES), sid)
+                            await self._send(state, "feature_flags", dict(self.feature_flags), sid)
                         first_message = False
                     except Exception as err:  # like ComfyUI: log and keep the socket
                         log.debug("emulator: bad WebSocket message from %s: %s", sid, err)

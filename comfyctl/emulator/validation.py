@@ -9,8 +9,11 @@ shows ``86400.0`` for a FLOAT given as ``86400``.
 
 Inputs of the wrong Python type make the real server raise (a 500 answer); so does this
 module, on purpose, by using the same plain operations (``'class_type' in node``,
-``prompt[o_id]``...). Combo (list) inputs are not checked against their options, since the
-emulator has no model files.
+``prompt[o_id]``...). Combo (list) inputs are checked against their options
+(``value_not_in_list``); folder combos (model files, input images) against the folders
+passed as ``dirs``, and not at all without them. A node's ``VALIDATE_INPUTS``
+(LoadImage: the file must exist) answers ``custom_validation_failed``, and the inputs it
+takes skip the range and list checks, as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 import traceback
 from typing import Any
 
-from comfyctl.emulator.nodes import CATALOGUE, NodeSpec
+from comfyctl.emulator.nodes import CATALOGUE, Directories, FolderFiles, NodeSpec, combo_options
 
 ValidationResult = tuple[bool, "dict[str, Any] | None", list[str], dict[str, Any]]
 _NodeResult = tuple[bool, list[dict[str, Any]], str]
@@ -54,6 +57,7 @@ def _validate_node(
     validated: dict[Any, _NodeResult],
     visiting: list[Any],
     catalogue: dict[str, NodeSpec],
+    dirs: Directories | None,
 ) -> _NodeResult:
     if unique_id in validated:
         return validated[unique_id]
@@ -76,6 +80,10 @@ def _validate_node(
         input_info = spec.input_spec(name)
         assert input_info is not None
         input_type, category, options = input_info
+        listed = True
+        if isinstance(input_type, FolderFiles):
+            listed = dirs is not None
+            input_type = combo_options(input_type, dirs)
         config = [input_type, options] if options else [input_type]
         if name not in inputs:
             if category == "required":
@@ -122,7 +130,7 @@ def _validate_node(
             try:
                 visiting.append(unique_id)
                 try:
-                    linked = _validate_node(prompt, o_id, validated, visiting, catalogue)
+                    linked = _validate_node(prompt, o_id, validated, visiting, catalogue, dirs)
                 finally:
                     visiting.pop()
                 if linked[0] is False:
@@ -171,6 +179,8 @@ def _validate_node(
                     )
                 )
                 continue
+            if name in spec.validate_args:
+                continue  # VALIDATE_INPUTS takes this input: it checks it alone
             if "min" in options and value < options["min"]:
                 errors.append(
                     _error(
@@ -191,6 +201,33 @@ def _validate_node(
                     )
                 )
                 continue
+            if isinstance(input_type, list) and listed and value not in input_type:
+                # Long lists (scanned model files) are summarised, as ComfyUI does.
+                long_list = len(input_type) > 20
+                list_info = f"(list of length {len(input_type)})" if long_list \
+                    else str(input_type)
+                errors.append(
+                    _error(
+                        "value_not_in_list",
+                        "Value not in list",
+                        f"{name}: '{value}' not in {list_info}",
+                        {"input_name": name, "input_config": None if long_list else config,
+                         "received_value": value},
+                    )
+                )
+                continue
+
+    wanted = {name: inputs[name] for name in spec.validate_args if name in inputs}
+    if spec.validate_inputs is not None and dirs is not None and len(wanted) == len(
+        spec.validate_args
+    ) and not any(isinstance(v, list) for v in wanted.values()):
+        verdict = spec.validate_inputs(wanted, dirs)
+        if verdict is not True:
+            for name in wanted:
+                details = name if verdict is False else f"{name} - {verdict}"
+                errors.append(_error("custom_validation_failed",
+                                     "Custom validation failed for node", details,
+                                     {"input_name": name}))
 
     previous = validated.get(unique_id, (True, [], unique_id))
     result = (
@@ -208,6 +245,7 @@ def validate_prompt(
     *,
     newest: bool = False,
     catalogue: dict[str, NodeSpec] | None = None,
+    dirs: Directories | None = None,
 ) -> ValidationResult:
     """``(valid, error, outputs_to_execute, node_errors)`` like ComfyUI.
 
@@ -269,7 +307,7 @@ def validate_prompt(
     validated: dict[Any, _NodeResult] = {}
     for output in outputs:
         try:
-            valid, reasons, _ = _validate_node(prompt, output, validated, [], catalogue)
+            valid, reasons, _ = _validate_node(prompt, output, validated, [], catalogue, dirs)
         except Exception as ex:
             typ, _, tb = sys.exc_info()
             assert typ is not None
