@@ -29,6 +29,7 @@ from comfyctl.config import ServerSpec
 from comfyctl.errors import (
     AccessDenied,
     BadServerReply,
+    InputRejected,
     ServerError,
     ServerFailed,
     ServerTimeout,
@@ -119,6 +120,8 @@ class ServerClient:
         retries: int = 0,
         timeout: float | None = None,
         stream: bool = False,
+        data: dict[str, str] | None = None,
+        files: dict[str, Any] | None = None,
     ) -> requests.Response:
         """One HTTP exchange. ServerUnreachable when no connection was made (nothing was
         sent), ServerTimeout when the answer did not come whole, BadServerReply when it
@@ -133,6 +136,7 @@ class ServerClient:
             try:
                 resp = self.session.request(
                     method, self.url + path, json=json_body, params=self._params(params),
+                    data=data, files=files,
                     timeout=(self.spec.connect_timeout, read_timeout), stream=True,
                 )
                 if not stream:
@@ -453,6 +457,47 @@ class ServerClient:
     def system_stats(self) -> dict[str, Any]:
         data = self.get_json("/system_stats")
         return data if isinstance(data, dict) else {}
+
+    def object_info(self) -> dict[str, Any]:
+        """GET /object_info: every node class the server has, with its input specs."""
+        data = self.get_json("/object_info")
+        if not isinstance(data, dict):
+            raise BadServerReply(self.spec.name, "/object_info reply is not an object")
+        return data
+
+    def upload_input(self, filename: str, content: Any, subfolder: str = "") -> tuple[str, str]:
+        """POST /upload/image with type=input, never overwrite: returns the (name,
+        subfolder) the server stored it under (it renames on a clash with other content,
+        and reuses a file with the same name and content)."""
+        fields = {"type": "input", "subfolder": subfolder}
+        resp = self.request("POST", "/upload/image", data=fields,
+                            files={"image": (filename, content)})
+        if resp.status_code == 200:
+            reply = self._decode(resp)
+            if not isinstance(reply, dict) or not isinstance(reply.get("name"), str):
+                raise BadServerReply(self.spec.name, "/upload/image reply has no name")
+            return reply["name"], str(reply.get("subfolder") or "")
+        if resp.status_code in DENIED_STATUSES:
+            raise self._http_error(resp)
+        if resp.status_code == 413:
+            raise InputRejected(f"Server {self.spec.name} refused {filename}: larger than its "
+                                "upload limit (HTTP 413).",
+                                "Raise the server's --max-upload-size, or send a smaller file.")
+        if 400 <= resp.status_code < 500:
+            raise InputRejected(f"Server {self.spec.name} refused the upload of {filename} "
+                                f"(HTTP {resp.status_code}).")
+        raise self._http_error(resp, " for /upload/image")
+
+    def input_size(self, name: str, subfolder: str = "") -> int | None:
+        """Size of a file in the server's input folder (HEAD /view), None when absent."""
+        params = {"filename": name, "subfolder": subfolder, "type": "input"}
+        resp = self.request("HEAD", "/view", params=params, retries=2)
+        if resp.status_code != 200:
+            return None
+        try:
+            return int(resp.headers.get("Content-Length", ""))
+        except ValueError:
+            return None
 
     def view(self, output: dict[str, Any], stream: bool = True) -> requests.Response:
         """GET /view for one output entry (filename, subfolder, type) on this server."""

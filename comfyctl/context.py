@@ -17,6 +17,8 @@ from comfyctl.ledger import Ledger, Record
 if TYPE_CHECKING:
     from comfyctl.client import ServerClient
     from comfyctl.hooks import Webhook
+    from comfyctl.inputs import Uploader
+    from comfyctl.objectinfo import ObjectInfoCache
 
 APP_NAME = "comfyctl"
 
@@ -44,6 +46,7 @@ class AppContext:
     _config: Config | None = field(default=None, repr=False)
     _ledger: Ledger | None = field(default=None, repr=False)
     _clients: dict[str, ServerClient] = field(default_factory=dict, repr=False)
+    _object_info: ObjectInfoCache | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Config:
@@ -57,6 +60,21 @@ class AppContext:
         if self._ledger is None:
             self._ledger = Ledger(self.ledger_path or default_ledger_path())
         return self._ledger
+
+    @property
+    def object_info(self) -> ObjectInfoCache:
+        """Each server's /object_info, cached per server and version (COMFYCTL_CACHE_DIR)."""
+        from comfyctl.objectinfo import ObjectInfoCache, default_cache_dir
+
+        if self._object_info is None:
+            self._object_info = ObjectInfoCache(default_cache_dir(), self.client)
+        return self._object_info
+
+    def uploader(self) -> Uploader:
+        """Uploads ``@PATH`` inputs to a job's server, remembering what each server has."""
+        from comfyctl.inputs import LedgerInputMap, Uploader
+
+        return Uploader(LedgerInputMap(self.ledger), self.client)
 
     def client(self, spec: ServerSpec) -> ServerClient:
         from comfyctl.client import ServerClient

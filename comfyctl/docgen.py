@@ -49,6 +49,8 @@ ENVIRONMENT = (
                         "a hook defaults to it."),
     ("COMFYCTL_LOCK_TIMEOUT", "Seconds to wait for the ledger lock before exit 7 (default 10)."),
     ("COMFYCTL_TRACEBACK", "Set to 1 to show the full Python traceback on errors."),
+    ("COMFYCTL_CACHE_DIR", "Where each server's /object_info is cached (default: the user "
+                           "cache dir, e.g. ~/.cache/comfyctl/)."),
     ("NO_COLOR", "When set, no colour in output (as --no-color)."),
     ("COMFYCTL_WEBHOOK_SECRET", "Signs the bodies POSTed to --webhook URLs "
                                 "(X-Comfyctl-Signature); else the config's webhook_secret."),
@@ -65,6 +67,8 @@ FILES = (
                     "record per job, bound to its server."),
     ("workflows/", "Beside the ledger: submitted workflows, content-addressed, so jobs can "
                    "be resubmitted."),
+    ("inputs.json", "Beside the ledger: which input file (by SHA-256) was uploaded to which "
+                    "server under which name, so it is not sent again."),
 )
 
 

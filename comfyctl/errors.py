@@ -58,6 +58,18 @@ class WorkflowInvalid(UsageProblem):
     pass
 
 
+class InputRejected(UsageProblem):
+    """An input file that cannot go to the server: unreadable, too large, refused."""
+
+
+class WorkflowProblems(UsageProblem):
+    """``validate`` / ``submit --check`` found problems (each one is printed as data)."""
+
+    def __init__(self, message: str, problems: list) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
 class ServerError(ComfyctlError):
     """A server could not be asked, or did not answer as ComfyUI does. Callers decide on
     the subclass, never on ``reason`` (a few words for people: refused, timeout, http 502)."""

@@ -23,6 +23,7 @@ from comfyctl.config import ServerSpec
 from comfyctl.errors import ComfyctlError, ServerError
 from comfyctl.events import from_ws_message
 from comfyctl.fanout import fan_out
+from comfyctl.inputs import Uploader, place_inputs
 from comfyctl.lease import TTL, claim, leases_for, listen_lease, new_owner, release_quietly
 from comfyctl.ledger import Ledger, Record, Tasks
 from comfyctl.records import (
@@ -541,9 +542,11 @@ class Repairer:
     def __init__(self, ledger: Ledger, client_for_record: Callable[[Record], ServerClient],
                  client_for_spec: Callable[[ServerSpec], ServerClient],
                  spec_for_record: Callable[[Record], ServerSpec],
-                 on_finished: Callable[[Record], object] | None = None) -> None:
+                 on_finished: Callable[[Record], object] | None = None,
+                 uploader: Uploader | None = None) -> None:
         self.ledger = ledger
         self.on_finished = on_finished  # told of each job a repair leaves terminal
+        self.uploader = uploader
         self.client_for_record = client_for_record
         self.submitter = Submitter(ledger, client_for_spec)
         self.spec_for_record = spec_for_record
@@ -621,8 +624,12 @@ class Repairer:
         if not old.get("workflow"):
             raise ComfyctlError(f"{old['prompt_id']} has no stored workflow to resubmit.")
         graph = self.ledger.load_workflow(old["workflow"])
+        files = old.get("inputs") or []
+        if files and self.uploader is not None:
+            # Before anything is written: the inputs go to the server chosen now.
+            graph = place_inputs(graph, files, spec, self.uploader)
         new = self.submitter.prepare(graph, spec, old.get("labels"),
-                                     resubmitted_from=old["prompt_id"])
+                                     resubmitted_from=old["prompt_id"], inputs=files)
         with self.ledger.transaction() as tasks:
             stored = tasks.get(old["prompt_id"])
             if stored is None or stored.get("superseded_by"):

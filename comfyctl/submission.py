@@ -42,28 +42,26 @@ SEED_INPUTS = ("seed", "noise_seed")
 MAX_SEED = 2**53 - 1  # JSON-safe integer
 
 
-def parse_workflow(raw: bytes, source: str) -> dict[str, Any]:
-    """An API-format graph ``{node_id: {class_type, inputs}}`` or WorkflowInvalid."""
+def load_json(raw: bytes, source: str) -> Any:
+    """A workflow file's JSON, or WorkflowInvalid saying why it is none."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise WorkflowInvalid(f"{source} is not UTF-8 text; a workflow is a JSON file.") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise WorkflowInvalid(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}).") \
             from None
     except RecursionError:
         raise WorkflowInvalid(f"{source} is nested too deeply to be a workflow.") from None
+
+
+def check_api_graph(data: Any, source: str) -> dict[str, Any]:
+    """An API-format graph ``{node_id: {class_type, inputs}}`` or WorkflowInvalid."""
     if isinstance(data, dict) and "prompt" in data and isinstance(data["prompt"], dict) \
             and "nodes" not in data:
         data = data["prompt"]  # a saved POST /prompt body
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
-        raise WorkflowInvalid(
-            f"{source} is a UI-format workflow (it has 'nodes' and 'links').",
-            "Export it in API format: in ComfyUI use Workflow > Export (API), "
-            "or enable dev mode and use 'Save (API Format)'.",
-        )
     if not isinstance(data, dict) or not data:
         raise WorkflowInvalid(f"{source} holds no nodes; expected {{node_id: {{class_type, "
                               f"inputs}}}} (ComfyUI API format).")
@@ -74,30 +72,6 @@ def parse_workflow(raw: bytes, source: str) -> dict[str, Any]:
                 f"{source}: node {node_id!r} is not an API-format node "
                 "(it needs class_type and an inputs object).")
     return data
-
-
-def apply_overrides(graph: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
-    """``NODE.INPUT=VALUE`` overrides; VALUE is JSON when it parses, else a string."""
-    result = copy.deepcopy(graph)
-    for assignment in assignments:
-        target, sep, raw_value = assignment.partition("=")
-        node_id, dot, input_name = target.partition(".")
-        if not sep or not dot or not node_id or not input_name:
-            raise WorkflowInvalid(f"--set {assignment!r} is not NODE.INPUT=VALUE.")
-        if node_id not in result:
-            raise WorkflowInvalid(f"--set {assignment!r}: the workflow has no node {node_id!r}.",
-                                  f"Nodes: {', '.join(sorted(result))}.")
-        inputs = result[node_id].setdefault("inputs", {})
-        if input_name not in inputs:
-            raise WorkflowInvalid(
-                f"--set {assignment!r}: node {node_id!r} has no input {input_name!r}.",
-                f"Its inputs: {', '.join(sorted(inputs)) or 'none'}.")
-        try:
-            value: Any = json.loads(raw_value)
-        except ValueError:
-            value = raw_value
-        inputs[input_name] = value
-    return result
 
 
 def vary_seeds(graph: dict[str, Any], rng: random.Random) -> dict[str, Any]:
@@ -135,17 +109,21 @@ class Submitter:
 
     def submit(self, graph: dict[str, Any], spec: ServerSpec,
                labels: dict[str, str] | None = None,
-               resubmitted_from: str | None = None) -> Submitted:
+               resubmitted_from: str | None = None,
+               inputs: list[dict[str, Any]] | None = None) -> Submitted:
         """Write ahead, then send one job to ``spec``'s server."""
-        record = self.prepare(graph, spec, labels, resubmitted_from)
+        record = self.prepare(graph, spec, labels, resubmitted_from, inputs)
         with self.ledger.transaction() as tasks:
             tasks.put(record)
         return self.send(record, graph, spec)
 
     def prepare(self, graph: dict[str, Any], spec: ServerSpec,
                 labels: dict[str, str] | None = None,
-                resubmitted_from: str | None = None) -> Record:
-        """The write-ahead record of a new job (the caller puts it in the ledger)."""
+                resubmitted_from: str | None = None,
+                inputs: list[dict[str, Any]] | None = None) -> Record:
+        """The write-ahead record of a new job (the caller puts it in the ledger).
+        ``inputs``: the local files uploaded for it (so a resubmit elsewhere can send
+        them to that server)."""
         self.client_for(spec)  # a server that cannot be used (config) gets no record at all
         try:
             ref = self.ledger.store_workflow(graph)
@@ -154,8 +132,11 @@ class Submitter:
                 raise
             # Some calls (utime) do not say where: name the folder they were working in.
             raise OSError(exc.errno, exc.strerror, str(self.ledger.workflow_dir)) from None
-        return new_record(new_prompt_id(), spec.name, spec.url, new_client_id(), ref, labels,
-                          resubmitted_from)
+        record = new_record(new_prompt_id(), spec.name, spec.url, new_client_id(), ref, labels,
+                            resubmitted_from)
+        if inputs:
+            record["inputs"] = inputs
+        return record
 
     def send(self, record: Record, graph: dict[str, Any], spec: ServerSpec) -> Submitted:
         """POST the job whose write-ahead record is already in the ledger.

@@ -41,6 +41,7 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "config.toml").touch()  # a config named by COMFYCTL_CONFIG must exist
     monkeypatch.setenv("COMFYCTL_CONFIG", str(tmp_path / "config.toml"))
     monkeypatch.setenv("COMFYCTL_LEDGER", str(tmp_path / "ledger.json"))
+    monkeypatch.setenv("COMFYCTL_CACHE_DIR", str(tmp_path / "cache"))
     for name in ("COMFYCTL_SERVER", "COMFYCTL_TRACEBACK", "NO_COLOR", "COMFYCTL_LOCK_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path

@@ -151,7 +151,7 @@ def test_submit_missing_file(invoke, server_config: Path, tmp_path: Path) -> Non
     ("{}", ("wf.json", "no nodes", "API format")),
     ("[]", ("no nodes",)),
     ('"just a string"', ("no nodes",)),
-    (json.dumps(UI_EXPORT), ("UI-format", "API format")),
+    (json.dumps({**UI_EXPORT, "nodes": {}}), ("UI-format", "not lists")),
     ('{"3": {"inputs": {}}}', ("node '3'", "class_type")),
     ('{"3": {"class_type": "X", "inputs": []}}', ("node '3'",)),
 ], ids=["invalid-json", "empty-file", "utf16", "latin1", "empty-graph", "list", "string",
@@ -168,9 +168,10 @@ def test_submit_bad_workflow_on_stdin(invoke, server_config: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("assignment, fragments", [
     ("99.seed=5", ("99.seed=5", "no node '99'", "Nodes: 3, 4, 9")),
-    ("3.sede=5", ("3.sede=5", "no input 'sede'", "seed")),
     ("3seed=5", ("NODE.INPUT=VALUE",)),
     ("3.seed", ("NODE.INPUT=VALUE",)),
+    ("3.seed=@", ("3.seed=@", "no file after '@'")),
+    ("3.seed=@no-such-file.png", ("3.seed=@no-such-file.png", "cannot read", "@@")),
 ])
 def test_submit_bad_set(invoke, server_config: Path, tmp_path: Path, assignment: str,
                         fragments: tuple[str, ...]) -> None:

@@ -22,6 +22,7 @@ import click
 COMMANDS = {
     "cancel": "comfyctl.commands.steer:cancel_command",
     "completion": "comfyctl.commands.completion:command",
+    "convert": "comfyctl.commands.workflow:convert_command",
     "debug-tasks": "comfyctl.commands.steer:debug_command",
     "demo": "comfyctl.commands.demo:command",
     "detect-stuck": "comfyctl.commands.stuck:detect_command",
@@ -30,6 +31,7 @@ COMMANDS = {
     "recover": "comfyctl.commands.stuck:recover_command",
     "servers": "comfyctl.commands.servers:command",
     "submit": "comfyctl.commands.submit:command",
+    "validate": "comfyctl.commands.workflow:validate_command",
     "watch": "comfyctl.commands.watch:command",
 }
 INDEX = Path(__file__).with_name("index.json")

@@ -220,7 +220,7 @@ def recover_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tu
         notifier = make_notifier(app, exec_command, exec_timeout, webhooks,
                                  lambda message: click.echo(f"comfyctl: {message}", err=True))
         repairer = Repairer(app.ledger, app.client_for_record, app.client, app.spec_for_record,
-                            notifier.finished)
+                            notifier.finished, app.uploader())
         try:
             actions = [repairer.run(action, options) for action in actions]
         finally:

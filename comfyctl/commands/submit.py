@@ -3,19 +3,18 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import sys
 from typing import Any
 
 import click
 
 from comfyctl.commands.follow import FollowOptions, follow
+from comfyctl.commands.workflow import echo_warnings, make_preparer, run_checks, set_option
 from comfyctl.context import AppContext
 from comfyctl.errors import (
     ComfyctlError,
     ServerUnreachable,
     SubmitUncertain,
     UsageProblem,
-    WorkflowInvalid,
     WorkflowRejected,
 )
 from comfyctl.options import hook_options, server_option, watch_options
@@ -36,30 +35,9 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
-MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
-
-
-def read_workflow(source: str) -> dict[str, Any]:
-    from comfyctl.submission import parse_workflow
-
-    try:
-        if source == "-":
-            raw = sys.stdin.buffer.read(MAX_WORKFLOW_BYTES + 1)
-        else:
-            with open(source, "rb") as handle:
-                raw = handle.read(MAX_WORKFLOW_BYTES + 1)
-    except OSError as exc:
-        raise WorkflowInvalid(f"Cannot read {source}: {exc.strerror or exc}.") from None
-    if len(raw) > MAX_WORKFLOW_BYTES:
-        raise WorkflowInvalid(f"{source} is larger than {MAX_WORKFLOW_BYTES >> 20} MiB; "
-                              "that is not a workflow.")
-    return parse_workflow(raw, "stdin" if source == "-" else source)
-
-
 @click.command("submit", short_help="Submit a workflow, binding each job to its server.")
 @click.argument("workflow", metavar="WORKFLOW", type=click.Path(allow_dash=True, dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="NODE.INPUT=VALUE",
-              help="Override one input (repeatable). VALUE is JSON when it parses, else text.")
+@set_option
 @click.option("--count", "-n", type=click.IntRange(min=1, max=10000), default=1,
               show_default=True, metavar="N",
               help="Submit this many copies, each with its own prompt_id.")
@@ -72,31 +50,42 @@ def read_workflow(source: str) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per job (and with --wait, JSON events).")
 @click.option("--wait", is_flag=True, help="Then follow the jobs exactly as 'watch' does.")
+@click.option("--check", is_flag=True,
+              help="Only check the workflow against each server (as 'validate' does), then "
+                   "stop: nothing is uploaded or queued.")
 @watch_options
 @hook_options
 @click.pass_obj
 def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count: int,
             vary_seed: bool, servers: tuple[str, ...], labels: tuple[str, ...],
-            as_json: bool, wait: bool, **params: Any) -> None:
-    """Submit an API-format workflow, binding each job to the server that runs it.
+            as_json: bool, wait: bool, check: bool, **params: Any) -> None:
+    """Submit a workflow, binding each job to the server that runs it.
 
-    WORKFLOW is a file in ComfyUI API format ({node_id: {class_type, inputs}}) or '-'
-    for stdin. Each job is written to the ledger before it is sent, so a crash never
-    loses it. stdout gets one prompt_id per line, printed the moment the job is
-    accepted (or one JSON object per job with --json); messages go to stderr.
+    WORKFLOW is a file in ComfyUI API format ({node_id: {class_type, inputs}}), or as
+    the web UI saves it (converted with the chosen server's /object_info, as 'convert'
+    does), or '-' for stdin. @PATH values of --set are uploaded to the server each job
+    goes to, before the job is written anywhere. Each job is written to the ledger
+    before it is sent, so a crash never loses it. stdout gets one prompt_id per line,
+    printed the moment the job is accepted (or one JSON object per job with --json);
+    messages go to stderr.
 
     \b
     Examples:
       comfyctl submit wf.json -s gpu1
       comfyctl submit wf.json -s gpu1 -s gpu2 --count 8 --vary-seed --label batch=7
       comfyctl submit wf.json --set 6.text='"a red fox"' --wait --download out/
+      comfyctl submit img2img.json -s gpu2 --set 10.image=@photo.png
+      comfyctl submit saved-from-ui.json -s gpu1 --check
       comfyctl submit wf.json | comfyctl watch -
     """
-    from comfyctl.submission import Submitted, Submitter, apply_overrides, vary_seeds
+    from comfyctl.submission import Submitted, Submitter, vary_seeds
 
     label_map = parse_labels(labels)
-    graph = apply_overrides(read_workflow(workflow), list(overrides))
+    preparer = make_preparer(app, workflow, overrides, upload=not check)
     specs = app.servers(servers)
+    if check:
+        run_checks(preparer, specs, as_json)
+        return
     submitter = Submitter(app.ledger, app.client)
     queue_len: dict[str, int | None] = (submitter.queue_lengths(specs) if len(specs) > 1
                                         else {specs[0].url: 0})
@@ -104,8 +93,8 @@ def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count
         raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
     rng = random.SystemRandom()
     submitted, uncertain = [], []
+    warned: set[str] = set()
     for _ in range(count):
-        job_graph = vary_seeds(graph, rng) if vary_seed else graph
         result = None
         while result is None:
             usable = [s for s in specs if queue_len.get(s.url) is not None]
@@ -113,7 +102,14 @@ def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count
                 break
             spec = min(usable, key=lambda s: queue_len[s.url] or 0)  # keeps the given order
             try:
-                result = submitter.submit(job_graph, spec, label_map)
+                # Converted for and uploaded to this server, before any record is written.
+                prepared = preparer.for_server(spec)
+                if spec.url not in warned:
+                    warned.add(spec.url)
+                    echo_warnings(prepared.warnings, spec.name)
+                job_graph = vary_seeds(prepared.graph, rng) if vary_seed else prepared.graph
+                result = submitter.submit(job_graph, spec, label_map,
+                                          inputs=[f.as_record() for f in prepared.files])
             except ServerUnreachable as exc:  # certainly never sent: another server may take it
                 if len(specs) == 1:
                     raise
