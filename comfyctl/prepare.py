@@ -37,6 +37,8 @@ def parse_any_workflow(raw: bytes, source: str) -> Workflow:
         if not isinstance(data["nodes"], list) or not isinstance(data["links"], list):
             raise WorkflowInvalid(f"{source} looks like a UI-format workflow, but its 'nodes' "
                                   "and 'links' are not lists.")
+        if not data["nodes"]:
+            raise WorkflowInvalid(f"{source} is a UI-format workflow with no nodes.")
         return Workflow(source, data, True)
     return Workflow(source, check_api_graph(data, source), False)
 
