@@ -65,7 +65,7 @@ class InputRejected(UsageProblem):
 class WorkflowProblems(UsageProblem):
     """``validate`` / ``submit --check`` found problems (each one is printed as data)."""
 
-    def __init__(self, message: str, problems: list) -> None:
+    def __init__(self, message: str, problems: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.problems = problems
 
