@@ -62,11 +62,8 @@ def wait_for_holder(ledger_path: Path, pid: str, timeout: float = 15) -> str:
     raise AssertionError("nobody took the lease")
 
 
-def test_two_watchers_both_see_progress_to_the_end(emulator, tmp_path, ledger_path, invoke):
-    pid = submit(invoke, tmp_path, emulator.url)
-    first = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
-    wait_for_holder(ledger_path, pid)
-    time.sleep(3)
+def both_follow_to_the_end(first: subprocess.Popen[str], pid: str) -> None:
+    """Start a second watcher of ``pid`` now; both must print progress to the end."""
     second_started = stamp()
     second = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
     out1, err1 = first.communicate(timeout=60)
@@ -74,10 +71,27 @@ def test_two_watchers_both_see_progress_to_the_end(emulator, tmp_path, ledger_pa
     assert first.returncode == 0, err1
     assert second.returncode == 0, err2
     ev1, ev2 = events(out1), events(out2)
-    # The first watcher was not silenced by the second: it kept hearing progress.
+    # The first was not silenced by the second: it kept hearing progress.
     assert len(set(percents(ev1, after=second_started))) >= 3
     assert len(set(percents(ev2))) >= 3  # the second followed it through the store
     assert ev1[-1]["status"] == ev2[-1]["status"] == "success"
+
+
+def submit_wait(tmp_path: Path, url: str) -> tuple[subprocess.Popen[str], str]:
+    wf = tmp_path / "long.json"
+    wf.write_text(json.dumps(LONG))
+    waiting = comfyctl("submit", str(wf), "-s", url, "--wait", "--json", "--poll-interval",
+                       "0.5")
+    assert waiting.stdout is not None
+    return waiting, json.loads(waiting.stdout.readline())["prompt_id"]
+
+
+def test_two_watchers_both_see_progress_to_the_end(emulator, tmp_path, ledger_path, invoke):
+    pid = submit(invoke, tmp_path, emulator.url)
+    first = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
+    wait_for_holder(ledger_path, pid)
+    time.sleep(3)
+    both_follow_to_the_end(first, pid)
     assert Ledger(ledger_path).get(pid)["status"] == "success"
     assert live_holder(leases_for(Ledger(ledger_path)), listen_lease(pid)) is None
 
@@ -102,32 +116,14 @@ def test_sigkill_of_the_holder_hands_over_and_the_end_is_kept(emulator, tmp_path
 
 
 def test_submit_wait_and_watch_share_one_listener(emulator, tmp_path, ledger_path):
-    wf = tmp_path / "long.json"
-    wf.write_text(json.dumps(LONG))
-    waiting = comfyctl("submit", str(wf), "-s", emulator.url, "--wait", "--json",
-                       "--poll-interval", "0.5")
-    assert waiting.stdout is not None
-    pid = json.loads(waiting.stdout.readline())["prompt_id"]
+    waiting, pid = submit_wait(tmp_path, emulator.url)
     wait_for_holder(ledger_path, pid)
     time.sleep(3)
-    watcher_started = stamp()
-    watcher = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
-    out1, err1 = waiting.communicate(timeout=60)
-    out2, err2 = watcher.communicate(timeout=60)
-    assert waiting.returncode == 0, err1
-    assert watcher.returncode == 0, err2
-    assert len(set(percents(events(out1), after=watcher_started))) >= 3
-    assert len(set(percents(events(out2)))) >= 3
-    assert events(out1)[-1]["status"] == events(out2)[-1]["status"] == "success"
+    both_follow_to_the_end(waiting, pid)
 
 
 def test_sigkill_of_submit_wait_hands_over_to_watch(emulator, tmp_path, ledger_path):
-    wf = tmp_path / "long.json"
-    wf.write_text(json.dumps(LONG))
-    waiting = comfyctl("submit", str(wf), "-s", emulator.url, "--wait", "--json",
-                       "--poll-interval", "0.5")
-    assert waiting.stdout is not None
-    pid = json.loads(waiting.stdout.readline())["prompt_id"]
+    waiting, pid = submit_wait(tmp_path, emulator.url)
     wait_for_holder(ledger_path, pid)
     watcher = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
     time.sleep(2)
