@@ -311,6 +311,75 @@ def bench_hooks_metrics(size: int, runs: int) -> None:
         emu.stop()
 
 
+def bench_observers(steps: int) -> None:
+    """Two watchers of one job: how far behind the holder the follower prints each
+    percentage (it reads the store), and how long a SIGKILLed holder takes to be replaced."""
+    import signal
+
+    from comfyctl.lease import leases_for, listen_lease, live_holder
+    from comfyctl.records import parse_time
+
+    print("observers", flush=True)
+    emu = Emulator().start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "COMFYCTL_LEDGER": str(Path(tmp) / "ledger.json"),
+                   "COMFYCTL_CONFIG": str(Path(tmp) / "none.toml")}
+            graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"],
+                                                              "steps": steps,
+                                                              "seconds_per_step": 0.2}}}
+            wf = Path(tmp) / "wf.json"
+            wf.write_text(json.dumps(graph))
+            leases = leases_for(Ledger(Path(tmp) / "ledger.json"))
+
+            def start() -> tuple[str, subprocess.Popen[str], subprocess.Popen[str]]:
+                pid = subprocess.run([sys.executable, "-m", "comfyctl", "submit", str(wf),
+                                      "-s", emu.url, "--vary-seed"], env=env, check=True,
+                                     capture_output=True, text=True).stdout.strip()
+                watch = [sys.executable, "-m", "comfyctl", "watch", pid, "--json"]
+                first = subprocess.Popen(watch, env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True)
+                while live_holder(leases, listen_lease(pid)) is None:
+                    time.sleep(0.02)
+                second = subprocess.Popen(watch, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, text=True)
+                return pid, first, second
+
+            def seen(out: str) -> dict[float, float]:
+                times: dict[float, float] = {}
+                for line in out.splitlines():
+                    event = json.loads(line)
+                    moment = parse_time(event["at"])
+                    if event["event"] == "progress" and event.get("progress") and moment:
+                        times.setdefault(event["progress"]["percent"], moment.timestamp())
+                return times
+
+            _, first, second = start()
+            heard, followed = seen(first.communicate()[0]), seen(second.communicate()[0])
+            lags = [followed[p] - heard[p] for p in followed if p in heard]
+            if lags:
+                report("watch beside a watch: the follower's delay per percentage",
+                       f"{statistics.median(lags):.2f} s",
+                       f"median over {len(lags)}, max {max(lags):.2f} s (the holder "
+                       "writes every 1 s, followers read every 0.25 s)")
+            pid, first, second = start()
+            time.sleep(1.0)
+            os.kill(first.pid, signal.SIGKILL)
+            killed = time.perf_counter()
+            first.wait()  # reaped, as its shell would (a zombie still looks alive)
+            while (live_holder(leases, listen_lease(pid)) or "").split(":")[1:2] != \
+                    [str(second.pid)] and time.perf_counter() - killed < 30:
+                time.sleep(0.01)
+            handover = time.perf_counter() - killed
+            first.communicate()
+            out = second.communicate()[0]
+            last = json.loads(out.splitlines()[-1])["status"] if out else "?"
+            report("SIGKILL of the listening watch: lease taken over after",
+                   f"{handover:.2f} s", f"same host (dead pid seen); the follower ended {last}")
+    finally:
+        emu.stop()
+
+
 def main() -> None:
     import logging
 
@@ -331,6 +400,7 @@ def main() -> None:
     bench_watch(40 if args.quick else 200, 4, 20)
     bench_fanout(1000, 10, 2.0)
     bench_hooks_metrics(10000 if args.quick else 100000, runs)
+    bench_observers(30)
     if args.write_readme:
         write_readme(machine, "python benchmarks/run.py" + (" --quick" if args.quick else ""))
 
