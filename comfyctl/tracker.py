@@ -45,6 +45,7 @@ from comfyctl.records import (
     progress_changed_at,
     submitter_gone,
 )
+from comfyctl.restart import ServerLog, no_proof, read_log, restart_proof
 from comfyctl.supersede import reap_quietly
 
 log = logging.getLogger("comfyctl.tracker")
@@ -89,6 +90,7 @@ class _ServerState:
     prompt_ids: set[str] = field(default_factory=set)
     fetch: queue.Queue[str] = field(default_factory=queue.Queue)
     reachable: bool | None = None
+    log: ServerLog | None = None  # the server's log, read when it did not know a job
 
 
 class Tracker:
@@ -262,17 +264,21 @@ class Tracker:
 
     def _judge_unknown(self, record: Record, obs: Observation) -> Observation:
         """The server does not know the job. Twice in a row (unless its submit may still be
-        in flight) means the server lost it, typically by restarting."""
+        in flight) means it is gone: lost in a restart, or forgotten."""
         if record["status"] == SUBMITTING and not submitter_gone(record):
             return obs
         count = self._unknown_count.get(record["prompt_id"], 0) + 1
         self._unknown_count[record["prompt_id"]] = count
         if count < 2:
             return obs
+        # Lost in a restart only on proof; else forgotten (its history or queue entry was
+        # deleted), which recover does not resubmit unless asked (comfyctl.restart).
+        server_log = self.servers[record["server_url"]].log
+        proof = restart_proof(record, server_log, list(self.records.values()))
         return Observation("lost", record["prompt_id"], record["server_url"], error={
-            "type": "lost", "node_id": None, "node_type": None,
-            "message": f"Server {record['server']} no longer knows this job "
-                       "(not queued, not running, not in history): it probably restarted.",
+            "type": "lost" if proof else "forgotten", "node_id": None, "node_type": None,
+            "message": f"Server {record['server']} no longer knows this job (not queued, "
+                       f"not running, not in history): {proof or no_proof(record, server_log)}.",
         })
 
     def _check_stalls(self) -> None:
@@ -348,6 +354,8 @@ class Tracker:
             else:
                 reached = state.reachable is not True  # for the first time, or again
                 self._server_state(state, True, None)
+                if any(o.kind == "unknown" for o in observations.values()):
+                    state.log = read_log(state.client)  # read before the loop judges them
                 for obs in observations.values():
                     self.inbox.put(obs)
                 if reached:

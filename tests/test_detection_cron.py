@@ -5,6 +5,7 @@ that block ours named."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -150,3 +151,20 @@ def test_a_foreign_stalled_job_ahead_of_ours_is_named(emulator, tmp_path, ledger
     table = invoke("debug-tasks")
     assert foreign in table.stdout
     requests.post(emulator.url + "/interrupt", json={"prompt_id": foreign}, timeout=5)
+
+
+def test_watch_calls_a_job_deleted_from_the_queue_forgotten_and_recover_keeps_it(
+        emulator, tmp_path, ledger_path, invoke):
+    (ahead,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=100, seconds=0.05))
+    (deleted,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
+    threading.Timer(0.8, lambda: requests.post(emulator.url + "/queue",
+                                               json={"delete": [deleted]}, timeout=5)).start()
+    watched = invoke("watch", deleted, "--poll-interval", "0.3", "--timeout", "20")
+    assert watched.exit_code == 1
+    record = Ledger(ledger_path).get(deleted)
+    assert record["status"] == "lost" and record["error"]["type"] == "forgotten"
+    assert "still running" in record["error"]["message"]
+    recovered = invoke("recover", "--resubmit", deleted, "--json")
+    (action,) = lines(recovered.stdout)
+    assert action["action"] == "mark-forgotten" and action["new_prompt_id"] is None
+    requests.post(emulator.url + "/interrupt", json={"prompt_id": ahead}, timeout=5)
