@@ -324,7 +324,7 @@ def bench_observers(steps: int) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             env = {**os.environ, "COMFYCTL_LEDGER": str(Path(tmp) / "ledger.json"),
-                   "COMFYCTL_CONFIG": str(Path(tmp) / "none.toml")}
+                   "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
             graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"],
                                                               "steps": steps,
                                                               "seconds_per_step": 0.2}}}
