@@ -157,6 +157,19 @@ def _summary(family: Family, labels: dict[str, str], values: list[float]) -> Non
     family.add(labels, len(ordered), "_count")
 
 
+METRICS_SCHEMA = {"schema": "comfyctl.metrics", "schema_version": 1}
+
+
+def metrics_json(families: list[Family]) -> dict[str, Any]:
+    """The families as one JSON document (``metrics --json``); a value that is not a finite
+    number (an empty summary's quantile) is null, as JSON has no NaN."""
+    return {**METRICS_SCHEMA, "families": [
+        {"name": f.name, "type": f.kind, "help": f.help,
+         "samples": [{"name": name, "labels": labels,
+                      "value": value if math.isfinite(value) else None}
+                     for name, labels, value in f.samples]} for f in families]}
+
+
 def exposition(families: list[Family]) -> str:
     """The Prometheus text exposition format (version 0.0.4)."""
     lines = []

@@ -17,32 +17,79 @@ def server_option(help_text: str) -> Callable[[F], F]:
                         shell_complete=complete_servers, help=help_text)
 
 
-def output_format(*choices: str, default: str = "table") -> Callable[[F], F]:
-    """Collapse --json/--nl/--csv into one ``fmt`` parameter; more than one is a usage error
-    (rather than one silently winning)."""
-    flags = {
-        "json": "--json",
-        "nl": "--nl",
-        "csv": "--csv",
-    }
-    helps = {
-        "json": "Print JSON for scripts (one document, or one object per line for streams).",
-        "nl": "Print one JSON object per line.",
+#: What each output flag means, for the two kinds of command (README's "Output contract").
+_FORMAT_HELP = {
+    "document": {
+        "json": "Print one JSON document: an object with schema, schema_version and a list.",
+        "nl": "Print one JSON object per line (the list's items, as they are found).",
         "csv": "Print CSV with a header row.",
-    }
+    },
+    "stream": {
+        "json": "Print one JSON object per line, flushed as it happens (a stream).",
+        "nl": "The same as --json (a stream is always one object per line).",
+    },
+    "--wait": {
+        "json": "Print one JSON document: an object with schema, schema_version and a list "
+                "(with --wait: one object per line, then the events, a stream).",
+        "nl": "Print one JSON object per line, as each is found (with --wait, then the "
+              "events).",
+    },
+}
+
+
+def output_format(*choices: str, default: str = "table", stream: bool | str = False
+                  ) -> Callable[[F], F]:
+    """The one output option: --json/--nl/--csv collapse into one ``fmt`` parameter
+    ("json", "nl", "csv" or ``default``); more than one is a usage error (rather than one
+    silently winning). ``stream``: the command prints as things happen (watch), so --json
+    is one object per line too; a flag name (``"--wait"``): only with that flag."""
+    kind = stream if isinstance(stream, str) else "stream" if stream else "document"
+    helps = _FORMAT_HELP[kind]
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def combined(*args: Any, **kwargs: Any) -> Any:
-            given = [flags[c] for c in choices if kwargs.pop(f"fmt_{c}")]
+            given = [c for c in choices if kwargs.pop(f"fmt_{c}")]
             if len(given) > 1:
-                raise click.UsageError(f"{' and '.join(given)} cannot be combined; pick one.")
-            kwargs["fmt"] = given[0][2:] if given else default
+                raise click.UsageError(
+                    f"{' and '.join('--' + c for c in given)} cannot be combined; pick one.")
+            kwargs["fmt"] = given[0] if given else default
             return func(*args, **kwargs)
 
         for choice in reversed(choices):
-            combined = click.option(flags[choice], f"fmt_{choice}", is_flag=True,
+            combined = click.option(f"--{choice}", f"fmt_{choice}", is_flag=True,
                                     help=helps[choice])(combined)
+        return combined  # type: ignore[return-value]
+
+    return decorate
+
+
+def server_timeout_option(default: float, help_text: str) -> Callable[[F], F]:
+    """``--server-timeout``: the bound on each server's round (``deadline``). ``--timeout``
+    means "give up after this long" everywhere; here it is still accepted for the per-server
+    bound, with a note on stderr, until scripts have moved."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def combined(*args: Any, **kwargs: Any) -> Any:
+            old = kwargs.pop("deprecated_timeout")
+            if old is not None:
+                source = click.get_current_context().get_parameter_source("deadline")
+                if source == click.core.ParameterSource.COMMANDLINE:
+                    raise click.UsageError("--timeout and --server-timeout cannot be combined; "
+                                           "use --server-timeout.")
+                click.echo("comfyctl: --timeout is deprecated here: it is the per-server "
+                           "limit, now spelled --server-timeout (--timeout will mean \"give "
+                           "up after this long\", as in watch).", err=True)
+                kwargs["deadline"] = old
+            return func(*args, **kwargs)
+
+        combined = click.option("--timeout", "deprecated_timeout", hidden=True,
+                                type=click.FloatRange(min=0.1), metavar="SECONDS",
+                                help="Deprecated spelling of --server-timeout.")(combined)
+        combined = click.option("--server-timeout", "deadline", type=click.FloatRange(min=0.1),
+                                default=default, show_default=True, metavar="SECONDS",
+                                help=help_text)(combined)
         return combined  # type: ignore[return-value]
 
     return decorate

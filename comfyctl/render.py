@@ -33,6 +33,19 @@ from comfyctl.records import (
 RECORD_SCHEMA = {"schema": "comfyctl.task", "schema_version": 1}
 EVENT_SCHEMA = {"schema": "comfyctl.watch-event", "schema_version": 1}
 SUBMIT_SCHEMA = {"schema": "comfyctl.submitted", "schema_version": 1}
+CANCEL_SCHEMA = {"schema": "comfyctl.cancel", "schema_version": 1}
+SERVERS_SCHEMA = {"schema": "comfyctl.servers", "schema_version": 1}
+SERVER_SCHEMA = {"schema": "comfyctl.server", "schema_version": 1}
+#: Every "<item>-list" document's own version (its shape: header, one list, a few counts).
+LIST_VERSION = 1
+
+
+def list_document(item_schema: dict[str, Any], key: str, items: list[Any],
+                  **extra: Any) -> dict[str, Any]:
+    """The one JSON document a listing command prints with --json: ``<item schema>-list``
+    with the items (each exactly as --nl prints it, one per line) under ``key``."""
+    return {"schema": f"{item_schema['schema']}-list", "schema_version": LIST_VERSION,
+            **extra, key: items}
 
 _COLOURS = {SUCCESS: "32", ERROR: "31", INTERRUPTED: "33", CANCELLED: "33", REJECTED: "31",
             LOST: "35", RUNNING: "36"}

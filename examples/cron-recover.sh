@@ -30,10 +30,10 @@ case $status in
   *) note "detect-stuck failed (exit $status)"; exit "$status" ;;
 esac
 
-# recover: one JSON line per action (comfyctl.recovery-action) to the log; exit 0 when
+# recover --nl: one JSON line per action (comfyctl.recovery-action) to the log; exit 0 when
 # every problem was resolved, else 1. Overlapping runs never act twice on one job.
 status=0
-"$comfyctl" recover --resubmit --json "$@" >>"$log" 2>&1 || status=$?
+"$comfyctl" recover --resubmit --nl "$@" >>"$log" 2>&1 || status=$?
 if [ "$status" -eq 0 ]; then
   note "recovered"
 else

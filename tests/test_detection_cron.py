@@ -45,7 +45,7 @@ def test_cron_only_finds_the_stall_and_never_the_slow_steady_job(
     for run in range(3):
         if run:
             time.sleep(5)
-        done = run_comfyctl("detect-stuck", "--stall-after", "5", "--json")
+        done = run_comfyctl("detect-stuck", "--stall-after", "5", "--nl")
         assert done.returncode in (0, 6), done.stderr
         reports.append(lines(done.stdout))
         if any(f["condition"] == "stalled" for f in reports[-1]):
@@ -66,9 +66,9 @@ def test_a_stall_a_watcher_saw_reaching_52_25_percent_keeps_its_percentage(
     (pid,) = submit(invoke, tmp_path, emulator.url, stalling())
     watched = invoke("watch", pid, "--timeout", "1.5", "--poll-interval", "0.3")
     assert watched.exit_code == 5
-    assert invoke("detect-stuck", "--stall-after", "3", "--json").exit_code == 0
+    assert invoke("detect-stuck", "--stall-after", "3", "--nl").exit_code == 0
     time.sleep(3.5)
-    late = invoke("detect-stuck", "--stall-after", "3", "--json")
+    late = invoke("detect-stuck", "--stall-after", "3", "--nl")
     assert late.exit_code == 6
     (finding,) = lines(late.stdout)
     assert "last percent 52.25%" in finding["detail"]
@@ -79,7 +79,7 @@ def test_a_deleted_history_entry_is_forgotten_not_lost(emulator, tmp_path, ledge
     (pid,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     emulator.wait_idle(timeout=10)
     requests.post(emulator.url + "/history", json={"delete": [pid]}, timeout=5)
-    detected = invoke("detect-stuck", "--json")
+    detected = invoke("detect-stuck", "--nl")
     assert detected.exit_code == 6
     (finding,) = lines(detected.stdout)
     assert finding["condition"] == "forgotten", finding
@@ -87,7 +87,7 @@ def test_a_deleted_history_entry_is_forgotten_not_lost(emulator, tmp_path, ledge
     report = json.loads(invoke("debug-tasks", "--json").stdout)
     kinds = {a["kind"] for a in report["anomalies"]}
     assert "lost-in-restart" not in kinds and "unknown-to-server" in kinds
-    recovered = invoke("recover", "--resubmit", "--json")
+    recovered = invoke("recover", "--resubmit", "--nl")
     assert recovered.exit_code == 0, recovered.stdout
     (action,) = lines(recovered.stdout)
     assert action["action"] == "mark-forgotten" and action["new_prompt_id"] is None
@@ -95,15 +95,15 @@ def test_a_deleted_history_entry_is_forgotten_not_lost(emulator, tmp_path, ledge
     assert record["status"] == "lost" and record["error"]["type"] == "forgotten"
     assert not [r for r in Ledger(ledger_path).load().values()
                 if r.get("resubmitted_from") == pid]
-    assert invoke("detect-stuck", "--json").exit_code == 0
-    assert invoke("recover", "--resubmit", "--json").stdout == ""
+    assert invoke("detect-stuck", "--nl").exit_code == 0
+    assert invoke("recover", "--resubmit", "--nl").stdout == ""
     # Only when asked for by name.
-    asked = invoke("recover", "--resubmit-forgotten", "--json")
+    asked = invoke("recover", "--resubmit-forgotten", "--nl")
     assert asked.exit_code == 0, asked.stdout
     (action,) = lines(asked.stdout)
     assert action["action"] == "resubmit" and action["new_prompt_id"]
     emulator.wait_idle(timeout=10)
-    again = lines(invoke("recover", "--resubmit-forgotten", "--json").stdout)
+    again = lines(invoke("recover", "--resubmit-forgotten", "--nl").stdout)
     assert [a["action"] for a in again] == ["record-success"]  # the new job, seen finished
     assert len([r for r in Ledger(ledger_path).load().values()
                 if r.get("resubmitted_from") == pid]) == 1
@@ -114,14 +114,14 @@ def test_after_a_real_restart_queued_jobs_are_lost_and_resubmitted_once(
     ids = submit(invoke, tmp_path, emulator.url, slow_graph(steps=200, seconds=0.05), count=3)
     time.sleep(0.3)
     emulator.restart()
-    detected = invoke("detect-stuck", "--json")
+    detected = invoke("detect-stuck", "--nl")
     assert detected.exit_code == 6
     found = lines(detected.stdout)
     assert sorted(f["prompt_id"] for f in found) == sorted(ids)
     assert all(f["condition"] == "lost" and "start-up lines" in f["detail"] for f in found)
     assert all(f["evidence"]["restart"] for f in found)
-    assert invoke("recover", "--resubmit", "--json").exit_code == 0
-    assert invoke("recover", "--resubmit", "--json").stdout == ""
+    assert invoke("recover", "--resubmit", "--nl").exit_code == 0
+    assert invoke("recover", "--resubmit", "--nl").stdout == ""
     children = [r for r in Ledger(ledger_path).load().values() if r.get("resubmitted_from")]
     assert sorted(r["resubmitted_from"] for r in children) == sorted(ids)
     queue = requests.get(emulator.url + "/queue", timeout=5).json()
@@ -134,10 +134,10 @@ def test_a_foreign_stalled_job_ahead_of_ours_is_named(emulator, tmp_path, ledger
     foreign = requests.post(emulator.url + "/prompt", json={
         "prompt": stalling(), "client_id": "webui-7f3a"}, timeout=5).json()["prompt_id"]
     (ours,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
-    first = invoke("detect-stuck", "--stall-after", "1", "--json")
+    first = invoke("detect-stuck", "--stall-after", "1", "--nl")
     assert first.exit_code == 0, first.stdout  # first sighting: just timed
     time.sleep(1.5)
-    second = invoke("detect-stuck", "--stall-after", "1", "--json")
+    second = invoke("detect-stuck", "--stall-after", "1", "--nl")
     assert second.exit_code == 6
     (finding,) = lines(second.stdout)
     assert finding["prompt_id"] == ours and finding["condition"] == "blocked"

@@ -147,7 +147,7 @@ def test_cron_exits_3_when_every_server_is_down(run_example, emulator_factory, i
     invoke("submit", write_workflow(tmp_path, graph(steps=100, seconds=0.05)), "-s", down.url)
     down.stop()
     log = tmp_path / "recover.log"
-    proc = run_example("cron-recover.sh", "--timeout", "2", env={"RECOVER_LOG": str(log)})
+    proc = run_example("cron-recover.sh", "--server-timeout", "2", env={"RECOVER_LOG": str(log)})
     assert proc.returncode == 3
     assert notes(log_lines(log)) == [
         "every server with unfinished jobs is unreachable; retrying next run"]

@@ -33,7 +33,7 @@ def test_eight_processes_mixing_commands_lose_and_duplicate_nothing(
     commands = {
         "submit": ["submit", str(wf), "-s", a.url, "-s", b.url, "--count", "2", "--vary-seed"],
         "watch": ["watch", "--timeout", "3", "--poll-interval", "0.3"],
-        "recover": ["recover", "--resubmit", "--timeout", "3"],
+        "recover": ["recover", "--resubmit", "--server-timeout", "3"],
         "history": ["history", "--limit", "5", "--json"],
     }
     rng = random.Random(5)

@@ -58,7 +58,7 @@ def test_sigkill_submit_loses_nothing_and_recover_never_resubmits_twice(emulator
     ledger = Ledger(ledger_path).load()
     assert received <= set(ledger), "a job the server got is missing from the ledger"
     # Orphaned write-ahead records are settled by asking the server, never by resending.
-    result = subprocess.run(comfyctl("recover", "--resubmit", "--json"), capture_output=True,
+    result = subprocess.run(comfyctl("recover", "--resubmit", "--nl"), capture_output=True,
                             text=True, timeout=120)
     assert "Traceback" not in result.stderr
     after = Ledger(ledger_path).load()

@@ -83,7 +83,7 @@ def test_fault_on_a_is_classified_and_b_is_unaffected(name, emulator_factory, in
     b.wait_idle(timeout=10)
     apply_fault(a, b_ids)
     started = time.monotonic()
-    result = invoke("detect-stuck", "--json", "--timeout", "1.5")
+    result = invoke("detect-stuck", "--nl", "--server-timeout", "1.5")
     assert time.monotonic() - started < 1.5 + 3
     assert "Traceback" not in result.stderr
     assert result.exit_code == 6, result.stderr
@@ -95,7 +95,7 @@ def test_fault_on_a_is_classified_and_b_is_unaffected(name, emulator_factory, in
     for pid in b_ids:
         assert found[pid]["condition"] == "finished-unnoticed", found[pid]
         assert found[pid]["server_url"] == b.url
-    recovered = invoke("recover", "--timeout", "1.5", "--json")
+    recovered = invoke("recover", "--server-timeout", "1.5", "--nl")
     assert "Traceback" not in recovered.stderr
     ledger = Ledger(ledger_path).load()
     for pid in b_ids:
@@ -115,7 +115,7 @@ def test_restart_that_loses_history_is_lost_and_b_unaffected(emulator_factory, i
     a.wait_idle(timeout=10)
     b.wait_idle(timeout=10)
     a.restart()
-    result = invoke("detect-stuck", "--json")
+    result = invoke("detect-stuck", "--nl")
     found = {f["prompt_id"]: f["condition"] for f in map(json.loads, result.stdout.splitlines())}
     assert result.exit_code == 6
     assert found == {on_a: "lost", on_b: "finished-unnoticed"}

@@ -150,7 +150,7 @@ def test_debug_tasks_hanging_server_reported_within_the_timeout(fleet, invoke, t
     invoke("submit", str(wf), "-s", "a")
     b.faults.http_hang = True
     started = time.monotonic()
-    result = invoke("debug-tasks", "--timeout", "1.5", "--json")
+    result = invoke("debug-tasks", "--server-timeout", "1.5", "--json")
     elapsed = time.monotonic() - started
     b.faults.http_hang = False
     assert result.exit_code == 0
@@ -181,7 +181,7 @@ def test_debug_tasks_flags_bindings_whose_server_changed(emulator, invoke, tmp_p
     config.write_text(f'[servers.gpu]\nurl = "{emulator.url}"\n')
     (pid,) = invoke("submit", str(wf), "-s", "gpu").stdout.split()
     config.write_text('[servers.gpu]\nurl = "http://127.0.0.1:9"\n')
-    report = json.loads(invoke("debug-tasks", "--json", "--timeout", "1").stdout)
+    report = json.loads(invoke("debug-tasks", "--json", "--server-timeout", "1").stdout)
     assert ("server-url-changed", pid) in {(a["kind"], a["prompt_id"])
                                            for a in report["anomalies"]}
     # The job is still asked about on the server it is bound to, not the renamed one.

@@ -55,8 +55,8 @@ def test_metrics_parse_and_agree_with_history_and_detect_stuck(
     time.sleep(0.5)
     d.stop()  # its job is on an unreachable server
 
-    detected = invoke("detect-stuck", "--json", "--confirm", "0", "--timeout", "3")
-    result = run_comfyctl("metrics", "--confirm", "0", "--timeout", "3")
+    detected = invoke("detect-stuck", "--nl", "--confirm", "0", "--server-timeout", "3")
+    result = run_comfyctl("metrics", "--confirm", "0", "--server-timeout", "3")
     listed = json.loads(invoke("history", "--json", "--limit", "1000").stdout)["tasks"]
     assert result.returncode == 0, result.stderr
     families = parse(result.stdout)
@@ -118,7 +118,7 @@ def test_a_hanging_server_costs_its_timeout_and_shows_as_down(invoke, emulator_f
     submit(invoke, tmp_path, good.url, slow_graph(steps=2, seconds=0.01), wait=True)
     submit(invoke, tmp_path, bad.url, slow_graph(steps=2, seconds=0.01), wait=True)
     bad.faults.http_hang = True
-    result = invoke("metrics", "--timeout", "1", "--confirm", "0")
+    result = invoke("metrics", "--server-timeout", "1", "--confirm", "0")
     assert result.exit_code == 0, result.stderr
     up = samples(parse(result.stdout), "comfyctl_server_up")
     assert up == {(("server", good.url.split("://")[1]),): 1,

@@ -193,7 +193,7 @@ def fail_over(invoke, a, b, wf_path: Path, ledger_path: Path, pending: bool) -> 
                  "--vary-seed").stdout.split()
     original = ids[-1]
     b.faults.http_hang = True
-    result = invoke("recover", "--resubmit", "--to", "a", "--timeout", "1", "--json")
+    result = invoke("recover", "--resubmit", "--to", "a", "--server-timeout", "1", "--nl")
     actions = {x["prompt_id"]: x for x in map(json.loads, result.stdout.splitlines())}
     copy = actions[original]["new_prompt_id"]
     assert copy and Ledger(ledger_path).get(copy)["server_url"] == a.url
@@ -328,7 +328,7 @@ def test_a_closed_stdout_ends_the_command_quietly(ledger_path, tmp_path, command
 
     ids = many_records(ledger_path, status="running" if command == "debug-tasks" else "success")
     (tmp_path / "ids").write_text("\n".join(ids) + "\n")
-    line = (f"{sys.executable} -m comfyctl {command} --timeout 0.5 < {tmp_path / 'ids'}"
+    line = (f"{sys.executable} -m comfyctl {command} --server-timeout 0.5 < {tmp_path / 'ids'}"
             if command == "debug-tasks" else
             f"{sys.executable} -m comfyctl {command} < {tmp_path / 'ids'}")
     script = f"{line} | head -1; echo \"exit=${{PIPESTATUS[0]}}\" >&2"

@@ -150,11 +150,11 @@ def test_detect_stuck_never_listens_to_a_job_a_watcher_holds(emulator, tmp_path,
     while (Ledger(ledger_path).get(pid)["progress"] or {}).get("percent") != 52.25:
         assert time.monotonic() < deadline, "the watcher never recorded 52.25%"
         time.sleep(0.1)
-    first = invoke("detect-stuck", "--stall-after", "2", "--json")
+    first = invoke("detect-stuck", "--stall-after", "2", "--nl")
     assert first.exit_code == 0, first.stdout
     assert "probe" not in Ledger(ledger_path).get(pid)  # it did not listen
     time.sleep(2.5)
-    late = invoke("detect-stuck", "--stall-after", "2", "--json")
+    late = invoke("detect-stuck", "--stall-after", "2", "--nl")
     assert late.exit_code == 6
     (finding,) = [json.loads(line) for line in late.stdout.splitlines()]
     assert finding["condition"] == "stalled" and "52.25%" in finding["detail"]

@@ -42,10 +42,10 @@ def test_stall_at_52_25_is_reported_after_the_threshold_not_before(invoke, emula
     assert watched.exit_code == 5
     record = Ledger(ledger_path).get(pid)
     assert record["progress"]["percent"] == 52.25
-    early = invoke("detect-stuck", "--stall-after", "4", "--json")
+    early = invoke("detect-stuck", "--stall-after", "4", "--nl")
     assert early.exit_code == 0, early.stdout
     time.sleep(4.5)
-    late = invoke("detect-stuck", "--stall-after", "4", "--json")
+    late = invoke("detect-stuck", "--stall-after", "4", "--nl")
     assert late.exit_code == 6
     (finding,) = findings(late)
     assert finding["condition"] == "stalled" and finding["prompt_id"] == pid
@@ -58,7 +58,7 @@ def test_sample_decides_stalls_when_nobody_recorded_progress(invoke, emulator, t
     (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=400, seconds=0.001))
     time.sleep(1.0)
     assert Ledger(ledger_path).get(pid)["progress"] is None  # nobody was watching
-    result = invoke("detect-stuck", "--sample", "1", "--stall-after", "1000", "--json")
+    result = invoke("detect-stuck", "--sample", "1", "--stall-after", "1000", "--nl")
     assert result.exit_code == 6
     assert findings(result)[0]["condition"] == "stalled"
     emulator.faults.stall_at_percent = None
@@ -75,10 +75,10 @@ def test_killed_watcher_finished_unnoticed_then_recovered_once(emulator, tmp_pat
     watcher.wait()
     emulator.wait_idle(timeout=20)
     assert Ledger(ledger_path).get(pid)["status"] in ("pending", "running")
-    detected = invoke("detect-stuck", "--json")
+    detected = invoke("detect-stuck", "--nl")
     assert detected.exit_code == 6
     assert findings(detected)[0]["condition"] == "finished-unnoticed"
-    recovered = invoke("recover", "--json")
+    recovered = invoke("recover", "--nl")
     assert recovered.exit_code == 0, recovered.stdout + recovered.stderr
     (action,) = findings(recovered)
     assert action["action"] == "record-success" and action["resolved"]
@@ -86,7 +86,7 @@ def test_killed_watcher_finished_unnoticed_then_recovered_once(emulator, tmp_pat
     assert record["status"] == "success" and record["recovered"]["how"] == "finished-unnoticed"
     assert record["outputs"] and all(o["url"].startswith(emulator.url + "/view?")
                                      for o in record["outputs"])
-    again = invoke("recover", "--json")
+    again = invoke("recover", "--nl")
     assert again.exit_code == 0 and again.stdout == ""
 
 
@@ -95,12 +95,12 @@ def test_restart_lost_resubmitted_exactly_once_by_concurrent_recovers(emulator, 
     (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.05))
     time.sleep(0.3)
     emulator.restart()
-    detected = invoke("detect-stuck", "--json")
+    detected = invoke("detect-stuck", "--nl")
     assert detected.exit_code == 6
     assert findings(detected)[0]["condition"] == "lost"
     assert findings(detected)[0]["detail"].endswith("it restarted")  # the evidence is named
     procs = [subprocess.Popen([sys.executable, "-m", "comfyctl", "recover", "--resubmit",
-                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               "--nl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -116,7 +116,7 @@ def test_restart_lost_resubmitted_exactly_once_by_concurrent_recovers(emulator, 
     queue = requests.get(emulator.url + "/queue", timeout=5).json()
     assert [item[1] for item in queue["queue_running"] + queue["queue_pending"]] == \
         [child["prompt_id"]]
-    third = invoke("recover", "--resubmit", "--json")
+    third = invoke("recover", "--resubmit", "--nl")
     assert third.exit_code == 0
     assert len([r for r in Ledger(ledger_path).load().values()
                 if r.get("resubmitted_from") == pid]) == 1
@@ -132,7 +132,7 @@ def test_healthy_server_recovered_while_hanging_one_is_left_alone(emulator_facto
     before_b = {pid: Ledger(ledger_path).get(pid) for pid in b_ids}
     b.faults.http_hang = True
     started = time.monotonic()
-    result = invoke("recover", "--timeout", "2", "--json")
+    result = invoke("recover", "--server-timeout", "2", "--nl")
     elapsed = time.monotonic() - started
     b.faults.http_hang = False
     assert elapsed < 2 + 3.5
@@ -150,7 +150,7 @@ def test_error_at_node_is_failed_unnoticed_with_the_servers_message(emulator, tm
     emulator.faults.error_at_node = "2"
     (pid,) = submit(invoke, tmp_path, emulator.url)
     emulator.wait_idle(timeout=10)
-    detected = invoke("detect-stuck", "--json")
+    detected = invoke("detect-stuck", "--nl")
     assert detected.exit_code == 6
     assert findings(detected)[0]["condition"] == "failed-unnoticed"
     assert invoke("recover").exit_code == 0
@@ -166,7 +166,7 @@ def test_quiet_prints_nothing_and_exit_codes_hold(emulator, tmp_path, invoke):
     quiet = invoke("detect-stuck", "--quiet")
     assert quiet.exit_code == 6 and quiet.stdout == "" and quiet.stderr == ""
     emulator.stop()
-    down = invoke("detect-stuck", "--json", "--timeout", "1")
+    down = invoke("detect-stuck", "--nl", "--server-timeout", "1")
     assert down.exit_code == 3
     assert findings(down)[0]["condition"] == "unreachable"
 
@@ -175,7 +175,7 @@ def test_dry_run_changes_nothing(emulator, tmp_path, ledger_path, invoke):
     (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=1, seconds=0.01))
     emulator.wait_idle(timeout=10)
     before = ledger_path.read_bytes()
-    result = invoke("recover", "--dry-run", "--json")
+    result = invoke("recover", "--dry-run", "--nl")
     assert result.exit_code == 1  # the problem remains
     (action,) = findings(result)
     assert action["dry_run"] and action["action"] == "record-success"
@@ -187,7 +187,7 @@ def test_lost_job_fails_over_with_to(emulator_factory, tmp_path, ledger_path, in
     a, b = emulator_factory(), emulator_factory()
     (pid,) = submit(invoke, tmp_path, a.url, graph(steps=100, seconds=0.05))
     a.restart()
-    result = invoke("recover", "--resubmit", "--to", b.url, "--json")
+    result = invoke("recover", "--resubmit", "--to", b.url, "--nl")
     assert result.exit_code == 0, result.stdout + result.stderr
     (action,) = findings(result)
     ledger = Ledger(ledger_path).load()
@@ -205,7 +205,7 @@ def test_interrupt_stalled_cancels_on_its_own_server(emulator_factory, tmp_path,
     (busy,) = submit(invoke, tmp_path, b.url, graph(steps=200, seconds=0.05))
     time.sleep(1.0)
     result = invoke("recover", "--sample", "1", "--stall-after", "1000",
-                    "--interrupt-stalled", "--json")
+                    "--interrupt-stalled", "--nl")
     actions = {a["prompt_id"]: a for a in findings(result)}
     assert actions[stalled]["action"] == "interrupt" and actions[stalled]["resolved"]
     assert busy not in actions
@@ -221,8 +221,8 @@ def test_queued_too_long_only_with_max_queue_age(emulator, tmp_path, invoke):
     submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.05))
     (waiting,) = submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.06))
     time.sleep(1.2)
-    assert invoke("detect-stuck", "--json").exit_code == 0
-    result = invoke("detect-stuck", "--json", "--max-queue-age", "1")
+    assert invoke("detect-stuck", "--nl").exit_code == 0
+    result = invoke("detect-stuck", "--nl", "--max-queue-age", "1")
     assert result.exit_code == 6
     (finding,) = findings(result)
     assert finding["prompt_id"] == waiting and finding["condition"] == "queued-too-long"
@@ -235,14 +235,14 @@ def test_a_job_watch_marked_lost_is_resubmitted_by_recover(emulator, tmp_path, l
     threading.Timer(0.6, emulator.restart).start()
     assert invoke("watch", pid, "--poll-interval", "0.3", "--timeout", "20").exit_code == 1
     assert Ledger(ledger_path).get(pid)["status"] == "lost"
-    detected = invoke("detect-stuck", "--json")
+    detected = invoke("detect-stuck", "--nl")
     assert detected.exit_code == 6 and findings(detected)[0]["condition"] == "lost"
-    result = invoke("recover", "--resubmit", "--json")
+    result = invoke("recover", "--resubmit", "--nl")
     assert result.exit_code == 0, result.stdout
     (action,) = findings(result)
     assert action["action"] == "resubmit" and action["new_prompt_id"]
     assert Ledger(ledger_path).get(pid)["superseded_by"] == action["new_prompt_id"]
-    assert invoke("detect-stuck", "--json").stdout.count('"lost"') == 0
+    assert invoke("detect-stuck", "--nl").stdout.count('"lost"') == 0
 
 
 def test_a_progressing_job_whose_watcher_died_is_not_called_stalled(emulator, tmp_path,
@@ -251,13 +251,13 @@ def test_a_progressing_job_whose_watcher_died_is_not_called_stalled(emulator, tm
     watched = invoke("watch", pid, "--timeout", "1", "--poll-interval", "0.3")
     assert watched.exit_code == 5 and Ledger(ledger_path).get(pid)["progress"]
     time.sleep(2.5)  # the recorded progress is now older than the threshold
-    result = invoke("detect-stuck", "--stall-after", "2", "--confirm", "1.5", "--json")
+    result = invoke("detect-stuck", "--stall-after", "2", "--confirm", "1.5", "--nl")
     assert result.exit_code == 0, result.stdout  # its listen heard it move
     assert Ledger(ledger_path).get(pid)["probe"]["since"] > \
         Ledger(ledger_path).get(pid)["progress"]["updated_at"]  # and recorded that
     time.sleep(2.5)
     trusting = invoke("detect-stuck", "--stall-after", "2", "--listen", "0", "--confirm", "0",
-                      "--json")
+                      "--nl")
     assert trusting.exit_code == 6  # without listening, the last recorded movement decides
 
 
@@ -278,7 +278,7 @@ def test_an_interrupt_by_someone_else_is_recorded_as_interrupted(emulator_factor
     time.sleep(0.5)
     requests.post(emu.url + "/interrupt", json={"prompt_id": pid}, timeout=5)
     emu.wait_idle(timeout=10)
-    detected = invoke("detect-stuck", "--json")
+    detected = invoke("detect-stuck", "--nl")
     (finding,) = findings(detected)
     assert finding["condition"] == "failed-unnoticed" and "interrupted" in finding["detail"]
     assert invoke("recover").exit_code == 0

@@ -249,7 +249,7 @@ def test_unreachable_servers_are_skipped_and_none_reachable_exits_3(invoke, emul
                                                                    ledger_path):
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
     result = invoke("submit", workflow(), "-s", dead, "-s", emulator.url, "--count", "3",
-                    "--vary-seed", "--json")
+                    "--vary-seed", "--nl")
     assert result.exit_code == 0, result.stderr
     jobs = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(jobs) == 3 and {j["server_url"] for j in jobs} == {emulator.url}
@@ -299,11 +299,18 @@ def test_stall_timeout_without_websocket_is_a_usage_error(invoke, emulator, work
 def test_short_ids_and_submit_json_lines_work_everywhere(invoke, emulator, workflow,
                                                          ledger_path):
     submitted = invoke("submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s",
-                       emulator.url, "--json")
+                       emulator.url, "--nl")
     pid = json.loads(submitted.stdout)["prompt_id"]
     emulator.wait_idle(timeout=10)
-    piped = invoke("watch", "-", "--json", input=submitted.stdout)  # submit --json | watch -
+    piped = invoke("watch", "-", "--json", input=submitted.stdout)  # submit --nl | watch -
     assert piped.exit_code == 0, piped.stderr
+    document = invoke("submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s",
+                      emulator.url, "--json")
+    doc_pid = json.loads(document.stdout)["jobs"][0]["prompt_id"]
+    emulator.wait_idle(timeout=10)
+    piped = invoke("watch", "-", "--json", input=document.stdout)  # submit --json | watch -
+    assert piped.exit_code == 0, piped.stderr
+    assert {json.loads(line)["prompt_id"] for line in piped.stdout.splitlines()} == {doc_pid}
     short = pid[:8]  # what the history table shows
     assert invoke("watch", short).exit_code == 0
     assert invoke("history", short, "--no-refresh", "--json").exit_code == 0

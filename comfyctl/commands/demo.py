@@ -10,6 +10,7 @@ from comfyctl.commands.follow import FollowOptions, follow
 from comfyctl.context import AppContext
 from comfyctl.errors import UsageProblem
 from comfyctl.ledger import Ledger
+from comfyctl.options import output_format
 
 DEMO_WORKFLOW: dict[str, dict[str, Any]] = {
     "1": {"class_type": "EmptyImage",
@@ -26,14 +27,15 @@ DEMO_WORKFLOW: dict[str, dict[str, Any]] = {
 @click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True,
               metavar="N",
               help="Sampling steps per job (0.1 s each on the emulator).")
+@output_format("json", "nl")
 @click.pass_obj
-def command(app: AppContext, jobs: int, steps: int) -> None:
+def command(app: AppContext, jobs: int, steps: int, fmt: str) -> None:
     """Try comfyctl on two emulated ComfyUI servers, no GPU needed.
 
     Starts two copies of the bundled ComfyUI emulator on free loopback ports, submits
     a few jobs spread over both (each bound to the server that runs it), follows them
-    with live progress, then prints the resulting history. Uses a temporary ledger
-    unless --ledger is given.
+    with live progress, then prints the resulting history (as 'history' does, also
+    with --json or --nl). Uses a temporary ledger unless --ledger is given.
 
     \b
     Examples:
@@ -45,7 +47,7 @@ def command(app: AppContext, jobs: int, steps: int) -> None:
     except ImportError:
         raise UsageProblem("The demo needs the emulator extra.",
                            "Install it with: pip install 'comfyctl[emulator]'.") from None
-    from comfyctl.commands.history import _print
+    from comfyctl.commands.history import print_records
     from comfyctl.config import ServerSpec
     from comfyctl.submission import Submitter
 
@@ -74,12 +76,13 @@ def command(app: AppContext, jobs: int, steps: int) -> None:
             follow(app, records, FollowOptions(timeout=300, stall_timeout=None,
                                                fail_on_stall=False, poll_interval=1.0,
                                                download_dir=None, overwrite=False,
-                                               no_websocket=False))
+                                               no_websocket=False,
+                                               fmt="text" if fmt == "table" else "stderr"))
             ids = {r["prompt_id"] for r in records}
             final = [r for r in app.ledger.load().values() if r["prompt_id"] in ids]
             click.echo("", err=True)
-            _print(app, sorted(final, key=lambda r: r["submitted_at"], reverse=True),
-                   "table", single=False)
+            print_records(app, sorted(final, key=lambda r: r["submitted_at"], reverse=True),
+                          fmt, single=False)
         finally:
             for emu in emulators:
                 emu.stop()

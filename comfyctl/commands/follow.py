@@ -41,7 +41,7 @@ class FollowOptions:
     exec_command: str | None = None
     exec_timeout: float = 60.0
     webhooks: tuple[str, ...] = ()
-    fmt: str = "text"
+    fmt: str = "text"  # "json" events, "text" lines, or "stderr": text lines on stderr
 
     @classmethod
     def from_params(cls, params: dict[str, Any], fmt: str) -> FollowOptions:
@@ -111,7 +111,12 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         if opts.fmt == "json":
             emit(event_json(event.kind, record, event.server, event.detail))
         elif event.kind in ("state", "stalled") and record is not None:
-            emit(state_line(record, event.detail if event.kind == "stalled" else None))
+            line = state_line(record, event.detail if event.kind == "stalled" else None)
+            # "stderr": stdout is kept for one document printed afterwards (demo --json).
+            if opts.fmt == "stderr":
+                tell(line)
+            else:
+                emit(line)
         elif event.kind == "server":
             tell(f"server {event.server} is {event.detail}")
         if event.kind == "server" and live is not None and event.server is not None:

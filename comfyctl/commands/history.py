@@ -28,6 +28,7 @@ from comfyctl.render import (
     RECORD_SCHEMA,
     csv_text,
     history_rows,
+    list_document,
     record_json,
     table,
 )
@@ -98,9 +99,12 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
         if prompt_id or servers or since or label_filters or limit:
             raise UsageProblem("--prune selects by --older-than and --status only.",
                                "Drop the other filters (nothing was removed).")
-        return _prune(app, older_than, statuses)
+        return _prune(app, older_than, statuses, fmt)
     if older_than:
         raise UsageProblem("--older-than only goes with --prune.")
+    if list_outputs and fmt != "table":
+        raise UsageProblem(f"--outputs prints plain URLs; it does not go with --{fmt}.",
+                           "Each record's outputs[].url has them in JSON.")
     ledger = app.ledger.load()
     _settle_orphans(app, ledger)
     if prompt_id is not None:
@@ -121,7 +125,7 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
             for output in record.get("outputs") or []:
                 click.echo(output["url"])
     else:
-        _print(app, records, fmt, single=prompt_id is not None)
+        print_records(app, records, fmt, single=prompt_id is not None)
     if failed is not None:
         raise failed
 
@@ -213,11 +217,10 @@ def refresh_records(app: AppContext, records: list[Record],
     return records
 
 
-def _print(app: AppContext, records: list[Record], fmt: str, single: bool) -> None:
+def print_records(app: AppContext, records: list[Record], fmt: str, single: bool) -> None:
     if fmt == "json":
-        doc: Any = record_json(records[0]) if single else {
-            **RECORD_SCHEMA, "schema": "comfyctl.task-list",
-            "tasks": [record_json(r) for r in records]}
+        doc: Any = record_json(records[0]) if single else list_document(
+            RECORD_SCHEMA, "tasks", [record_json(r) for r in records])
         click.echo(json.dumps(doc, indent=2))
     elif fmt == "nl":
         for record in records:
@@ -300,7 +303,8 @@ def download_all(app: AppContext, records: list[Record], root: Path, overwrite: 
     return DownloadFailed(failures) if failures else None
 
 
-def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...]) -> None:
+def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...],
+           fmt: str) -> None:
     if not older_than:
         raise UsageProblem("--prune needs --older-than DURATION (e.g. 30d).")
     cutoff = (datetime.now(timezone.utc) - parse_duration(older_than)).isoformat(
@@ -315,7 +319,10 @@ def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...]) -
                 removed.append(record)
         referenced = {r.get("workflow") for r in tasks.values() if r.get("workflow")}
     workflows = app.ledger.prune_workflows({str(r) for r in referenced})
-    for record in removed:
-        click.echo(record["prompt_id"])
+    if fmt == "table":
+        for record in removed:
+            click.echo(record["prompt_id"])
+    else:  # the records removed, as the list would have shown them
+        print_records(app, removed, fmt, single=False)
     click.echo(f"comfyctl: pruned {len(removed)} record(s) and {len(workflows)} stored "
                "workflow(s).", err=True)

@@ -6,11 +6,11 @@ import click
 
 from comfyctl.context import AppContext, default_config_path
 from comfyctl.options import output_format
-from comfyctl.render import table
+from comfyctl.render import SERVER_SCHEMA, SERVERS_SCHEMA, table
 
 
 @click.command("servers", short_help="List configured servers and comfyctl's files.")
-@output_format("json")
+@output_format("json", "nl")
 @click.pass_obj
 def command(app: AppContext, fmt: str) -> None:
     """List the configured servers and where comfyctl keeps its files.
@@ -31,8 +31,12 @@ def command(app: AppContext, fmt: str) -> None:
         "default_server": default,
     }
     servers = [spec.public() for spec in config.servers.values()]
+    if fmt == "nl":
+        for server in servers:
+            click.echo(json.dumps({**SERVER_SCHEMA, **server}))
+        return
     if fmt == "json":
-        click.echo(json.dumps({"schema": "comfyctl.servers", "schema_version": 1, **paths,
+        click.echo(json.dumps({**SERVERS_SCHEMA, **paths,
                                "webhook": "set" if config.webhook else None,
                                "servers": servers}, indent=2))
         return

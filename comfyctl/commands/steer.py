@@ -9,9 +9,14 @@ import click
 
 from comfyctl.context import AppContext
 from comfyctl.errors import ServerError, TaskFailed, UsageProblem
-from comfyctl.options import complete_prompt_ids, server_option
+from comfyctl.options import (
+    complete_prompt_ids,
+    output_format,
+    server_option,
+    server_timeout_option,
+)
 from comfyctl.records import CANCELLED, PENDING, TERMINAL, Observation, apply
-from comfyctl.render import human_age, short_id, table
+from comfyctl.render import CANCEL_SCHEMA, human_age, list_document, short_id, table
 
 
 @click.command("cancel", short_help="Cancel jobs on their own server, safely.")
@@ -20,10 +25,10 @@ from comfyctl.render import human_age, short_id, table
 @click.option("--all-pending", is_flag=True,
               help="Cancel every job the ledger has as pending (never interrupts a running one).")
 @server_option("With --all-pending: only jobs bound to this server (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per job.")
+@output_format("json", "nl")
 @click.pass_obj
 def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bool,
-                   servers: tuple[str, ...], as_json: bool) -> None:
+                   servers: tuple[str, ...], fmt: str) -> None:
     """Cancel jobs on their own bound server, the safest way that server allows.
 
     The jobs-API cancel where the server has it; else the job is deleted from the
@@ -48,9 +53,14 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
         targets += [r for r in ledger.select(statuses={PENDING}, server_urls=urls)
                     if r not in targets]
     unreachable, not_cancelled = [], []
+    results: list[dict[str, Any]] = []
+
+    def report(record: dict[str, Any], what: str) -> None:
+        results.append(_report(record, what, fmt))
+
     for record in targets:
         if record["status"] in TERMINAL:
-            _report(record, f"already {record['status']}, not touched", as_json)
+            report(record, f"already {record['status']}, not touched")
             if record["prompt_id"] in named and record["status"] != CANCELLED:
                 not_cancelled.append(record)
             continue
@@ -63,7 +73,7 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
                 obs = client.status(record["prompt_id"])
         except ServerError as exc:
             unreachable.append(exc)
-            _report(record, f"not cancelled: {exc}", as_json)
+            report(record, f"not cancelled: {exc}")
             continue
         with app.ledger.transaction() as tasks:
             stored = tasks.get(record["prompt_id"])
@@ -76,10 +86,11 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
                 "unsafe-interrupt": "running; not interrupted: this server's ComfyUI predates "
                                     "interrupt by prompt_id, so an interrupt could stop "
                                     "another job"}
-        _report(record, what.get(how, f"not active on the server; now {record['status']}"),
-                as_json)
+        report(record, what.get(how, f"not active on the server; now {record['status']}"))
         if record["prompt_id"] in named and record["status"] != CANCELLED:
             not_cancelled.append(record)
+    if fmt == "json":  # one document, also when something could not be cancelled
+        click.echo(json.dumps(list_document(CANCEL_SCHEMA, "results", results), indent=2))
     if unreachable:
         raise unreachable[0]
     if not_cancelled:
@@ -88,25 +99,25 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
                                                    for r in not_cancelled[:10]) + ".")
 
 
-def _report(record: dict[str, Any], what: str, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"schema": "comfyctl.cancel", "schema_version": 1,
-                               "prompt_id": record["prompt_id"], "server": record["server"],
-                               "server_url": record["server_url"], "status": record["status"],
-                               "result": what}))
-    else:
+def _report(record: dict[str, Any], what: str, fmt: str) -> dict[str, Any]:
+    """One job's result: printed at once as a line (table, --nl), kept for --json."""
+    item = {**CANCEL_SCHEMA, "prompt_id": record["prompt_id"], "server": record["server"],
+            "server_url": record["server_url"], "status": record["status"], "result": what}
+    if fmt == "nl":
+        click.echo(json.dumps(item))
+    elif fmt == "table":
         click.echo(f"{record['prompt_id']}\t{record['server']}\t{what}")
+    return item
 
 
 @click.command("debug-tasks", short_help="Show servers, active jobs and anomalies.")
 @server_option("Only this server (repeatable).")
-@click.option("--timeout", "deadline", type=click.FloatRange(min=0.1), default=5.0,
-              show_default=True, metavar="SECONDS",
-              help="Bound on each server's probe; slower servers show as unreachable (timeout).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+@server_timeout_option(5.0, "Bound on each server's probe; slower servers show as "
+                            "unreachable (timeout).")
+@output_format("json")
 @click.pass_obj
 def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float,
-                  as_json: bool) -> None:
+                  fmt: str) -> None:
     """Show the whole fleet: servers, active jobs and anything odd.
 
     Per server (configured ones plus any the ledger binds jobs to): reachable or not
@@ -116,7 +127,7 @@ def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float,
     a server no longer configured or whose URL changed, jobs their server does not
     know (lost-in-restart only with proof, see 'detect-stuck'), jobs comfyctl did
     not submit that run while ours wait (foreign-job-blocking), jobs running
-    unusually long. All servers are probed at once, each bounded by --timeout.
+    unusually long. All servers are probed at once, each bounded by --server-timeout.
 
     \b
     Examples:
@@ -131,7 +142,7 @@ def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float,
     reap_servers(app.ledger, app.client_for_record, originals(app.ledger, only), deadline)
     report = fleet_report(app.config, list(app.ledger.load().values()), app.client,
                           app.spec_for_record, deadline + 0.5, only)
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(report, indent=2))
         return
     rows = [[s["name"], s["url"], "yes" if s["reachable"] else f"no ({s['reason']})",

@@ -17,9 +17,16 @@ from comfyctl.errors import (
     TaskFailed,
 )
 from comfyctl.ledger import Record
-from comfyctl.options import complete_prompt_ids, complete_servers, hook_options, server_option
+from comfyctl.options import (
+    complete_prompt_ids,
+    complete_servers,
+    hook_options,
+    output_format,
+    server_option,
+    server_timeout_option,
+)
 from comfyctl.records import ACTIVE, LOST
-from comfyctl.render import table
+from comfyctl.render import list_document, table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,10 +52,8 @@ def detection_tuning(func: F) -> F:
                      metavar="SECONDS",
                      help="Listen this long before calling a job stalled from the ledger's "
                           "progress age (its watcher may have died); 0 trusts the ledger."),
-        click.option("--timeout", "deadline", type=click.FloatRange(min=0.1), default=15.0,
-                     show_default=True, metavar="SECONDS",
-                     help="Per-server bound on the status round; slower servers count as "
-                          "unreachable."),
+        server_timeout_option(15.0, "Per-server bound on the status round; slower servers "
+                                    "count as unreachable."),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -61,8 +66,7 @@ def detection_options(func: F) -> F:
                        shell_complete=complete_prompt_ids),
         server_option("Only jobs bound to this server (repeatable)."),
         detection_tuning,
-        click.option("--json", "as_json", is_flag=True,
-                     help="Print one JSON object per line (a finding, or an action for recover)."),
+        output_format("json", "nl"),
         click.option("--quiet", "-q", is_flag=True,
                      help="Print nothing; the exit code says it all."),
     ]
@@ -109,7 +113,7 @@ def _detect(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
 @detection_options
 @click.pass_obj
 def detect_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
-                   deadline: float, as_json: bool, quiet: bool, **tuning: Any) -> None:
+                   deadline: float, fmt: str, quiet: bool, **tuning: Any) -> None:
     """Find jobs that stalled, were lost, or finished while nobody was listening.
 
     Every unfinished job in the ledger (or the ids given) is checked on its own bound
@@ -132,7 +136,7 @@ def detect_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tup
     """
     result = _detect(app, prompt_ids, servers, deadline, **tuning)
     if not quiet:
-        _print_findings(result.findings, as_json)
+        _print_findings(result.findings, result.checked, fmt)
     if result.all_unreachable:
         _fail(quiet, ServerUnreachable(
             ", ".join(sorted({f.record["server"] for f in result.findings})),
@@ -140,7 +144,7 @@ def detect_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tup
     if result.findings:
         _fail(quiet, ProblemsFound(f"{len(result.findings)} problem(s) among {result.checked} "
                                    "unfinished job(s).", "Run 'comfyctl recover' to repair them."))
-    if not quiet and not as_json:
+    if not quiet and fmt == "table":
         click.echo(f"comfyctl: {result.checked} unfinished job(s) checked, no problems.",
                    err=True)
 
@@ -152,8 +156,14 @@ def _fail(quiet: bool, error: ComfyctlError) -> NoReturn:
     raise error
 
 
-def _print_findings(findings: list[Any], as_json: bool) -> None:
-    if as_json:
+def _print_findings(findings: list[Any], checked: int, fmt: str) -> None:
+    from comfyctl.stuck import FINDING_SCHEMA
+
+    if fmt == "json":
+        click.echo(json.dumps(list_document(FINDING_SCHEMA, "findings",
+                                            [f.to_json() for f in findings],
+                                            checked=checked), indent=2))
+    elif fmt == "nl":
         for finding in findings:
             click.echo(json.dumps(finding.to_json()))
     elif findings:
@@ -180,7 +190,7 @@ def _print_findings(findings: list[Any], as_json: bool) -> None:
 @hook_options
 @click.pass_obj
 def recover_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tuple[str, ...],
-                    deadline: float, as_json: bool, quiet: bool, resubmit: bool,
+                    deadline: float, fmt: str, quiet: bool, resubmit: bool,
                     resubmit_forgotten: bool, to_server: str | None,
                     interrupt_stalled: bool, download_dir: str | None,
                     dry_run: bool, exec_command: str | None, exec_timeout: float,
@@ -230,9 +240,16 @@ def recover_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tu
                                                and a.action == "record-success"],
                                          Path(download_dir))
     if not quiet:
-        if as_json:
-            for action in actions:
-                click.echo(json.dumps({**action.to_json(), "dry_run": dry_run}))
+        from comfyctl.stuck import ACTION_SCHEMA
+
+        items = [{**action.to_json(), "dry_run": dry_run} for action in actions]
+        if fmt == "json":
+            click.echo(json.dumps(list_document(ACTION_SCHEMA, "actions", items,
+                                                checked=result.checked, dry_run=dry_run),
+                                  indent=2))
+        elif fmt == "nl":
+            for item in items:
+                click.echo(json.dumps(item))
         elif actions:
             rows = [[a.finding.record["prompt_id"], a.finding.record["server"],
                      a.finding.condition, a.action,

@@ -17,8 +17,8 @@ from comfyctl.errors import (
     UsageProblem,
     WorkflowRejected,
 )
-from comfyctl.options import hook_options, server_option, watch_options
-from comfyctl.render import SUBMIT_SCHEMA
+from comfyctl.options import hook_options, output_format, server_option, watch_options
+from comfyctl.render import SUBMIT_SCHEMA, list_document
 
 
 def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -47,8 +47,7 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
                "server with the shortest queue (ties: the order given).")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Store a label with the job (repeatable); filter on it in history.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object per job (and with --wait, JSON events).")
+@output_format("json", "nl", default="text", stream="--wait")
 @click.option("--wait", is_flag=True, help="Then follow the jobs exactly as 'watch' does.")
 @click.option("--check", is_flag=True,
               help="Only check the workflow against each server (as 'validate' does), then "
@@ -58,7 +57,7 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
 @click.pass_obj
 def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count: int,
             vary_seed: bool, servers: tuple[str, ...], labels: tuple[str, ...],
-            as_json: bool, wait: bool, check: bool, **params: Any) -> None:
+            fmt: str, wait: bool, check: bool, **params: Any) -> None:
     """Submit a workflow, binding each job to the server that runs it.
 
     WORKFLOW is a file in ComfyUI API format ({node_id: {class_type, inputs}}), or as
@@ -66,8 +65,8 @@ def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count
     does), or '-' for stdin. @PATH values of --set are uploaded to the server each job
     goes to, before the job is written anywhere. Each job is written to the ledger
     before it is sent, so a crash never loses it. stdout gets one prompt_id per line,
-    printed the moment the job is accepted (or one JSON object per job with --json);
-    messages go to stderr.
+    printed the moment the job is accepted (--nl: one JSON object per job, as
+    accepted; --json: one document once all are sent); messages go to stderr.
 
     \b
     Examples:
@@ -84,7 +83,7 @@ def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count
     preparer = make_preparer(app, workflow, overrides, upload=not check)
     specs = app.servers(servers)
     if check:
-        run_checks(preparer, specs, as_json)
+        run_checks(preparer, specs, fmt != "text")
         return
     submitter = Submitter(app.ledger, app.client)
     queue_len: dict[str, int | None] = (submitter.queue_lengths(specs) if len(specs) > 1
@@ -94,60 +93,65 @@ def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count
     rng = random.SystemRandom()
     submitted, uncertain = [], []
     warned: set[str] = set()
-    for _ in range(count):
-        result = None
-        while result is None:
-            usable = [s for s in specs if queue_len.get(s.url) is not None]
-            if not usable:
-                break
-            spec = min(usable, key=lambda s: queue_len[s.url] or 0)  # keeps the given order
-            try:
-                # Converted for and uploaded to this server, before any record is written.
-                prepared = preparer.for_server(spec)
-                if spec.url not in warned:
-                    warned.add(spec.url)
-                    echo_warnings(prepared.warnings, spec.name)
-                job_graph = vary_seeds(prepared.graph, rng) if vary_seed else prepared.graph
-                result = submitter.submit(job_graph, spec, label_map,
-                                          inputs=[f.as_record() for f in prepared.files])
-            except ServerUnreachable as exc:  # certainly never sent: another server may take it
-                if len(specs) == 1:
+    try:
+        for _ in range(count):
+            result = None
+            while result is None:
+                usable = [s for s in specs if queue_len.get(s.url) is not None]
+                if not usable:
+                    break
+                spec = min(usable, key=lambda s: queue_len[s.url] or 0)  # keeps the given order
+                try:
+                    # Converted for and uploaded to this server, before any record is written.
+                    prepared = preparer.for_server(spec)
+                    if spec.url not in warned:
+                        warned.add(spec.url)
+                        echo_warnings(prepared.warnings, spec.name)
+                    job_graph = vary_seeds(prepared.graph, rng) if vary_seed else prepared.graph
+                    result = submitter.submit(job_graph, spec, label_map,
+                                              inputs=[f.as_record() for f in prepared.files])
+                except ServerUnreachable as exc:  # certainly never sent: another server may take it
+                    if len(specs) == 1:
+                        raise
+                    click.echo(f"comfyctl: {exc} Trying another server.", err=True)
+                    queue_len[spec.url] = None
+                except SubmitUncertain as exc:
+                    # It may be queued there: it goes nowhere else, and that server gets no more.
+                    click.echo(f"comfyctl: {exc}", err=True)
+                    queue_len[spec.url] = None
+                    uncertain.append(exc)
+                    assert exc.record is not None
+                    result = Submitted(exc.record, [])
+                except WorkflowRejected as exc:
+                    _explain_rejection(exc)
                     raise
-                click.echo(f"comfyctl: {exc} Trying another server.", err=True)
-                queue_len[spec.url] = None
-            except SubmitUncertain as exc:
-                # It may be queued there: it goes nowhere else, and that server gets no more.
-                click.echo(f"comfyctl: {exc}", err=True)
-                queue_len[spec.url] = None
-                uncertain.append(exc)
-                assert exc.record is not None
-                result = Submitted(exc.record, [])
-            except WorkflowRejected as exc:
-                _explain_rejection(exc)
-                raise
-        if result is None:
-            if uncertain:
-                break  # the servers that took or may have taken jobs are not asked again
-            raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
-        if queue_len.get(spec.url) is not None:
-            queue_len[spec.url] = (queue_len[spec.url] or 0) + 1
-        record = result.record
-        for warning in result.warnings:
-            click.echo(f"comfyctl: warning: {record['prompt_id']}: {warning}", err=True)
-        if as_json:
-            click.echo(json.dumps({**SUBMIT_SCHEMA, "prompt_id": record["prompt_id"],
-                                   "server": record["server"], "server_url": record["server_url"],
-                                   "status": record["status"], "number": record["number"],
-                                   "labels": record["labels"]}))
-        else:
-            click.echo(record["prompt_id"])  # echo flushes: the id is out before any waiting
-        submitted.append(record)
+            if result is None:
+                if uncertain:
+                    break  # the servers that took or may have taken jobs are not asked again
+                raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
+            if queue_len.get(spec.url) is not None:
+                queue_len[spec.url] = (queue_len[spec.url] or 0) + 1
+            record = result.record
+            for warning in result.warnings:
+                click.echo(f"comfyctl: warning: {record['prompt_id']}: {warning}", err=True)
+            submitted.append(record)
+            if fmt == "nl" or (fmt == "json" and wait):  # lines, each out before any waiting
+                click.echo(json.dumps(_submitted_json(record)))
+            elif fmt == "text":
+                click.echo(record["prompt_id"])  # echo flushes: the id is out before any waiting
+    finally:
+        if fmt == "json" and not wait:  # one document, with what was sent, also on error
+            click.echo(json.dumps(list_document(SUBMIT_SCHEMA, "jobs",
+                                                [_submitted_json(r) for r in submitted]),
+                                  indent=2))
+
     from comfyctl.restart import note_submitted
 
     with contextlib.suppress(ComfyctlError):  # a missing mark only weakens restart proof
         note_submitted(app.ledger, submitted, app.client_for_record)
     if wait:
-        follow(app, submitted, FollowOptions.from_params(params, "json" if as_json else "text"))
+        follow(app, submitted,
+               FollowOptions.from_params(params, "text" if fmt == "text" else "json"))
     if uncertain:
         if len(uncertain) == 1 and len(submitted) == count:
             raise uncertain[0]
@@ -161,3 +165,9 @@ def _explain_rejection(exc: WorkflowRejected) -> None:
 
     for node, line in node_error_lines(exc.node_errors):
         click.echo(f"comfyctl: node {node}: {line}", err=True)
+
+
+def _submitted_json(record: dict[str, Any]) -> dict[str, Any]:
+    return {**SUBMIT_SCHEMA, "prompt_id": record["prompt_id"], "server": record["server"],
+            "server_url": record["server_url"], "status": record["status"],
+            "number": record["number"], "labels": record["labels"]}

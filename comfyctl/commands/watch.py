@@ -8,7 +8,7 @@ import click
 from comfyctl.commands.follow import FollowOptions, follow
 from comfyctl.context import AppContext
 from comfyctl.errors import UsageProblem
-from comfyctl.options import complete_prompt_ids, hook_options, watch_options
+from comfyctl.options import complete_prompt_ids, hook_options, output_format, watch_options
 from comfyctl.records import ACTIVE
 
 
@@ -17,10 +17,9 @@ from comfyctl.records import ACTIVE
                 shell_complete=complete_prompt_ids)
 @watch_options
 @hook_options
-@click.option("--json", "as_json", is_flag=True,
-              help="Print newline-delimited JSON events, one per line, flushed as they happen.")
+@output_format("json", "nl", default="text", stream=True)
 @click.pass_obj
-def command(app: AppContext, /, prompt_ids: tuple[str, ...], as_json: bool,
+def command(app: AppContext, /, prompt_ids: tuple[str, ...], fmt: str,
             **params: object) -> None:
     """Follow jobs to the end, each on its own bound server.
 
@@ -44,7 +43,7 @@ def command(app: AppContext, /, prompt_ids: tuple[str, ...], as_json: bool,
     ids = list(prompt_ids)
     if "-" in ids:
         ids.remove("-")
-        ids.extend(_id_from_line(line) for line in sys.stdin if line.strip())
+        ids.extend(_ids_from_stdin(sys.stdin.read()))
     ledger = app.ledger.load()
     if ids:
         records = ledger.find_all(ids)
@@ -55,7 +54,25 @@ def command(app: AppContext, /, prompt_ids: tuple[str, ...], as_json: bool,
         if not records:
             click.echo("comfyctl: no unfinished jobs in the ledger.", err=True)
             return
-    follow(app, records, FollowOptions.from_params(params, "json" if as_json else "text"))
+    follow(app, records, FollowOptions.from_params(params, "text" if fmt == "text" else "json"))
+
+
+def _ids_from_stdin(text: str) -> list[str]:
+    """Ids from stdin: one JSON document with a list of jobs ('submit --json', 'history
+    --json'), or one id or JSON object per line."""
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None  # not one document: one object per line
+        if isinstance(doc, dict):
+            items = next((v for k, v in doc.items() if k in ("jobs", "tasks")), None)
+            if isinstance(items, list):
+                return [i["prompt_id"] for i in items
+                        if isinstance(i, dict) and isinstance(i.get("prompt_id"), str)]
+            if isinstance(doc.get("prompt_id"), str):  # 'history ID --json'
+                return [doc["prompt_id"]]
+    return [_id_from_line(line) for line in text.splitlines() if line.strip()]
 
 
 def _id_from_line(line: str) -> str:

@@ -10,7 +10,7 @@ import click
 
 from comfyctl.context import AppContext
 from comfyctl.errors import UsageProblem, WorkflowInvalid, WorkflowProblems
-from comfyctl.options import server_option
+from comfyctl.options import output_format, server_option
 
 if TYPE_CHECKING:
     from comfyctl.config import ServerSpec
@@ -91,10 +91,10 @@ def run_checks(preparer: Preparer, specs: list[ServerSpec], as_json: bool) -> No
 @click.argument("workflow", metavar="WORKFLOW", type=click.Path(allow_dash=True, dir_okay=False))
 @server_option("Server name or URL to check against (repeatable: each one is checked).")
 @set_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_format("json")
 @click.pass_obj
 def validate_command(app: AppContext, workflow: str, servers: tuple[str, ...],
-                     overrides: tuple[str, ...], as_json: bool) -> None:
+                     overrides: tuple[str, ...], fmt: str) -> None:
     """Check WORKFLOW (API or UI format) against a server's current /object_info.
 
     Names every problem in one run, one line each on stdout: node types the server
@@ -110,7 +110,7 @@ def validate_command(app: AppContext, workflow: str, servers: tuple[str, ...],
       comfyctl validate ui-saved.json -s gpu1 -s gpu2 --set 10.image=@in.png
     """
     preparer = make_preparer(app, workflow, overrides, upload=False)
-    run_checks(preparer, app.servers(servers), as_json)
+    run_checks(preparer, app.servers(servers), fmt == "json")
 
 
 @click.command("convert", short_help="Print a UI-format workflow as the API prompt a server gets.")
