@@ -121,7 +121,7 @@ def test_input_goes_to_the_server_chosen_among_several(emulator_factory, tmp_pat
     wf = write_json(tmp_path / "wf.json", load_save())
     local = png(tmp_path / "in.png", (5, 5, 5))
     result = invoke("submit", str(wf), "-s", busy.url, "-s", idle.url, "--set",
-                    f"1.image=@{local}", "--json")
+                    f"1.image=@{local}", "--nl")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["server_url"] == idle.url
     assert files(idle.input_dir) == {"in.png": local.read_bytes()}
@@ -139,7 +139,7 @@ def test_lost_job_resubmitted_elsewhere_uploads_its_input_there(emulator_factory
     png(a.input_dir / "in.png", (0, 0, 0))  # a already has another file of that name
     b.restart()  # the job is lost
     a.faults.seconds_per_step = 0.001
-    result = invoke("recover", "--resubmit", "--to", a.url, "--json")
+    result = invoke("recover", "--resubmit", "--to", a.url, "--nl")
     assert result.exit_code == 0, result.stdout + result.stderr
     (action,) = [json.loads(line) for line in result.stdout.splitlines()]
     child = action["new_prompt_id"]
