@@ -164,7 +164,7 @@ def test_watch_calls_a_job_deleted_from_the_queue_forgotten_and_recover_keeps_it
     record = Ledger(ledger_path).get(deleted)
     assert record["status"] == "lost" and record["error"]["type"] == "forgotten"
     assert "still running" in record["error"]["message"]
-    recovered = invoke("recover", "--resubmit", deleted, "--json")
+    recovered = invoke("recover", "--resubmit", deleted, "--nl")
     (action,) = lines(recovered.stdout)
     assert action["action"] == "mark-forgotten" and action["new_prompt_id"] is None
     requests.post(emulator.url + "/interrupt", json={"prompt_id": ahead}, timeout=5)
