@@ -1,25 +1,19 @@
 """UI-format workflows (as the web UI saves them) to API prompts, as the frontend's
-graphToPrompt makes them. Most inputs are real files saved by the ComfyUI frontend
-(tests/data/ui-workflows, see its README); the node specs are a server's /object_info."""
+graphToPrompt makes them. Most inputs are real workflows saved by the ComfyUI frontend: the
+templates of the comfyui-workflow-templates-json package (test extra); the node specs are a
+server's /object_info, plus specs written here for core nodes the emulator lacks."""
 
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from workflows import node_spec, template
 
 from comfyctl.errors import WorkflowInvalid
 from comfyctl.uiworkflow import to_api, widget_layout
-
-FIXTURES = Path(__file__).parent / "data" / "ui-workflows"
-
-
-def load(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -31,37 +25,50 @@ def object_info() -> dict[str, Any]:
 
 
 def test_default_workflow_converts_as_the_web_ui_queues_it(object_info) -> None:
-    converted = to_api(load("default"), object_info.get)
+    converted = to_api(template("image_sdxl_simple"), object_info.get)
     assert converted.prompt == {
-        "3": {"class_type": "KSampler", "_meta": {"title": "KSampler"}, "inputs": {
+        "12": {"class_type": "KSampler", "_meta": {"title": "KSampler"}, "inputs": {
             # widgets_values [seed, <control_after_generate>, steps, cfg, sampler, scheduler,
             # denoise]: the control value is saved but never sent.
-            "seed": 156680208700286, "steps": 20, "cfg": 8, "sampler_name": "euler",
-            "scheduler": "normal", "denoise": 1, "model": ["4", 0], "positive": ["6", 0],
-            "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "_meta": {"title": "Load Checkpoint"},
-              "inputs": {"ckpt_name": "v1-5-pruned-emaonly-fp16.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "_meta": {"title": "Empty Latent Image"},
-              "inputs": {"width": 512, "height": 512, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Prompt)"},
-              "inputs": {"text": "beautiful scenery nature glass bottle landscape, , purple "
-                                 "galaxy bottle,", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Prompt)"},
-              "inputs": {"text": "text, watermark", "clip": ["4", 1]}},
-        "8": {"class_type": "VAEDecode", "_meta": {"title": "VAE Decode"},
-              "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        # Saved without widgets_values: the widget's default, as in the web UI.
-        "9": {"class_type": "SaveImage", "_meta": {"title": "Save Image"},
-              "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+            "seed": 812045847300606, "steps": 25, "cfg": 7, "sampler_name": "dpmpp_2m",
+            "scheduler": "karras", "denoise": 1, "model": ["15", 0], "positive": ["10", 0],
+            "negative": ["11", 0], "latent_image": ["13", 0]}},
+        "15": {"class_type": "CheckpointLoaderSimple", "_meta": {"title": "Load Checkpoint"},
+               "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        # A node's own title wins over the display name.
+        "13": {"class_type": "EmptyLatentImage", "_meta": {"title": "Empty Latent"},
+               "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+        "10": {"class_type": "CLIPTextEncode", "_meta": {"title": "Positive Prompt"},
+               "inputs": {"text": "a giant classical marble statue standing alone in a pure "
+                                  "white empty void, soft diffused lighting, subtle shadows, "
+                                  "surreal, minimalist, fine art photography, quiet "
+                                  "atmosphere, sense of scale", "clip": ["15", 1]}},
+        "11": {"class_type": "CLIPTextEncode", "_meta": {"title": "Negative Prompt"},
+               "inputs": {"text": "color, colored, lowres, blurry, out of focus, deformed, bad "
+                                  "anatomy, extra limbs, mutated, watermark, text, logo, "
+                                  "signature\n", "clip": ["15", 1]}},
+        # Saved with widgets_values null: no widgets to send.
+        "14": {"class_type": "VAEDecode", "_meta": {"title": "VAE Decode"},
+               "inputs": {"samples": ["12", 0], "vae": ["15", 2]}},
+        "7": {"class_type": "SaveImage", "_meta": {"title": "Save Image"},
+              "inputs": {"filename_prefix": "sdxl_simple", "images": ["14", 0]}},
+        # The MarkdownNote (16) is frontend-only.
     }
     assert converted.warnings == []
 
 
 def test_upload_button_and_control_values_are_not_sent(object_info) -> None:
-    prompt = to_api(load("load_image_with_ksampler"), object_info.get).prompt
-    assert prompt["1"]["inputs"] == {"image": "example.png"}  # not the "image" button value
-    assert prompt["2"]["inputs"] == {"seed": 0, "steps": 20, "cfg": 8, "sampler_name": "euler",
-                                     "scheduler": "normal", "denoise": 1}
+    info = dict(object_info)
+    # Only the image input of the API node: its saved widgets are surplus here.
+    info["FluxProExpandNode"] = node_spec(("image", "IMAGE", {}), output=("IMAGE",))
+    converted = to_api(template("api_bfl_flux1_expand_image"), info.get)
+    # widgets_values ["man_on_desert.png", "image"]: not the "image" upload button value.
+    assert converted.prompt["17"]["inputs"] == {"image": "man_on_desert.png"}
+    assert converted.prompt["7"]["inputs"] == {"image": ["17", 0]}
+    assert converted.prompt["5"]["inputs"] == {"filename_prefix": "ComfyUI",
+                                               "images": ["7", 0]}
+    (warning,) = converted.warnings
+    assert warning.startswith("node 7 (FluxProExpandNode): 10 saved widget values for 0")
 
 
 def test_widget_layout_follows_input_order(object_info) -> None:
@@ -76,67 +83,124 @@ def test_widget_layout_follows_input_order(object_info) -> None:
 
 
 def test_older_saves_without_the_control_value(object_info) -> None:
-    workflow = load("load_image_with_ksampler")
-    workflow["nodes"][1]["widgets_values"] = [7, 20, 8, "euler", "normal", 1]
-    assert to_api(workflow, object_info.get).prompt["2"]["inputs"]["seed"] == 7
+    workflow = template("image_sdxl_simple")
+    sampler = next(n for n in workflow["nodes"] if n["id"] == 12)
+    sampler["widgets_values"] = [7, 20, 8, "euler", "normal", 1]
+    inputs = to_api(workflow, object_info.get).prompt["12"]["inputs"]
+    assert (inputs["seed"], inputs["steps"], inputs["denoise"]) == (7, 20, 1)
+
+
+def lumina_info(object_info: dict[str, Any]) -> dict[str, Any]:
+    """Specs (as ComfyUI declares them) of the core nodes image_netayume_lumina_t2i uses that
+    the emulator lacks."""
+    text = {"multiline": True}
+    return {**object_info,
+            "EmptySD3LatentImage": node_spec(("width", "INT", {"default": 1024}),
+                                             ("height", "INT", {"default": 1024}),
+                                             ("batch_size", "INT", {"default": 1}),
+                                             output=("LATENT",)),
+            "ModelSamplingAuraFlow": node_spec(("model", "MODEL", {}),
+                                               ("shift", "FLOAT", {"default": 1.73}),
+                                               output=("MODEL",)),
+            "StringConcatenate": node_spec(("string_a", "STRING", text),
+                                           ("string_b", "STRING", text),
+                                           ("delimiter", "STRING", {"default": ""}),
+                                           output=("STRING",)),
+            "PrimitiveStringMultiline": node_spec(("value", "STRING", text),
+                                                  output=("STRING",))}
 
 
 def test_subgraph_nodes_get_path_ids(object_info) -> None:
-    prompt = to_api(load("basic-subgraph-zero-uuid"), object_info.get).prompt
-    assert set(prompt) == {"2:1", "2:2"}  # the instance itself is not sent
-    assert prompt["2:1"]["class_type"] == "KSampler"
-    # The subgraph input is not connected outside, so the inner input stays unset.
-    assert "positive" not in prompt["2:1"]["inputs"]
-    assert prompt["2:1"]["inputs"]["scheduler"] == "simple"
+    prompt = to_api(template("image_netayume_lumina_t2i"), lumina_info(object_info).get).prompt
+    # The instance (48) and the inner instance (48:35) are not sent, their nodes are.
+    assert set(prompt) == {"9", "48:31", "48:32", "48:33", "48:34", "48:36", "48:49",
+                           "48:50", "48:51", "48:52", "48:35:40", "48:35:41", "48:35:42",
+                           "48:35:43"}
+    assert prompt["9"]["inputs"]["images"] == ["48:36", 0]
+    # The subgraph's inputs are not connected on the instance (its widgets_values is
+    # empty): the inner widgets keep their own saved values.
+    assert prompt["48:31"]["inputs"] == {"width": 1024, "height": 1024, "batch_size": 1}
+    assert prompt["48:33"]["inputs"]["seed"] == 0
+    assert prompt["48:33"]["inputs"]["sampler_name"] == "res_multistep"
+    assert prompt["48:34"]["inputs"] == {
+        "ckpt_name": "NetaYumev35_pretrained_all_in_one.safetensors"}
+    # A widget input fed by a link is a link, not its stale saved value.
+    assert prompt["48:49"]["inputs"] == {"string_a": ["48:52", 0], "string_b": ["48:51", 0],
+                                         "delimiter": ""}
 
 
 def test_nested_subgraphs_link_through_both_levels(object_info) -> None:
-    info = dict(object_info)
-    for name in ("TestSleep", "TestAsyncProgressNode"):
-        info[name] = {"input": {"required": {"value": ["*", {}]}}, "input_order":
-                      {"required": ["value"]}, "output": ["*"], "display_name": name}
-    info["TestSleep"]["input"]["required"]["seconds"] = ["FLOAT", {"default": 1.0}]
-    info["TestSleep"]["input_order"]["required"].append("seconds")
-    prompt = to_api(load("nested-subgraph-test"), info.get).prompt
-    assert set(prompt) == {"1", "10:3", "10:5:6", "10:5:7", "11"}
-    assert prompt["10:3"]["inputs"] == {"value": ["1", 0], "seconds": 2.0}
-    assert prompt["10:5:6"]["inputs"]["value"] == ["10:3", 0]
-    assert prompt["10:5:7"]["inputs"] == {"value": ["10:5:6", 0]}
-    assert prompt["11"]["inputs"] == {"filename_prefix": "ComfyUI", "images": ["10:5:7", 0]}
+    prompt = to_api(template("image_netayume_lumina_t2i"), lumina_info(object_info).get).prompt
+    # Into the inner subgraph: its clip input comes from the outer one's checkpoint loader.
+    assert prompt["48:35:43"]["inputs"] == {"text": ["48:35:40", 0], "clip": ["48:34", 1]}
+    # Out of it: the sampler's negative is the inner subgraph's output.
+    assert prompt["48:33"]["inputs"]["negative"] == ["48:35:43", 0]
+    assert prompt["48:33"]["inputs"]["positive"] == ["48:50", 0]
+    assert prompt["48:35:40"]["inputs"]["string_b"] == ["48:35:42", 0]
+    assert prompt["48:35:42"]["inputs"]["value"].startswith("blurry, worst quality")
 
 
 def test_unknown_node_type_names_every_node(object_info) -> None:
     with pytest.raises(WorkflowInvalid) as caught:
-        to_api(load("nested-subgraph-test"), object_info.get, "Server gpu1")
+        to_api(template("image_netayume_lumina_t2i"), object_info.get, "Server gpu1")
     message = caught.value.message
     assert message.startswith("Server gpu1 has no node type")
-    assert "TestSleep (nodes 10:3, 10:5:6)" in message
-    assert "TestAsyncProgressNode (node 10:5:7)" in message
+    assert "EmptySD3LatentImage (node 48:31)" in message
+    assert "StringConcatenate (nodes 48:35:40, 48:49)" in message
+    assert "PrimitiveStringMultiline (nodes 48:35:41, 48:35:42, 48:51, 48:52)" in message
 
 
 def test_primitive_node_feeds_a_converted_widget(object_info) -> None:
-    workflow = load("old_workflow_converted_input")
-    with pytest.raises(WorkflowInvalid, match="ControlNetApplyAdvanced \\(node 1\\)"):
+    workflow = template("sdxl_simple_example")
+    with pytest.raises(WorkflowInvalid, match="KSamplerAdvanced \\(nodes 10, 11\\)"):
         to_api(workflow, object_info.get)
+    sampler = object_info["KSampler"]["input"]["required"]
     info = dict(object_info)
-    info["ControlNetApplyAdvanced"] = {
-        "input": {"required": {
-            "positive": ["CONDITIONING"], "negative": ["CONDITIONING"],
-            "control_net": ["CONTROL_NET"], "image": ["IMAGE"],
-            "strength": ["FLOAT", {"default": 1.0}], "start_percent": ["FLOAT", {"default": 0}],
-            "end_percent": ["FLOAT", {"default": 1.0}]}},
-        "input_order": {"required": ["positive", "negative", "control_net", "image",
-                                     "strength", "start_percent", "end_percent"]},
-        "output": ["CONDITIONING", "CONDITIONING"], "display_name": "Apply ControlNet"}
-    workflow["nodes"][1]["widgets_values"] = [0.6, "fixed"]  # the primitive's value wins
+    info["KSamplerAdvanced"] = node_spec(
+        ("model", "MODEL", {}), ("add_noise", ["enable", "disable"], {}),
+        ("noise_seed", "INT", {"default": 0, "control_after_generate": True}),
+        ("steps", "INT", {"default": 20}), ("cfg", "FLOAT", {"default": 8.0}),
+        ("sampler_name", sampler["sampler_name"][0], {}),
+        ("scheduler", sampler["scheduler"][0], {}),
+        ("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}),
+        ("latent_image", "LATENT", {}), ("start_at_step", "INT", {"default": 0}),
+        ("end_at_step", "INT", {"default": 10000}),
+        ("return_with_leftover_noise", ["disable", "enable"], {}), output=("LATENT",))
+    # The primitives' values win over the widgets' stale saved values.
+    steps = next(n for n in workflow["nodes"] if n["id"] == 45)
+    steps["widgets_values"] = [30, "fixed"]
+    text = next(n for n in workflow["nodes"] if n["id"] == 51)
+    text["widgets_values"] = ["a lighthouse"]
     prompt = to_api(workflow, info.get).prompt
-    assert set(prompt) == {"1"}  # the PrimitiveNode is frontend-only
-    assert prompt["1"]["inputs"] == {"strength": 0.6, "start_percent": 0, "end_percent": 1}
+    assert not {"45", "47", "50", "51"} & set(prompt)  # PrimitiveNodes are frontend-only
+    assert prompt["10"]["inputs"] == {
+        "add_noise": "enable", "noise_seed": 721897303308196, "steps": 30, "cfg": 8,
+        "sampler_name": "euler", "scheduler": "normal", "start_at_step": 0,
+        "end_at_step": 20, "return_with_leftover_noise": "enable", "model": ["4", 0],
+        "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}
+    assert prompt["11"]["inputs"]["steps"] == 30
+    assert prompt["11"]["inputs"]["start_at_step"] == 20  # primitive 47
+    assert prompt["6"]["inputs"]["text"] == prompt["15"]["inputs"]["text"] == "a lighthouse"
+    assert prompt["7"]["inputs"]["text"] == "text, watermark"
 
 
 def test_only_bypassed_nodes_is_nothing_to_run(object_info) -> None:
+    workflow = template("image_sdxl_simple")
+    for each in workflow["nodes"]:
+        each["mode"] = 4
     with pytest.raises(WorkflowInvalid, match="no node to run"):
-        to_api(load("missing_media_bypassed"), object_info.get)
+        to_api(workflow, object_info.get)
+
+
+def test_a_bypassed_loader_is_not_sent(object_info) -> None:
+    info = dict(object_info)
+    info["FluxProUltraImageNode"] = node_spec(("image_prompt", "IMAGE", {}),
+                                              output=("IMAGE",))
+    prompt = to_api(template("api_bfl_flux_pro_t2i"), info.get).prompt
+    # The bypassed LoadImage (14) has no input of its type to pass on: the link is dropped.
+    assert set(prompt) == {"11", "12"}
+    assert prompt["11"]["inputs"] == {}
+    assert prompt["12"]["inputs"]["images"] == ["11", 0]
 
 
 def node(id_: int, type_: str, inputs: list | None = None, outputs: list | None = None,
@@ -221,9 +285,9 @@ def test_broken_workflows_are_clear_errors(object_info, change, message) -> None
 
 
 def test_a_subgraph_inside_itself_is_refused(object_info) -> None:
-    workflow = load("basic-subgraph-zero-uuid")
-    inner = workflow["definitions"]["subgraphs"][0]
-    inner["nodes"].append({"id": 3, "type": inner["id"], "mode": 0, "inputs": [],
+    workflow = template("image_netayume_lumina_t2i")
+    inner = workflow["definitions"]["subgraphs"][1]
+    inner["nodes"].append({"id": 99, "type": inner["id"], "mode": 0, "inputs": [],
                            "outputs": []})
     with pytest.raises(WorkflowInvalid, match="nest deeper"):
-        to_api(workflow, object_info.get)
+        to_api(workflow, lumina_info(object_info).get)

@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 import requests
+from workflows import template, template_path
 
 from comfyctl.emulator import Emulator
 from comfyctl.emulator.images import encode_png, read_png_info
 from comfyctl.ledger import Ledger
-
-FIXTURES = Path(__file__).parent / "data" / "ui-workflows"
 
 
 def load_save(prefix: str = "li", steps: int = 1, seconds: float = 0.01) -> dict[str, Any]:
@@ -186,32 +185,33 @@ def test_literal_at_and_missing_file(emulator, tmp_path, invoke) -> None:
 
 
 def test_convert_prints_the_api_prompt(emulator, invoke) -> None:
-    result = invoke("convert", str(FIXTURES / "default.json"), "-s", emulator.url)
+    result = invoke("convert", template_path("image_sdxl_simple"), "-s", emulator.url)
     assert result.exit_code == 0, result.stderr
     prompt = json.loads(result.stdout)
-    assert prompt["3"]["inputs"]["seed"] == 156680208700286
-    assert prompt["9"]["inputs"]["images"] == ["8", 0]
+    assert prompt["12"]["inputs"]["seed"] == 812045847300606
+    assert prompt["7"]["inputs"]["images"] == ["14", 0]
     api = invoke("convert", "-", "-s", emulator.url, "--compact", input=result.stdout)
     assert json.loads(api.stdout) == prompt  # API format passes through
-    two = invoke("convert", str(FIXTURES / "default.json"), "-s", emulator.url, "-s",
+    two = invoke("convert", template_path("image_sdxl_simple"), "-s", emulator.url, "-s",
                  emulator.url + "/")
     assert two.exit_code == 0  # the same server twice is one server
 
 
 def test_convert_names_the_missing_node_and_server(emulator, invoke) -> None:
-    result = invoke("convert", str(FIXTURES / "old_workflow_converted_input.json"), "-s",
+    result = invoke("convert", template_path("api_bfl_flux1_expand_image"), "-s",
                     emulator.url)
     assert result.exit_code == 2
-    assert "has no node type ControlNetApplyAdvanced (node 1)" in result.stderr
+    assert "has no node type FluxProExpandNode (node 7)" in result.stderr
+    assert emulator.url.split("//")[1] in result.stderr
     assert result.stdout == ""
 
 
 def test_ui_workflow_runs_the_same_graph_as_its_api_export(emulator, tmp_path,
                                                            invoke) -> None:
     # Modulo model files: give the emulator the checkpoint the saved workflow names.
-    (emulator.models_dir / "checkpoints" / "v1-5-pruned-emaonly-fp16.safetensors").touch()
+    (emulator.models_dir / "checkpoints" / "sd_xl_base_1.0.safetensors").touch()
     emulator.faults.seconds_per_step = 0.001
-    ui = FIXTURES / "default.json"
+    ui = template_path("image_sdxl_simple")
     export = invoke("convert", str(ui), "-s", emulator.url)
     api = tmp_path / "api.json"
     api.write_text(export.stdout)
@@ -220,11 +220,11 @@ def test_ui_workflow_runs_the_same_graph_as_its_api_export(emulator, tmp_path,
     assert from_ui.exit_code == 0 and from_api.exit_code == 0, from_ui.stderr + from_api.stderr
     first = history_prompt(emulator, from_ui.stdout.split()[0])
     second = history_prompt(emulator, from_api.stdout.split()[0])
-    assert first == second and set(first) == {"3", "4", "5", "6", "7", "8", "9"}
+    assert first == second and set(first) == {"7", "10", "11", "12", "13", "14", "15"}
 
 
 def test_object_info_is_cached_per_server_and_version(emulator, invoke, isolated_state) -> None:
-    ui = str(FIXTURES / "default.json")
+    ui = template_path("image_sdxl_simple")
     assert invoke("convert", ui, "-s", emulator.url).exit_code == 0
     (cache,) = (isolated_state / "cache" / "object_info").glob("*-0.3.64.json")
     doc = json.loads(cache.read_text())
@@ -232,11 +232,11 @@ def test_object_info_is_cached_per_server_and_version(emulator, invoke, isolated
     doc["object_info"]["KSampler"]["display_name"] = "from the cache"
     cache.write_text(json.dumps(doc))
     cached = json.loads(invoke("convert", ui, "-s", emulator.url).stdout)
-    assert cached["3"]["_meta"]["title"] == "from the cache"  # no new fetch
+    assert cached["12"]["_meta"]["title"] == "from the cache"  # no new fetch
     del doc["object_info"]["VAEDecode"]  # a node the cached copy lacks: fetch again
     cache.write_text(json.dumps(doc))
     fresh = json.loads(invoke("convert", ui, "-s", emulator.url).stdout)
-    assert fresh["3"]["_meta"]["title"] == "KSampler"
+    assert fresh["12"]["_meta"]["title"] == "KSampler"
     assert "VAEDecode" in json.loads(cache.read_text())["object_info"]
 
 
@@ -304,16 +304,18 @@ def test_validate_json_and_a_clean_workflow(emulator, tmp_path, invoke) -> None:
 
 def test_validate_a_ui_workflow_and_an_optional_input_from_set(emulator, tmp_path,
                                                                invoke) -> None:
-    ui = str(FIXTURES / "default.json")
+    ui = template_path("image_sdxl_simple")
     result = invoke("validate", ui, "-s", emulator.url)
     assert result.exit_code == 2
     assert result.stdout.splitlines() == [
-        "node 4 (CheckpointLoaderSimple) ckpt_name: 'v1-5-pruned-emaonly-fp16.safetensors' "
+        "node 15 (CheckpointLoaderSimple) ckpt_name: 'sd_xl_base_1.0.safetensors' "
         f"is not one of the 1 values server {emulator.url.split('//')[1]} offers; nearest: "
         "emulator.safetensors"]
-    nested = invoke("validate", str(FIXTURES / "nested-subgraph-test.json"), "-s", emulator.url)
+    nested = invoke("validate", template_path("image_netayume_lumina_t2i"), "-s",
+                    emulator.url)
     assert nested.exit_code == 2
-    assert sum("has no node type" in line for line in nested.stdout.splitlines()) == 3
+    # One line a node: 48:31, 48:32, 48:35:40, 48:49 and four PrimitiveStringMultiline.
+    assert sum("has no node type" in line for line in nested.stdout.splitlines()) == 8
     wf = write_json(tmp_path / "wf.json", load_save())
     (emulator.input_dir / "placeholder.png").write_bytes(encode_png(1, 1, (0, 0, 0)))
     ok = invoke("validate", str(wf), "-s", emulator.url, "--set", "2.stall_at_step=1")
@@ -346,15 +348,15 @@ def test_subprocess_ui_workflow_with_upload(emulator_factory, tmp_path, run_comf
     emu = emulator_factory(jobs_api=jobs_api)
     emu.faults.seconds_per_step = 0.001
     local = png(tmp_path / "photo.png", (40, 50, 60), (5, 4))
-    ui = FIXTURES / "nested-subgraph-test.json"
-    workflow = json.loads(ui.read_text())
-    # The frontend's test nodes are not on the emulator: give the subgraphs ones it has.
-    for definition in workflow["definitions"]["subgraphs"]:
-        for inner in definition["nodes"]:
-            if inner["type"] in ("TestSleep", "TestAsyncProgressNode"):
-                inner["type"] = "SlowProgress"
-                inner["widgets_values"] = [2, 0.01]
-                inner["inputs"][0]["name"] = "image"
+    # LoadImage -> a subgraph around an API node -> SaveImage. The API node is not on the
+    # emulator: put one it has in its place, fed by the subgraph's image input.
+    workflow = template("api_google_nano_banana2_image_edit_continuation")
+    (definition,) = workflow["definitions"]["subgraphs"]
+    (inner,) = definition["nodes"]
+    inner.update(type="SlowProgress", widgets_values=[2, 0.01],
+                 inputs=[{"name": "image", "type": "IMAGE", "link": 1}])
+    definition["links"] = [link for link in definition["links"] if link["id"] != 2]
+    definition["links"][0]["target_slot"] = 0
     saved = write_json(tmp_path / "saved.json", workflow)
     check = run_comfyctl("submit", str(saved), "-s", emu.url, "--check", "--set",
                          f"1.image=@{local}")
@@ -364,7 +366,8 @@ def test_subprocess_ui_workflow_with_upload(emulator_factory, tmp_path, run_comf
     assert done.returncode == 0, done.stderr
     pid = json.loads(done.stdout.splitlines()[0])["prompt_id"]
     prompt = history_prompt(emu, pid)
-    assert set(prompt) == {"1", "10:3", "10:5:6", "10:5:7", "11"}
+    assert set(prompt) == {"1", "2:2", "4"}
     assert prompt["1"]["inputs"]["image"] == "photo.png"
-    output = next(emu.output_dir.glob("ComfyUI_*.png"))
+    assert prompt["2:2"]["inputs"]["image"] == ["1", 0]
+    output = next(emu.output_dir.glob("api_google_nano_banana2_image_edit_continuation_*.png"))
     assert read_png_info(output.read_bytes()) == (5, 4, (40, 50, 60))

@@ -21,3 +21,36 @@ def slow_graph(steps: int = 2, seconds: float = 0.01, fail_at: int | None = None
         "3": {"class_type": "SaveImage",
               "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
     }
+
+
+def template_names() -> list[str]:
+    """The workflow templates the ComfyUI frontend saved, from the pinned
+    comfyui-workflow-templates-json package (the test extra); its index*.json and
+    fuse_options.json are the template browser's, not workflows."""
+    from importlib.resources import files
+
+    folder = files("comfyui_workflow_templates_json") / "templates"
+    return sorted(p.name[:-5] for p in folder.iterdir()
+                  if p.name.endswith(".json") and not p.name.startswith("index")
+                  and p.name != "fuse_options.json")
+
+
+def template_path(name: str) -> str:
+    from importlib.resources import files
+
+    return str(files("comfyui_workflow_templates_json") / "templates" / f"{name}.json")
+
+
+def template(name: str) -> dict:
+    import json
+    from pathlib import Path
+
+    return json.loads(Path(template_path(name)).read_text())
+
+
+def node_spec(*inputs: tuple, output: tuple = (), name: str = "") -> dict:
+    """An /object_info entry for a node the emulator lacks: ``(name, type, options)``
+    required inputs in order, as ComfyUI declares them."""
+    return {"input": {"required": {n: [t, o] for n, t, o in inputs}},
+            "input_order": {"required": [n for n, _, _ in inputs]},
+            "output": list(output), "display_name": name}
