@@ -314,8 +314,8 @@ def test_validate_a_ui_workflow_and_an_optional_input_from_set(emulator, tmp_pat
     nested = invoke("validate", template_path("image_netayume_lumina_t2i"), "-s",
                     emulator.url)
     assert nested.exit_code == 2
-    # One line a node: 48:31, 48:32, 48:35:40, 48:49 and four PrimitiveStringMultiline.
-    assert sum("has no node type" in line for line in nested.stdout.splitlines()) == 8
+    # One line a node: StringConcatenate 48:35:40 and 48:49, four PrimitiveStringMultiline.
+    assert sum("has no node type" in line for line in nested.stdout.splitlines()) == 6
     wf = write_json(tmp_path / "wf.json", load_save())
     (emulator.input_dir / "placeholder.png").write_bytes(encode_png(1, 1, (0, 0, 0)))
     ok = invoke("validate", str(wf), "-s", emulator.url, "--set", "2.stall_at_step=1")

@@ -32,6 +32,8 @@ class FolderFiles:
 
     folder: str
     content_types: tuple[str, ...] = ()
+    #: Fixed options after the files (VAELoader's ``pixel_space``).
+    extra: tuple[str, ...] = ()
 
 
 #: LoadImage's combo: the image files of the input directory.
@@ -264,6 +266,24 @@ async def _lora_loader(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
     return (inp["model"], inp["clip"]), None
 
 
+def _loads(kind: str, input_name: str) -> NodeFunction:
+    """A loader's body: a stand-in object named after the file."""
+
+    async def run(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+        return (f"{kind}({inp[input_name]})",), None
+
+    return run
+
+
+def _passes(input_name: str) -> NodeFunction:
+    """A body that hands one input on unchanged (model patches, conditioning edits)."""
+
+    async def run(ctx: NodeContext, inp: dict[str, Any]) -> NodeOutput:
+        return (inp[input_name],), None
+
+    return run
+
+
 # --------------------------------------------------------------------------- catalogue
 
 _INT_SIZE = {"default": 512, "min": 1, "max": 16384, "step": 1}
@@ -277,7 +297,24 @@ _SCHEDULERS = [
     "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
     "linear_quadratic", "kl_optimal",
 ]  # fmt: skip
+_CLIP_TYPES = [
+    "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart",
+    "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image",
+    "hunyuan_image",
+]  # fmt: skip
 _TEST_MODULE = "custom_nodes.comfyctl_test_nodes"
+#: The seed and sampling inputs KSampler and KSamplerAdvanced share, in their order.
+_SEED = ["INT", {"default": 0, "min": 0, "max": 18446744073709551615,
+                 "control_after_generate": True}]
+_SAMPLING: dict[str, list[Any]] = {
+    "steps": ["INT", {"default": 20, "min": 1, "max": 10000}],
+    "cfg": ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}],
+    "sampler_name": [list(_SAMPLERS)],
+    "scheduler": [list(_SCHEDULERS)],
+    "positive": ["CONDITIONING"],
+    "negative": ["CONDITIONING"],
+    "latent_image": ["LATENT"],
+}
 
 CATALOGUE: dict[str, NodeSpec] = {
     spec.name: spec
@@ -459,25 +496,8 @@ CATALOGUE: dict[str, NodeSpec] = {
             run=_ksampler,
             required={
                 "model": ["MODEL"],
-                "seed": [
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 18446744073709551615,
-                        "control_after_generate": True,
-                    },
-                ],
-                "steps": ["INT", {"default": 20, "min": 1, "max": 10000}],
-                "cfg": [
-                    "FLOAT",
-                    {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01},
-                ],
-                "sampler_name": [list(_SAMPLERS)],
-                "scheduler": [list(_SCHEDULERS)],
-                "positive": ["CONDITIONING"],
-                "negative": ["CONDITIONING"],
-                "latent_image": ["LATENT"],
+                "seed": _SEED,
+                **_SAMPLING,
                 "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}],
             },
             outputs=("LATENT",),
@@ -544,6 +564,156 @@ CATALOGUE: dict[str, NodeSpec] = {
             },
             outputs=("MODEL", "CLIP"),
         ),
+        # Core nodes the frontend's workflow templates use most, INPUT_TYPES as in
+        # ComfyUI 0.3.64 (nodes.py, comfy_extras/nodes_custom_sampler.py,
+        # nodes_model_advanced.py, nodes_sd3.py, nodes_flux.py).
+        NodeSpec(
+            name="KSamplerAdvanced",
+            display_name="KSampler (Advanced)",
+            category="sampling",
+            run=_ksampler,
+            required={
+                "model": ["MODEL"],
+                "add_noise": [["enable", "disable"]],
+                "noise_seed": _SEED,
+                **_SAMPLING,
+                "start_at_step": ["INT", {"default": 0, "min": 0, "max": 10000}],
+                "end_at_step": ["INT", {"default": 10000, "min": 0, "max": 10000}],
+                "return_with_leftover_noise": [["disable", "enable"]],
+            },
+            outputs=("LATENT",),
+        ),
+        NodeSpec(
+            name="VAELoader",
+            display_name="Load VAE",
+            category="loaders",
+            run=_loads("VAE", "vae_name"),
+            # taesd* appear only with their vae_approx files, which the emulator has none of.
+            required={"vae_name": [FolderFiles("vae", extra=("pixel_space",))]},
+            outputs=("VAE",),
+        ),
+        NodeSpec(
+            name="UNETLoader",
+            display_name="Load Diffusion Model",
+            category="advanced/loaders",
+            run=_loads("MODEL", "unet_name"),
+            required={
+                "unet_name": [FolderFiles("diffusion_models")],
+                "weight_dtype": [["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]],
+            },
+            outputs=("MODEL",),
+        ),
+        NodeSpec(
+            name="CLIPLoader",
+            display_name="Load CLIP",
+            category="advanced/loaders",
+            run=_loads("CLIP", "clip_name"),
+            required={
+                "clip_name": [FolderFiles("text_encoders")],
+                "type": [list(_CLIP_TYPES)],
+            },
+            optional={"device": [["default", "cpu"], {"advanced": True}]},
+            outputs=("CLIP",),
+        ),
+        NodeSpec(
+            name="DualCLIPLoader",
+            display_name="DualCLIPLoader",
+            category="advanced/loaders",
+            run=_loads("CLIP", "clip_name1"),
+            required={
+                "clip_name1": [FolderFiles("text_encoders")],
+                "clip_name2": [FolderFiles("text_encoders")],
+                "type": [["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]],
+            },
+            optional={"device": [["default", "cpu"], {"advanced": True}]},
+            outputs=("CLIP",),
+        ),
+        NodeSpec(
+            name="LoraLoaderModelOnly",
+            display_name="LoraLoaderModelOnly",
+            category="loaders",
+            run=_passes("model"),
+            required={
+                "model": ["MODEL"],
+                "lora_name": [FolderFiles("loras")],
+                "strength_model": [
+                    "FLOAT",
+                    {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01},
+                ],
+            },
+            outputs=("MODEL",),
+        ),
+        NodeSpec(
+            name="CLIPSetLastLayer",
+            display_name="CLIP Set Last Layer",
+            category="conditioning",
+            run=_passes("clip"),
+            required={
+                "clip": ["CLIP"],
+                "stop_at_clip_layer": ["INT", {"default": -1, "min": -24, "max": -1, "step": 1}],
+            },
+            outputs=("CLIP",),
+        ),
+        NodeSpec(
+            name="ConditioningZeroOut",
+            display_name="ConditioningZeroOut",
+            category="advanced/conditioning",
+            run=_passes("conditioning"),
+            required={"conditioning": ["CONDITIONING"]},
+            outputs=("CONDITIONING",),
+        ),
+        NodeSpec(
+            name="KSamplerSelect",
+            display_name="KSamplerSelect",
+            category="sampling/custom_sampling/samplers",
+            python_module="comfy_extras.nodes_custom_sampler",
+            run=_loads("SAMPLER", "sampler_name"),
+            required={"sampler_name": [list(_SAMPLERS)]},
+            outputs=("SAMPLER",),
+        ),
+        # ModelSamplingAuraFlow subclasses ModelSamplingSD3 in ComfyUI: only the default
+        # shift differs.
+        *(
+            NodeSpec(
+                name=name,
+                display_name=name,
+                category="advanced/model",
+                python_module="comfy_extras.nodes_model_advanced",
+                run=_passes("model"),
+                required={
+                    "model": ["MODEL"],
+                    "shift": ["FLOAT", {"default": shift, "min": 0.0, "max": 100.0,
+                                        "step": 0.01}],
+                },
+                outputs=("MODEL",),
+            )
+            for name, shift in (("ModelSamplingSD3", 3.0), ("ModelSamplingAuraFlow", 1.73))
+        ),
+        NodeSpec(
+            name="EmptySD3LatentImage",
+            display_name="EmptySD3LatentImage",
+            category="latent/sd3",
+            python_module="comfy_extras.nodes_sd3",
+            run=_empty_latent,
+            required={
+                "width": ["INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}],
+                "height": ["INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}],
+                "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}],
+            },
+            outputs=("LATENT",),
+        ),
+        NodeSpec(
+            name="FluxGuidance",
+            display_name="FluxGuidance",
+            category="advanced/conditioning/flux",
+            python_module="comfy_extras.nodes_flux",
+            run=_passes("conditioning"),
+            required={
+                "conditioning": ["CONDITIONING"],
+                "guidance": ["FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1}],
+            },
+            outputs=("CONDITIONING",),
+        ),
     )
 }
 
@@ -568,7 +738,7 @@ def folder_files(source: FolderFiles, folders: Directories) -> list[str]:
             if name.endswith(MODEL_EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(dirpath, name), root)
                              .replace(os.sep, "/"))
-    return sorted(found)
+    return sorted(found) + list(source.extra)
 
 
 def combo_options(first: Any, folders: Directories | None) -> Any:
