@@ -23,7 +23,7 @@ EXIT_CODES_HELP = """\b
 Exit codes: 0 ok · 1 task failed/cancelled/unrecovered or general error ·
 2 usage or bad input · 3 server unreachable or not answering · 4 task not in the ledger ·
 5 timeout · 6 problems found (detect-stuck, --fail-on-stall) ·
-7 ledger corrupt or locked · 8 access denied · 9 server error ·
+7 ledger corrupt, locked or unreachable · 8 access denied · 9 server error ·
 10 bad reply from a server · 11 submit uncertain (id printed; do not resubmit) ·
 130 interrupted (Ctrl-C) · 141 stdout closed by its reader (e.g. | head)."""
 
@@ -98,9 +98,9 @@ def _show_traceback(ctx: click.Context) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               envvar="COMFYCTL_CONFIG", metavar="PATH",
               help="Config file (TOML). Default: the user config dir; env COMFYCTL_CONFIG.")
-@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="COMFYCTL_LEDGER", metavar="PATH",
-              help="Task ledger (JSON). Default: the user data dir; env COMFYCTL_LEDGER.")
+@click.option("--ledger", "ledger_path", envvar="COMFYCTL_LEDGER", metavar="PATH|URL",
+              help="Task ledger: a JSON file, or a postgresql:// URL shared by several hosts. "
+                   "Default: config 'ledger', else the user data dir; env COMFYCTL_LEDGER.")
 @click.option("-v", "--verbose", count=True,
               help="Log to stderr what comfyctl does (-vv for HTTP details); secrets redacted.")
 @click.option("--no-color", is_flag=True,
@@ -108,13 +108,14 @@ def _show_traceback(ctx: click.Context) -> None:
 @click.option("--traceback", is_flag=True,
               help="Show the full Python traceback on errors (or COMFYCTL_TRACEBACK=1).")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, ledger_path: Path | None, verbose: int,
+def cli(ctx: click.Context, config_path: Path | None, ledger_path: str | None, verbose: int,
         no_color: bool, traceback: bool) -> None:
     """Track ComfyUI jobs across a fleet of servers.
 
-    Every job is bound, when it is submitted, to the server that runs it, in a local
-    JSON task ledger. Every later command reads that binding and talks to that server
-    only, so jobs on different servers never interfere.
+    Every job is bound, when it is submitted, to the server that runs it, in a task
+    ledger (a JSON file, or a PostgreSQL database that several hosts share). Every
+    later command reads that binding and talks to that server only, so jobs on
+    different servers never interfere.
 
     \b
     Examples:

@@ -46,7 +46,7 @@ _SERVER_KEYS = {
     "url", "headers", "username", "password", "token", "token_param",
     "verify", "timeout", "connect_timeout", "webhook", "webhook_secret",
 }
-_TOP_LEVEL_KEYS = {"default_server", "defaults", "servers", "webhook", "webhook_secret"}
+_TOP_LEVEL_KEYS = {"default_server", "defaults", "ledger", "servers", "webhook", "webhook_secret"}
 
 
 @dataclass(frozen=True)
@@ -221,6 +221,7 @@ class Config:
     path: Path | None = None
     servers: dict[str, ServerSpec] = field(default_factory=dict)
     default_server: str | None = None
+    ledger: str | None = None  # a JSON file path or a postgresql:// URL (${VAR} expanded)
     webhook: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
 
@@ -274,8 +275,13 @@ class Config:
         default = data.get("default_server")
         if default is not None and not isinstance(default, str):
             raise ConfigError("default_server must be a server name or URL.")
+        ledger = data.get("ledger")
+        if ledger is not None and (not isinstance(ledger, str) or not ledger):
+            raise ConfigError("ledger must be a file path or a postgresql:// URL.")
+        if ledger is not None:
+            ledger = _expand(ledger, "The config's ledger")
         where = "The config"
-        return cls(path=path, servers=servers, default_server=default,
+        return cls(path=path, servers=servers, default_server=default, ledger=ledger,
                    webhook=_webhook_url(_expand(data.get("webhook"), where), where),
                    webhook_secret=_string(_expand(data.get("webhook_secret"), where), where,
                                           "webhook_secret"))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from comfyctl.config import Config, ServerSpec
 from comfyctl.errors import UsageProblem
-from comfyctl.ledger import Ledger, Record
+from comfyctl.store import Record, Store, open_store
 
 if TYPE_CHECKING:
     from comfyctl.client import ServerClient
@@ -39,12 +39,12 @@ def default_ledger_path() -> Path:
 class AppContext:
     config_path: Path | None = None
     config_required: bool = False
-    ledger_path: Path | None = None
+    ledger_path: Path | str | None = None  # --ledger / COMFYCTL_LEDGER: a path or a URL
     verbose: int = 0
     color: bool = True
     timeout: float | None = None  # a per-run bound on every server's timeouts
     _config: Config | None = field(default=None, repr=False)
-    _ledger: Ledger | None = field(default=None, repr=False)
+    _ledger: Store | None = field(default=None, repr=False)
     _clients: dict[str, ServerClient] = field(default_factory=dict, repr=False)
     _object_info: ObjectInfoCache | None = field(default=None, repr=False)
 
@@ -56,9 +56,12 @@ class AppContext:
         return self._config
 
     @property
-    def ledger(self) -> Ledger:
+    def ledger(self) -> Store:
+        """The store named by --ledger (or COMFYCTL_LEDGER), else the config's ``ledger``,
+        else the JSON file in the user data dir. Opening it touches nothing yet."""
         if self._ledger is None:
-            self._ledger = Ledger(self.ledger_path or default_ledger_path())
+            self._ledger = open_store(self.ledger_path or self.config.ledger
+                                      or default_ledger_path())
         return self._ledger
 
     @property

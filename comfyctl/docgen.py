@@ -43,7 +43,7 @@ REGENERATE = "python -m comfyctl.docgen"
 
 ENVIRONMENT = (
     ("COMFYCTL_CONFIG", "Config file, as --config."),
-    ("COMFYCTL_LEDGER", "Task ledger, as --ledger."),
+    ("COMFYCTL_LEDGER", "Task ledger, as --ledger: a JSON file path or a postgresql:// URL."),
     ("COMFYCTL_SERVER", "The server used when a command needs one and none is given. Set for "
                         "an --exec command to the job's server name, so comfyctl run from "
                         "a hook defaults to it."),
@@ -64,7 +64,9 @@ FILES = (
     ("config.toml", "In the user config dir (e.g. ~/.config/comfyctl/ on Linux): servers, "
                     "credentials, timeouts. 'comfyctl servers' prints where."),
     ("ledger.json", "In the user data dir (e.g. ~/.local/share/comfyctl/ on Linux): one "
-                    "record per job, bound to its server."),
+                    "record per unfinished job, bound to its server."),
+    ("ledger-history/", "Beside the ledger: finished jobs, in JSON segments that never change "
+                        "once written, and the manifest listing them."),
     ("workflows/", "Beside the ledger: submitted workflows, content-addressed, so jobs can "
                    "be resubmitted."),
     ("inputs.json", "Beside the ledger: which input file (by SHA-256) was uploaded to which "

@@ -21,7 +21,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 4  # task not in the ledger
     TIMEOUT = 5  # gave up waiting (--timeout)
     PROBLEMS = 6  # detect-stuck found problems; watch --fail-on-stall
-    LEDGER = 7  # ledger corrupt or locked
+    LEDGER = 7  # ledger corrupt, locked or unreachable
     ACCESS_DENIED = 8  # the server refused our credentials (HTTP 401/403/407)
     SERVER_ERROR = 9  # the server answered with an error (HTTP 5xx or unexpected status)
     BAD_REPLY = 10  # the server answered, but not as ComfyUI does (a proxy's page, ...)
@@ -207,4 +207,15 @@ class LedgerLocked(LedgerError):
         super().__init__(
             f"The ledger {path} stayed locked for {waited:.0f}s by another comfyctl process.",
             "Retry later, or raise COMFYCTL_LOCK_TIMEOUT.",
+        )
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger database cannot be reached, or refuses our credentials."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(
+            f"The ledger database {where} cannot be used ({reason}).",
+            "Check the URL, that the database server runs, and the credentials "
+            "(the URL's password or PGPASSWORD).",
         )

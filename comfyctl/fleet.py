@@ -17,9 +17,9 @@ from typing import Any
 from comfyctl.client import QueueItem, ServerClient
 from comfyctl.config import Config, ServerSpec, server_name_for_url
 from comfyctl.fanout import fan_out
-from comfyctl.ledger import Record
 from comfyctl.records import ACTIVE, RUNNING, SUCCESS, age_seconds, parse_time
 from comfyctl.restart import ServerLog, no_proof, read_log, restart_proof
+from comfyctl.store import Record
 
 log = logging.getLogger("comfyctl.fleet")
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from comfyctl import __version__
-from comfyctl.ledger import Ledger, Record
 from comfyctl.records import TERMINAL, now_iso
 from comfyctl.render import record_json
+from comfyctl.store import Record, Store
 
 log = logging.getLogger("comfyctl.hooks")
 
@@ -65,7 +65,7 @@ class HookOptions:
     webhook_retry_for: float = WEBHOOK_RETRY_FOR
 
 
-def claim(ledger: Ledger, prompt_id: str) -> Record | None:
+def claim(ledger: Store, prompt_id: str) -> Record | None:
     """Claim the announcement of a job's end, once per terminal state, across processes.
 
     In one ledger transaction: when the stored record is terminal and its ``notified``
@@ -110,7 +110,7 @@ def signature(secret: str, body: bytes) -> str:
 class Notifier:
     """Claims each finished job once and runs its hooks in background threads."""
 
-    def __init__(self, ledger: Ledger, options: HookOptions,
+    def __init__(self, ledger: Store, options: HookOptions,
                  webhooks_for: Callable[[Record], list[Webhook]],
                  report: Callable[[str], None]) -> None:
         self.ledger = ledger

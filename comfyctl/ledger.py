@@ -1,13 +1,20 @@
-"""The task ledger: one JSON document, safe under concurrent processes and crashes.
+"""The JSON store: plain JSON files whose write cost follows the unsettled jobs, not history.
 
-Every read-modify-write holds an exclusive ``flock`` on ``<ledger>.lock`` and ends
-with an atomic replace (temp file, fsync, rename, fsync of the directory), so a
-SIGKILL at any instant leaves either the previous or the next complete document.
-Plain reads take no lock: a rename is atomic, so a reader always sees a whole file.
-A file that does not parse is never overwritten (LedgerCorrupt, exit 7).
+Files, beside each other (for ``ledger.json``; see ARCHITECTURE.md):
 
-Workflow bodies are kept out of the document, content-addressed beside it in
-``workflows/<sha256>.json`` so that ``recover`` can resubmit them.
+- ``ledger.json``, the live document: unsettled jobs (and a few just finished), leases,
+  the change counter, and the name of the current history manifest. It is the only file
+  that is ever rewritten, and its replacement (by rename) commits every transaction.
+- ``ledger-history/``: finished jobs, in segments of up to ``SEGMENT_SIZE`` records, and
+  the manifest that lists them (record counts, status counts, servers, submit-time range).
+  These files never change once written: a change writes a new file under a new name, and
+  files no manifest refers to any more are deleted an hour later.
+- ``ledger-inputs.json``: the per-server input map. ``workflows/<sha256>.json``: workflows.
+
+Every read-modify-write holds an exclusive ``flock`` on ``ledger.json.lock`` and ends with
+atomic replaces (temp file, fsync, rename), so a SIGKILL at any instant leaves the previous
+or the next state. Reads take no lock. A file that does not parse is never overwritten
+(LedgerCorrupt, exit 7).
 """
 
 from __future__ import annotations
@@ -15,58 +22,33 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import heapq
 import json
-import mmap
 import os
-import re
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from comfyctl.errors import (
-    LedgerCorrupt,
-    LedgerError,
-    LedgerLocked,
-    TaskNotFound,
-    UsageProblem,
-)
+from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, UsageProblem
 from comfyctl.records import STATUSES
+from comfyctl.store import MIN_PREFIX, Lease, Record, RecordsBase, is_settled
+
+__all__ = ["MIN_PREFIX", "SCHEMA_NAME", "SCHEMA_VERSION", "Ledger", "Record", "atomic_write"]
 
 SCHEMA_NAME = "comfyctl.ledger"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_LOCK_TIMEOUT = 10.0
-
-Record = dict[str, Any]
-
-# The layout our writer produces: grep- and diff-friendly, and splittable without parsing.
-_HEADER = (b'{"schema": "%s", "schema_version": %d, "tasks": {\n'
-           % (SCHEMA_NAME.encode(), SCHEMA_VERSION))
-_FOOTER = b"}}\n"
-_KEY = re.compile(rb'("(?:[^"\\\n]|\\.)*"):\{')
-_LINE_START = re.compile(rb'\n("(?:[^"\\\n]|\\.)*"):\{')
-_NEWLINE_KEY = re.compile(rb'\n"')
-_SUBMITTED_FAST = re.compile(
-    rb'\n("[^"\\\n]*"):\{"prompt_id":"[^"\\\n]*","server":"[^"\\\n]*",'
-    rb'"server_url":"[^"\\\n]*","client_id":"[^"\\\n]*","status":"[a-z]*",'
-    rb'"submitted_at":"([^"]*)"')
-_SUBMITTED = re.compile(rb'\n("(?:[^"\\\n]|\\.)*"):\{[^\n]*?"submitted_at":"([^"]*)"')
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-INDEX_AFTER_LOOKUPS = 16
-MIN_PREFIX = 4
+SEGMENT_SIZE = 1000  # records per history file: a page of history reads one or two
+MOVE_AT = 32  # settled records gathered in the live file before they move to history
+RECENT = 600.0  # seconds a settled record stays live (hooks claim it, history shows it)
+RETIRED_GRACE = 3600.0  # seconds a replaced history file stays for readers that hold it
 
 
-def _key_bytes(prompt_id: str) -> bytes:
-    return json.dumps(prompt_id).encode() + b":"
-
-
-def _decode_key(key: bytes) -> str:
-    return key[1:-1].decode() if b"\\" not in key else json.loads(key)
-
-
-def _check_record(path: Path, key: str, record: Any) -> None:
+def _check_record(path: Path | str, key: str, record: Any) -> None:
     if not isinstance(record, dict) or record.get("prompt_id") != key:
         raise LedgerCorrupt(path, f"the record under {key!r} is not a task record")
     # What every command relies on; anything else would be shown or acted on wrongly.
@@ -75,219 +57,306 @@ def _check_record(path: Path, key: str, record: Any) -> None:
                                   f"({record.get('status')!r})")
 
 
-class Tasks(Mapping[str, Record]):
-    """The ledger's records, read lazily from the file's bytes.
+def _stamp(record: Record) -> str:
+    return record.get("submitted_at") or ""
 
-    The file keeps one record per line. A command finds the lines it needs by byte search
-    (in C, over a memory map), parses only those, and writes the untouched lines back as
-    slices of the old file, so load, query and update stay fast on ledgers of 100,000
-    records. ``put``/``remove`` mark it for writing; a record is fully checked when parsed.
-    Positions are offsets in ``raw``: lines are ``"id":{...}``, separated by ",\n", between
-    ``lo`` (the header's newline) and ``hi`` (just after the last line's newline).
+
+def _read_json(path: Path, missing_ok: bool = False) -> Any:
+    """A file parsed strictly; LedgerCorrupt naming it when it is not JSON."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise
+    except IsADirectoryError:
+        raise LedgerCorrupt(path, "it is a directory") from None
+    except OSError as exc:
+        raise LedgerCorrupt(path, exc.strerror or str(exc)) from None
+    if not raw.strip():
+        raise LedgerCorrupt(path, "it is empty")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LedgerCorrupt(path, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise LedgerCorrupt(path, "it is nested too deeply") from None
+
+
+def _tasks_document(head: dict[str, Any], tasks: dict[str, Record]) -> bytes:
+    """``head`` then ``"tasks"``, one record per line: grep-, diff- and jq-friendly."""
+    start = json.dumps(head)[:-1] + (', "tasks": {' if head else '{"tasks": {')
+    lines = [json.dumps(pid) + ":" + json.dumps(rec, separators=(",", ":"))
+             for pid, rec in tasks.items()]
+    return (start + ("\n" + ",\n".join(lines) + "\n" if lines else "") + "}}\n").encode()
+
+
+class _Live:
+    """The live document as read: its records and everything else it holds."""
+
+    def __init__(self, doc: dict[str, Any] | None = None) -> None:
+        doc = doc or {}
+        self.tasks: dict[str, Record] = doc.get("tasks", {})
+        self.version: int = doc.get("schema_version", SCHEMA_VERSION)
+        self.changes: int = doc.get("changes", 0)
+        self.history: str | None = doc.get("history")
+        self.history_last: str = doc.get("history_last", "")
+        self.leases: dict[str, dict[str, Any]] = doc.get("leases", {})
+
+    def document(self) -> bytes:
+        head = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
+                "changes": self.changes, "history": self.history,
+                "history_last": self.history_last, "leases": self.leases}
+        return _tasks_document(head, self.tasks)
+
+
+class _History:
+    """The finished segments one view reads: the manifest, then segments on demand."""
+
+    def __init__(self, store: Ledger, manifest_name: str | None) -> None:
+        self.store = store
+        self.name = manifest_name
+        self._manifest: dict[str, Any] | None = None if manifest_name else \
+            {"next": 1, "segments": []}
+        self._segments: dict[str, dict[str, Record]] = {}
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            assert self.name is not None
+            path = self.store.history_dir / self.name
+            doc = self.store._read_history_file(path)
+            if not isinstance(doc, dict) or not isinstance(doc.get("segments"), list) \
+                    or not isinstance(doc.get("next"), int):
+                raise LedgerCorrupt(path, "it is not a comfyctl history manifest")
+            self._manifest = doc
+        return self._manifest
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        return self.manifest["segments"]
+
+    def segment(self, entry: dict[str, Any]) -> dict[str, Record]:
+        name = entry["file"]
+        if name not in self._segments:
+            path = self.store.history_dir / name
+            doc = self.store._read_history_file(path)
+            tasks = doc.get("tasks") if isinstance(doc, dict) else None
+            if not isinstance(tasks, dict):
+                raise LedgerCorrupt(path, "it is not a comfyctl history segment")
+            for key, record in tasks.items():
+                _check_record(path, key, record)
+            self._segments[name] = tasks
+        return self._segments[name]
+
+    def containing(self, text: str) -> Iterator[dict[str, Any]]:
+        """Segments whose bytes mention ``text`` (a JSON-escaped id or id prefix)."""
+        needle = text.encode()
+        for entry in reversed(self.entries):
+            if entry["file"] in self._segments:
+                yield entry
+                continue
+            path = self.store.history_dir / entry["file"]
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                raise _Stale from None
+            if needle in raw:
+                yield entry
+
+
+class _Stale(Exception):
+    """A history file this view refers to was replaced and deleted: read the ledger again."""
+
+
+class Tasks(RecordsBase):
+    """The JSON store's records as one transaction or snapshot sees them.
+
+    Reads go to the live document first, then to history segments (found through the
+    manifest without parsing the others). ``put``/``remove`` collect changes that the
+    store writes when the transaction ends.
     """
 
-    def __init__(self, path: Path, raw: bytes | mmap.mmap = _HEADER + _FOOTER,
-                 parsed: dict[str, Record] | None = None) -> None:
-        self.path = path
-        self._raw = raw
-        self._lo, self._hi = len(_HEADER) - 1, len(raw) - len(_FOOTER)
-        self._parsed: dict[str, Record] = dict(parsed or {})  # read (cache) or put
-        self._changed: dict[str, None] = dict.fromkeys(parsed or {})  # put, in order
+    def __init__(self, store: Ledger, live: _Live, writable: bool) -> None:
+        self.store = store
+        self.path = store.path
+        self._live = live
+        self._history = _History(store, live.history)
+        self._writable = writable
+        self._puts: dict[str, Record] = {}
         self._removed: set[str] = set()
-        self._index: dict[str, int] | None = None  # id -> where its line starts
-        self._lookups = 0
+        self._origin: dict[str, str] = {}  # id -> the history segment holding it
         self.dirty = False
 
-    # -- the Mapping protocol --------------------------------------------------------
+    # -- lookups ------------------------------------------------------------------------
+
+    def _lookup(self, prompt_id: str) -> Record | None:
+        if prompt_id in self._removed:
+            return None
+        record = self._puts.get(prompt_id) or self._live.tasks.get(prompt_id)
+        return record if record is not None else self._from_history(prompt_id)
 
     def __getitem__(self, prompt_id: str) -> Record:
-        if prompt_id in self._removed:
-            raise KeyError(prompt_id)
-        record = self._parsed.get(prompt_id)
+        record = self._lookup(prompt_id)
         if record is None:
-            span = self._span(prompt_id)
-            if span is None:
-                raise KeyError(prompt_id)
-            record = self._parse_line(prompt_id, span)
-            self._parsed[prompt_id] = record
+            raise KeyError(prompt_id)
         return record
 
+    def __contains__(self, prompt_id: object) -> bool:
+        return isinstance(prompt_id, str) and self._lookup(prompt_id) is not None
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys())
+        return iter([record["prompt_id"] for record in self.values()])
 
     def __len__(self) -> int:
-        return len(self._keys())
+        return len(self.values())
 
-    def __contains__(self, prompt_id: object) -> bool:
-        if not isinstance(prompt_id, str) or prompt_id in self._removed:
-            return False
-        return prompt_id in self._parsed or self._span(prompt_id) is not None
+    def _current_live(self) -> dict[str, Record]:
+        live = {pid: r for pid, r in self._live.tasks.items() if pid not in self._removed}
+        live.update(self._puts)
+        return live
+
+    def _from_history(self, prompt_id: str) -> Record | None:
+        if self._live.history is None:
+            return None
+        for entry in self._history.containing(json.dumps(prompt_id)):
+            record = self._history.segment(entry).get(prompt_id)
+            if record is not None:
+                self._origin[prompt_id] = entry["file"]
+                return record
+        return None
+
+    def _ids_with_prefix(self, prefix: str) -> list[str]:
+        ids = [pid for pid in self._current_live() if pid.startswith(prefix)]
+        if self._live.history is not None:
+            escaped = json.dumps(prefix)[:-1]  # an opening quote, no closing one
+            for entry in self._history.containing(escaped):
+                for pid in self._history.segment(entry):
+                    if pid.startswith(prefix) and pid not in self._removed \
+                            and pid not in self._puts:
+                        self._origin[pid] = entry["file"]
+                        ids.append(pid)
+        return ids
+
+    def _history_records(self, wanted: Callable[[dict[str, Any]], bool]) -> Iterator[Record]:
+        """Records of the segments ``wanted`` picks (by manifest entry), minus this view's
+        own changes."""
+        if self._live.history is None:
+            return
+        for entry in self._history.entries:
+            if wanted(entry):
+                for pid, record in self._history.segment(entry).items():
+                    if pid not in self._removed and pid not in self._puts:
+                        self._origin[pid] = entry["file"]
+                        yield record
+
+    def select(self, statuses: Collection[str] | None = None,
+               server_urls: Collection[str] | None = None) -> list[Record]:
+        def keep(record: Record) -> bool:
+            return (statuses is None or record.get("status") in statuses) and \
+                (server_urls is None or record.get("server_url") in server_urls)
+
+        def wanted(entry: dict[str, Any]) -> bool:
+            return (statuses is None or bool(set(entry["statuses"]) & set(statuses))) and \
+                (server_urls is None or bool(set(entry["servers"]) & set(server_urls)))
+
+        found = [r for r in self._current_live().values() if keep(r)]
+        return found + [r for r in self._history_records(wanted) if keep(r)]
 
     def values(self) -> list[Record]:  # type: ignore[override]
-        """Every record (parses all of them: the slow path). A list, so callers may
-        remove records while going through it."""
-        return [self[pid] for pid in self._keys()]
+        return list(self._current_live().values()) + list(self._history_records(lambda e: True))
 
-    def find(self, prompt_id: str) -> Record:
-        """A record by its full id, or by a unique prefix of at least 4 characters (the
-        tables show 8). TaskNotFound (exit 4), or UsageProblem when the prefix is ambiguous."""
-        if prompt_id in self:
-            return self[prompt_id]
-        matches = [pid for pid in self if pid.startswith(prompt_id)] \
-            if len(prompt_id) >= MIN_PREFIX else []
-        if len(matches) > 1:
-            raise UsageProblem(f"{prompt_id!r} matches {len(matches)} jobs.",
-                               "Give more of the id.")
-        if not matches:
-            raise TaskNotFound(prompt_id)
-        return self[matches[0]]
+    def newest(self) -> Iterator[Record]:
+        # A merge: records wait in a heap; before the newest waiting one is handed out,
+        # every segment that may hold something newer (by its range) is read into it.
+        heap = [(_Newer(_stamp(r)), _Newer(pid), r) for pid, r in self._current_live().items()]
+        heapq.heapify(heap)
+        entries = sorted(self._history.entries if self._live.history else [],
+                         key=lambda e: e["last"], reverse=True)
+        index = 0
+        while heap or index < len(entries):
+            while index < len(entries) and (not heap or entries[index]["last"] >= str(heap[0][0])):
+                for pid, record in self._history.segment(entries[index]).items():
+                    if pid not in self._removed and pid not in self._puts:
+                        self._origin[pid] = entries[index]["file"]
+                        heapq.heappush(heap, (_Newer(_stamp(record)), _Newer(pid), record))
+                index += 1
+            if heap:
+                yield heapq.heappop(heap)[2]
 
-    def find_all(self, prompt_ids: Iterable[str]) -> list[Record]:
-        """``find`` for each id, each record once, in the order given."""
-        found = {}
-        for prompt_id in prompt_ids:
-            record = self.find(prompt_id)
-            found[record["prompt_id"]] = record
-        return list(found.values())
-
-    # -- changes ---------------------------------------------------------------------
+    # -- changes ------------------------------------------------------------------------
 
     def put(self, record: Record) -> None:
+        self._check_writable()
         pid = record["prompt_id"]
-        self._parsed[pid] = record
-        self._changed[pid] = None
+        if pid not in self._live.tasks and pid not in self._origin and pid not in self._puts:
+            self._locate(pid, _stamp(record))
+        self._puts[pid] = record
         self._removed.discard(pid)
         self.dirty = True
 
     def remove(self, prompt_id: str) -> Record | None:
-        if prompt_id not in self:
+        self._check_writable()
+        record = self._lookup(prompt_id)
+        if record is None:
             return None
-        record = self[prompt_id]
+        self._puts.pop(prompt_id, None)
         self._removed.add(prompt_id)
-        self._parsed.pop(prompt_id, None)
-        self._changed.pop(prompt_id, None)
         self.dirty = True
         return record
 
-    # -- queries ---------------------------------------------------------------------
+    def _locate(self, prompt_id: str, stamp: str) -> None:
+        """Whether a record put without being read first is already in history: only the
+        segments whose submit-time range covers its ``submitted_at`` can hold it (a new
+        job is newer than all history, so nothing is read)."""
+        if self._live.history is None or stamp > self._live.history_last:
+            return
+        for entry in self._history.entries:
+            if entry["first"] <= stamp <= entry["last"] and \
+                    prompt_id in self._history.segment(entry):
+                self._origin[prompt_id] = entry["file"]
+                return
 
-    def select(self, statuses: Collection[str] | None = None,
-               server_urls: Collection[str] | None = None) -> list[Record]:
-        """Records with one of ``statuses`` and bound to one of ``server_urls``. With
-        statuses, only the lines that mention one of them are parsed."""
-        if statuses is None:
-            ids = self._keys()
-        else:
-            pattern = re.compile(b'"status":(?:' + b"|".join(
-                re.escape(json.dumps(s).encode()) for s in statuses) + b")")
-            hits = [self._line_id(m.start())
-                    for m in pattern.finditer(self._raw, self._lo, self._hi)]
-            ids = list(dict.fromkeys([h for h in hits if h is not None] + list(self._parsed)))
-        return [record for record in (self[pid] for pid in ids if pid not in self._removed)
-                if (statuses is None or record["status"] in statuses)
-                and (server_urls is None or record["server_url"] in server_urls)]
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise LedgerError("The ledger was read without a transaction; it cannot be "
+                              "changed through this view.")
 
-    def newest_first(self) -> list[str]:
-        """Ids by submit time, newest first, read from the lines without parsing them."""
-        # Our records begin with the same fields in the same order, so a strict pattern
-        # finds each stamp quickly; if it missed a line (a record edited by hand), the
-        # general pattern reads them all.
-        lines = len(_NEWLINE_KEY.findall(self._raw, self._lo, self._hi))
-        found = list(_SUBMITTED_FAST.finditer(self._raw, self._lo, self._hi))
-        if len(found) != lines:
-            found = list(_SUBMITTED.finditer(self._raw, self._lo, self._hi))
-        stamps, starts = {}, {}
-        for match in found:
-            pid = _decode_key(match.group(1))
-            stamps[pid], starts[pid] = match.group(2).decode(), match.start() + 1
-        if self._index is None and len(starts) == lines:
-            self._index = starts  # the same pass located every line: lookups are now free
-        if len(stamps) < lines:  # a line without a submit time: parsing it says what is wrong
-            for pid in self._keys():
-                if pid not in stamps and pid not in self._removed:
-                    self[pid]
-        for pid, record in self._parsed.items():
-            stamps[pid] = record.get("submitted_at") or ""
-        ids = [pid for pid in stamps if pid not in self._removed]
-        return sorted(ids, key=stamps.__getitem__, reverse=True)
 
-    # -- the file --------------------------------------------------------------------
+class _Newer(str):
+    """Orders strings backwards, so that heapq (a min-heap) hands out the newest first."""
 
-    def chunks(self) -> list[bytes | memoryview]:
-        """The whole document as pieces to write: runs of untouched lines are slices of
-        the old file (no copy), changed and new records are re-encoded."""
-        touched = sorted((span, pid) for pid in (*self._changed, *self._removed)
-                         if (span := self._span(pid)) is not None)
-        view = memoryview(self._raw)
-        parts: list[bytes | memoryview] = []
-        cursor = self._lo + 1  # start of the next line not yet emitted
-        for (start, end), pid in touched:
-            if cursor < start:
-                parts.append(view[cursor:start - 2])  # the run before it, without ",\n"
-            if pid not in self._removed:
-                parts.append(self._encode(pid))
-            cursor = end + 2
-        if cursor < self._hi - 1:
-            parts.append(view[cursor:self._hi - 1])
-        parts += [self._encode(pid) for pid in self._changed if self._span(pid) is None]
-        if not parts:
-            return [_HEADER, _FOOTER]
-        out: list[bytes | memoryview] = [_HEADER]
-        for part in parts:
-            out += [part, b",\n"]
-        out[-1] = b"\n"
-        return [*out, _FOOTER]
+    __slots__ = ()
 
-    def _encode(self, prompt_id: str) -> bytes:
-        return _key_bytes(prompt_id) + _ENCODER.encode(self._parsed[prompt_id]).encode()
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
 
-    def _span(self, prompt_id: str) -> tuple[int, int] | None:
-        """Where the record's line is: its first byte, and the end of its JSON."""
-        self._lookups += 1
-        if self._index is None and self._lookups > INDEX_AFTER_LOOKUPS:
-            self._keys()  # many lookups: one pass to index every line beats a scan each
-        if self._index is not None:
-            start = self._index.get(prompt_id)
-            return None if start is None else self._line_span(start)
-        found = self._raw.find(b"\n" + _key_bytes(prompt_id) + b"{", self._lo, self._hi)
-        return None if found < 0 else self._line_span(found + 1)
 
-    def _line_span(self, start: int) -> tuple[int, int]:
-        newline = self._raw.find(b"\n", start, self._hi)
-        return start, newline - (self._raw[newline - 1] == ord(","))
-
-    def _keys(self) -> list[str]:
-        if self._index is None:
-            self._index = {_decode_key(match.group(1)): match.start() + 1
-                           for match in _LINE_START.finditer(self._raw, self._lo, self._hi)}
-        existing = [pid for pid in self._index if pid not in self._removed]
-        return existing + [pid for pid in self._changed if pid not in self._index]
-
-    def _line_id(self, position: int) -> str | None:
-        """The id of the record whose line holds ``position``."""
-        start = self._raw.rfind(b"\n", self._lo, position + 1) + 1
-        match = _KEY.match(self._raw, start)
-        return _decode_key(match.group(1)) if match else None
-
-    def _parse_line(self, prompt_id: str, span: tuple[int, int]) -> Record:
-        raw = self._raw[span[0] + len(_key_bytes(prompt_id)):span[1]]
-        try:
-            record: Record = json.loads(raw)  # _check_record below proves the shape
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LedgerCorrupt(self.path, f"the record {prompt_id!r} is not valid JSON: "
-                                           f"{exc}") from None
-        _check_record(self.path, prompt_id, record)
-        return record
+def _entry(name: str, records: dict[str, Record]) -> dict[str, Any]:
+    statuses: dict[str, int] = {}
+    for record in records.values():
+        statuses[record.get("status", "")] = statuses.get(record.get("status", ""), 0) + 1
+    stamps = [_stamp(r) for r in records.values()]
+    return {"file": name, "count": len(records), "first": min(stamps), "last": max(stamps),
+            "statuses": statuses,
+            "servers": sorted({str(r.get("server_url")) for r in records.values()})}
 
 
 class Ledger:
-    def __init__(self, path: Path, lock_timeout: float | None = None) -> None:
+    """The JSON store (see the module docstring)."""
+
+    def __init__(self, path: Path, lock_timeout: float | None = None,
+                 segment_size: int = SEGMENT_SIZE, move_at: int = MOVE_AT) -> None:
         self.path = Path(path)
+        self.segment_size, self.move_at = segment_size, move_at
         env_timeout = os.environ.get("COMFYCTL_LOCK_TIMEOUT")
         self.lock_timeout = lock_timeout if lock_timeout is not None else (
             _seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT
         )
-        self._thread_lock = threading.Lock()
+        self._thread_lock = threading.RLock()
+
+    def describe(self) -> str:
+        return str(self.path)
 
     @property
     def lock_path(self) -> Path:
@@ -297,61 +366,56 @@ class Ledger:
     def workflow_dir(self) -> Path:
         return self.path.parent / "workflows"
 
-    # -- reading -------------------------------------------------------------------------
+    @property
+    def history_dir(self) -> Path:
+        return self.path.with_name(self.path.stem + "-history")
+
+    @property
+    def inputs_path(self) -> Path:
+        return self.path.with_name(self.path.stem + "-inputs.json")
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _read_live(self) -> _Live:
+        doc = _read_json(self.path, missing_ok=True)
+        if doc is None:
+            return _Live()
+        if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), dict):
+            raise LedgerCorrupt(self.path, "it is not a comfyctl ledger")
+        version = doc.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise LedgerCorrupt(self.path, f"schema_version {version!r} is not one this "
+                                           "comfyctl reads")
+        if version > SCHEMA_VERSION:
+            raise LedgerCorrupt(self.path, f"schema_version {version} was written by a newer "
+                                           "comfyctl; upgrade comfyctl to use it")
+        for key, record in doc["tasks"].items():
+            _check_record(self.path, key, record)
+        live = _Live(doc)
+        live.version = version
+        return live
+
+    def _read_history_file(self, path: Path) -> Any:
+        try:
+            return _read_json(path)
+        except FileNotFoundError:
+            raise _Stale from None
 
     def load(self) -> Tasks:
-        """All records (parsed lazily), read without the lock: the file is always whole
-        (writers replace it by rename, so the mapped old file stays valid)."""
-        try:
-            with open(self.path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                raw = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        except FileNotFoundError:
-            return Tasks(self.path)
-        except IsADirectoryError:
-            raise LedgerCorrupt(self.path, "it is a directory") from None
-        except OSError as exc:
-            raise LedgerCorrupt(self.path, exc.strerror or str(exc)) from None
-        tasks = self._split(raw)  # (not `or`: the truth of a Mapping is its length)
-        return tasks if tasks is not None else self._parse(bytes(raw))
+        """A read-only view of the committed records, read without the lock."""
+        live = self._read_live()
+        if live.version < SCHEMA_VERSION:
+            self.migrate()
+            live = self._read_live()
+        return _Retrying(self, live)
 
     def get(self, prompt_id: str) -> Record | None:
         return self.load().get(prompt_id)
 
-    def _split(self, raw: bytes | mmap.mmap) -> Tasks | None:
-        """The fast path for our own layout: header line, one record per line, footer.
-        None for any other layout (hand-edited, pretty-printed), which then gets a full,
-        strict parse and is rewritten in our layout on the next change."""
-        size = len(raw)
-        if size < len(_HEADER) + len(_FOOTER) or raw[:len(_HEADER)] != _HEADER \
-                or raw[size - len(_FOOTER):] != _FOOTER or raw[size - len(_FOOTER) - 1] != 10:
-            return None
-        if size > len(_HEADER) + len(_FOOTER) and not _KEY.match(raw, len(_HEADER)):
-            return None
-        return Tasks(self.path, raw)
+    def changes(self) -> int:
+        return self._read_live().changes
 
-    def _parse(self, raw: bytes) -> Tasks:
-        if not raw.strip():
-            raise LedgerCorrupt(self.path, "it is empty")
-        try:
-            doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LedgerCorrupt(self.path, f"not valid JSON: {exc}") from None
-        except RecursionError:
-            raise LedgerCorrupt(self.path, "it is nested too deeply") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), dict):
-            raise LedgerCorrupt(self.path, "it is not a comfyctl ledger")
-        version = doc.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise LedgerCorrupt(
-                self.path, f"schema_version {version!r} is not one this comfyctl reads"
-            )
-        tasks = doc["tasks"]
-        for key, record in tasks.items():
-            _check_record(self.path, key, record)
-        return Tasks(self.path, parsed=tasks)
-
-    # -- writing -------------------------------------------------------------------------
+    # -- writing ------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -379,23 +443,200 @@ class Ledger:
     def transaction(self) -> Iterator[Tasks]:
         """Lock, read, let the caller change records, write atomically if anything changed."""
         with self.locked():
-            tasks = self.load()
+            live = self._current_locked()
+            tasks = Tasks(self, live, writable=True)
             yield tasks
             if tasks.dirty:
-                self._write(tasks)
+                self._commit(tasks)
 
-    def _write(self, tasks: Tasks) -> None:
-        # Ledger writes happen only under the lock: a temp file seen now is a killed writer's.
-        prefix = f".{self.path.name}."
-        for stale in self.path.parent.iterdir():
+    def _current_locked(self) -> _Live:
+        live = self._read_live()
+        if live.version < SCHEMA_VERSION:
+            self._migrate_locked(live)
+            live = self._read_live()
+        return live
+
+    def _commit(self, tasks: Tasks) -> None:
+        live = tasks._live
+        records = dict(live.tasks)
+        edits: dict[str, dict[str, Record | None]] = {}  # segment -> id -> record or removal
+        for pid in tasks._removed:
+            if pid in records:
+                del records[pid]
+            elif pid in tasks._origin:
+                edits.setdefault(tasks._origin[pid], {})[pid] = None
+        for pid, record in tasks._puts.items():
+            origin = tasks._origin.get(pid)
+            if origin is not None and pid not in records:
+                edits.setdefault(origin, {})[pid] = record if is_settled(record) else None
+                if not is_settled(record):
+                    records[pid] = record
+            else:
+                records[pid] = record
+        cutoff = (datetime.now(timezone.utc) - timedelta(seconds=RECENT)).isoformat(
+            timespec="milliseconds")
+        settled = [pid for pid, r in records.items() if is_settled(r)
+                   and (r.get("updated_at") or r.get("finished_at") or "") < cutoff]
+        moving = {pid: records.pop(pid) for pid in settled} if len(settled) >= self.move_at \
+            else {}
+        live.tasks = records
+        live.changes += 1
+        self._clear_temp_files(self.path.parent, f".{self.path.name}.")
+        if edits or moving:
+            self._write_history(tasks._history, live, edits, moving)
+        atomic_write(self.path, live.document())
+
+    def _write_history(self, history: _History, live: _Live,
+                       edits: dict[str, dict[str, Record | None]],
+                       moving: dict[str, Record]) -> None:
+        """New segment files for the changed ones (and the tail that takes ``moving``),
+        then a new manifest; the caller's rename of the live file commits them."""
+        manifest = history.manifest
+        entries: list[dict[str, Any]] = list(manifest["segments"])
+        size = self.segment_size
+        tail = entries[-1] if entries and entries[-1]["count"] < size else None
+        if moving and tail is not None:
+            edits.setdefault(tail["file"], {}).update(moving)
+            moving = {}
+        seq = manifest["next"]
+        kept, retired = [], []
+        for entry in entries:
+            change = edits.get(entry["file"])
+            if change is None:
+                kept.append(entry)
+                continue
+            retired.append(entry["file"])
+            records = dict(history.segment(entry))
+            for pid, record in change.items():
+                if record is None:
+                    records.pop(pid, None)
+                else:
+                    records[pid] = record
+            ordered = sorted(records.items(), key=lambda item: _stamp(item[1]))
+            for start in range(0, len(ordered), size):
+                kept.append(self._write_segment(seq, dict(ordered[start:start + size])))
+                seq += 1
+        ordered = sorted(moving.items(), key=lambda item: _stamp(item[1]))
+        for start in range(0, len(ordered), size):
+            kept.append(self._write_segment(seq, dict(ordered[start:start + size])))
+            seq += 1
+        if live.history:
+            retired.append(live.history)
+        name = f"manifest-{seq:06d}.json"
+        atomic_write(self.history_dir / name, json.dumps(
+            {"schema": "comfyctl.ledger-history", "schema_version": SCHEMA_VERSION,
+             "next": seq + 1, "segments": kept}, indent=1).encode())
+        now = time.time()
+        for old in retired:  # retired now: readers holding them get RETIRED_GRACE
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.history_dir / old, (now, now))
+        self._collect_garbage({name, *(e["file"] for e in kept)}, now)
+        live.history = name
+        live.history_last = max((e["last"] for e in kept), default="")
+
+    def _write_segment(self, seq: int, records: dict[str, Record]) -> dict[str, Any]:
+        name = f"segment-{seq:06d}.json"
+        head = {"schema": "comfyctl.ledger-segment", "schema_version": SCHEMA_VERSION}
+        atomic_write(self.history_dir / name, _tasks_document(head, records))
+        return _entry(name, records)
+
+    def _collect_garbage(self, referenced: set[str], now: float) -> None:
+        self._clear_temp_files(self.history_dir, ".")
+        for path in self.history_dir.iterdir():
+            if path.name not in referenced and path.suffix == ".json":
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime > RETIRED_GRACE:
+                        path.unlink()
+
+    @staticmethod
+    def _clear_temp_files(folder: Path, prefix: str) -> None:
+        # Writes happen only under the lock: a temp file seen now is a killed writer's.
+        if not folder.is_dir():
+            return
+        for stale in folder.iterdir():
             if stale.name.startswith(prefix) and stale.name.endswith(".tmp"):
                 stale.unlink(missing_ok=True)
-        atomic_write(self.path, tasks.chunks())
 
-    # -- workflows -----------------------------------------------------------------------
+    # -- migrations ---------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring an older ledger up to this schema (under the lock; a backup is kept)."""
+        with self.locked():
+            live = self._read_live()
+            if live.version < SCHEMA_VERSION:
+                self._migrate_locked(live)
+
+    def _migrate_locked(self, live: _Live) -> None:
+        backup = self.path.with_name(f"{self.path.name}.schema-{live.version}.bak")
+        atomic_write(backup, self.path.read_bytes())
+        for step in MIGRATIONS[live.version - 1:]:
+            step(self, live)
+            live.version += 1
+        atomic_write(self.path, live.document())
+
+    # -- leases -------------------------------------------------------------------------
+
+    def _leases(self, change: Callable[[dict[str, dict[str, Any]], float], bool]) -> bool:
+        with self.locked():
+            live = self._current_locked()
+            now = time.time()
+            live.leases = {k: v for k, v in live.leases.items() if v["expires_at"] > now}
+            done = change(live.leases, now)
+            if done:
+                atomic_write(self.path, live.document())
+            return done
+
+    def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
+        def claim(leases: dict[str, dict[str, Any]], now: float) -> bool:
+            held = leases.get(name)
+            if held is not None and held["owner"] != owner:
+                return False
+            leases[name] = {"owner": owner, "expires_at": now + ttl}
+            return True
+
+        return self._leases(claim)
+
+    renew_lease = claim_lease  # the same rule: the owner's, or free (expired and untaken)
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        def release(leases: dict[str, dict[str, Any]], now: float) -> bool:
+            if leases.get(name, {}).get("owner") != owner:
+                return False
+            del leases[name]
+            return True
+
+        return self._leases(release)
+
+    def lease(self, name: str) -> Lease | None:
+        held = self._read_live().leases.get(name)
+        if held is None or held["expires_at"] <= time.time():
+            return None
+        return Lease(name, held["owner"], held["expires_at"])
+
+    # -- the input map ------------------------------------------------------------------
+
+    def _read_inputs(self) -> dict[str, dict[str, Any]]:
+        doc = _read_json(self.inputs_path, missing_ok=True)
+        if doc is None:
+            return {}
+        if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
+            raise LedgerCorrupt(self.inputs_path, "it is not a comfyctl input map")
+        return doc["inputs"]
+
+    def input_name(self, server_url: str, sha256: str) -> dict[str, Any] | None:
+        return self._read_inputs().get(server_url, {}).get(sha256)
+
+    def remember_input(self, server_url: str, sha256: str, info: dict[str, Any]) -> None:
+        with self.locked():
+            inputs = self._read_inputs()
+            inputs.setdefault(server_url, {})[sha256] = info
+            atomic_write(self.inputs_path, json.dumps(
+                {"schema": "comfyctl.ledger-inputs", "schema_version": 1, "inputs": inputs},
+                indent=1).encode())
+
+    # -- workflows ----------------------------------------------------------------------
 
     def store_workflow(self, graph: dict[str, Any]) -> str:
-        """Store a workflow once by content; returns its reference ``sha256:<hex>``."""
         data = json.dumps(graph, sort_keys=True, separators=(",", ":")).encode("utf-8")
         digest = hashlib.sha256(data).hexdigest()
         target = self.workflow_dir / f"{digest}.json"
@@ -418,8 +659,6 @@ class Ledger:
         return workflow
 
     def prune_workflows(self, referenced: set[str], min_age: float = 3600.0) -> list[str]:
-        """Remove stored workflows no record refers to; returns the removed references.
-        Recently used files are kept: a submit stores its workflow before its record."""
         removed: list[str] = []
         if not self.workflow_dir.is_dir():
             return removed
@@ -430,6 +669,61 @@ class Ledger:
                 path.unlink(missing_ok=True)
                 removed.append(ref)
         return removed
+
+
+class _Retrying(Tasks):
+    """A snapshot view: should a history file it refers to be gone (replaced more than an
+    hour ago), it reads the ledger again and retries, instead of failing."""
+
+    def __init__(self, store: Ledger, live: _Live) -> None:
+        super().__init__(store, live, writable=False)
+
+    def _again(self, call: Callable[[], Any]) -> Any:
+        for _ in range(3):
+            try:
+                return call()
+            except _Stale:
+                self.__init__(self.store, self.store._read_live())  # type: ignore[misc]
+        raise LedgerCorrupt(self.store.history_dir, "a file its manifest lists is missing")
+
+    def _lookup(self, prompt_id: str) -> Record | None:
+        return self._again(lambda: Tasks._lookup(self, prompt_id))
+
+    def _ids_with_prefix(self, prefix: str) -> list[str]:
+        return self._again(lambda: Tasks._ids_with_prefix(self, prefix))
+
+    def select(self, statuses: Collection[str] | None = None,
+               server_urls: Collection[str] | None = None) -> list[Record]:
+        return self._again(lambda: Tasks.select(self, statuses, server_urls))
+
+    def values(self) -> list[Record]:  # type: ignore[override]
+        return self._again(lambda: Tasks.values(self))
+
+    def newest(self) -> Iterator[Record]:
+        handed = 0
+        for _ in range(3):
+            try:
+                for i, record in enumerate(Tasks.newest(self)):
+                    if i >= handed:  # after a retry, skip what was already handed out
+                        handed += 1
+                        yield record
+                return
+            except _Stale:
+                self.__init__(self.store, self.store._read_live())  # type: ignore[misc]
+        raise LedgerCorrupt(self.store.history_dir, "a file its manifest lists is missing")
+
+
+def _schema1_to_2(store: Ledger, live: _Live) -> None:
+    """Schema 1 kept every record in one file: settled ones move to history segments."""
+    settled = {pid: r for pid, r in live.tasks.items() if is_settled(r)}
+    live.tasks = {pid: r for pid, r in live.tasks.items() if pid not in settled}
+    if settled:
+        store._write_history(_History(store, None), live, {}, settled)
+
+
+# Migrations as data: MIGRATIONS[n - 1] turns schema n into n + 1 (recorded by the
+# document's schema_version; the old file is kept as <ledger>.schema-<n>.bak).
+MIGRATIONS: list[Callable[[Ledger, _Live], None]] = [_schema1_to_2]
 
 
 def _seconds(text: str) -> float:

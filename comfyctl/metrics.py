@@ -19,8 +19,8 @@ from typing import Any
 
 from comfyctl.client import ServerClient
 from comfyctl.config import Config, ServerSpec
-from comfyctl.ledger import Ledger, Record
 from comfyctl.records import PENDING, RUNNING, STATUSES, SUBMITTING, age_seconds, parse_time
+from comfyctl.store import Record, Store
 from comfyctl.stuck import (
     BLOCKED,
     FAILED_UNNOTICED,
@@ -51,7 +51,7 @@ class Family:
         self.samples.append((self.name + suffix, labels, value))
 
 
-def collect(config: Config, records: list[Record], ledger: Ledger,
+def collect(config: Config, records: list[Record], ledger: Store,
             client_for_spec: Callable[[ServerSpec], ServerClient],
             spec_for_record: Callable[[Record], ServerSpec],
             client_for_record: Callable[[Record], ServerClient],

@@ -183,9 +183,9 @@ def complete_prompt_ids(ctx: click.Context, param: click.Parameter,
 
     try:
         ledger = completion_app(ctx).ledger.load()
-        ids = itertools.islice((pid for pid in ledger.newest_first()
-                                if pid.startswith(incomplete)), COMPLETION_LIMIT)
-        records = [ledger[pid] for pid in ids]  # parse only what is shown
+        records = list(itertools.islice((r for r in ledger.newest()
+                                         if r["prompt_id"].startswith(incomplete)),
+                                        COMPLETION_LIMIT))
     except Exception:  # an unreadable ledger must not break the shell
         return []
     return [CompletionItem(r["prompt_id"], help=f"{r.get('server')} {r.get('status')}")

@@ -33,8 +33,8 @@ from datetime import datetime
 
 from comfyctl.client import ServerClient
 from comfyctl.errors import ServerError
-from comfyctl.ledger import Ledger, Record, Tasks
 from comfyctl.records import PENDING, now_iso, parse_time
+from comfyctl.store import Record, Records, Store
 
 log = logging.getLogger("comfyctl.restart")
 
@@ -125,8 +125,8 @@ def no_proof(record: Record, server_log: ServerLog | None) -> str:
     return "no proof of a restart (the log's start-up lines have rotated out)"
 
 
-def later_submissions(tasks: Tasks, records: list[Record]) -> list[Record]:
-    """Ledger records submitted after the oldest of ``records`` was acknowledged, newest
+def later_submissions(tasks: Records, records: list[Record]) -> list[Record]:
+    """Store records submitted after the oldest of ``records`` was acknowledged, newest
     first (read from the newest end; stops at the first older one)."""
     stamps = [parse_time(r.get("updated_at")) for r in records]
     known = [s for s in stamps if s is not None]
@@ -134,8 +134,7 @@ def later_submissions(tasks: Tasks, records: list[Record]) -> list[Record]:
         return []
     oldest = min(known)
     found = []
-    for pid in tasks.newest_first():
-        record = tasks[pid]
+    for record in tasks.newest():
         sent = parse_time(record.get("submitted_at"))
         if sent is None or sent <= oldest:
             break
@@ -155,7 +154,7 @@ def _key(value: str) -> datetime:
     return _clock(value) or datetime.min
 
 
-def note_submitted(ledger: Ledger, records: list[Record],
+def note_submitted(ledger: Store, records: list[Record],
                    client_for: Callable[[Record], ServerClient]) -> None:
     """Date the sighting of freshly acknowledged jobs on their servers' log clocks (one
     log read per server, after the acks), so a restart before anyone else looks at them

@@ -25,7 +25,6 @@ from comfyctl.events import from_ws_message
 from comfyctl.fanout import fan_out
 from comfyctl.inputs import Uploader, place_inputs
 from comfyctl.lease import TTL, claim, leases_for, listen_lease, new_owner, release_quietly
-from comfyctl.ledger import Ledger, Record, Tasks
 from comfyctl.records import (
     ACTIVE,
     PENDING,
@@ -51,6 +50,7 @@ from comfyctl.restart import (
     read_log,
     restart_proof,
 )
+from comfyctl.store import Record, Records, Store
 from comfyctl.submission import Submitter
 from comfyctl.supersede import reap_servers
 
@@ -269,7 +269,7 @@ def _ask(client: ServerClient, prompt_ids: list[str]) -> _Round:
     return _Round(observations, running, server_log)
 
 
-def detect(ledger: Ledger, records: list[Record],
+def detect(ledger: Store, records: list[Record],
            client_for: Callable[[Record], ServerClient], opts: DetectOptions) -> Detection:
     """Ask every bound server about its own jobs, concurrently, and classify."""
     active = candidates(records, opts)
@@ -337,7 +337,7 @@ def detect(ledger: Ledger, records: list[Record],
     return Detection(findings, len(active), servers)
 
 
-def _note_sightings(group: list[Record], answer: _Round, tasks: Tasks,
+def _note_sightings(group: list[Record], answer: _Round, tasks: Records,
                     notes: dict[str, dict[str, Any]]) -> None:
     """What a status round teaches that a later run needs: jobs seen alive (with the log
     time that dates the sighting), and the foreign job each waiting one is queued behind."""
@@ -363,7 +363,7 @@ def _note_sightings(group: list[Record], answer: _Round, tasks: Tasks,
             record["blocked_by"] = note["blocked_by"] = blocked
 
 
-def _note_probe(record: Record, heard: Heard, ledger: Ledger,
+def _note_probe(record: Record, heard: Heard, ledger: Store,
                 notes: dict[str, dict[str, Any]]) -> None:
     """Fold a listen into the record's ``probe``: ``since`` is when anyone last saw the
     job move, so runs of detect-stuck from cron compare across time."""
@@ -383,7 +383,7 @@ def _note_probe(record: Record, heard: Heard, ledger: Ledger,
     notes.setdefault(record["prompt_id"], {})["probe"] = probe
 
 
-def _node_type(ledger: Ledger, record: Record, node: str) -> str | None:
+def _node_type(ledger: Store, record: Record, node: str) -> str | None:
     try:
         graph = ledger.load_workflow(record["workflow"]) if record.get("workflow") else {}
     except ComfyctlError:
@@ -392,7 +392,7 @@ def _node_type(ledger: Ledger, record: Record, node: str) -> str | None:
     return entry.get("class_type") if isinstance(entry, dict) else None
 
 
-def _judge_unknown(findings: list[Finding], rounds: dict[str, _Round], tasks: Tasks) -> None:
+def _judge_unknown(findings: list[Finding], rounds: dict[str, _Round], tasks: Records) -> None:
     """A job its server does not know is lost only on proof of a restart; without proof
     it was forgotten (history or queue entry deleted), and is not resubmitted."""
     unknown = [f for f in findings if f.condition == FORGOTTEN]
@@ -412,7 +412,7 @@ def _judge_unknown(findings: list[Finding], rounds: dict[str, _Round], tasks: Ta
             finding.evidence = {"restart": None, "why": why}
 
 
-def _store(ledger: Ledger, notes: dict[str, dict[str, Any]]) -> None:
+def _store(ledger: Store, notes: dict[str, dict[str, Any]]) -> None:
     """Write what this run saw, so the next run can compare. Only queued/running facts,
     sightings and listens are written: outcomes are left for ``recover``."""
     if not notes:
@@ -539,7 +539,7 @@ def plan(findings: list[Finding], opts: RepairOptions) -> list[Action]:
 
 
 class Repairer:
-    def __init__(self, ledger: Ledger, client_for_record: Callable[[Record], ServerClient],
+    def __init__(self, ledger: Store, client_for_record: Callable[[Record], ServerClient],
                  client_for_spec: Callable[[ServerSpec], ServerClient],
                  spec_for_record: Callable[[Record], ServerSpec],
                  on_finished: Callable[[Record], object] | None = None,

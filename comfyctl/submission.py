@@ -25,7 +25,6 @@ from comfyctl.errors import (
     WorkflowInvalid,
     WorkflowRejected,
 )
-from comfyctl.ledger import Ledger, Record
 from comfyctl.records import (
     REJECTED,
     SUBMITTING,
@@ -35,6 +34,7 @@ from comfyctl.records import (
     now_iso,
     submitter_gone,
 )
+from comfyctl.store import Record, Store
 
 log = logging.getLogger("comfyctl.submit")
 
@@ -90,7 +90,7 @@ class Submitted:
 
 
 class Submitter:
-    def __init__(self, ledger: Ledger, client_for: Callable[[ServerSpec], ServerClient]) -> None:
+    def __init__(self, ledger: Store, client_for: Callable[[ServerSpec], ServerClient]) -> None:
         self.ledger = ledger
         self.client_for = client_for
 
@@ -250,7 +250,7 @@ def _by_node(lines: list[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
-def settle_submitting(ledger: Ledger, client_for: Callable[[Record], ServerClient],
+def settle_submitting(ledger: Store, client_for: Callable[[Record], ServerClient],
                       records: list[Record]) -> int:
     """Settle write-ahead records left by a crashed submit, asking each one's own server.
     Returns how many were settled."""

@@ -18,8 +18,8 @@ from collections.abc import Callable, Collection, Iterable
 from comfyctl.client import ServerClient
 from comfyctl.errors import ServerError
 from comfyctl.fanout import fan_out
-from comfyctl.ledger import Ledger, Record
 from comfyctl.records import LOST, Observation, settle_superseded, superseded_unsettled
+from comfyctl.store import Record, Store
 
 log = logging.getLogger("comfyctl.supersede")
 
@@ -29,13 +29,13 @@ CANCELLED_HOW = ("jobs-api", "dequeued", "interrupted")
 REAP_DEADLINE = 30.0
 
 
-def originals(ledger: Ledger, server_urls: Collection[str] | None = None) -> list[Record]:
+def originals(ledger: Store, server_urls: Collection[str] | None = None) -> list[Record]:
     """The ledger's unsettled superseded jobs (bound to ``server_urls``, if given)."""
     return [r for r in ledger.load().select(statuses={LOST}, server_urls=server_urls)
             if superseded_unsettled(r)]
 
 
-def reap(ledger: Ledger, client: ServerClient, records: list[Record]) -> list[Record]:
+def reap(ledger: Store, client: ServerClient, records: list[Record]) -> list[Record]:
     """Cancel on ``client``'s server the superseded jobs it still has, and settle every one
     of ``records`` bound to it. Returns the records that changed. Raises ServerError."""
     mine = [r for r in records if r["server_url"] == client.url and superseded_unsettled(r)]
@@ -60,7 +60,7 @@ def reap(ledger: Ledger, client: ServerClient, records: list[Record]) -> list[Re
     return changed
 
 
-def reap_servers(ledger: Ledger, client_for: Callable[[Record], ServerClient],
+def reap_servers(ledger: Store, client_for: Callable[[Record], ServerClient],
                  records: Iterable[Record] | None, deadline: float = REAP_DEADLINE,
                  skip: Collection[str] = ()) -> list[Record]:
     """``reap`` on every server that ``records`` (default: the whole ledger) holds
@@ -80,7 +80,7 @@ def reap_servers(ledger: Ledger, client_for: Callable[[Record], ServerClient],
     return [r for answer in answers.values() for r in answer.value or []]
 
 
-def reap_quietly(ledger: Ledger, client: ServerClient) -> list[Record]:
+def reap_quietly(ledger: Store, client: ServerClient) -> list[Record]:
     """``reap`` for one server just reached (the tracker's poll worker): its problems
     are left for the next contact."""
     try:

@@ -33,7 +33,6 @@ from comfyctl.lease import (
     new_owner,
     release_quietly,
 )
-from comfyctl.ledger import Ledger, Record
 from comfyctl.records import (
     PENDING,
     RUNNING,
@@ -46,6 +45,7 @@ from comfyctl.records import (
     submitter_gone,
 )
 from comfyctl.restart import ServerLog, no_proof, read_log, restart_proof
+from comfyctl.store import Record, Store
 from comfyctl.supersede import reap_quietly
 
 log = logging.getLogger("comfyctl.tracker")
@@ -96,7 +96,7 @@ class _ServerState:
 class Tracker:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Store,
         records: list[Record],
         client_for: Callable[[Record], ServerClient],
         options: WatchOptions,

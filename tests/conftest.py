@@ -47,6 +47,23 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the whole run (see tests/pgserver.py)."""
+    from tests import pgserver
+
+    if not pgserver.available():
+        pytest.skip("no PostgreSQL server binaries; set COMFYCTL_TEST_POSTGRES or PG_BINDIR")
+    with pgserver.ThrowawayPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_ledger(postgres_server) -> str:
+    """The postgresql:// URL (password included) of a fresh, empty database."""
+    return postgres_server.database()
+
+
 @pytest.fixture
 def ledger_path(isolated_state: Path) -> Path:
     return isolated_state / "ledger.json"

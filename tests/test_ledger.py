@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 import comfyctl
 from comfyctl.errors import ExitCode, LedgerCorrupt, LedgerError, LedgerLocked, UsageProblem
 from comfyctl.ledger import SCHEMA_NAME, SCHEMA_VERSION, Ledger
-from comfyctl.records import new_record
+from comfyctl.records import new_record, now_iso
 
 SRC = Path(comfyctl.__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_document_has_schema_and_records_keyed_by_prompt_id(ledger_path: Path) -
         tasks.put(record("p-2"))
     doc = read_document(ledger_path)
     assert doc["schema"] == SCHEMA_NAME == "comfyctl.ledger"
-    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    assert doc["schema_version"] == SCHEMA_VERSION == 2
     assert set(doc["tasks"]) == {"p-1", "p-2"}
     for prompt_id, rec in doc["tasks"].items():
         assert rec["prompt_id"] == prompt_id
@@ -264,13 +264,16 @@ KILLED_WRITER = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
 from comfyctl.ledger import Ledger
-ledger, tag, pad = Ledger(sys.argv[2], lock_timeout=60), sys.argv[3], "x" * int(sys.argv[4])
+# Small segments: finished records move to history (new segments, manifests) all the time.
+ledger = Ledger(sys.argv[2], lock_timeout=60, segment_size=20, move_at=3)
+tag, pad = sys.argv[3], "x" * int(sys.argv[4])
 os.write(1, b"ready\n")
 i = 0
 while True:
     prompt_id = f"{tag}-{i}"
     with ledger.transaction() as tasks:
-        tasks.put({"prompt_id": prompt_id, "i": i, "pad": pad})
+        tasks.put({"prompt_id": prompt_id, "i": i, "pad": pad,
+                   "status": "success" if i % 2 else "pending"})
     os.write(1, (prompt_id + "\n").encode())  # acknowledged: the transaction has returned
     i += 1
 """
@@ -312,14 +315,16 @@ def test_sigkill_never_corrupts_nor_loses_acknowledged_records(ledger_path: Path
         assert len(this_trial) <= len(acked_now) + 1
         for prompt_id in this_trial:
             rec = records[prompt_id]
-            assert rec == {"prompt_id": prompt_id, "i": int(prompt_id.split("-")[1]),
-                           "pad": "x" * pad}
+            i = int(prompt_id.split("-")[1])
+            assert rec == {"prompt_id": prompt_id, "i": i, "pad": "x" * pad,
+                           "status": "success" if i % 2 else "pending"}
     assert acknowledged, "no child ever acknowledged a write: the test proved nothing"
     read_document(ledger_path)
     # Killed writers leave temp files behind; the next write under the lock clears them.
-    with Ledger(ledger_path).transaction() as tasks:
+    with Ledger(ledger_path, segment_size=20, move_at=3).transaction() as tasks:
         tasks.put(record("after-the-kills"))
     assert [p.name for p in ledger_path.parent.iterdir() if p.name.endswith(".tmp")] == []
+    assert any(ledger_path.with_name("ledger-history").glob("segment-*.json"))
     assert set(acknowledged) < set(Ledger(ledger_path).load())
     assert time.monotonic() - started < 50
     fault_counts["SIGKILL trials: ledger writer"] = 100
@@ -595,7 +600,7 @@ def test_other_layouts_are_read_strictly_and_rewritten_in_ours(ledger_path: Path
     assert text.count("\n") == 4 and set(json.loads(text)["tasks"]) == {"id-0", "id-2"}
 
 
-def test_a_corrupt_line_inside_our_layout_exits_7_untouched(invoke, ledger_path: Path) -> None:
+def test_a_corrupt_record_line_exits_7_untouched(invoke, ledger_path: Path) -> None:
     ledger = Ledger(ledger_path)
     with ledger.transaction() as tasks:
         for i in range(3):
@@ -603,7 +608,7 @@ def test_a_corrupt_line_inside_our_layout_exits_7_untouched(invoke, ledger_path:
     broken = ledger_path.read_bytes().replace(b'"prompt_id":"id-1",', b'"prompt_id":"id-1",,')
     ledger_path.write_bytes(broken)
     result = invoke("history")
-    assert result.exit_code == 7 and "id-1" in result.stderr
+    assert result.exit_code == 7 and str(ledger_path) in result.stderr
     assert ledger_path.read_bytes() == broken
 
 
@@ -631,3 +636,148 @@ def test_line_edits_keep_a_valid_document_equal_to_the_model(ops, seed_count) ->
             assert {k: v["n"] for k, v in doc["tasks"].items()} == model
             loaded = ledger.load()
             assert {pid: loaded[pid]["n"] for pid in loaded} == model
+
+
+# -- history segments ----------------------------------------------------------------------
+
+
+def finished(prompt_id: str, i: int, status: str = "success",
+             updated_at: str = "2026-02-01T01:00:00.000+00:00") -> dict[str, Any]:
+    return {**new_record(prompt_id, "gpu1", "http://gpu1:8188", f"c-{i}", None),
+            "status": status, "submitted_at": f"2026-02-01T00:00:00.{i:06d}Z",
+            "updated_at": updated_at}
+
+
+def history_files(ledger_path: Path) -> dict[str, tuple[int, int]]:
+    folder = ledger_path.with_name("ledger-history")
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def test_finished_jobs_move_to_segments_that_never_change(ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path, segment_size=10, move_at=4)
+    with ledger.transaction() as tasks:
+        for i in range(35):
+            tasks.put(finished(f"f{i:03d}", i))
+        tasks.put(new_record("active-1", "gpu1", "http://gpu1:8188", "c", None))
+    live = read_document(ledger_path)
+    assert set(live["tasks"]) == {"active-1"}  # the live file holds the unfinished job only
+    manifest = read_document(ledger_path.with_name("ledger-history") / live["history"])
+    assert [s["count"] for s in manifest["segments"]] == [10, 10, 10, 5]
+    full = {s["file"] for s in manifest["segments"] if s["count"] == 10}
+    before = history_files(ledger_path)
+    for name in before:  # every file is plain JSON, readable with jq
+        read_document(ledger_path.with_name("ledger-history") / name)
+    with ledger.transaction() as tasks:  # more finished jobs: only the tail is rewritten
+        for i in range(35, 40):
+            tasks.put(finished(f"f{i:03d}", i))
+    after = history_files(ledger_path)
+    for name in full:
+        assert after[name] == before[name], f"{name} was rewritten"
+    assert set(ledger.load()) == {f"f{i:03d}" for i in range(40)} | {"active-1"}
+    assert len(read_document(ledger_path)["tasks"]) < 5
+    # Just finished jobs stay live a while (a hook claims each, history shows them).
+    with ledger.transaction() as tasks:
+        for i in range(40, 50):
+            tasks.put(finished(f"f{i:03d}", i, updated_at=now_iso()))
+    assert len(read_document(ledger_path)["tasks"]) == 11
+    after = history_files(ledger_path)
+    # A submit touches the live file only, however long the history.
+    with ledger.transaction() as tasks:
+        tasks.put(new_record("active-2", "gpu1", "http://gpu1:8188", "c", None))
+    assert history_files(ledger_path) == after
+
+
+def test_replaced_history_files_stay_an_hour_for_readers(ledger_path: Path) -> None:
+    ledger = Ledger(ledger_path, segment_size=3, move_at=1)
+    with ledger.transaction() as tasks:
+        tasks.put(finished("f000", 0))
+    reader = ledger.load()  # holds manifest and tail of this moment
+    old = history_files(ledger_path)
+    with ledger.transaction() as tasks:
+        tasks.put(finished("f001", 1))
+    assert set(old) < set(history_files(ledger_path))  # the old tail and manifest kept
+    assert reader["f000"]["status"] == "success"
+    late_reader = ledger.load()  # has read nothing from history yet
+    with ledger.transaction() as tasks:  # retires the files both readers refer to
+        tasks.put(finished("f002", 2))
+    retired = set(history_files(ledger_path)) - {read_document(ledger_path)["history"]}
+    for name in retired:  # an hour later, the next history write deletes them
+        past = time.time() - 7200
+        os.utime(ledger_path.with_name("ledger-history") / name, (past, past))
+    with ledger.transaction() as tasks:
+        tasks.put(finished("f003", 3))
+    assert not set(old) & set(history_files(ledger_path))
+    assert set(ledger.load()) == {"f000", "f001", "f002", "f003"}
+    assert list(reader.newest_first()) == ["f000"]  # its snapshot, already read
+    # The late reader's files are gone: it reads the ledger again instead of failing.
+    assert list(late_reader.newest_first()) == ["f003", "f002", "f001", "f000"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_segment_exits_7_and_is_left_alone(invoke, ledger_path: Path,
+                                                     damage: str) -> None:
+    ledger = Ledger(ledger_path, segment_size=5, move_at=1)
+    with ledger.transaction() as tasks:
+        for i in range(12):
+            tasks.put(finished(f"f{i:03d}", i))
+    segment = sorted(ledger_path.with_name("ledger-history").glob("segment-*.json"))[0]
+    if damage == "truncate":
+        segment.write_bytes(segment.read_bytes()[:100])
+    else:
+        segment.unlink()
+    result = invoke("history", "--status", "success")
+    assert result.exit_code == 7, result.output
+    assert "ledger-history" in result.stderr and "Traceback" not in result.stderr
+    if damage == "truncate":
+        assert len(segment.read_bytes()) == 100
+
+
+# -- migration from schema 1 ---------------------------------------------------------------
+
+
+def test_a_schema_1_ledger_of_100000_records_is_migrated_losslessly(ledger_path: Path) -> None:
+    statuses = ["success", "error", "cancelled", "interrupted", "rejected", "lost", "running",
+                "pending"]
+    tasks = {}
+    for i in range(100_000):
+        pid = f"{i:08d}-0000-4000-8000-000000000000"
+        tasks[pid] = {**finished(pid, i, statuses[i % 8] if i % 1000 else "pending"),
+                      "labels": {"n": str(i)}}
+    old = (b'{"schema": "comfyctl.ledger", "schema_version": 1, "tasks": {\n'
+           + b",\n".join(json.dumps(pid).encode() + b":" + json.dumps(r).encode()
+                         for pid, r in tasks.items()) + b"\n}}\n")
+    ledger_path.write_bytes(old)
+
+    view = Ledger(ledger_path).load()  # first use migrates
+
+    backup = ledger_path.with_name("ledger.json.schema-1.bak")
+    assert backup.read_bytes() == old
+    live = read_document(ledger_path)
+    assert live["schema_version"] == 2
+    unsettled = {pid for pid, r in tasks.items() if r["status"] in ("running", "pending", "lost")}
+    assert set(live["tasks"]) == unsettled
+    assert len(ledger_path.read_bytes()) < len(old) / 2
+    everything = {r["prompt_id"]: r for r in view.values()}
+    assert everything == tasks  # every record, every field
+    assert view["00054321-0000-4000-8000-000000000000"] == \
+        tasks["00054321-0000-4000-8000-000000000000"]
+    assert [r["prompt_id"] for _, r in zip(range(3), view.newest(), strict=False)] == \
+        [f"{i:08d}-0000-4000-8000-000000000000" for i in (99_999, 99_998, 99_997)]
+    migrated = ledger_path.read_bytes()
+    Ledger(ledger_path).load()
+    assert ledger_path.read_bytes() == migrated  # once only
+
+
+def test_the_migration_is_a_numbered_step_from_each_version() -> None:
+    from comfyctl.ledger import MIGRATIONS
+
+    assert len(MIGRATIONS) == SCHEMA_VERSION - 1
+
+
+def test_an_empty_schema_1_ledger_migrates_to_an_empty_one(ledger_path: Path,
+                                                          invoke) -> None:
+    ledger_path.write_text('{"schema": "comfyctl.ledger", "schema_version": 1, "tasks": {}}')
+    result = invoke("history", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tasks"] == []
+    assert read_document(ledger_path)["schema_version"] == 2

@@ -21,9 +21,9 @@ from comfyctl.errors import (
     UsageProblem,
     WaitTimeout,
 )
-from comfyctl.ledger import Record
 from comfyctl.records import FAILED, RUNNING, SUCCESS, TERMINAL
 from comfyctl.render import LiveArea, event_json, live_area_wanted, state_line
+from comfyctl.store import Record
 
 if TYPE_CHECKING:
     from comfyctl.hooks import Notifier

@@ -12,7 +12,6 @@ import click
 
 from comfyctl.context import AppContext
 from comfyctl.errors import ComfyctlError, ServerError, UsageProblem
-from comfyctl.ledger import Record, Tasks
 from comfyctl.options import complete_prompt_ids, output_format, server_option
 from comfyctl.records import (
     ACTIVE,
@@ -32,6 +31,7 @@ from comfyctl.render import (
     record_json,
     table,
 )
+from comfyctl.store import Record, Records
 
 if TYPE_CHECKING:
     from comfyctl.download import DownloadFailed
@@ -138,7 +138,7 @@ def _server_messages(app: AppContext, record: Record) -> list[Any] | None:
         return None
 
 
-def _settle_orphans(app: AppContext, ledger: Tasks) -> None:
+def _settle_orphans(app: AppContext, ledger: Records) -> None:
     """Write-ahead records whose submitting process died are settled on sight."""
     from comfyctl.submission import settle_submitting
 
@@ -146,7 +146,7 @@ def _settle_orphans(app: AppContext, ledger: Tasks) -> None:
     settle_submitting(app.ledger, app.client_for_record, ledger.select(statuses={SUBMITTING}))
 
 
-def select(app: AppContext, ledger: Tasks, servers: tuple[str, ...],
+def select(app: AppContext, ledger: Records, servers: tuple[str, ...],
            statuses: tuple[str, ...], since: str | None, label_filters: tuple[str, ...],
            limit: int | None = None) -> list[Record]:
     """Matching records, newest first. Records are parsed in that order only until
@@ -165,7 +165,7 @@ def select(app: AppContext, ledger: Tasks, servers: tuple[str, ...],
         chosen = ledger.select(statuses=statuses)
         candidates = sorted(chosen, key=lambda r: r.get("submitted_at") or "", reverse=True)
     else:
-        candidates = (ledger[pid] for pid in ledger.newest_first())
+        candidates = ledger.newest()
     found = []
     for record in candidates:
         if cutoff is not None and (record.get("submitted_at") or "") < cutoff:

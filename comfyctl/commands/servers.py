@@ -27,7 +27,7 @@ def command(app: AppContext, fmt: str) -> None:
     default = config.default_server
     paths = {
         "config": str(app.config_path or default_config_path()),
-        "ledger": str(app.ledger.path),
+        "ledger": app.ledger.describe(),
         "default_server": default,
     }
     servers = [spec.public() for spec in config.servers.values()]

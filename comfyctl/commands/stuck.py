@@ -16,7 +16,6 @@ from comfyctl.errors import (
     ServerUnreachable,
     TaskFailed,
 )
-from comfyctl.ledger import Record
 from comfyctl.options import (
     complete_prompt_ids,
     complete_servers,
@@ -25,8 +24,8 @@ from comfyctl.options import (
     server_option,
     server_timeout_option,
 )
-from comfyctl.records import ACTIVE, LOST
 from comfyctl.render import list_document, table
+from comfyctl.store import Record
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,7 +88,7 @@ def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
     ledger = app.ledger.load()
     # Without ids: unfinished jobs, and lost ones not yet resubmitted.
     records = (ledger.find_all(prompt_ids) if prompt_ids
-               else ledger.select(statuses={*ACTIVE, LOST}))
+               else ledger.unsettled())
     if servers:
         urls = {spec.url for spec in app.servers(servers)}
         records = [r for r in records if r["server_url"] in urls or r["server"] in servers]

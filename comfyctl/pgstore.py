@@ -1,0 +1,367 @@
+"""The PostgreSQL store: one ledger shared by every host that can reach the database.
+
+Records are JSONB rows with the columns queries need (status, server, submit time)
+indexed. A transaction is one database transaction holding a transaction-level advisory
+lock, so read-modify-writes are serialized across processes and hosts exactly as the JSON
+store's flock serializes them on one host; plain reads take no lock. Lease expiry uses the
+database's clock, the one clock all hosts share. Tables are created and migrated by
+comfyctl itself (``MIGRATIONS``, recorded by name in ``comfyctl_migrations``).
+
+Needs ``psycopg`` 3 (``pip install 'comfyctl[postgres]'``), imported only when used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING, Any
+
+from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnavailable
+from comfyctl.store import Lease, Record, RecordsBase, mask_url
+
+if TYPE_CHECKING:
+    import psycopg
+
+LOCK_KEY = 0x636F6D6679  # "comfy": the advisory lock every transaction holds
+MIGRATION_LOCK_KEY = LOCK_KEY + 1
+DEFAULT_LOCK_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10
+PAGE = 50  # rows per page of newest(): a history page of 20 is one round trip
+
+# Migrations as data: (name, SQL), applied once each, in order, recorded by name.
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001-tables", """
+        CREATE TABLE comfyctl_tasks (
+            prompt_id text PRIMARY KEY,
+            server_url text NOT NULL,
+            status text NOT NULL,
+            submitted_at text NOT NULL,
+            record jsonb NOT NULL);
+        CREATE INDEX comfyctl_tasks_status ON comfyctl_tasks (status, server_url);
+        CREATE INDEX comfyctl_tasks_newest ON comfyctl_tasks (submitted_at DESC, prompt_id DESC);
+        CREATE INDEX comfyctl_tasks_prefix ON comfyctl_tasks (prompt_id text_pattern_ops);
+        CREATE TABLE comfyctl_workflows (
+            sha256 text PRIMARY KEY,
+            body text NOT NULL,
+            used_at timestamptz NOT NULL DEFAULT now());
+        CREATE TABLE comfyctl_leases (
+            name text PRIMARY KEY,
+            owner text NOT NULL,
+            expires_at timestamptz NOT NULL);
+        CREATE TABLE comfyctl_inputs (
+            server_url text NOT NULL,
+            sha256 text NOT NULL,
+            info jsonb NOT NULL,
+            PRIMARY KEY (server_url, sha256));
+        CREATE TABLE comfyctl_changes (
+            id int PRIMARY KEY CHECK (id = 1),
+            counter bigint NOT NULL);
+        INSERT INTO comfyctl_changes VALUES (1, 0);
+    """),
+]
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise LedgerError("The ledger is a PostgreSQL database, but psycopg is not installed.",
+                          "Install it with: pip install 'comfyctl[postgres]'.") from None
+    return psycopg
+
+
+class PgRecords(RecordsBase):
+    """The records as one transaction (or, read-only, the committed state) sees them."""
+
+    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any],
+                 writable: bool) -> None:
+        self.store = store
+        self._conn = conn
+        self._writable = writable
+        self._cache: dict[str, Record] = {}  # read in this view: the same object each time
+        self.dirty = False
+
+    def _rows(self, sql: str, params: Any = ()) -> list[Any]:
+        with self.store._lock, self.store._errors():
+            return self._conn.execute(sql, params).fetchall()
+
+    def _records(self, sql: str, params: Any = ()) -> list[Record]:
+        out = []
+        for (record,) in self._rows(sql, params):
+            out.append(self._cache.setdefault(record["prompt_id"], record))
+        return out
+
+    def __getitem__(self, prompt_id: str) -> Record:
+        if prompt_id in self._cache:
+            return self._cache[prompt_id]
+        found = self._records("SELECT record FROM comfyctl_tasks WHERE prompt_id = %s",
+                              (prompt_id,))
+        if not found:
+            raise KeyError(prompt_id)
+        return found[0]
+
+    def __contains__(self, prompt_id: object) -> bool:
+        return isinstance(prompt_id, str) and self.get(prompt_id) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([pid for (pid,) in self._rows("SELECT prompt_id FROM comfyctl_tasks")])
+
+    def __len__(self) -> int:
+        return int(self._rows("SELECT count(*) FROM comfyctl_tasks")[0][0])
+
+    def _ids_with_prefix(self, prefix: str) -> list[str]:
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return [pid for (pid,) in self._rows(
+            "SELECT prompt_id FROM comfyctl_tasks WHERE prompt_id LIKE %s LIMIT 100",
+            (pattern,))]
+
+    def select(self, statuses: Collection[str] | None = None,
+               server_urls: Collection[str] | None = None) -> list[Record]:
+        return self._records(
+            "SELECT record FROM comfyctl_tasks WHERE (%s::text[] IS NULL OR status = ANY(%s))"
+            " AND (%s::text[] IS NULL OR server_url = ANY(%s))",
+            (_list(statuses), _list(statuses), _list(server_urls), _list(server_urls)))
+
+    def values(self) -> list[Record]:  # type: ignore[override]
+        return self._records("SELECT record FROM comfyctl_tasks")
+
+    def newest(self) -> Iterator[Record]:
+        page = self._records("SELECT record FROM comfyctl_tasks ORDER BY submitted_at DESC, "
+                             "prompt_id DESC LIMIT %s", (PAGE,))
+        while page:
+            yield from page
+            last = page[-1]
+            page = self._records(
+                "SELECT record FROM comfyctl_tasks WHERE (submitted_at, prompt_id) < (%s, %s)"
+                " ORDER BY submitted_at DESC, prompt_id DESC LIMIT %s",
+                (last.get("submitted_at") or "", last["prompt_id"], PAGE * 4))
+
+    def put(self, record: Record) -> None:
+        self._check_writable()
+        self._rows(
+            "INSERT INTO comfyctl_tasks (prompt_id, server_url, status, submitted_at, record) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (prompt_id) DO UPDATE SET "
+            "server_url = EXCLUDED.server_url, status = EXCLUDED.status, "
+            "submitted_at = EXCLUDED.submitted_at, record = EXCLUDED.record RETURNING 1",
+            (record["prompt_id"], str(record.get("server_url") or ""),
+             str(record.get("status") or ""), record.get("submitted_at") or "",
+             _jsonb(record)))
+        self._cache[record["prompt_id"]] = record
+        self.dirty = True
+
+    def remove(self, prompt_id: str) -> Record | None:
+        self._check_writable()
+        found = self._rows("DELETE FROM comfyctl_tasks WHERE prompt_id = %s RETURNING record",
+                           (prompt_id,))
+        cached = self._cache.pop(prompt_id, None)
+        if not found:
+            return None
+        self.dirty = True
+        return cached if cached is not None else found[0][0]
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise LedgerError("The ledger was read without a transaction; it cannot be "
+                              "changed through this view.")
+
+
+def _list(values: Collection[str] | None) -> list[str] | None:
+    return None if values is None else list(values)
+
+
+def _jsonb(value: Any) -> Any:
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value)
+
+
+class PostgresStore:
+    """The PostgreSQL store (see the module docstring)."""
+
+    def __init__(self, url: str, lock_timeout: float | None = None) -> None:
+        from comfyctl.ledger import _seconds
+
+        self.url = url
+        env_timeout = os.environ.get("COMFYCTL_LOCK_TIMEOUT")
+        self.lock_timeout = lock_timeout if lock_timeout is not None else (
+            _seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.RLock()  # one connection: one user at a time
+
+    def describe(self) -> str:
+        return mask_url(self.url)
+
+    # -- connection and errors ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Database errors as one sentence each (exit 7), never naming the password."""
+        psycopg = _psycopg()
+        try:
+            yield
+        except psycopg.errors.LockNotAvailable:
+            raise LedgerLocked(self.describe(), self.lock_timeout) from None
+        except psycopg.errors.UndefinedTable:
+            raise LedgerCorrupt(self.describe(), "its comfyctl tables are missing") from None
+        except psycopg.OperationalError as exc:
+            self._drop()
+            raise LedgerUnavailable(self.describe(), self._reason(exc)) from None
+        except psycopg.Error as exc:
+            raise LedgerError(f"The ledger database {self.describe()} failed: "
+                              f"{self._reason(exc)}.") from None
+
+    def _reason(self, exc: Exception) -> str:
+        text = (str(exc).strip().splitlines() or ["no reason given"])[0]
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return text.rstrip(".")
+
+    def _secrets(self) -> list[str]:
+        from urllib.parse import unquote, urlsplit
+
+        found = [os.environ.get("PGPASSWORD") or ""]
+        with contextlib.suppress(ValueError):
+            found.append(unquote(urlsplit(self.url).password or ""))
+        return [s for s in found if s]
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        psycopg = _psycopg()
+        with self._errors():
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                   application_name="comfyctl")
+            self._migrate(conn)
+        self._conn = conn
+        return conn
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        """Apply the migrations this database lacks; refuse one a newer comfyctl made."""
+        known = [name for name, _ in MIGRATIONS]
+        applied = self._applied(conn)
+        if applied == known:
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.execute("CREATE TABLE IF NOT EXISTS comfyctl_migrations (name text PRIMARY "
+                         "KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            applied = self._applied(conn)
+            newer = [name for name in applied if name not in known]
+            if newer:
+                raise LedgerCorrupt(self.describe(), f"its schema ({newer[-1]}) was written "
+                                    "by a newer comfyctl; upgrade comfyctl to use it")
+            for name, sql in MIGRATIONS:
+                if name not in applied:
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO comfyctl_migrations (name) VALUES (%s)", (name,))
+
+    @staticmethod
+    def _applied(conn: psycopg.Connection[Any]) -> list[str]:
+        exists = conn.execute("SELECT to_regclass('comfyctl_migrations')").fetchone()
+        if exists is None or exists[0] is None:
+            return []
+        return [name for (name,) in conn.execute(
+            "SELECT name FROM comfyctl_migrations ORDER BY name").fetchall()]
+
+    def _one(self, sql: str, params: Any = ()) -> Any:
+        with self._lock, self._errors():
+            row = self._connection().execute(sql, params).fetchone()
+            return None if row is None else row[0]
+
+    # -- records ------------------------------------------------------------------------
+
+    def load(self) -> PgRecords:
+        return PgRecords(self, self._connection(), writable=False)
+
+    def get(self, prompt_id: str) -> Record | None:
+        return self._one("SELECT record FROM comfyctl_tasks WHERE prompt_id = %s",
+                         (prompt_id,))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[PgRecords]:
+        with self._lock:
+            conn = self._connection()
+            with self._errors(), conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout * 1000)}")
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                tasks = PgRecords(self, conn, writable=True)
+                yield tasks
+                if tasks.dirty:
+                    conn.execute("UPDATE comfyctl_changes SET counter = counter + 1")
+                    conn.execute("NOTIFY comfyctl_changes")  # for observers that LISTEN
+
+    def changes(self) -> int:
+        return int(self._one("SELECT counter FROM comfyctl_changes"))
+
+    # -- workflows ----------------------------------------------------------------------
+
+    def store_workflow(self, graph: dict[str, Any]) -> str:
+        import hashlib
+
+        data = json.dumps(graph, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(data.encode("utf-8")).hexdigest()
+        self._one("INSERT INTO comfyctl_workflows (sha256, body) VALUES (%s, %s) "
+                  "ON CONFLICT (sha256) DO UPDATE SET used_at = now() RETURNING 1",
+                  (digest, data))
+        return f"sha256:{digest}"
+
+    def load_workflow(self, ref: str) -> dict[str, Any]:
+        body = self._one("SELECT body FROM comfyctl_workflows WHERE sha256 = %s",
+                         (ref.split(":", 1)[-1],))
+        if body is None:
+            raise LedgerError(f"The stored workflow {ref} is missing from {self.describe()}.",
+                              "It cannot be resubmitted; submit the workflow file again.")
+        return json.loads(body)
+
+    def prune_workflows(self, referenced: set[str], min_age: float = 3600.0) -> list[str]:
+        keep = [ref.split(":", 1)[-1] for ref in referenced]
+        with self._lock, self._errors():
+            rows = self._connection().execute(
+                "DELETE FROM comfyctl_workflows WHERE sha256 <> ALL(%s) AND "
+                "used_at < now() - %s * interval '1 second' RETURNING sha256",
+                (keep, min_age)).fetchall()
+        return [f"sha256:{digest}" for (digest,) in rows]
+
+    # -- leases -------------------------------------------------------------------------
+
+    def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
+        # One statement: of claims racing on one name, the row lock lets exactly one win.
+        return self._one(
+            "INSERT INTO comfyctl_leases AS l (name, owner, expires_at) "
+            "VALUES (%s, %s, now() + %s * interval '1 second') ON CONFLICT (name) DO UPDATE "
+            "SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at "
+            "WHERE l.owner = EXCLUDED.owner OR l.expires_at <= now() RETURNING 1",
+            (name, owner, ttl)) is not None
+
+    renew_lease = claim_lease  # the same rule: the owner's, or free (expired and untaken)
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        return self._one("DELETE FROM comfyctl_leases WHERE name = %s AND owner = %s "
+                         "RETURNING 1", (name, owner)) is not None
+
+    def lease(self, name: str) -> Lease | None:
+        with self._lock, self._errors():
+            row = self._connection().execute(
+                "SELECT owner, extract(epoch FROM expires_at) FROM comfyctl_leases "
+                "WHERE name = %s AND expires_at > now()", (name,)).fetchone()
+        return None if row is None else Lease(name, row[0], float(row[1]))
+
+    # -- the input map ------------------------------------------------------------------
+
+    def input_name(self, server_url: str, sha256: str) -> dict[str, Any] | None:
+        return self._one("SELECT info FROM comfyctl_inputs WHERE server_url = %s AND "
+                         "sha256 = %s", (server_url, sha256))
+
+    def remember_input(self, server_url: str, sha256: str, info: dict[str, Any]) -> None:
+        self._one("INSERT INTO comfyctl_inputs (server_url, sha256, info) VALUES (%s, %s, %s) "
+                  "ON CONFLICT (server_url, sha256) DO UPDATE SET info = EXCLUDED.info "
+                  "RETURNING 1", (server_url, sha256, _jsonb(info)))

@@ -1,0 +1,221 @@
+"""The ledger contract: what every store (JSON files, PostgreSQL) guarantees to its callers.
+
+Commands and engines only see ``Store`` and ``Records``; ``open_store`` picks the
+implementation from the ``--ledger`` value (a path, or a ``postgresql://`` URL).
+
+Guarantees common to every store:
+
+- A transaction is serializable: while it runs, no other transaction (in this or any
+  other process, on any host) changes the ledger. Its puts and removes land all together
+  when the ``with`` block ends normally, and not at all when it raises.
+- A record is a JSON object keyed by its ``prompt_id``; it carries at least ``server_url``
+  and ``status``. What a transaction reads it may change in place and ``put`` back.
+- Reads outside a transaction (``load``/``get``) take no lock and see committed data.
+- A ledger that cannot be read is never overwritten (LedgerCorrupt, exit 7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, overload, runtime_checkable
+
+from comfyctl.errors import TaskNotFound, UsageProblem
+
+Record = dict[str, Any]
+MIN_PREFIX = 4
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a named lease, and until when (seconds since the epoch, store clock)."""
+
+    name: str
+    owner: str
+    expires_at: float
+
+
+@runtime_checkable
+class Records(Protocol):
+    """The ledger's records as a transaction (or a read-only snapshot) sees them."""
+
+    @overload
+    def get(self, prompt_id: str, /) -> Record | None: ...
+
+    @overload
+    def get(self, prompt_id: str, default: Record, /) -> Record: ...
+
+    def get(self, prompt_id: str, default: Record | None = None, /) -> Record | None:
+        """The record with exactly this id, or ``default``."""
+
+    def __getitem__(self, prompt_id: str) -> Record: ...
+
+    def __contains__(self, prompt_id: object) -> bool: ...
+
+    def find(self, prompt_id: str) -> Record:
+        """By full id or a unique prefix of at least 4 characters. TaskNotFound (exit 4),
+        or UsageProblem when the prefix is ambiguous."""
+
+    def find_all(self, prompt_ids: Iterable[str]) -> list[Record]:
+        """``find`` for each id, each record once, in the order given."""
+
+    def select(self, statuses: Collection[str] | None = None,
+               server_urls: Collection[str] | None = None) -> list[Record]:
+        """Records with one of ``statuses`` bound to one of ``server_urls`` (None: any)."""
+
+    def unsettled(self) -> list[Record]:
+        """Every record not ``is_settled``: unfinished jobs and lost ones (resubmitted or
+        not) that detect-stuck and recover look at. Its cost does not grow with history."""
+
+    def newest(self) -> Iterator[Record]:
+        """Every record, newest ``submitted_at`` first, read lazily: taking a page of 20
+        costs about 20 records, not the whole history."""
+
+    def newest_first(self) -> Iterator[str]:
+        """The ids of ``newest()``."""
+
+    def values(self) -> list[Record]:
+        """Every record (the slow path: reads all history)."""
+
+    def put(self, record: Record) -> None:
+        """Insert or replace the record with ``record["prompt_id"]`` (in a transaction)."""
+
+    def remove(self, prompt_id: str) -> Record | None:
+        """Delete a record; returns it, or None if there was none (in a transaction)."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A ledger: records, stored workflows, leases, per-server input names."""
+
+    def describe(self) -> str:
+        """Where the ledger is, safe to print (a database password is masked)."""
+
+    def load(self) -> Records:
+        """A read-only view of the committed records, taken without a lock."""
+
+    def get(self, prompt_id: str) -> Record | None:
+        """One committed record by exact id, without a lock."""
+
+    def transaction(self) -> contextlib.AbstractContextManager[Records]:
+        """Serializable read-modify-write (see the module docstring). Waits a bounded time
+        for other transactions (LedgerLocked, exit 7)."""
+
+    def changes(self) -> int:
+        """A counter that grows with every committed transaction that changed a record:
+        observers compare it with an earlier reading instead of re-reading the records."""
+
+    def store_workflow(self, graph: dict[str, Any]) -> str:
+        """Store a workflow once by content; returns ``sha256:<hex>``. Every host sharing
+        the ledger can load it."""
+
+    def load_workflow(self, ref: str) -> dict[str, Any]:
+        """A stored workflow by reference; LedgerError when it is missing."""
+
+    def prune_workflows(self, referenced: set[str], min_age: float = 3600.0) -> list[str]:
+        """Remove stored workflows not in ``referenced`` and not used for ``min_age``
+        seconds (a submit stores its workflow before its record); returns the removed."""
+
+    def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take lease ``name`` for ``ttl`` seconds if it is free, expired or already
+        ``owner``'s. True when ``owner`` now holds it. Atomic: of processes claiming at
+        once, exactly one succeeds."""
+
+    def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s lease by ``ttl`` from now. False (and nothing changed) when
+        someone else holds it; an expired lease nobody took is ``owner``'s again."""
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        """Give the lease up; False when ``owner`` did not hold it."""
+
+    def lease(self, name: str) -> Lease | None:
+        """The unexpired holder of ``name``, or None."""
+
+    def input_name(self, server_url: str, sha256: str) -> dict[str, Any] | None:
+        """What a file with this content was uploaded to ``server_url`` as (e.g.
+        ``{"name": ..., "subfolder": ...}``), or None."""
+
+    def remember_input(self, server_url: str, sha256: str, info: dict[str, Any]) -> None:
+        """Record an upload (replacing an earlier entry for the same server and content)."""
+
+
+class RecordsBase(Mapping[str, Record]):
+    """Lookups shared by the stores' record views, built on three primitives."""
+
+    def _ids_with_prefix(self, prefix: str) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def find(self, prompt_id: str) -> Record:
+        record = self.get(prompt_id)
+        if record is not None:
+            return record
+        matches = self._ids_with_prefix(prompt_id) if len(prompt_id) >= MIN_PREFIX else []
+        if len(matches) > 1:
+            raise UsageProblem(f"{prompt_id!r} matches {len(matches)} jobs.",
+                               "Give more of the id.")
+        if not matches:
+            raise TaskNotFound(prompt_id)
+        return self[matches[0]]
+
+    def find_all(self, prompt_ids: Iterable[str]) -> list[Record]:
+        found: dict[str, Record] = {}
+        for prompt_id in prompt_ids:
+            record = self.find(prompt_id)
+            found[record["prompt_id"]] = record
+        return list(found.values())
+
+    def newest(self) -> Iterator[Record]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def select(self, statuses: Collection[str] | None = None,
+               server_urls: Collection[str] | None = None) -> list[Record]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def newest_first(self) -> Iterator[str]:
+        return (record["prompt_id"] for record in self.newest())
+
+    def unsettled(self) -> list[Record]:
+        from comfyctl.records import ACTIVE, LOST
+
+        return [r for r in self.select(statuses={*ACTIVE, LOST}) if not is_settled(r)]
+
+
+def is_settled(record: Record) -> bool:
+    """Finished for good: the server's final word, or lost, resubmitted, and its own server
+    asked since (``records.superseded_unsettled``). Settled records are history; the JSON
+    store moves them out of its live file."""
+    from comfyctl.records import FINAL, LOST
+
+    status = record.get("status")
+    if status == LOST:
+        return bool(record.get("superseded_by")) and \
+            bool((record.get("recovered") or {}).get("original"))
+    return status in FINAL
+
+
+_PASSWORD = re.compile(r"(?P<head>://[^/@:]*:)(?P<pw>[^@/]*)@")
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password replaced by ***."""
+    masked = _PASSWORD.sub(lambda m: m.group("head") + "***@", url)
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", masked)
+
+
+def is_database_url(spec: str) -> bool:
+    return spec.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(spec: str | Path) -> Store:
+    """The store for a ``--ledger`` value: a ``postgresql://`` URL, else a JSON file path."""
+    text = str(spec)
+    if is_database_url(text):
+        from comfyctl.pgstore import PostgresStore
+
+        return PostgresStore(text)
+    from comfyctl.ledger import Ledger
+
+    return Ledger(Path(text))
