@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # everything (a few minutes on 2 cores)
     python benchmarks/run.py --quick    # fewer repetitions, smaller ledgers
+    python benchmarks/run.py --stores   # only the ledger stores at 100,000 records
 
 Every comparison is measured in the same run on the same machine. Nothing is typed by hand.
 """
@@ -81,7 +82,7 @@ def make_ledger(path: Path, count: int, servers: list[str] | None = None,
         for obs in observations:
             apply(rec, obs)
         rec["number"] = i
-        if status == "success":  # finished a day ago: history, not the live file
+        if status == "success":  # finished long ago: history, not the live file
             rec["updated_at"] = rec["finished_at"] = "2000-01-01T00:00:00.000+00:00"
         records[pid] = rec
     ledger = Ledger(path)
@@ -257,6 +258,66 @@ def bench_submit(jobs: int) -> None:
             report("bare requests.post /prompt", f"{b * 1000:.1f} ms")
             report("comfyctl submit (write-ahead + post + ledger)", f"{o * 1000:.1f} ms",
                    f"{o / b:.1f}x bare post")
+    finally:
+        emu.stop()
+
+
+def fill_postgres(url: str, count: int) -> None:
+    """``count`` finished records, written with COPY (a benchmark's shortcut: the rows are
+    exactly what the store's put writes)."""
+    import psycopg
+
+    from comfyctl.store import open_store
+
+    open_store(url).load()  # creates the tables
+    with tempfile.TemporaryDirectory() as tmp:
+        records = make_ledger(Path(tmp) / "ledger.json", count).load().values()
+    with psycopg.connect(url) as conn, conn.cursor() as cur, cur.copy(
+            "COPY comfyctl_tasks (prompt_id, server_url, status, submitted_at, record) "
+            "FROM STDIN") as copy:
+        for r in records:
+            copy.write_row((r["prompt_id"], r["server_url"], r["status"], r["submitted_at"],
+                            json.dumps(r)))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE comfyctl_tasks")
+
+
+def bench_postgres(jobs: int, size: int, runs: int) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pgserver
+
+    from comfyctl.store import open_store
+
+    if not pgserver.available():
+        print("postgres: skipped (no PostgreSQL server binaries)")
+        return
+    print("PostgreSQL store (a local server, fsync on)", flush=True)
+    emu = Emulator().start()
+    try:
+        with pgserver.ThrowawayPostgres(fsync=True) as pg, \
+                tempfile.TemporaryDirectory() as tmp:
+            empty_json = Ledger(Path(tmp) / "ledger.json")
+            empty_pg = open_store(pg.database())
+            submit_median(empty_json, emu.url, 5)
+            submit_median(empty_pg, emu.url, 5)
+            j, p = [], []
+            for _ in range(5):
+                j.append(submit_median(empty_json, emu.url, jobs // 5))
+                p.append(submit_median(empty_pg, emu.url, jobs // 5))
+            j_med, p_med = statistics.median(j), statistics.median(p)
+            report("PostgreSQL store: submit, empty ledger", f"{p_med * 1000:.1f} ms",
+                   f"{p_med / j_med:.2f}x the JSON store's {j_med * 1000:.1f} ms "
+                   "(target <= 1.5x)")
+            full = pg.database()
+            fill_postgres(full, size)
+            env = {"COMFYCTL_LEDGER": full, "COMFYCTL_CONFIG": str(Path(tmp) / "x.toml")}
+            hist = median_wall([sys.executable, "-m", "comfyctl", "history", "--limit", "20"],
+                               runs, env)
+            report(f"PostgreSQL store: history --limit 20 over {size} records",
+                   f"{hist * 1000:.0f} ms", "whole process (target <= 300 ms)")
+            rss = peak_rss_mb(["history", "--limit", "20"], env)
+            report(f"PostgreSQL store: history --limit 20 over {size} records: peak RSS",
+                   f"{rss:.0f} MB")
     finally:
         emu.stop()
 
@@ -459,8 +520,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller ledgers")
     parser.add_argument("--write-readme", action="store_true",
                         help="put the figures in README.md's Performance section")
+    parser.add_argument("--stores", action="store_true",
+                        help="only the ledger-store figures (JSON and PostgreSQL at 100,000)")
     args = parser.parse_args()
     runs = 3 if args.quick else 5
+    if args.stores:
+        bench_ledger([100_000], runs)
+        bench_store_submit(100, 100_000)
+        bench_postgres(100, 100_000, runs)
+        return
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
                f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
@@ -469,6 +537,7 @@ def main() -> None:
     bench_ledger([1000, 10000] if args.quick else [1000, 10000, 100000], 3)
     bench_submit(20 if args.quick else 50)
     bench_store_submit(50 if args.quick else 100, 100_000)
+    bench_postgres(50 if args.quick else 100, 100_000, runs)
     bench_watch(40 if args.quick else 200, 4, 20)
     bench_fanout(1000, 10, 2.0)
     bench_hooks_metrics(10000 if args.quick else 100000, runs)

@@ -1,0 +1,248 @@
+"""A PostgreSQL ledger shared by several hosts, simulated by processes with their own config
+and data dirs (so nothing is shared but the database), against real emulated servers.
+
+Host 1 names the ledger with COMFYCTL_LEDGER, host 2 with ``ledger = "${TEAM_LEDGER}"`` in
+its config: both ways a team would set it up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from workflows import slow_graph
+
+from comfyctl.store import open_store
+
+REPO = Path(__file__).resolve().parents[1]
+Host = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def host_env(tmp_path: Path, n: int, url: str) -> dict[str, str]:
+    home = tmp_path / f"host{n}"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
+           "XDG_CONFIG_HOME": str(home / "config"), "COMFYCTL_CONFIG": str(home / "c.toml")}
+    env.pop("COMFYCTL_LEDGER", None)
+    if n == 1:
+        env["COMFYCTL_LEDGER"] = url
+        (home / "c.toml").write_text("")
+    else:
+        env["TEAM_LEDGER"] = url
+        (home / "c.toml").write_text('ledger = "${TEAM_LEDGER}"\n')
+    return env
+
+
+@pytest.fixture
+def hosts(postgres_ledger: str, tmp_path: Path) -> dict[int, dict[str, str]]:
+    return {n: host_env(tmp_path, n, postgres_ledger) for n in (1, 2)}
+
+
+def on(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "comfyctl", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=REPO)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "comfyctl", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def workflow(tmp_path: Path, steps: int = 2, seconds: float = 0.01) -> str:
+    path = tmp_path / f"wf-{steps}-{seconds}.json"
+    path.write_text(json.dumps(slow_graph(steps, seconds)))
+    return str(path)
+
+
+def server_ids(url: str) -> list[str]:
+    queue = requests.get(url + "/queue", timeout=5).json()
+    history = requests.get(url + "/history", timeout=5).json()
+    return [i[1] for i in queue["queue_running"] + queue["queue_pending"]] + list(history)
+
+
+def records(url: str) -> dict[str, dict[str, Any]]:
+    return {r["prompt_id"]: r for r in open_store(url).load().values()}
+
+
+def test_host_2_watches_cancels_and_shows_jobs_submitted_on_host_1(hosts, emulator, tmp_path,
+                                                                   postgres_ledger):
+    quick = on(hosts[1], "submit", workflow(tmp_path), "-s", emulator.url)
+    assert quick.returncode == 0, quick.stderr
+    (pid,) = quick.stdout.split()
+    slow = on(hosts[1], "submit", workflow(tmp_path, 400, 0.05), "-s", emulator.url)
+    (slow_pid,) = slow.stdout.split()
+
+    watched = on(hosts[2], "watch", pid, "--json", "--timeout", "60")
+    assert watched.returncode == 0, watched.stderr
+    assert json.loads(watched.stdout.splitlines()[-1])["status"] == "success"
+    shown = on(hosts[2], "history", pid[:8], "--json")
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["server_url"] == emulator.url and doc["status"] == "success"
+    cancelled = on(hosts[2], "cancel", slow_pid, "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert records(postgres_ledger)[slow_pid]["status"] in ("cancelled", "interrupted")
+    # Host 1 sees what host 2 did.
+    listed = on(hosts[1], "history", "--json")
+    assert {t["prompt_id"]: t["status"] for t in json.loads(listed.stdout)["tasks"]}[pid] \
+        == "success"
+    assert not (tmp_path / "host2" / "data").exists()  # host 2 kept nothing on its disk
+
+
+@pytest.mark.faults
+def test_lost_jobs_are_resubmitted_once_when_two_hosts_recover_at_once(hosts, emulator,
+                                                                      tmp_path,
+                                                                      postgres_ledger):
+    out = on(hosts[1], "submit", workflow(tmp_path, 200, 0.05), "-s", emulator.url,
+             "--count", "6", "--vary-seed")
+    assert out.returncode == 0, out.stderr
+    lost = out.stdout.split()
+    emulator.restart()  # the server forgets every job
+    detectors = [start(hosts[n], "detect-stuck", "--json") for n in (1, 2)]
+    for proc in detectors:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 6, stderr
+        assert {json.loads(line)["prompt_id"] for line in stdout.splitlines()} == set(lost)
+    recoverers = [start(hosts[n], "recover", "--resubmit", "--json") for n in (1, 2, 1, 2)]
+    for proc in recoverers:
+        proc.communicate(timeout=120)
+    ledger = records(postgres_ledger)
+    for pid in lost:
+        children = [r for r in ledger.values() if r.get("resubmitted_from") == pid]
+        assert len(children) == 1, f"{pid} was resubmitted {len(children)} times"
+        assert ledger[pid]["superseded_by"] == children[0]["prompt_id"]
+    received = server_ids(emulator.url)
+    assert len(received) == len(set(received)) == len(lost)
+    assert set(received) == {r["prompt_id"] for r in ledger.values()
+                             if r.get("resubmitted_from")}
+
+
+@pytest.mark.faults
+def test_eight_processes_on_two_hosts_submitting_at_once(hosts, emulator, tmp_path,
+                                                         postgres_ledger, fault_counts):
+    wf = workflow(tmp_path)
+    procs = [start(hosts[1 + n % 2], "submit", wf, "-s", emulator.url, "--count", "3",
+                   "--vary-seed") for n in range(8)]
+    printed = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        printed += stdout.split()
+    assert len(printed) == len(set(printed)) == 24
+    ledger = records(postgres_ledger)
+    assert set(ledger) == set(printed)
+    emulator.wait_idle(timeout=30)
+    assert sorted(server_ids(emulator.url)) == sorted(printed)
+    fault_counts["concurrent processes on two hosts"] = 8
+
+
+@pytest.mark.faults
+def test_sigkill_of_submit_leaves_no_ghost_and_no_duplicate(hosts, emulator, tmp_path,
+                                                            postgres_ledger, fault_counts):
+    rng = random.Random(5)
+    wf = workflow(tmp_path, 1, 0.001)
+    trials = 20
+    for trial in range(trials):
+        proc = start(hosts[1 + trial % 2], "submit", wf, "-s", emulator.url, "--count", "3",
+                     "--vary-seed")
+        time.sleep(rng.uniform(0.2, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        stdout, _ = proc.communicate()
+        assert set(stdout.split()) <= set(records(postgres_ledger))
+    fault_counts["SIGKILL trials: submit on PostgreSQL"] = trials
+    emulator.wait_idle(timeout=30)
+    received = server_ids(emulator.url)
+    assert len(received) == len(set(received))
+    assert set(received) <= set(records(postgres_ledger)), "a job the server got is not recorded"
+    on(hosts[2], "recover", "--resubmit", "--json")
+    ledger = records(postgres_ledger)
+    parents = [r["resubmitted_from"] for r in ledger.values() if r.get("resubmitted_from")]
+    assert len(parents) == len(set(parents))
+    assert not set(parents) & set(received), "a job the server had was sent again"
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_servers_shows_the_database_ledger_with_the_password_masked(hosts, postgres_ledger):
+    password = postgres_ledger.split(":")[2].split("@")[0]
+    for n in (1, 2):
+        shown = on(hosts[n], "servers", "--json")
+        assert shown.returncode == 0, shown.stderr
+        ledger = json.loads(shown.stdout)["ledger"]
+        assert ledger.startswith("postgresql://postgres:***@127.0.0.1:")
+        assert password not in shown.stdout + shown.stderr
+        table = on(hosts[n], "servers")
+        assert "postgresql://postgres:***@" in table.stderr and password not in table.stderr
+
+
+@pytest.mark.parametrize("problem", ["wrong-password", "nobody-listening", "no-database"])
+def test_an_unusable_database_is_one_sentence_and_exit_7(hosts, postgres_ledger, problem,
+                                                         tmp_path):
+    import socket
+
+    base, _, name = postgres_ledger.rpartition("/")
+    password = base.split(":")[2].split("@")[0]
+    if problem == "wrong-password":
+        url = base.replace(password, "not-the-Secret-42") + "/" + name
+    elif problem == "no-database":
+        url = base + "/no_such_database"
+    else:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        url = f"postgresql://postgres:{password}@127.0.0.1:{port}/x"
+    env = host_env(tmp_path, 3, url)
+    for args in (["history"], ["submit", workflow(tmp_path), "-s", "http://127.0.0.1:9"]):
+        proc = on(env, *args)
+        assert proc.returncode == 7, proc.stderr
+        assert proc.stdout == ""
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot be used" in lines[0], proc.stderr
+        assert "postgresql://postgres:***@127.0.0.1" in lines[0]
+        assert password not in proc.stderr and "not-the-Secret-42" not in proc.stderr
+
+
+def test_without_psycopg_the_error_names_the_extra_to_install(hosts):
+    code = ("import sys; sys.modules['psycopg'] = None; sys.argv = ['comfyctl', 'history'];"
+            "from comfyctl.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=hosts[1], cwd=REPO, timeout=60)
+    assert proc.returncode == 7
+    assert "pip install 'comfyctl[postgres]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_database_migrated_by_a_newer_comfyctl_is_refused(hosts, postgres_ledger):
+    import psycopg
+
+    assert on(hosts[1], "history").returncode == 0  # creates the tables
+    with psycopg.connect(postgres_ledger, autocommit=True) as conn:
+        conn.execute("INSERT INTO comfyctl_migrations (name) VALUES ('9999-from-the-future')")
+    proc = on(hosts[2], "history")
+    assert proc.returncode == 7
+    assert "newer comfyctl" in proc.stderr
+
+
+def test_tables_are_created_once_and_recorded(postgres_ledger):
+    import psycopg
+
+    from comfyctl.pgstore import MIGRATIONS
+
+    open_store(postgres_ledger).load()
+    open_store(postgres_ledger).load()
+    with psycopg.connect(postgres_ledger) as conn:
+        names = [n for (n,) in conn.execute("SELECT name FROM comfyctl_migrations")]
+    assert names == [name for name, _ in MIGRATIONS]
