@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, UsageProblem
 from comfyctl.records import STATUSES
@@ -45,6 +45,7 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 SEGMENT_SIZE = 1000  # records per history file: a page of history reads one or two
 MOVE_AT = 32  # settled records gathered in the live file before they move to history
 RECENT = 600.0  # seconds a settled record stays live (hooks claim it, history shows it)
+_T = TypeVar("_T")
 RETIRED_GRACE = 3600.0  # seconds a replaced history file stays for readers that hold it
 
 
@@ -134,7 +135,8 @@ class _History:
 
     @property
     def entries(self) -> list[dict[str, Any]]:
-        return self.manifest["segments"]
+        entries: list[dict[str, Any]] = self.manifest["segments"]
+        return entries
 
     def segment(self, entry: dict[str, Any]) -> dict[str, Record]:
         name = entry["file"]
@@ -621,7 +623,8 @@ class Ledger:
             return {}
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
             raise LedgerCorrupt(self.inputs_path, "it is not a comfyctl input map")
-        return doc["inputs"]
+        inputs: dict[str, dict[str, Any]] = doc["inputs"]
+        return inputs
 
     def input_name(self, server_url: str, sha256: str) -> dict[str, Any] | None:
         return self._read_inputs().get(server_url, {}).get(sha256)
@@ -678,7 +681,7 @@ class _Retrying(Tasks):
     def __init__(self, store: Ledger, live: _Live) -> None:
         super().__init__(store, live, writable=False)
 
-    def _again(self, call: Callable[[], Any]) -> Any:
+    def _again(self, call: Callable[[], _T]) -> _T:
         for _ in range(3):
             try:
                 return call()

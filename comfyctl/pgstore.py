@@ -236,10 +236,11 @@ class PostgresStore:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        psycopg = _psycopg()
+        pg = _psycopg()
         with self._errors():
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                   application_name="comfyctl")
+            conn: psycopg.Connection[Any] = pg.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                application_name="comfyctl")
             self._migrate(conn)
         self._conn = conn
         return conn
@@ -283,8 +284,9 @@ class PostgresStore:
         return PgRecords(self, self._connection(), writable=False)
 
     def get(self, prompt_id: str) -> Record | None:
-        return self._one("SELECT record FROM comfyctl_tasks WHERE prompt_id = %s",
-                         (prompt_id,))
+        record: Record | None = self._one(
+            "SELECT record FROM comfyctl_tasks WHERE prompt_id = %s", (prompt_id,))
+        return record
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[PgRecords]:
@@ -320,7 +322,8 @@ class PostgresStore:
         if body is None:
             raise LedgerError(f"The stored workflow {ref} is missing from {self.describe()}.",
                               "It cannot be resubmitted; submit the workflow file again.")
-        return json.loads(body)
+        workflow: dict[str, Any] = json.loads(body)
+        return workflow
 
     def prune_workflows(self, referenced: set[str], min_age: float = 3600.0) -> list[str]:
         keep = [ref.split(":", 1)[-1] for ref in referenced]
@@ -358,8 +361,10 @@ class PostgresStore:
     # -- the input map ------------------------------------------------------------------
 
     def input_name(self, server_url: str, sha256: str) -> dict[str, Any] | None:
-        return self._one("SELECT info FROM comfyctl_inputs WHERE server_url = %s AND "
-                         "sha256 = %s", (server_url, sha256))
+        info: dict[str, Any] | None = self._one(
+            "SELECT info FROM comfyctl_inputs WHERE server_url = %s AND sha256 = %s",
+            (server_url, sha256))
+        return info
 
     def remember_input(self, server_url: str, sha256: str, info: dict[str, Any]) -> None:
         self._one("INSERT INTO comfyctl_inputs (server_url, sha256, info) VALUES (%s, %s, %s) "
