@@ -354,3 +354,28 @@ def test_servers_verbose_subprocess_never_prints_secrets(team_config: Path, run_
     assert proc.returncode == 0, proc.stderr
     assert "gpu1" in proc.stdout
     assert_no_secrets(proc.stdout + proc.stderr)
+
+
+def test_the_config_names_the_ledger_and_the_command_line_wins(invoke, config_path, tmp_path,
+                                                             monkeypatch) -> None:
+    monkeypatch.delenv("COMFYCTL_LEDGER")
+    monkeypatch.setenv("TEAM_DIR", str(tmp_path / "team"))
+    config_path.write_text('ledger = "${TEAM_DIR}/ledger.json"\n')
+    shown = invoke("servers", "--json")
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["ledger"] == str(tmp_path / "team" / "ledger.json")
+    other = tmp_path / "other.json"
+    assert json.loads(invoke("--ledger", str(other), "servers", "--json").stdout)["ledger"] \
+        == str(other)
+    monkeypatch.setenv("COMFYCTL_LEDGER", str(other))
+    assert json.loads(invoke("servers", "--json").stdout)["ledger"] == str(other)
+
+
+@pytest.mark.parametrize("value", ["5", '""', "[1]"])
+def test_a_ledger_that_is_not_a_path_or_url_is_a_config_error(invoke, config_path, value,
+                                                              monkeypatch) -> None:
+    monkeypatch.delenv("COMFYCTL_LEDGER")
+    config_path.write_text(f"ledger = {value}\n")
+    result = invoke("history")
+    assert result.exit_code == 2
+    assert "ledger must be a file path or a postgresql:// URL" in result.stderr
