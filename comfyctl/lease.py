@@ -10,36 +10,22 @@ through the store and takes the lease over when the holder's expires (a crash) o
 the holder, on this host, is no longer alive (found at once, without waiting for expiry).
 
 The lease calls are the store contract's (``claim_lease``, ``renew_lease``,
-``release_lease``, ``lease``). A store that has them is used as is; for the plain JSON
-ledger they are kept here, in ``<ledger>.leases.json`` beside it, written under the
-ledger's lock.
+``release_lease``, ``lease``; see ``store.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
-import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from comfyctl.errors import ComfyctlError
+from comfyctl.store import Lease as Lease  # the lease a store reports
 
 TTL = 5.0  # a holder that has not renewed for this long is taken for dead
 RENEW_EVERY = 1.5
-
-
-@dataclass(frozen=True)
-class Lease:
-    """Who holds a named lease, and until when (seconds since the epoch)."""
-
-    name: str
-    owner: str
-    expires_at: float
 
 
 class LeaseStore(Protocol):
@@ -78,10 +64,8 @@ def holder_gone(owner: str) -> bool:
 
 
 def leases_for(ledger: Any) -> LeaseStore:
-    """The store's own leases when it has them, else the JSON ledger's side file."""
-    if hasattr(ledger, "claim_lease"):
-        return ledger  # type: ignore[no-any-return]
-    return FileLeases(ledger)
+    """The store's leases (every store has them: the Store contract)."""
+    return ledger  # type: ignore[no-any-return]
 
 
 def claim(store: LeaseStore, name: str, owner: str, ttl: float = TTL) -> bool:
@@ -101,61 +85,6 @@ def live_holder(store: LeaseStore, name: str) -> str | None:
     if held is None or holder_gone(held.owner):
         return None
     return str(held.owner)
-
-
-class FileLeases:
-    """Leases of a JSON ledger: ``{"schema": "comfyctl.leases", "leases": {name:
-    {owner, expires_at}}}`` beside it, changed under the ledger's lock and replaced
-    atomically; read without the lock."""
-
-    def __init__(self, ledger: Any) -> None:
-        self.ledger = ledger
-        self.path = Path(str(ledger.path) + ".leases.json")
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        try:
-            doc = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
-            return {}  # a damaged lease file only costs a takeover; it is rewritten
-        leases = doc.get("leases") if isinstance(doc, dict) else None
-        return leases if isinstance(leases, dict) else {}
-
-    def _change(self, name: str, owner: str, ttl: float | None) -> bool:
-        from comfyctl.ledger import atomic_write
-
-        with self.ledger.locked():
-            now = time.time()
-            leases = {k: v for k, v in self._read().items()
-                      if isinstance(v, dict) and float(v.get("expires_at", 0)) > now}
-            held = leases.get(name)
-            if held is not None and held.get("owner") != owner:
-                return False
-            if ttl is None:
-                if held is None:
-                    return False
-                del leases[name]
-            else:
-                leases[name] = {"owner": owner, "expires_at": now + ttl}
-            atomic_write(self.path, json.dumps(
-                {"schema": "comfyctl.leases", "schema_version": 1, "leases": leases},
-                separators=(",", ":")).encode())
-            return True
-
-    def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
-        return self._change(name, owner, ttl)
-
-    renew_lease = claim_lease  # the same rule: ours, or free (expired and untaken)
-
-    def release_lease(self, name: str, owner: str) -> bool:
-        return self._change(name, owner, None)
-
-    def lease(self, name: str) -> Lease | None:
-        held = self._read().get(name)
-        if not isinstance(held, dict) or float(held.get("expires_at", 0)) <= time.time():
-            return None
-        return Lease(name, str(held.get("owner")), float(held["expires_at"]))
 
 
 def release_quietly(store: LeaseStore, name: str, owner: str) -> None:

@@ -2,14 +2,15 @@
 
 Files, beside each other (for ``ledger.json``; see ARCHITECTURE.md):
 
-- ``ledger.json``, the live document: unsettled jobs (and a few just finished), leases,
-  the change counter, and the name of the current history manifest. It is the only file
+- ``ledger.json``, the live document: unsettled jobs (and the recently finished), the
+  change counter, and the name of the current history manifest. It is the only file
   that is ever rewritten, and its replacement (by rename) commits every transaction.
 - ``ledger-history/``: finished jobs, in segments of up to ``SEGMENT_SIZE`` records, and
   the manifest that lists them (record counts, status counts, servers, submit-time range).
   These files never change once written: a change writes a new file under a new name, and
   files no manifest refers to any more are deleted an hour later.
-- ``ledger-inputs.json``: the per-server input map. ``workflows/<sha256>.json``: workflows.
+- ``ledger.json.leases.json``: leases. ``ledger-inputs.json``: the per-server input map.
+  ``workflows/<sha256>.json``: stored workflows.
 
 Every read-modify-write holds an exclusive ``flock`` on ``ledger.json.lock`` and ends with
 atomic replaces (temp file, fsync, rename), so a SIGKILL at any instant leaves the previous
@@ -102,12 +103,11 @@ class _Live:
         self.changes: int = doc.get("changes", 0)
         self.history: str | None = doc.get("history")
         self.history_last: str = doc.get("history_last", "")
-        self.leases: dict[str, dict[str, Any]] = doc.get("leases", {})
 
     def document(self) -> bytes:
         head = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
                 "changes": self.changes, "history": self.history,
-                "history_last": self.history_last, "leases": self.leases}
+                "history_last": self.history_last}
         return _tasks_document(head, self.tasks)
 
 
@@ -578,20 +578,39 @@ class Ledger:
 
     # -- leases -------------------------------------------------------------------------
 
+    @property
+    def leases_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".leases.json")
+
+    def _read_leases(self) -> dict[str, dict[str, Any]]:
+        try:
+            doc = json.loads(self.leases_path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return {}  # a damaged lease file only costs a takeover; it is rewritten
+        leases = doc.get("leases") if isinstance(doc, dict) else None
+        if not isinstance(leases, dict):
+            return {}
+        return {k: v for k, v in leases.items()
+                if isinstance(v, dict) and isinstance(v.get("expires_at"), (int, float))}
+
     def _leases(self, change: Callable[[dict[str, dict[str, Any]], float], bool]) -> bool:
+        # A file of its own: leases are renewed every few seconds, records change rarely.
         with self.locked():
-            live = self._current_locked()
             now = time.time()
-            live.leases = {k: v for k, v in live.leases.items() if v["expires_at"] > now}
-            done = change(live.leases, now)
+            leases = {k: v for k, v in self._read_leases().items() if v["expires_at"] > now}
+            done = change(leases, now)
             if done:
-                atomic_write(self.path, live.document())
+                atomic_write(self.leases_path, json.dumps(
+                    {"schema": "comfyctl.leases", "schema_version": 1, "leases": leases},
+                    separators=(",", ":")).encode())
             return done
 
     def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
         def claim(leases: dict[str, dict[str, Any]], now: float) -> bool:
             held = leases.get(name)
-            if held is not None and held["owner"] != owner:
+            if held is not None and held.get("owner") != owner:
                 return False
             leases[name] = {"owner": owner, "expires_at": now + ttl}
             return True
@@ -610,10 +629,10 @@ class Ledger:
         return self._leases(release)
 
     def lease(self, name: str) -> Lease | None:
-        held = self._read_live().leases.get(name)
+        held = self._read_leases().get(name)
         if held is None or held["expires_at"] <= time.time():
             return None
-        return Lease(name, held["owner"], held["expires_at"])
+        return Lease(name, str(held.get("owner")), float(held["expires_at"]))
 
     # -- the input map ------------------------------------------------------------------
 
