@@ -310,7 +310,7 @@ def bench_postgres(jobs: int, size: int, runs: int) -> None:
                    "(target <= 1.5x)")
             full = pg.database()
             fill_postgres(full, size)
-            env = {"COMFYCTL_LEDGER": full, "COMFYCTL_CONFIG": str(Path(tmp) / "x.toml")}
+            env = {"COMFYCTL_LEDGER": full, "COMFYCTL_CONFIG": empty_config(tmp, "x.toml")}
             hist = median_wall([sys.executable, "-m", "comfyctl", "history", "--limit", "20"],
                                runs, env)
             report(f"PostgreSQL store: history --limit 20 over {size} records",

@@ -663,9 +663,15 @@ class Ledger:
         digest = hashlib.sha256(data).hexdigest()
         target = self.workflow_dir / f"{digest}.json"
         try:
-            os.utime(target)  # fresh mtime: a concurrent prune leaves it alone
-        except FileNotFoundError:
-            atomic_write(target, data)
+            try:
+                os.utime(target)  # fresh mtime: a concurrent prune leaves it alone
+            except FileNotFoundError:
+                atomic_write(target, data)
+        except OSError as exc:
+            if exc.filename:
+                raise
+            # Some calls (utime) do not say where: name the folder they were working in.
+            raise OSError(exc.errno, exc.strerror, str(self.workflow_dir)) from None
         return f"sha256:{digest}"
 
     def load_workflow(self, ref: str) -> dict[str, Any]:

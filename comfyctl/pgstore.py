@@ -89,8 +89,11 @@ class PgRecords(RecordsBase):
             return self._conn.execute(sql, params).fetchall()
 
     def _records(self, sql: str, params: Any = ()) -> list[Record]:
+        from comfyctl.ledger import _check_record
+
         out = []
         for (record,) in self._rows(sql, params):
+            _check_record(self.store.describe(), str(record.get("prompt_id")), record)
             out.append(self._cache.setdefault(record["prompt_id"], record))
         return out
 

@@ -125,13 +125,7 @@ class Submitter:
         ``inputs``: the local files uploaded for it (so a resubmit elsewhere can send
         them to that server)."""
         self.client_for(spec)  # a server that cannot be used (config) gets no record at all
-        try:
-            ref = self.ledger.store_workflow(graph)
-        except OSError as exc:
-            if exc.filename:
-                raise
-            # Some calls (utime) do not say where: name the folder they were working in.
-            raise OSError(exc.errno, exc.strerror, str(self.ledger.workflow_dir)) from None
+        ref = self.ledger.store_workflow(graph)
         record = new_record(new_prompt_id(), spec.name, spec.url, new_client_id(), ref, labels,
                             resubmitted_from)
         if inputs:
