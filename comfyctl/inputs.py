@@ -7,8 +7,7 @@ called ``in.png`` never replace each other. Which content went to which server u
 which name is remembered per server URL and SHA-256, so the same file is not sent again
 while the server still has it (checked with ``HEAD /view``, which costs no upload).
 
-The memory lives behind :class:`InputMap` (``get``/``put``), in one place, so the ledger's
-store can take it over.
+The memory lives behind :class:`InputMap` (``get``/``put``), kept by the ledger's store.
 """
 
 from __future__ import annotations
@@ -24,12 +23,10 @@ from typing import Any, Protocol
 from comfyctl.client import ServerClient
 from comfyctl.config import ServerSpec
 from comfyctl.errors import InputRejected, WorkflowInvalid
-from comfyctl.ledger import Ledger, atomic_write
 from comfyctl.records import now_iso
+from comfyctl.store import Store
 
 log = logging.getLogger("comfyctl.inputs")
-
-INPUTS_SCHEMA = "comfyctl.inputs"
 
 
 @dataclass(frozen=True)
@@ -110,37 +107,21 @@ class InputMap(Protocol):
 
 
 class LedgerInputMap:
-    """The map as a small JSON file beside the ledger, written under the ledger's lock."""
+    """The map kept by the ledger's store (``input_name``/``remember_input``), so every
+    host sharing a database ledger knows what was uploaded where."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Store) -> None:
         self.ledger = ledger
-        self.path = ledger.path.parent / "inputs.json"
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
-            log.info("ignoring unreadable %s", self.path)  # a lost map only costs uploads
-            return {}
-        servers = data.get("servers") if isinstance(data, dict) else None
-        return servers if isinstance(servers, dict) else {}
 
     def get(self, server_url: str, sha256: str) -> tuple[str, str] | None:
-        entry = self._read().get(server_url, {}).get(sha256)
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        entry = self.ledger.input_name(server_url, sha256)
+        if entry is None or not isinstance(entry.get("name"), str):
             return None
         return entry["name"], str(entry.get("subfolder") or "")
 
     def put(self, server_url: str, sha256: str, name: str, subfolder: str) -> None:
-        with self.ledger.locked():
-            servers = self._read()
-            servers.setdefault(server_url, {})[sha256] = {
-                "name": name, "subfolder": subfolder, "uploaded_at": now_iso()}
-            atomic_write(self.path, json.dumps(
-                {"schema": INPUTS_SCHEMA, "schema_version": 1, "servers": servers},
-                indent=1, sort_keys=True).encode())
+        self.ledger.remember_input(server_url, sha256, {
+            "name": name, "subfolder": subfolder, "uploaded_at": now_iso()})
 
 
 def input_value(name: str, subfolder: str) -> str:

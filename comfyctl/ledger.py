@@ -9,7 +9,7 @@ Files, beside each other (for ``ledger.json``; see ARCHITECTURE.md):
   the manifest that lists them (record counts, status counts, servers, submit-time range).
   These files never change once written: a change writes a new file under a new name, and
   files no manifest refers to any more are deleted an hour later.
-- ``ledger.json.leases.json``: leases. ``ledger-inputs.json``: the per-server input map.
+- ``ledger.json.leases.json``: leases. ``inputs.json``: the per-server input map.
   ``workflows/<sha256>.json``: stored workflows.
 
 Every read-modify-write holds an exclusive ``flock`` on ``ledger.json.lock`` and ends with
@@ -374,7 +374,7 @@ class Ledger:
 
     @property
     def inputs_path(self) -> Path:
-        return self.path.with_name(self.path.stem + "-inputs.json")
+        return self.path.parent / "inputs.json"
 
     # -- reading ------------------------------------------------------------------------
 
@@ -637,24 +637,26 @@ class Ledger:
     # -- the input map ------------------------------------------------------------------
 
     def _read_inputs(self) -> dict[str, dict[str, Any]]:
-        doc = _read_json(self.inputs_path, missing_ok=True)
-        if doc is None:
+        try:
+            doc = json.loads(self.inputs_path.read_bytes())
+        except FileNotFoundError:
             return {}
-        if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
-            raise LedgerCorrupt(self.inputs_path, "it is not a comfyctl input map")
-        inputs: dict[str, dict[str, Any]] = doc["inputs"]
-        return inputs
+        except (OSError, ValueError):
+            return {}  # a lost map only costs uploads; the next change rewrites it
+        servers = doc.get("servers") if isinstance(doc, dict) else None
+        return servers if isinstance(servers, dict) else {}
 
     def input_name(self, server_url: str, sha256: str) -> dict[str, Any] | None:
-        return self._read_inputs().get(server_url, {}).get(sha256)
+        entry = self._read_inputs().get(server_url, {}).get(sha256)
+        return entry if isinstance(entry, dict) else None
 
     def remember_input(self, server_url: str, sha256: str, info: dict[str, Any]) -> None:
         with self.locked():
-            inputs = self._read_inputs()
-            inputs.setdefault(server_url, {})[sha256] = info
+            servers = self._read_inputs()
+            servers.setdefault(server_url, {})[sha256] = info
             atomic_write(self.inputs_path, json.dumps(
-                {"schema": "comfyctl.ledger-inputs", "schema_version": 1, "inputs": inputs},
-                indent=1).encode())
+                {"schema": "comfyctl.inputs", "schema_version": 1, "servers": servers},
+                indent=1, sort_keys=True).encode())
 
     # -- workflows ----------------------------------------------------------------------
 
