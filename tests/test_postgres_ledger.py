@@ -91,7 +91,7 @@ def test_host_2_watches_cancels_and_shows_jobs_submitted_on_host_1(hosts, emulat
     assert shown.returncode == 0, shown.stderr
     doc = json.loads(shown.stdout)
     assert doc["server_url"] == emulator.url and doc["status"] == "success"
-    cancelled = on(hosts[2], "cancel", slow_pid, "--json")
+    cancelled = on(hosts[2], "cancel", slow_pid, "--nl")
     assert cancelled.returncode == 0, cancelled.stderr
     assert records(postgres_ledger)[slow_pid]["status"] in ("cancelled", "interrupted")
     # Host 1 sees what host 2 did.
@@ -110,12 +110,12 @@ def test_lost_jobs_are_resubmitted_once_when_two_hosts_recover_at_once(hosts, em
     assert out.returncode == 0, out.stderr
     lost = out.stdout.split()
     emulator.restart()  # the server forgets every job
-    detectors = [start(hosts[n], "detect-stuck", "--json") for n in (1, 2)]
+    detectors = [start(hosts[n], "detect-stuck", "--nl") for n in (1, 2)]
     for proc in detectors:
         stdout, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 6, stderr
         assert {json.loads(line)["prompt_id"] for line in stdout.splitlines()} == set(lost)
-    recoverers = [start(hosts[n], "recover", "--resubmit", "--json") for n in (1, 2, 1, 2)]
+    recoverers = [start(hosts[n], "recover", "--resubmit", "--nl") for n in (1, 2, 1, 2)]
     for proc in recoverers:
         proc.communicate(timeout=120)
     ledger = records(postgres_ledger)
@@ -166,7 +166,7 @@ def test_sigkill_of_submit_leaves_no_ghost_and_no_duplicate(hosts, emulator, tmp
     received = server_ids(emulator.url)
     assert len(received) == len(set(received))
     assert set(received) <= set(records(postgres_ledger)), "a job the server got is not recorded"
-    on(hosts[2], "recover", "--resubmit", "--json")
+    on(hosts[2], "recover", "--resubmit", "--nl")
     ledger = records(postgres_ledger)
     parents = [r["resubmitted_from"] for r in ledger.values() if r.get("resubmitted_from")]
     assert len(parents) == len(set(parents))
