@@ -17,6 +17,7 @@ from typing import Any
 from comfyctl.client import QueueItem, ServerClient
 from comfyctl.config import Config, ServerSpec, server_name_for_url
 from comfyctl.fanout import fan_out
+from comfyctl.jobs import by_server as group_by_server
 from comfyctl.records import ACTIVE, RUNNING, SUCCESS, age_seconds, parse_time
 from comfyctl.restart import ServerLog, no_proof, read_log, restart_proof
 from comfyctl.store import Record
@@ -64,9 +65,7 @@ def fleet_report(config: Config, records: list[Record],
     if only is not None:
         specs = {url: s for url, s in specs.items() if url in only}
         records = [r for r in records if r["server_url"] in only]
-    by_server: dict[str, list[Record]] = {url: [] for url in specs}
-    for record in records:
-        by_server.setdefault(record["server_url"], []).append(record)
+    by_server: dict[str, list[Record]] = {url: [] for url in specs} | group_by_server(records)
     active = {url: [r for r in rs if r["status"] in ACTIVE] for url, rs in by_server.items()}
     known = {r["prompt_id"] for r in records}
     answers = fan_out(list(specs), lambda url: probe(client_for_spec(specs[url]),

@@ -19,6 +19,7 @@ from typing import Any
 
 from comfyctl.client import ServerClient
 from comfyctl.config import Config, ServerSpec
+from comfyctl.jobs import by_server as group_by_server
 from comfyctl.records import PENDING, RUNNING, STATUSES, SUBMITTING, age_seconds, parse_time
 from comfyctl.store import Record, Store
 from comfyctl.stuck import (
@@ -99,9 +100,7 @@ def families(report: dict[str, Any], records: list[Record],
     wait = Family("comfyctl_job_queue_wait_seconds", "summary",
                   "Time finished jobs waited before they started: the server's own queue "
                   "time when it gives one, else from submit.")
-    by_server: dict[str, list[Record]] = {}
-    for record in records:
-        by_server.setdefault(record["server_url"], []).append(record)
+    by_server = group_by_server(records)
     findings: Counter[tuple[str, str]] = Counter(
         (f.record["server_url"], f.condition) for f in (detection.findings if detection else []))
     for server in report["servers"]:

@@ -33,6 +33,7 @@ from datetime import datetime
 
 from comfyctl.client import ServerClient
 from comfyctl.errors import ServerError
+from comfyctl.jobs import by_server
 from comfyctl.records import PENDING, now_iso, parse_time
 from comfyctl.store import Record, Records, Store
 
@@ -159,10 +160,7 @@ def note_submitted(ledger: Store, records: list[Record],
     """Date the sighting of freshly acknowledged jobs on their servers' log clocks (one
     log read per server, after the acks), so a restart before anyone else looks at them
     is still proven."""
-    acked: dict[str, list[Record]] = {}
-    for record in records:
-        if record["status"] == PENDING:
-            acked.setdefault(record["server_url"], []).append(record)
+    acked = by_server(r for r in records if r["status"] == PENDING)
     logs = {url: read_log(client_for(group[0])) for url, group in acked.items()}
     marks = {r["prompt_id"]: r for url, group in acked.items() for r in group
              if mark_alive(r, logs[url])}

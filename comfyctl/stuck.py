@@ -24,6 +24,7 @@ from comfyctl.errors import ComfyctlError, ServerError
 from comfyctl.events import from_ws_message
 from comfyctl.fanout import fan_out
 from comfyctl.inputs import Uploader, place_inputs
+from comfyctl.jobs import by_server
 from comfyctl.lease import TTL, claim, leases_for, listen_lease, new_owner, release_quietly
 from comfyctl.records import (
     ACTIVE,
@@ -273,9 +274,7 @@ def detect(ledger: Store, records: list[Record],
            client_for: Callable[[Record], ServerClient], opts: DetectOptions) -> Detection:
     """Ask every bound server about its own jobs, concurrently, and classify."""
     active = candidates(records, opts)
-    groups: dict[str, list[Record]] = {}
-    for record in active:
-        groups.setdefault(record["server_url"], []).append(record)
+    groups = by_server(active)
     for url, group in groups.items():
         log.info("asking %s (%s) about %d job(s)", group[0]["server"], url, len(group))
     answers = fan_out(

@@ -12,7 +12,6 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,15 +96,19 @@ class Submitter:
     def queue_lengths(self, specs: list[ServerSpec]) -> dict[str, int | None]:
         """Queue length per server URL, probed concurrently; None when unreachable."""
 
-        def probe(spec: ServerSpec) -> int | None:
-            try:
-                snap = self.client_for(spec).queue()
-            except ServerError:
-                return None
+        from comfyctl.fanout import fan_out
+
+        by_url = {spec.url: spec for spec in specs}
+
+        def probe(url: str) -> int:
+            snap = self.client_for(by_url[url]).queue()
             return len(snap.running) + len(snap.pending)
 
-        with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
-            return dict(zip([s.url for s in specs], pool.map(probe, specs), strict=True))
+        # Bounded by the slowest server's own timeouts (a retry included).
+        deadline = max((s.connect_timeout + s.timeout) * 2 for s in specs) if specs else 0.0
+        answers = fan_out(by_url, probe, deadline, name=lambda url: by_url[url].name)
+        return {url: answers[url].value if answers[url].error is None else None
+                for url in by_url}
 
     def submit(self, graph: dict[str, Any], spec: ServerSpec,
                labels: dict[str, str] | None = None,

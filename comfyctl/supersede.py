@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Iterable
 from comfyctl.client import ServerClient
 from comfyctl.errors import ServerError
 from comfyctl.fanout import fan_out
+from comfyctl.jobs import by_server
 from comfyctl.records import LOST, Observation, settle_superseded, superseded_unsettled
 from comfyctl.store import Record, Store
 
@@ -68,10 +69,7 @@ def reap_servers(ledger: Store, client_for: Callable[[Record], ServerClient],
     ``skip`` (known to be down) are left for the next command. Returns what changed."""
     pending = [r for r in records if superseded_unsettled(r)] if records is not None \
         else originals(ledger)
-    groups: dict[str, list[Record]] = {}
-    for record in pending:
-        if record["server_url"] not in skip:
-            groups.setdefault(record["server_url"], []).append(record)
+    groups = by_server(r for r in pending if r["server_url"] not in skip)
     if not groups:
         return []
     answers = fan_out(list(groups),

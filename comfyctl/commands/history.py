@@ -18,7 +18,6 @@ from comfyctl.records import (
     STATUSES,
     SUBMITTING,
     TERMINAL,
-    apply,
     parse_time,
     superseded_unsettled,
 )
@@ -106,7 +105,8 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
         raise UsageProblem(f"--outputs prints plain URLs; it does not go with --{fmt}.",
                            "Each record's outputs[].url has them in JSON.")
     ledger = app.ledger.load()
-    _settle_orphans(app, ledger)
+    if refresh is not False:  # --no-refresh: the ledger only, no server is asked
+        _settle_orphans(app, ledger)
     if prompt_id is not None:
         record = ledger.find(prompt_id)
         if refresh is not False:
@@ -181,40 +181,12 @@ def select(app: AppContext, ledger: Records, servers: tuple[str, ...],
 
 def refresh_records(app: AppContext, records: list[Record],
                     finished_too: bool = False) -> list[Record]:
-    """Ask each job's bound server about it: one round per server, all servers at once."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Ask each job's bound server about it (comfyctl.jobs.refresh); servers that do not
+    answer are named on stderr."""
+    from comfyctl.jobs import refresh
 
-    from comfyctl.submission import settle_submitting
-    from comfyctl.supersede import originals, reap_servers
-
-    settle_submitting(app.ledger, app.client_for_record, records)
-    # Superseded jobs are cancelled where they still are, and so settled, not refreshed.
-    if records:
-        reap_servers(app.ledger, app.client_for_record,
-                     originals(app.ledger, {r["server_url"] for r in records}))
-    by_server: dict[str, list[Record]] = {}
-    for record in records:
-        if finished_too or record["status"] not in TERMINAL:
-            by_server.setdefault(record["server_url"], []).append(record)
-
-    def ask(group: list[Record]) -> dict[str, Any]:
-        try:
-            return app.client_for_record(group[0]).snapshot([r["prompt_id"] for r in group])
-        except ServerError as exc:
-            click.echo(f"comfyctl: {exc} Showing the ledger's view of its jobs.", err=True)
-            return {}
-
-    with ThreadPoolExecutor(max_workers=max(1, len(by_server))) as pool:
-        answers = [obs for found in pool.map(ask, by_server.values()) for obs in found.values()]
-    if answers:
-        with app.ledger.transaction() as tasks:
-            for obs in answers:
-                stored = tasks.get(obs.prompt_id)
-                if stored is not None and apply(stored, obs):
-                    tasks.put(stored)
-        fresh = app.ledger.load()
-        return [fresh.get(r["prompt_id"], r) for r in records]
-    return records
+    return refresh(app.ledger, records, app.client_for_record,
+                   lambda message: click.echo(f"comfyctl: {message}", err=True), finished_too)
 
 
 def print_records(app: AppContext, records: list[Record], fmt: str, single: bool) -> None:

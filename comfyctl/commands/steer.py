@@ -8,14 +8,13 @@ from typing import Any
 import click
 
 from comfyctl.context import AppContext
-from comfyctl.errors import ServerError, TaskFailed, UsageProblem
+from comfyctl.errors import TaskFailed, UsageProblem
 from comfyctl.options import (
     complete_prompt_ids,
     output_format,
     server_option,
     server_timeout_option,
 )
-from comfyctl.records import CANCELLED, PENDING, TERMINAL, Observation, apply
 from comfyctl.render import CANCEL_SCHEMA, human_age, list_document, short_id, table
 
 
@@ -43,52 +42,23 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
       comfyctl cancel 3f2c9a1e-...
       comfyctl cancel --all-pending --server gpu2
     """
-    ledger = app.ledger.load()
+    from comfyctl.jobs import cancel, cancel_targets
+
     if not prompt_ids and not all_pending:
         raise UsageProblem("Give prompt ids to cancel, or --all-pending.")
-    targets = ledger.find_all(prompt_ids)
-    named = {r["prompt_id"] for r in targets}  # a unique prefix acts exactly like the full id
-    if all_pending:
-        urls = {s.url for s in app.servers(servers)} if servers else None
-        targets += [r for r in ledger.select(statuses={PENDING}, server_urls=urls)
-                    if r not in targets]
+    urls = {s.url for s in app.servers(servers)} if servers else None
+    targets, named = cancel_targets(app.ledger.load(), prompt_ids, all_pending, urls)
     unreachable, not_cancelled = [], []
     results: list[dict[str, Any]] = []
-
-    def report(record: dict[str, Any], what: str) -> None:
-        results.append(_report(record, what, fmt))
-
-    for record in targets:
-        if record["status"] in TERMINAL:
-            report(record, f"already {record['status']}, not touched")
-            if record["prompt_id"] in named and record["status"] != CANCELLED:
-                not_cancelled.append(record)
-            continue
-        client = app.client_for_record(record)
-        try:
-            how = client.cancel(record["prompt_id"],
-                                allow_interrupt=record["prompt_id"] in named)
-            obs = Observation("cancelled", record["prompt_id"], record["server_url"])
-            if how in ("not-active", "not-found", "running", "unsafe-interrupt"):
-                obs = client.status(record["prompt_id"])
-        except ServerError as exc:
-            unreachable.append(exc)
-            report(record, f"not cancelled: {exc}")
-            continue
-        with app.ledger.transaction() as tasks:
-            stored = tasks.get(record["prompt_id"])
-            if stored is not None and apply(stored, obs):
-                tasks.put(stored)
-            record = stored or record
-        what = {"jobs-api": "cancelled (jobs API)", "dequeued": "cancelled (removed from queue)",
-                "interrupted": "cancelled (interrupted by prompt_id)",
-                "running": "running; not interrupted (--all-pending never interrupts)",
-                "unsafe-interrupt": "running; not interrupted: this server's ComfyUI predates "
-                                    "interrupt by prompt_id, so an interrupt could stop "
-                                    "another job"}
-        report(record, what.get(how, f"not active on the server; now {record['status']}"))
-        if record["prompt_id"] in named and record["status"] != CANCELLED:
-            not_cancelled.append(record)
+    for target in targets:
+        # Only a job named may be interrupted; --all-pending never interrupts.
+        done = cancel(app.ledger, target, app.client_for_record,
+                      allow_interrupt=target["prompt_id"] in named)
+        results.append(_report(done.record, done.what, fmt))
+        if done.error is not None:
+            unreachable.append(done.error)
+        elif done.record["prompt_id"] in named and not done.stopped:
+            not_cancelled.append(done.record)
     if fmt == "json":  # one document, also when something could not be cancelled
         click.echo(json.dumps(list_document(CANCEL_SCHEMA, "results", results), indent=2))
     if unreachable:

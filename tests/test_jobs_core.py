@@ -1,0 +1,145 @@
+"""The jobs service (comfyctl/jobs.py) and the line between it and the commands (issue 13):
+commands parse, call the core and render; the network, threads and the ledger's
+read-modify-write live below them."""
+
+from __future__ import annotations
+
+import ast
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from comfyctl import jobs
+from comfyctl.ledger import Ledger
+from comfyctl.records import Observation, new_record
+
+COMMANDS_DIR = Path(__file__).resolve().parent.parent / "comfyctl" / "commands"
+#: What only the core may use: the network and concurrency.
+FORBIDDEN = ("requests", "websocket", "concurrent", "threading", "multiprocessing", "socket",
+             "urllib3", "http")
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_commands_use_no_network_and_no_threads(path):
+    used = {name for name in imported_modules(path)
+            if name.split(".")[0] in FORBIDDEN}
+    assert not used, f"{path.name} imports {sorted(used)}: that belongs in the core"
+    text = path.read_text(encoding="utf-8")
+    assert "ThreadPoolExecutor" not in text and "Thread(" not in text
+
+
+class Listener:
+    """A loopback port that counts the connections made to it (and answers none)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        self.sock.settimeout(0.05)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def listener():
+    found = Listener()
+    yield found
+    found.close()
+
+
+def put_records(ledger_path: Path, url: str) -> tuple[str, str]:
+    """A running job and a write-ahead record whose submitter is gone, both on ``url``."""
+    ledger = Ledger(ledger_path)
+    running = new_record("11111111-0000-4000-8000-000000000001", "x", url, "c1", None)
+    running["status"] = "running"
+    orphan = new_record("11111111-0000-4000-8000-000000000002", "x", url, "c2", None)
+    orphan["submitter"] = {"finished": True}  # gave up: the next command would settle it
+    with ledger.transaction() as tasks:
+        tasks.put(running)
+        tasks.put(orphan)
+    return running["prompt_id"], orphan["prompt_id"]
+
+
+def test_history_no_refresh_makes_no_request(listener, ledger_path, invoke):
+    running, _ = put_records(ledger_path, listener.url)
+    for args in (("history", running, "--no-refresh"), ("history", "--no-refresh"),
+                 ("history", "--no-refresh", "--json")):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.stderr)
+        assert listener.accepted == 0, args
+    # The same one id with refresh (the default) does ask: the count above can move.
+    invoke("history", running)
+    assert listener.accepted > 0
+
+
+def test_apply_observations_is_one_transaction_and_honours_when(ledger_path):
+    url = "http://127.0.0.1:9"
+    running, orphan = put_records(ledger_path, url)
+    ledger = Ledger(ledger_path)
+    changed = jobs.apply_observations(ledger, [
+        Observation("cancelled", running, url),
+        Observation("queued", orphan, url, number=3),
+        Observation("cancelled", "not-in-the-ledger", url),
+        Observation("queued", running, "http://127.0.0.1:10"),  # another server: ignored
+    ], when=lambda r: r["prompt_id"] == running)
+    assert set(changed) == {running}
+    stored = ledger.load()
+    assert stored[running]["status"] == "cancelled"
+    assert stored[orphan]["status"] == "submitting"  # refused by when
+
+
+def test_refresh_is_bounded_and_reports_a_silent_server(ledger_path):
+    hung = socket.socket()  # accepts (the backlog) and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(4)
+    url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    try:
+        running, _ = put_records(ledger_path, url)
+        ledger = Ledger(ledger_path)
+        record = ledger.load()[running]
+        from comfyctl.client import ServerClient
+        from comfyctl.config import ServerSpec
+
+        spec = ServerSpec(name="x", url=url, configured=False, timeout=30, connect_timeout=30)
+        heard: list[str] = []
+        out = jobs.refresh(ledger, [record], lambda r: ServerClient(spec), heard.append,
+                           deadline=0.5)
+        assert out[0]["status"] == "running"  # the ledger's view, unchanged
+        assert len(heard) == 1 and "x" in heard[0]
+    finally:
+        hung.close()
+
+
+def test_by_server_keeps_order():
+    records = [{"server_url": u, "prompt_id": str(i)} for i, u in enumerate("abab")]
+    assert {k: [r["prompt_id"] for r in v] for k, v in jobs.by_server(records).items()} == {
+        "a": ["0", "2"], "b": ["1", "3"]}
