@@ -52,7 +52,9 @@ def command(app: AppContext, jobs: int, steps: int, fmt: str) -> None:
     from comfyctl.submission import Submitter
 
     given = click.get_current_context().find_root().get_parameter_source("ledger_path")
-    with tempfile.TemporaryDirectory(prefix="comfyctl-demo-") as tmp:
+    # A straggling write (an emulator's output, a lease renewal) must not fail the demo at
+    # its very end: the directory is removed as far as it can be.
+    with tempfile.TemporaryDirectory(prefix="comfyctl-demo-", ignore_cleanup_errors=True) as tmp:
         # Only an explicit --ledger is used: a COMFYCTL_LEDGER set for real work is not.
         if given != click.core.ParameterSource.COMMANDLINE:
             app._ledger = Ledger(Path(tmp) / "ledger.json")
