@@ -16,6 +16,7 @@ from comfyctl.records import (
     INTERRUPTED,
     SUCCESS,
     Observation,
+    job_error,
 )
 
 
@@ -98,8 +99,7 @@ def from_history_entry(entry: dict[str, Any], server_url: str, prompt_id: str) -
     elif "execution_interrupted" in names:
         outcome, error = INTERRUPTED, interrupt_summary(names["execution_interrupted"] or {})
     elif status.get("status_str") == "error" or status.get("completed") is False:
-        outcome, error = ERROR, {"type": "error", "message": "The server recorded an error.",
-                                 "node_id": None, "node_type": None}
+        outcome, error = ERROR, job_error("error", "The server recorded an error.")
     prompt = entry.get("prompt")
     extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
     ends = [names.get(n) for n in ("execution_success", "execution_error",
@@ -152,15 +152,13 @@ def _from_job(job: dict[str, Any], server_url: str) -> Observation:
                                error=interrupt_summary(names["execution_interrupted"] or {}))
         return Observation("finished", prompt_id, server_url, outcome=CANCELLED,
                            outputs=job.get("outputs") or {},
-                           error={"type": "cancelled", "message": "Cancelled on the server.",
-                                  "node_id": None, "node_type": None})
+                           error=job_error("cancelled", "Cancelled on the server."))
     if status == "failed":
         err = job.get("execution_error") or {}
         return Observation("finished", prompt_id, server_url, outcome=ERROR,
                            outputs=job.get("outputs") or {},
-                           error=error_summary(err) if err else {
-                               "type": "error", "message": "The server recorded an error.",
-                               "node_id": None, "node_type": None})
+                           error=error_summary(err) if err else job_error(
+                               "error", "The server recorded an error."))
     if status == "completed":
         return Observation("finished", prompt_id, server_url, outcome=SUCCESS,
                            outputs=job.get("outputs") or {})

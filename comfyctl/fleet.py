@@ -19,12 +19,12 @@ from comfyctl.config import Config, ServerSpec, server_name_for_url
 from comfyctl.fanout import fan_out
 from comfyctl.jobs import by_server as group_by_server
 from comfyctl.records import ACTIVE, RUNNING, SUCCESS, age_seconds, parse_time
+from comfyctl.render import REPORT_SCHEMA
 from comfyctl.restart import ServerLog, no_proof, read_log, restart_proof
 from comfyctl.store import Record
 
 log = logging.getLogger("comfyctl.fleet")
 
-REPORT_SCHEMA = {"schema": "comfyctl.fleet-report", "schema_version": 1}
 
 
 @dataclass

@@ -21,6 +21,7 @@ from comfyctl.client import ServerClient
 from comfyctl.config import Config, ServerSpec
 from comfyctl.jobs import by_server as group_by_server
 from comfyctl.records import PENDING, RUNNING, STATUSES, SUBMITTING, age_seconds, parse_time
+from comfyctl.render import METRICS_SCHEMA
 from comfyctl.store import Record, Store
 from comfyctl.stuck import (
     BLOCKED,
@@ -156,7 +157,6 @@ def _summary(family: Family, labels: dict[str, str], values: list[float]) -> Non
     family.add(labels, len(ordered), "_count")
 
 
-METRICS_SCHEMA = {"schema": "comfyctl.metrics", "schema_version": 1}
 
 
 def metrics_json(families: list[Family]) -> dict[str, Any]:

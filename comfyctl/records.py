@@ -168,6 +168,11 @@ class Observation:
     timing: dict[str, str | None] | None = None  # finished: the server's own timestamps
 
 
+def job_error(kind: str, message: str) -> dict[str, Any]:
+    """A record's ``error`` for a failure no node caused (lost, cancelled, submit failed)."""
+    return {"type": kind, "message": message, "node_id": None, "node_type": None}
+
+
 def apply(record: Record, obs: Observation, server_name: str | None = None) -> bool:
     """Fold ``obs`` into ``record`` in place; returns True when the record changed."""
     if obs.server_url != record["server_url"] or obs.prompt_id != record["prompt_id"]:
@@ -221,8 +226,7 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
             return False
         record["status"] = LOST
         record["finished_at"] = obs.at
-        record["error"] = obs.error or {"type": "lost", "node_id": None, "node_type": None,
-                                        "message": "The server no longer knows this job."}
+        record["error"] = obs.error or job_error("lost", "The server no longer knows this job.")
     changed = _fingerprint(record) != before
     if changed:
         record["updated_at"] = now_iso()
@@ -240,10 +244,9 @@ def settle_superseded(record: Record, obs: Observation) -> bool:
             or obs.prompt_id != record["prompt_id"]:
         return False
     if obs.kind == "cancelled":
-        record.update(status=CANCELLED, finished_at=obs.at, error={
-            "type": "superseded", "node_id": None, "node_type": None,
-            "message": f"Cancelled on {record['server']}, where it was still queued or "
-                       f"running: it had been resubmitted as {new}."})
+        record.update(status=CANCELLED, finished_at=obs.at, error=job_error(
+            "superseded", f"Cancelled on {record['server']}, where it was still queued or "
+                          f"running: it had been resubmitted as {new}."))
         how = "cancelled"
     elif obs.kind == "finished":
         record.update(status=obs.outcome or SUCCESS, error=obs.error,

@@ -36,6 +36,11 @@ SUBMIT_SCHEMA = {"schema": "comfyctl.submitted", "schema_version": 1}
 CANCEL_SCHEMA = {"schema": "comfyctl.cancel", "schema_version": 1}
 SERVERS_SCHEMA = {"schema": "comfyctl.servers", "schema_version": 1}
 SERVER_SCHEMA = {"schema": "comfyctl.server", "schema_version": 1}
+FINDING_SCHEMA = {"schema": "comfyctl.finding", "schema_version": 1}
+ACTION_SCHEMA = {"schema": "comfyctl.recovery-action", "schema_version": 1}
+REPORT_SCHEMA = {"schema": "comfyctl.fleet-report", "schema_version": 1}
+METRICS_SCHEMA = {"schema": "comfyctl.metrics", "schema_version": 1}
+VALIDATION_SCHEMA = {"schema": "comfyctl.validation", "schema_version": 1}
 #: Every "<item>-list" document's own version (its shape: header, one list, a few counts).
 LIST_VERSION = 1
 

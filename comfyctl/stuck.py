@@ -36,6 +36,7 @@ from comfyctl.records import (
     Observation,
     age_seconds,
     apply,
+    job_error,
     now_iso,
     parse_time,
     submitter_gone,
@@ -43,6 +44,7 @@ from comfyctl.records import (
 from comfyctl.records import (
     LOST as LOST_STATUS,
 )
+from comfyctl.render import ACTION_SCHEMA, FINDING_SCHEMA
 from comfyctl.restart import (
     ServerLog,
     later_submissions,
@@ -65,8 +67,6 @@ FORGOTTEN = "forgotten"
 BLOCKED = "blocked"
 QUEUED_TOO_LONG = "queued-too-long"
 UNREACHABLE = "unreachable"
-FINDING_SCHEMA = {"schema": "comfyctl.finding", "schema_version": 1}
-ACTION_SCHEMA = {"schema": "comfyctl.recovery-action", "schema_version": 1}
 
 
 @dataclass
@@ -576,11 +576,10 @@ class Repairer:
 
     def _mark_forgotten(self, action: Action, opts: RepairOptions) -> None:
         record = action.finding.record
-        obs = Observation("lost", record["prompt_id"], record["server_url"], error={
-            "type": FORGOTTEN, "node_id": None, "node_type": None,
-            "message": f"Server {record['server']} no longer knows this job, and nothing "
-                       "proves it restarted: " + ((action.finding.evidence or {}).get("why")
-                                                  or "no proof of a restart") + "."})
+        why = (action.finding.evidence or {}).get("why") or "no proof of a restart"
+        obs = Observation("lost", record["prompt_id"], record["server_url"], error=job_error(
+            FORGOTTEN, f"Server {record['server']} no longer knows this job, and nothing "
+                       f"proves it restarted: {why}."))
         self._apply(action, obs, FORGOTTEN)
 
     def _apply(self, action: Action, obs: Observation | None, how: str) -> None:

@@ -29,6 +29,7 @@ from comfyctl.records import (
     SUBMITTING,
     Observation,
     apply,
+    job_error,
     new_record,
     now_iso,
     submitter_gone,
@@ -192,10 +193,9 @@ class Submitter:
                                   record) from None
         if obs.kind == "unknown":
             # Final, so that neither recover nor a retry elsewhere sends this record again.
-            self._settle(record["prompt_id"], status=REJECTED, error={
-                "type": "submit_failed", "node_id": None, "node_type": None,
-                "message": f"The submit failed ({reason}) and the server does not know the "
-                           "job."})
+            self._settle(record["prompt_id"], status=REJECTED, error=job_error(
+                "submit_failed", f"The submit failed ({reason}) and the server does not know "
+                                 "the job."))
             raise SubmitFailed(record["server"], f"{reason}; it does not know the job")
         with self.ledger.transaction() as tasks:
             stored = tasks.remove(record["prompt_id"]) or record
@@ -259,9 +259,8 @@ def settle_submitting(ledger: Store, client_for: Callable[[Record], ServerClient
         except ServerError:
             continue
         if obs.kind == "unknown":
-            obs = Observation("lost", record["prompt_id"], record["server_url"], error={
-                "type": "submit_failed", "node_id": None, "node_type": None,
-                "message": "The submitting process died and the server never got the job."})
+            obs = Observation("lost", record["prompt_id"], record["server_url"], error=job_error(
+                "submit_failed", "The submitting process died and the server never got the job."))
         with ledger.transaction() as tasks:
             stored = tasks.get(record["prompt_id"])
             if stored is not None and stored["status"] == SUBMITTING and apply(stored, obs):

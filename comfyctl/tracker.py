@@ -41,6 +41,7 @@ from comfyctl.records import (
     Observation,
     age_seconds,
     apply,
+    job_error,
     progress_changed_at,
     submitter_gone,
 )
@@ -275,11 +276,10 @@ class Tracker:
         # deleted), which recover does not resubmit unless asked (comfyctl.restart).
         server_log = self.servers[record["server_url"]].log
         proof = restart_proof(record, server_log, list(self.records.values()))
-        return Observation("lost", record["prompt_id"], record["server_url"], error={
-            "type": "lost" if proof else "forgotten", "node_id": None, "node_type": None,
-            "message": f"Server {record['server']} no longer knows this job (not queued, "
-                       f"not running, not in history): {proof or no_proof(record, server_log)}.",
-        })
+        return Observation("lost", record["prompt_id"], record["server_url"], error=job_error(
+            "lost" if proof else "forgotten",
+            f"Server {record['server']} no longer knows this job (not queued, not running, "
+            f"not in history): {proof or no_proof(record, server_log)}."))
 
     def _check_stalls(self) -> None:
         limit = self.options.stall_timeout

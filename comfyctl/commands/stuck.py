@@ -156,7 +156,7 @@ def _fail(quiet: bool, error: ComfyctlError) -> NoReturn:
 
 
 def _print_findings(findings: list[Any], checked: int, fmt: str) -> None:
-    from comfyctl.stuck import FINDING_SCHEMA
+    from comfyctl.render import FINDING_SCHEMA
 
     if fmt == "json":
         click.echo(json.dumps(list_document(FINDING_SCHEMA, "findings",
@@ -239,7 +239,7 @@ def recover_command(app: AppContext, /, prompt_ids: tuple[str, ...], servers: tu
                                                and a.action == "record-success"],
                                          Path(download_dir))
     if not quiet:
-        from comfyctl.stuck import ACTION_SCHEMA
+        from comfyctl.render import ACTION_SCHEMA
 
         items = [{**action.to_json(), "dry_run": dry_run} for action in actions]
         if fmt == "json":

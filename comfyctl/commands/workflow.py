@@ -11,13 +11,13 @@ import click
 from comfyctl.context import AppContext
 from comfyctl.errors import UsageProblem, WorkflowInvalid, WorkflowProblems
 from comfyctl.options import output_format, server_option
+from comfyctl.render import VALIDATION_SCHEMA
 
 if TYPE_CHECKING:
     from comfyctl.config import ServerSpec
     from comfyctl.prepare import Preparer, Workflow
 
 MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
-VALIDATION_SCHEMA = {"schema": "comfyctl.validation", "schema_version": 1}
 
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="NODE.INPUT=VALUE",
