@@ -322,18 +322,23 @@ def bench_postgres(jobs: int, size: int, runs: int) -> None:
         emu.stop()
 
 
+def slow_job(tmp: str, steps: int, seconds_per_step: float) -> tuple[dict[str, str], Path]:
+    """An environment with a fresh ledger and no servers, and a SlowProgress workflow file."""
+    env = {**os.environ, "COMFYCTL_LEDGER": str(Path(tmp) / "ledger.json"),
+           "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
+    graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"], "steps": steps,
+                                                      "seconds_per_step": seconds_per_step}}}
+    wf = Path(tmp) / "wf.json"
+    wf.write_text(json.dumps(graph))
+    return env, wf
+
+
 def bench_watch(jobs: int, servers: int, steps: int) -> None:
     print("watch", flush=True)
     emus = [Emulator().start() for _ in range(servers)]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "COMFYCTL_LEDGER": str(Path(tmp) / "ledger.json"),
-                   "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
-            graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"],
-                                                              "steps": steps,
-                                                              "seconds_per_step": 0.01}}}
-            wf = Path(tmp) / "wf.json"
-            wf.write_text(json.dumps(graph))
+            env, wf = slow_job(tmp, steps, 0.01)
             args = [sys.executable, "-m", "comfyctl", "submit", str(wf), "--count", str(jobs),
                     "--vary-seed"]
             for emu in emus:
@@ -455,13 +460,7 @@ def bench_observers(steps: int) -> None:
     emu = Emulator().start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "COMFYCTL_LEDGER": str(Path(tmp) / "ledger.json"),
-                   "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
-            graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"],
-                                                              "steps": steps,
-                                                              "seconds_per_step": 0.2}}}
-            wf = Path(tmp) / "wf.json"
-            wf.write_text(json.dumps(graph))
+            env, wf = slow_job(tmp, steps, 0.2)
             leases = leases_for(Ledger(Path(tmp) / "ledger.json"))
 
             def start() -> tuple[str, subprocess.Popen[str], subprocess.Popen[str]]:

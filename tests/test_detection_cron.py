@@ -7,21 +7,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
-from pathlib import Path
 
 import requests
-from workflows import slow_graph
+from workflows import slow_graph, submit_jobs
 
 from comfyctl.ledger import Ledger
-
-
-def submit(invoke, tmp_path: Path, server: str, g: dict, count: int = 1) -> list[str]:
-    wf = tmp_path / f"wf-{uuid.uuid4().hex[:6]}.json"
-    wf.write_text(json.dumps(g))
-    result = invoke("submit", str(wf), "-s", server, "--count", str(count))
-    assert result.exit_code == 0, result.stderr
-    return result.stdout.split()
 
 
 def stalling(steps: int = 400, at: int = 210) -> dict:
@@ -38,8 +28,8 @@ def lines(text: str) -> list[dict]:
 def test_cron_only_finds_the_stall_and_never_the_slow_steady_job(
         emulator_factory, tmp_path, ledger_path, invoke, run_comfyctl):
     stuck_server, slow_server = emulator_factory(), emulator_factory()
-    (stuck,) = submit(invoke, tmp_path, stuck_server.url, stalling())
-    (slow,) = submit(invoke, tmp_path, slow_server.url, slow_graph(steps=80, seconds=0.5))
+    (stuck,) = submit_jobs(invoke, tmp_path, stuck_server.url, stalling())
+    (slow,) = submit_jobs(invoke, tmp_path, slow_server.url, slow_graph(steps=80, seconds=0.5))
     time.sleep(0.5)
     reports = []
     for run in range(3):
@@ -63,7 +53,7 @@ def test_cron_only_finds_the_stall_and_never_the_slow_steady_job(
 
 def test_a_stall_a_watcher_saw_reaching_52_25_percent_keeps_its_percentage(
         emulator, tmp_path, ledger_path, invoke):
-    (pid,) = submit(invoke, tmp_path, emulator.url, stalling())
+    (pid,) = submit_jobs(invoke, tmp_path, emulator.url, stalling())
     watched = invoke("watch", pid, "--timeout", "1.5", "--poll-interval", "0.3")
     assert watched.exit_code == 5
     assert invoke("detect-stuck", "--stall-after", "3", "--nl").exit_code == 0
@@ -76,7 +66,7 @@ def test_a_stall_a_watcher_saw_reaching_52_25_percent_keeps_its_percentage(
 
 def test_a_deleted_history_entry_is_forgotten_not_lost(emulator, tmp_path, ledger_path,
                                                        invoke):
-    (pid,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
+    (pid,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     emulator.wait_idle(timeout=10)
     requests.post(emulator.url + "/history", json={"delete": [pid]}, timeout=5)
     detected = invoke("detect-stuck", "--nl")
@@ -111,7 +101,7 @@ def test_a_deleted_history_entry_is_forgotten_not_lost(emulator, tmp_path, ledge
 
 def test_after_a_real_restart_queued_jobs_are_lost_and_resubmitted_once(
         emulator, tmp_path, ledger_path, invoke):
-    ids = submit(invoke, tmp_path, emulator.url, slow_graph(steps=200, seconds=0.05), count=3)
+    ids = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=200, seconds=0.05), count=3)
     time.sleep(0.3)
     emulator.restart()
     detected = invoke("detect-stuck", "--nl")
@@ -133,7 +123,7 @@ def test_a_foreign_stalled_job_ahead_of_ours_is_named(emulator, tmp_path, ledger
                                                       invoke):
     foreign = requests.post(emulator.url + "/prompt", json={
         "prompt": stalling(), "client_id": "webui-7f3a"}, timeout=5).json()["prompt_id"]
-    (ours,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
+    (ours,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     first = invoke("detect-stuck", "--stall-after", "1", "--nl")
     assert first.exit_code == 0, first.stdout  # first sighting: just timed
     time.sleep(1.5)
@@ -155,8 +145,8 @@ def test_a_foreign_stalled_job_ahead_of_ours_is_named(emulator, tmp_path, ledger
 
 def test_watch_calls_a_job_deleted_from_the_queue_forgotten_and_recover_keeps_it(
         emulator, tmp_path, ledger_path, invoke):
-    (ahead,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=100, seconds=0.05))
-    (deleted,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
+    (ahead,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=100, seconds=0.05))
+    (deleted,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     threading.Timer(0.8, lambda: requests.post(emulator.url + "/queue",
                                                json={"delete": [deleted]}, timeout=5)).start()
     watched = invoke("watch", deleted, "--poll-interval", "0.3", "--timeout", "20")

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from workflows import slow_graph
+from workflows import slow_graph, submit_jobs
 
 from comfyctl.hooks import claim
 from comfyctl.ledger import Ledger
@@ -27,12 +27,6 @@ RECORDER = ('f="$HOOKS/run.$$"; '
             'cat > "$f.stdin"; mv "$f.tmp" "$f"')
 
 
-def submit(invoke, tmp_path: Path, server: str, graph: dict, count: int = 1) -> list[str]:
-    wf = tmp_path / f"wf{len(list(tmp_path.glob('wf*.json')))}.json"
-    wf.write_text(json.dumps(graph))
-    result = invoke("submit", str(wf), "-s", server, "--count", str(count))
-    assert result.exit_code == 0, result.stderr
-    return result.stdout.split()
 
 
 def runs(hooks: Path) -> list[dict]:
@@ -58,8 +52,9 @@ def watcher(ids: list[str], hooks: Path, *extra: str) -> subprocess.Popen[str]:
 def test_two_watchers_of_four_jobs_on_two_servers_run_the_hook_four_times(
         invoke, emulator_factory, tmp_path, ledger_path):
     a, b = emulator_factory(), emulator_factory(jobs_api=True)
-    ids = submit(invoke, tmp_path, a.url, slow_graph(steps=8, seconds=0.1), count=2)
-    ids += submit(invoke, tmp_path, b.url, slow_graph(steps=8, seconds=0.1, fail_at=4), count=2)
+    ids = submit_jobs(invoke, tmp_path, a.url, slow_graph(steps=8, seconds=0.1), count=2)
+    ids += submit_jobs(invoke, tmp_path, b.url, slow_graph(steps=8, seconds=0.1, fail_at=4),
+                       count=2)
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     procs = [watcher(ids, hooks), watcher(ids, hooks)]
@@ -86,8 +81,8 @@ def test_two_watchers_of_four_jobs_on_two_servers_run_the_hook_four_times(
 def test_a_hanging_hook_does_not_delay_the_others_and_changes_no_record(
         invoke, emulator_factory, tmp_path, ledger_path, monkeypatch):
     a, b = emulator_factory(), emulator_factory()
-    (first,) = submit(invoke, tmp_path, a.url, slow_graph(steps=1, seconds=0.01))
-    others = submit(invoke, tmp_path, b.url, slow_graph(steps=6, seconds=0.1), count=2)
+    (first,) = submit_jobs(invoke, tmp_path, a.url, slow_graph(steps=1, seconds=0.01))
+    others = submit_jobs(invoke, tmp_path, b.url, slow_graph(steps=6, seconds=0.1), count=2)
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     monkeypatch.setenv("HOOKS", str(hooks))
@@ -110,7 +105,7 @@ def test_a_hanging_hook_does_not_delay_the_others_and_changes_no_record(
 
 def test_a_failing_hook_is_reported_and_its_output_kept_off_stdout(
         invoke, emulator, tmp_path, ledger_path):
-    (pid,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
+    (pid,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     result = invoke("watch", pid, "--exec", "echo to-stdout; echo to-stderr >&2; exit 3",
                     "--poll-interval", "0.3")
     assert result.exit_code == 0, result.stderr
@@ -122,7 +117,7 @@ def test_a_failing_hook_is_reported_and_its_output_kept_off_stdout(
 
 def test_recover_announces_what_it_settles_once_and_a_later_watch_stays_quiet(
         invoke, emulator, tmp_path, ledger_path, monkeypatch):
-    ids = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01), count=2)
+    ids = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01), count=2)
     emulator.wait_idle(timeout=20)
     hooks = tmp_path / "hooks"
     hooks.mkdir()
@@ -139,7 +134,7 @@ def test_recover_announces_what_it_settles_once_and_a_later_watch_stays_quiet(
 
 def test_a_watcher_without_hooks_leaves_the_announcement_to_one_with_them(
         invoke, emulator, tmp_path, ledger_path, monkeypatch):
-    (pid,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
+    (pid,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     assert invoke("watch", pid).exit_code == 0
     assert "notified" not in Ledger(ledger_path).get(pid)
     hooks = tmp_path / "hooks"
@@ -254,8 +249,8 @@ def test_the_configured_webhook_per_server_or_global_and_never_shown(
             f'[servers.a]\nurl = "{a.url}"\n'
             f'[servers.b]\nurl = "{b.url}"\nwebhook = "{other.url}"\n'
             'webhook_secret = "b-secret"\n')
-        pa = submit(invoke, tmp_path, "a", slow_graph(steps=2, seconds=0.01))
-        pb = submit(invoke, tmp_path, "b", slow_graph(steps=2, seconds=0.01))
+        pa = submit_jobs(invoke, tmp_path, "a", slow_graph(steps=2, seconds=0.01))
+        pb = submit_jobs(invoke, tmp_path, "b", slow_graph(steps=2, seconds=0.01))
         result = invoke("watch", *pa, *pb, "--poll-interval", "0.3")
         assert result.exit_code == 0, result.stderr
         assert [json.loads(b)["prompt_id"] for _, b in receiver.delivered()] == pa
@@ -273,7 +268,7 @@ def test_the_configured_webhook_per_server_or_global_and_never_shown(
 
 def test_a_webhook_that_keeps_failing_is_given_up_and_reported_by_host_only(
         invoke, emulator, tmp_path, ledger_path):
-    (pid,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
+    (pid,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     result = invoke("watch", pid, "--webhook", "http://127.0.0.1:9/x/TOKENPATH",
                     "--exec-timeout", "2")
     # Port 9 refuses at once; the retry budget bounds the wait.
@@ -284,7 +279,7 @@ def test_a_webhook_that_keeps_failing_is_given_up_and_reported_by_host_only(
 
 
 def test_a_webhook_that_is_not_a_url_is_a_usage_error(invoke, emulator, tmp_path):
-    (pid,) = submit(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
+    (pid,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     result = invoke("watch", pid, "--webhook", "ftp://x")
     assert result.exit_code == 2
     assert "--webhook needs an http(s) URL" in result.stderr
@@ -303,8 +298,8 @@ def test_ctrl_c_does_not_wait_out_a_hanging_hook(invoke, emulator_factory, tmp_p
     import time
 
     a, b = emulator_factory(), emulator_factory()
-    (quick,) = submit(invoke, tmp_path, a.url, slow_graph(steps=1, seconds=0.01))
-    (slow,) = submit(invoke, tmp_path, b.url, slow_graph(steps=600, seconds=0.05))
+    (quick,) = submit_jobs(invoke, tmp_path, a.url, slow_graph(steps=1, seconds=0.01))
+    (slow,) = submit_jobs(invoke, tmp_path, b.url, slow_graph(steps=600, seconds=0.05))
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     proc = subprocess.Popen(

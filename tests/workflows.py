@@ -54,3 +54,15 @@ def node_spec(*inputs: tuple, output: tuple = (), name: str = "") -> dict:
     return {"input": {"required": {n: [t, o] for n, t, o in inputs}},
             "input_order": {"required": [n for n, _, _ in inputs]},
             "output": list(output), "display_name": name}
+
+
+def submit_jobs(invoke, tmp_path, server: str, graph: dict, count: int = 1) -> list[str]:
+    """Submit ``graph`` to ``server`` in-process; the printed prompt ids."""
+    import json
+    import uuid
+
+    wf = tmp_path / f"wf-{uuid.uuid4().hex[:6]}.json"
+    wf.write_text(json.dumps(graph))
+    result = invoke("submit", str(wf), "-s", server, "--count", str(count))
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.split()
