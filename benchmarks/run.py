@@ -3,6 +3,11 @@
     python benchmarks/run.py            # everything (a few minutes on 2 cores)
     python benchmarks/run.py --quick    # fewer repetitions, smaller ledgers
     python benchmarks/run.py --stores   # only the ledger stores at 100,000 records
+    python benchmarks/run.py --only watch   # one group: startup, ledger, submit, stores,
+                                            # watch, fanout, hooks, observers
+
+The package is byte-compiled first, as ``pip install`` leaves it: start-up figures then
+measure comfyctl, not the compiler.
 
 Every comparison is measured in the same run on the same machine. Nothing is typed by hand.
 """
@@ -10,6 +15,7 @@ Every comparison is measured in the same run on the same machine. Nothing is typ
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -54,12 +60,18 @@ def report(name: str, value: str, note: str = "") -> None:
     print(f"  {name:<58} {value:>14}  {note}", flush=True)
 
 
-def median_wall(cmd: list[str], runs: int, env: dict | None = None) -> float:
+def median_wall(cmd: list[str], runs: int, env: dict | None = None,
+                lines: int | None = None) -> float:
+    """Median wall time of ``cmd``; with ``lines``, each run must print that many lines
+    (a fast run that printed nothing measures nothing)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=True, env={**os.environ, **(env or {})})
+        proc = subprocess.run(cmd, capture_output=True, check=True, text=True,
+                              env={**os.environ, **(env or {})})
         times.append(time.perf_counter() - start)
+        if lines is not None and len(proc.stdout.splitlines()) != lines:
+            raise SystemExit(f"{' '.join(cmd[2:])} printed {proc.stdout!r}, not {lines} lines")
     return statistics.median(times)
 
 
@@ -183,7 +195,7 @@ def bench_ledger(sizes: list[int], runs: int) -> None:
             previous = med["update"]
             env = {"COMFYCTL_LEDGER": str(path), "COMFYCTL_CONFIG": empty_config(tmp, "x.toml")}
             hist = median_wall([sys.executable, "-m", "comfyctl", "history", "--limit", "20"],
-                               runs, env)
+                               runs, env, lines=22)
             report(f"comfyctl history --limit 20 over {size} records", f"{hist * 1000:.0f} ms",
                    "target <= 300 ms at 100000" if size == 100_000 else "")
             rss = peak_rss_mb(["history", "--limit", "20"], env)
@@ -312,7 +324,7 @@ def bench_postgres(jobs: int, size: int, runs: int) -> None:
             fill_postgres(full, size)
             env = {"COMFYCTL_LEDGER": full, "COMFYCTL_CONFIG": empty_config(tmp, "x.toml")}
             hist = median_wall([sys.executable, "-m", "comfyctl", "history", "--limit", "20"],
-                               runs, env)
+                               runs, env, lines=22)
             report(f"PostgreSQL store: history --limit 20 over {size} records",
                    f"{hist * 1000:.0f} ms", "whole process (target <= 300 ms)")
             rss = peak_rss_mb(["history", "--limit", "20"], env)
@@ -511,6 +523,32 @@ def bench_observers(steps: int) -> None:
         emu.stop()
 
 
+def _stores(quick: bool, runs: int) -> None:
+    bench_ledger([100_000], runs)
+    bench_store_submit(100, 100_000)
+    bench_postgres(100, 100_000, runs)
+
+
+def _submit(quick: bool, runs: int) -> None:
+    bench_submit(20 if quick else 50)
+    bench_store_submit(50 if quick else 100, 100_000)
+
+
+# Each group of figures, called with (quick, runs).
+GROUPS: dict[str, Any] = {
+    "startup": lambda quick, runs: bench_startup(runs),
+    "ledger": lambda quick, runs: bench_ledger([1000, 10000] if quick else
+                                               [1000, 10000, 100000], 3),
+    "submit": _submit,
+    "stores": _stores,
+    "postgres": lambda quick, runs: bench_postgres(50 if quick else 100, 100_000, runs),
+    "watch": lambda quick, runs: bench_watch(40 if quick else 200, 4, 20),
+    "fanout": lambda quick, runs: bench_fanout(1000, 10, 2.0),
+    "hooks": lambda quick, runs: bench_hooks_metrics(10000 if quick else 100000, runs),
+    "observers": lambda quick, runs: bench_observers(30),
+}
+
+
 def main() -> None:
     import logging
 
@@ -521,26 +559,20 @@ def main() -> None:
                         help="put the figures in README.md's Performance section")
     parser.add_argument("--stores", action="store_true",
                         help="only the ledger-store figures (JSON and PostgreSQL at 100,000)")
+    parser.add_argument("--only", choices=sorted(GROUPS), help="run one group of figures")
     args = parser.parse_args()
+    compileall.compile_dir(ROOT / "comfyctl", quiet=1)
     runs = 3 if args.quick else 5
-    if args.stores:
-        bench_ledger([100_000], runs)
-        bench_store_submit(100, 100_000)
-        bench_postgres(100, 100_000, runs)
+    if args.stores or args.only:
+        GROUPS[args.only or "stores"](args.quick, runs)
         return
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
                f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
     print(f"machine: {machine}")
-    bench_startup(runs)
-    bench_ledger([1000, 10000] if args.quick else [1000, 10000, 100000], 3)
-    bench_submit(20 if args.quick else 50)
-    bench_store_submit(50 if args.quick else 100, 100_000)
-    bench_postgres(50 if args.quick else 100, 100_000, runs)
-    bench_watch(40 if args.quick else 200, 4, 20)
-    bench_fanout(1000, 10, 2.0)
-    bench_hooks_metrics(10000 if args.quick else 100000, runs)
-    bench_observers(30)
+    for name in ("startup", "ledger", "submit", "postgres", "watch", "fanout", "hooks",
+                 "observers"):
+        GROUPS[name](args.quick, runs)
     if args.write_readme:
         write_readme(machine, "python benchmarks/run.py" + (" --quick" if args.quick else ""))
 

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from comfyctl.render import LiveArea
+from comfyctl.render import LiveArea, table
 
 
 def job(n: int, status: str, percent: float = 0.0) -> dict:
@@ -67,3 +67,20 @@ def test_pending_jobs_show_their_place_in_the_queue_and_come_after_running_ones(
     frame = last_frame(stream)
     assert "00000002 running" in frame[0]
     assert frame[1].endswith("pending    queued, #2 in line")
+
+
+def test_a_table_aligns_columns_by_what_the_terminal_shows() -> None:
+    # Colour codes take no column, a CJK character takes two, a header gets two spare
+    # columns, padding never trails a line, and a multi-line cell stays on its row.
+    red = "\x1b[31merror\x1b[0m"
+    text = table(("id", "label", "status"), [["abc", "日本", red], ["a", "two\nlines", "ok"]])
+    assert text.splitlines() == [
+        "id    label      status",
+        "----  ---------  --------",
+        f"abc   日本       {red}",
+        "a     two lines  ok",
+    ]
+
+
+def test_an_empty_table_still_names_its_columns() -> None:
+    assert table(("server", "url"), []) == "server    url\n--------  -----"

@@ -140,10 +140,13 @@ def _server_messages(app: AppContext, record: Record) -> list[Any] | None:
 
 def _settle_orphans(app: AppContext, ledger: Records) -> None:
     """Write-ahead records whose submitting process died are settled on sight."""
+    submitting = ledger.select(statuses={SUBMITTING})
+    if not submitting:  # the common case: no HTTP client is even imported
+        return
     from comfyctl.submission import settle_submitting
 
     # Only records whose process is gone are asked about; they are updated in place.
-    settle_submitting(app.ledger, app.client_for_record, ledger.select(statuses={SUBMITTING}))
+    settle_submitting(app.ledger, app.client_for_record, submitting)
 
 
 def select(app: AppContext, ledger: Records, servers: tuple[str, ...],
