@@ -38,10 +38,14 @@ from comfyctl.ledger import Ledger  # noqa: E402
 from comfyctl.records import Observation, apply, new_record  # noqa: E402
 
 GRAPH = {
-    "1": {"class_type": "EmptyImage",
-          "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-    "2": {"class_type": "SlowProgress",
-          "inputs": {"image": ["1", 0], "steps": 1, "seconds_per_step": 0.0, "seed": 0}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+    },
+    "2": {
+        "class_type": "SlowProgress",
+        "inputs": {"image": ["1", 0], "steps": 1, "seconds_per_step": 0.0, "seed": 0},
+    },
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "b"}},
 }
 rows: list[tuple[str, str, str]] = []
@@ -60,37 +64,54 @@ def report(name: str, value: str, note: str = "") -> None:
     print(f"  {name:<58} {value:>14}  {note}", flush=True)
 
 
-def median_wall(cmd: list[str], runs: int, env: dict | None = None,
-                lines: int | None = None) -> float:
+def median_wall(
+    cmd: list[str], runs: int, env: dict | None = None, lines: int | None = None
+) -> float:
     """Median wall time of ``cmd``; with ``lines``, each run must print that many lines
     (a fast run that printed nothing measures nothing)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, check=True, text=True,
-                              env={**os.environ, **(env or {})})
+        proc = subprocess.run(
+            cmd, capture_output=True, check=True, text=True, env={**os.environ, **(env or {})}
+        )
         times.append(time.perf_counter() - start)
         if lines is not None and len(proc.stdout.splitlines()) != lines:
             raise SystemExit(f"{' '.join(cmd[2:])} printed {proc.stdout!r}, not {lines} lines")
     return statistics.median(times)
 
 
-def make_ledger(path: Path, count: int, servers: list[str] | None = None,
-                status: str = "success") -> Ledger:
+def make_ledger(
+    path: Path, count: int, servers: list[str] | None = None, status: str = "success"
+) -> Ledger:
     servers = servers or ["http://127.0.0.1:8188"]
     records = {}
     for i in range(count):
         url = servers[i % len(servers)]
         pid = f"{i:08d}-0000-4000-8000-000000000000"
-        rec = new_record(pid, url.split("://")[1], url, f"comfyctl-{i:032x}", None,
-                         {"batch": str(i % 10)})
+        rec = new_record(
+            pid, url.split("://")[1], url, f"comfyctl-{i:032x}", None, {"batch": str(i % 10)}
+        )
         # A realistic finished record: progress, a short progress history, one output.
-        observations = [Observation("progress", pid, url, value=v, max=20, node="2")
-                        for v in (5, 10, 15, 20)]
+        observations = [
+            Observation("progress", pid, url, value=v, max=20, node="2") for v in (5, 10, 15, 20)
+        ]
         if status == "success":
-            observations.append(Observation("finished", pid, url, outcome="success", outputs={
-                "3": {"images": [{"filename": f"b_{i:05}_.png", "subfolder": "",
-                                  "type": "output"}]}}))
+            observations.append(
+                Observation(
+                    "finished",
+                    pid,
+                    url,
+                    outcome="success",
+                    outputs={
+                        "3": {
+                            "images": [
+                                {"filename": f"b_{i:05}_.png", "subfolder": "", "type": "output"}
+                            ]
+                        }
+                    },
+                )
+            )
         for obs in observations:
             apply(rec, obs)
         rec["number"] = i
@@ -112,22 +133,33 @@ def bench_startup(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Path(tmp) / "ledger.json"
         make_ledger(ledger, 1000)
-        env = {"COMFYCTL_LEDGER": str(ledger),
-               "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
+        env = {"COMFYCTL_LEDGER": str(ledger), "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
         helped = median_wall([py, "-m", "comfyctl", "--help"], runs, env)
-        report("comfyctl --help", f"{helped * 1000:.0f} ms",
-               f"{helped / base:.2f}x import click (target <= 1.5x)")
+        report(
+            "comfyctl --help",
+            f"{helped * 1000:.0f} ms",
+            f"{helped / base:.2f}x import click (target <= 1.5x)",
+        )
         # TAB after "comfyctl " lists the commands; after "comfyctl watch --", watch's options.
-        for words, cword, what in (("comfyctl ", 1, "command names"),
-                                   ("comfyctl watch --", 2, "watch's options")):
-            completion = {"_COMFYCTL_COMPLETE": "bash_complete", "COMP_WORDS": words,
-                          "COMP_CWORD": str(cword)}
+        for words, cword, what in (
+            ("comfyctl ", 1, "command names"),
+            ("comfyctl watch --", 2, "watch's options"),
+        ):
+            completion = {
+                "_COMFYCTL_COMPLETE": "bash_complete",
+                "COMP_WORDS": words,
+                "COMP_CWORD": str(cword),
+            }
             took = median_wall([py, "-m", "comfyctl"], runs, {**env, **completion})
-            report(f"completion: {what}", f"{took * 1000:.0f} ms",
-                   f"{took / base:.2f}x import click")
+            report(
+                f"completion: {what}", f"{took * 1000:.0f} ms", f"{took / base:.2f}x import click"
+            )
         hist = median_wall([py, "-m", "comfyctl", "history", "--limit", "20"], runs, env)
-        report("comfyctl history --limit 20 (1k-record ledger)", f"{hist * 1000:.0f} ms",
-               f"{hist / base:.1f}x import click")
+        report(
+            "comfyctl history --limit 20 (1k-record ledger)",
+            f"{hist * 1000:.0f} ms",
+            f"{hist / base:.1f}x import click",
+        )
 
 
 LEDGER_PROBE = r"""
@@ -163,8 +195,13 @@ finally:
 
 
 def peak_rss_mb(args: list[str], env: dict[str, str]) -> float:
-    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *args], capture_output=True,
-                          text=True, env={**os.environ, **env}, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_WRAPPER, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=ROOT,
+    )
     return int(proc.stderr.rsplit("VmHWM", 1)[1]) / 1024
 
 
@@ -180,27 +217,46 @@ def bench_ledger(sizes: list[int], runs: int) -> None:
         for size in sizes:
             path = Path(tmp) / f"l{size}" / "ledger.json"
             make_ledger(path, size)
-            results = [json.loads(subprocess.run(
-                [sys.executable, "-c", LEDGER_PROBE, str(path), str(ROOT)], capture_output=True,
-                text=True, check=True).stdout) for _ in range(runs)]
+            results = [
+                json.loads(
+                    subprocess.run(
+                        [sys.executable, "-c", LEDGER_PROBE, str(path), str(ROOT)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
+                )
+                for _ in range(runs)
+            ]
             med = {k: statistics.median(r[k] for r in results) for k in results[0]}
             mb = ledger_size_mb(path)
-            report(f"ledger {size:>6} records ({mb:.1f} MB): load + unsettled jobs",
-                   f"{med['load'] * 1000:.1f} ms")
+            report(
+                f"ledger {size:>6} records ({mb:.1f} MB): load + unsettled jobs",
+                f"{med['load'] * 1000:.1f} ms",
+            )
             report(f"ledger {size:>6} records: newest 20", f"{med['query'] * 1000:.1f} ms")
-            report(f"ledger {size:>6} records: write-ahead put (locked write)",
-                   f"{med['update'] * 1000:.1f} ms",
-                   f"x{med['update'] / previous:.1f} vs previous size" if previous else "")
+            report(
+                f"ledger {size:>6} records: write-ahead put (locked write)",
+                f"{med['update'] * 1000:.1f} ms",
+                f"x{med['update'] / previous:.1f} vs previous size" if previous else "",
+            )
             report(f"ledger {size:>6} records: peak RSS of the above", f"{med['rss_mb']:.0f} MB")
             previous = med["update"]
             env = {"COMFYCTL_LEDGER": str(path), "COMFYCTL_CONFIG": empty_config(tmp, "x.toml")}
-            hist = median_wall([sys.executable, "-m", "comfyctl", "history", "--limit", "20"],
-                               runs, env, lines=22)
-            report(f"comfyctl history --limit 20 over {size} records", f"{hist * 1000:.0f} ms",
-                   "target <= 300 ms at 100000" if size == 100_000 else "")
+            hist = median_wall(
+                [sys.executable, "-m", "comfyctl", "history", "--limit", "20"], runs, env, lines=22
+            )
+            report(
+                f"comfyctl history --limit 20 over {size} records",
+                f"{hist * 1000:.0f} ms",
+                "target <= 300 ms at 100000" if size == 100_000 else "",
+            )
             rss = peak_rss_mb(["history", "--limit", "20"], env)
-            report(f"comfyctl history --limit 20 over {size} records: peak RSS", f"{rss:.0f} MB",
-                   "target <= 60 MB at 100000" if size == 100_000 else "")
+            report(
+                f"comfyctl history --limit 20 over {size} records: peak RSS",
+                f"{rss:.0f} MB",
+                "target <= 60 MB at 100000" if size == 100_000 else "",
+            )
 
 
 def submit_median(ledger: Any, url: str, jobs: int) -> float:
@@ -235,8 +291,11 @@ def bench_store_submit(jobs: int, size: int) -> None:
                 f.append(submit_median(full, emu.url, jobs // 5))
             e_med, f_med = statistics.median(e), statistics.median(f)
             report("JSON store: submit, empty ledger", f"{e_med * 1000:.1f} ms")
-            report(f"JSON store: submit, {size} finished records", f"{f_med * 1000:.1f} ms",
-                   f"{f_med / e_med:.2f}x empty (target <= 1.2x)")
+            report(
+                f"JSON store: submit, {size} finished records",
+                f"{f_med * 1000:.1f} ms",
+                f"{f_med / e_med:.2f}x empty (target <= 1.2x)",
+            )
     finally:
         emu.stop()
 
@@ -258,8 +317,10 @@ def bench_submit(jobs: int) -> None:
             session = requests.Session()
             bare, ours = [], []
             for i in range(jobs):
-                graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"],
-                                                                  "seed": i}}}
+                graph = {
+                    **GRAPH,
+                    "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"], "seed": i}},
+                }
                 start = time.perf_counter()
                 session.post(emu.url + "/prompt", json={"prompt": graph}).raise_for_status()
                 bare.append(time.perf_counter() - start)
@@ -268,8 +329,11 @@ def bench_submit(jobs: int) -> None:
                 ours.append(time.perf_counter() - start)
             b, o = statistics.median(bare), statistics.median(ours)
             report("bare requests.post /prompt", f"{b * 1000:.1f} ms")
-            report("comfyctl submit (write-ahead + post + ledger)", f"{o * 1000:.1f} ms",
-                   f"{o / b:.1f}x bare post")
+            report(
+                "comfyctl submit (write-ahead + post + ledger)",
+                f"{o * 1000:.1f} ms",
+                f"{o / b:.1f}x bare post",
+            )
     finally:
         emu.stop()
 
@@ -284,12 +348,17 @@ def fill_postgres(url: str, count: int) -> None:
     open_store(url).load()  # creates the tables
     with tempfile.TemporaryDirectory() as tmp:
         records = make_ledger(Path(tmp) / "ledger.json", count).load().values()
-    with psycopg.connect(url) as conn, conn.cursor() as cur, cur.copy(
-            "COPY comfyctl_tasks (prompt_id, server_url, status, submitted_at, record) "
-            "FROM STDIN") as copy:
+    with (
+        psycopg.connect(url) as conn,
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY comfyctl_tasks (prompt_id, server_url, status, submitted_at, record) FROM STDIN"
+        ) as copy,
+    ):
         for r in records:
-            copy.write_row((r["prompt_id"], r["server_url"], r["status"], r["submitted_at"],
-                            json.dumps(r)))
+            copy.write_row(
+                (r["prompt_id"], r["server_url"], r["status"], r["submitted_at"], json.dumps(r))
+            )
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE comfyctl_tasks")
 
@@ -306,8 +375,7 @@ def bench_postgres(jobs: int, size: int, runs: int) -> None:
     print("PostgreSQL store (a local server, fsync on)", flush=True)
     emu = Emulator().start()
     try:
-        with pgserver.ThrowawayPostgres(fsync=True) as pg, \
-                tempfile.TemporaryDirectory() as tmp:
+        with pgserver.ThrowawayPostgres(fsync=True) as pg, tempfile.TemporaryDirectory() as tmp:
             empty_json = Ledger(Path(tmp) / "ledger.json")
             empty_pg = open_store(pg.database())
             submit_median(empty_json, emu.url, 5)
@@ -317,29 +385,49 @@ def bench_postgres(jobs: int, size: int, runs: int) -> None:
                 j.append(submit_median(empty_json, emu.url, jobs // 5))
                 p.append(submit_median(empty_pg, emu.url, jobs // 5))
             j_med, p_med = statistics.median(j), statistics.median(p)
-            report("PostgreSQL store: submit, empty ledger", f"{p_med * 1000:.1f} ms",
-                   f"{p_med / j_med:.2f}x the JSON store's {j_med * 1000:.1f} ms "
-                   "(target <= 1.5x)")
+            report(
+                "PostgreSQL store: submit, empty ledger",
+                f"{p_med * 1000:.1f} ms",
+                f"{p_med / j_med:.2f}x the JSON store's {j_med * 1000:.1f} ms (target <= 1.5x)",
+            )
             full = pg.database()
             fill_postgres(full, size)
             env = {"COMFYCTL_LEDGER": full, "COMFYCTL_CONFIG": empty_config(tmp, "x.toml")}
-            hist = median_wall([sys.executable, "-m", "comfyctl", "history", "--limit", "20"],
-                               runs, env, lines=22)
-            report(f"PostgreSQL store: history --limit 20 over {size} records",
-                   f"{hist * 1000:.0f} ms", "whole process (target <= 300 ms)")
+            hist = median_wall(
+                [sys.executable, "-m", "comfyctl", "history", "--limit", "20"], runs, env, lines=22
+            )
+            report(
+                f"PostgreSQL store: history --limit 20 over {size} records",
+                f"{hist * 1000:.0f} ms",
+                "whole process (target <= 300 ms)",
+            )
             rss = peak_rss_mb(["history", "--limit", "20"], env)
-            report(f"PostgreSQL store: history --limit 20 over {size} records: peak RSS",
-                   f"{rss:.0f} MB")
+            report(
+                f"PostgreSQL store: history --limit 20 over {size} records: peak RSS",
+                f"{rss:.0f} MB",
+            )
     finally:
         emu.stop()
 
 
 def slow_job(tmp: str, steps: int, seconds_per_step: float) -> tuple[dict[str, str], Path]:
     """An environment with a fresh ledger and no servers, and a SlowProgress workflow file."""
-    env = {**os.environ, "COMFYCTL_LEDGER": str(Path(tmp) / "ledger.json"),
-           "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
-    graph = {**GRAPH, "2": {**GRAPH["2"], "inputs": {**GRAPH["2"]["inputs"], "steps": steps,
-                                                      "seconds_per_step": seconds_per_step}}}
+    env = {
+        **os.environ,
+        "COMFYCTL_LEDGER": str(Path(tmp) / "ledger.json"),
+        "COMFYCTL_CONFIG": empty_config(tmp, "none.toml"),
+    }
+    graph = {
+        **GRAPH,
+        "2": {
+            **GRAPH["2"],
+            "inputs": {
+                **GRAPH["2"]["inputs"],
+                "steps": steps,
+                "seconds_per_step": seconds_per_step,
+            },
+        },
+    }
     wf = Path(tmp) / "wf.json"
     wf.write_text(json.dumps(graph))
     return env, wf
@@ -351,8 +439,16 @@ def bench_watch(jobs: int, servers: int, steps: int) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             env, wf = slow_job(tmp, steps, 0.01)
-            args = [sys.executable, "-m", "comfyctl", "submit", str(wf), "--count", str(jobs),
-                    "--vary-seed"]
+            args = [
+                sys.executable,
+                "-m",
+                "comfyctl",
+                "submit",
+                str(wf),
+                "--count",
+                str(jobs),
+                "--vary-seed",
+            ]
             for emu in emus:
                 args += ["-s", emu.url]
                 # Each server's first job holds at its first step until watch is listening,
@@ -361,9 +457,13 @@ def bench_watch(jobs: int, servers: int, steps: int) -> None:
             subprocess.run(args, env=env, check=True, capture_output=True)
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
-            watch = subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", "--json",
-                                      "--poll-interval", "2"], env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            watch = subprocess.Popen(
+                [sys.executable, "-m", "comfyctl", "watch", "--json", "--poll-interval", "2"],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             time.sleep(WATCH_ATTACH)
             for emu in emus:
                 emu.faults.stall_at_percent = None
@@ -376,13 +476,22 @@ def bench_watch(jobs: int, servers: int, steps: int) -> None:
             progress = sum(1 for e in events if e["event"] == "progress")
             done = sum(1 for e in events if e.get("status") == "success")
             expected = jobs * steps
-            report(f"watch {jobs} jobs on {servers} servers: wall", f"{wall:.1f} s",
-                   f"{done}/{jobs} succeeded, exit {proc.returncode}; "
-                   f"the first {WATCH_ATTACH:g} s held")
-            report("watch: progress events emitted", str(progress),
-                   f"{expected} progress steps sent; node changes are events too")
-            report("watch: CPU seconds per 1,000 progress events",
-                   f"{cpu / max(progress, 1) * 1000:.2f} s", f"total CPU {cpu:.1f} s")
+            report(
+                f"watch {jobs} jobs on {servers} servers: wall",
+                f"{wall:.1f} s",
+                f"{done}/{jobs} succeeded, exit {proc.returncode}; "
+                f"the first {WATCH_ATTACH:g} s held",
+            )
+            report(
+                "watch: progress events emitted",
+                str(progress),
+                f"{expected} progress steps sent; node changes are events too",
+            )
+            report(
+                "watch: CPU seconds per 1,000 progress events",
+                f"{cpu / max(progress, 1) * 1000:.2f} s",
+                f"total CPU {cpu:.1f} s",
+            )
     finally:
         for emu in emus:
             emu.stop()
@@ -409,21 +518,33 @@ def bench_fanout(jobs: int, servers: int, timeout: float) -> None:
     requests.Session.request = counting
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            ledger = make_ledger(Path(tmp) / "ledger.json", jobs, [e.url for e in emus],
-                                 status="running")
-            app = AppContext(ledger_path=ledger.path, config_path=Path(tmp) / "none.toml",
-                             timeout=timeout)
+            ledger = make_ledger(
+                Path(tmp) / "ledger.json", jobs, [e.url for e in emus], status="running"
+            )
+            app = AppContext(
+                ledger_path=ledger.path, config_path=Path(tmp) / "none.toml", timeout=timeout
+            )
             start = time.perf_counter()
-            result = detect(app.ledger, list(ledger.load().values()), app.client_for_record,
-                            DetectOptions(deadline=timeout + 1.0))
+            result = detect(
+                app.ledger,
+                list(ledger.load().values()),
+                app.client_for_record,
+                DetectOptions(deadline=timeout + 1.0),
+            )
             wall = time.perf_counter() - start
             conditions: dict[str, int] = {}
             for finding in result.findings:
                 conditions[finding.condition] = conditions.get(finding.condition, 0) + 1
-            report(f"detect-stuck {jobs} active jobs on {servers} servers (1 hanging): wall",
-                   f"{wall:.2f} s", f"timeout {timeout:g} s (+1 s deadline margin)")
-            report("detect-stuck: HTTP requests made", str(len(calls)),
-                   f"{len(calls) / servers:.1f} per server; findings {conditions}")
+            report(
+                f"detect-stuck {jobs} active jobs on {servers} servers (1 hanging): wall",
+                f"{wall:.2f} s",
+                f"timeout {timeout:g} s (+1 s deadline margin)",
+            )
+            report(
+                "detect-stuck: HTTP requests made",
+                str(len(calls)),
+                f"{len(calls) / servers:.1f} per server; findings {conditions}",
+            )
     finally:
         requests.Session.request = original
         emus[-1].faults.http_hang = False
@@ -447,15 +568,23 @@ def bench_hooks_metrics(size: int, runs: int) -> None:
                 start = time.perf_counter()
                 assert claim(ledger, pid) is not None
                 times.append(time.perf_counter() - start)
-            report(f"hooks: claim one job's announcement, {size:,}-record ledger",
-                   f"{statistics.median(times) * 1000:.1f} ms",
-                   "one ledger transaction per ended job, only with hooks")
-            env = {"COMFYCTL_LEDGER": str(ledger.path),
-                   "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
-            wall = median_wall([sys.executable, "-m", "comfyctl", "metrics", "--confirm", "0"],
-                               runs, env)
-            report(f"comfyctl metrics, {size:,}-record ledger, 1 server", f"{wall:.2f} s",
-                   "parses every record (counts, run-time summaries)")
+            report(
+                f"hooks: claim one job's announcement, {size:,}-record ledger",
+                f"{statistics.median(times) * 1000:.1f} ms",
+                "one ledger transaction per ended job, only with hooks",
+            )
+            env = {
+                "COMFYCTL_LEDGER": str(ledger.path),
+                "COMFYCTL_CONFIG": empty_config(tmp, "none.toml"),
+            }
+            wall = median_wall(
+                [sys.executable, "-m", "comfyctl", "metrics", "--confirm", "0"], runs, env
+            )
+            report(
+                f"comfyctl metrics, {size:,}-record ledger, 1 server",
+                f"{wall:.2f} s",
+                "parses every record (counts, run-time summaries)",
+            )
     finally:
         emu.stop()
 
@@ -476,16 +605,31 @@ def bench_observers(steps: int) -> None:
             leases = leases_for(Ledger(Path(tmp) / "ledger.json"))
 
             def start() -> tuple[str, subprocess.Popen[str], subprocess.Popen[str]]:
-                pid = subprocess.run([sys.executable, "-m", "comfyctl", "submit", str(wf),
-                                      "-s", emu.url, "--vary-seed"], env=env, check=True,
-                                     capture_output=True, text=True).stdout.strip()
+                pid = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "comfyctl",
+                        "submit",
+                        str(wf),
+                        "-s",
+                        emu.url,
+                        "--vary-seed",
+                    ],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
                 watch = [sys.executable, "-m", "comfyctl", "watch", pid, "--json"]
-                first = subprocess.Popen(watch, env=env, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, text=True)
+                first = subprocess.Popen(
+                    watch, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+                )
                 while live_holder(leases, listen_lease(pid)) is None:
                     time.sleep(0.02)
-                second = subprocess.Popen(watch, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.DEVNULL, text=True)
+                second = subprocess.Popen(
+                    watch, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+                )
                 return pid, first, second
 
             def seen(out: str) -> dict[float, float]:
@@ -501,24 +645,30 @@ def bench_observers(steps: int) -> None:
             heard, followed = seen(first.communicate()[0]), seen(second.communicate()[0])
             lags = [followed[p] - heard[p] for p in followed if p in heard]
             if lags:
-                report("watch beside a watch: the follower's delay per percentage",
-                       f"{statistics.median(lags):.2f} s",
-                       f"median over {len(lags)}, max {max(lags):.2f} s (the holder "
-                       "writes every 1 s, followers read every 0.25 s)")
+                report(
+                    "watch beside a watch: the follower's delay per percentage",
+                    f"{statistics.median(lags):.2f} s",
+                    f"median over {len(lags)}, max {max(lags):.2f} s (the holder "
+                    "writes every 1 s, followers read every 0.25 s)",
+                )
             pid, first, second = start()
             time.sleep(1.0)
             os.kill(first.pid, signal.SIGKILL)
             killed = time.perf_counter()
             first.wait()  # reaped, as its shell would (a zombie still looks alive)
-            while (live_holder(leases, listen_lease(pid)) or "").split(":")[1:2] != \
-                    [str(second.pid)] and time.perf_counter() - killed < 30:
+            while (live_holder(leases, listen_lease(pid)) or "").split(":")[1:2] != [
+                str(second.pid)
+            ] and time.perf_counter() - killed < 30:
                 time.sleep(0.01)
             handover = time.perf_counter() - killed
             first.communicate()
             out = second.communicate()[0]
             last = json.loads(out.splitlines()[-1])["status"] if out else "?"
-            report("SIGKILL of the listening watch: lease taken over after",
-                   f"{handover:.2f} s", f"same host (dead pid seen); the follower ended {last}")
+            report(
+                "SIGKILL of the listening watch: lease taken over after",
+                f"{handover:.2f} s",
+                f"same host (dead pid seen); the follower ended {last}",
+            )
     finally:
         emu.stop()
 
@@ -537,8 +687,9 @@ def _submit(quick: bool, runs: int) -> None:
 # Each group of figures, called with (quick, runs).
 GROUPS: dict[str, Any] = {
     "startup": lambda quick, runs: bench_startup(runs),
-    "ledger": lambda quick, runs: bench_ledger([1000, 10000] if quick else
-                                               [1000, 10000, 100000], 3),
+    "ledger": lambda quick, runs: bench_ledger(
+        [1000, 10000] if quick else [1000, 10000, 100000], 3
+    ),
     "submit": _submit,
     "stores": _stores,
     "postgres": lambda quick, runs: bench_postgres(50 if quick else 100, 100_000, runs),
@@ -555,10 +706,16 @@ def main() -> None:
     logging.getLogger("aiohttp").setLevel(logging.CRITICAL)  # emulators stopped mid-request
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller ledgers")
-    parser.add_argument("--write-readme", action="store_true",
-                        help="put the figures in README.md's Performance section")
-    parser.add_argument("--stores", action="store_true",
-                        help="only the ledger-store figures (JSON and PostgreSQL at 100,000)")
+    parser.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="put the figures in README.md's Performance section",
+    )
+    parser.add_argument(
+        "--stores",
+        action="store_true",
+        help="only the ledger-store figures (JSON and PostgreSQL at 100,000)",
+    )
     parser.add_argument("--only", choices=sorted(GROUPS), help="run one group of figures")
     args = parser.parse_args()
     compileall.compile_dir(ROOT / "comfyctl", quiet=1)
@@ -566,12 +723,22 @@ def main() -> None:
     if args.stores or args.only:
         GROUPS[args.only or "stores"](args.quick, runs)
         return
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, "
-               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-               f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
     print(f"machine: {machine}")
-    for name in ("startup", "ledger", "submit", "postgres", "watch", "fanout", "hooks",
-                 "observers"):
+    for name in (
+        "startup",
+        "ledger",
+        "submit",
+        "postgres",
+        "watch",
+        "fanout",
+        "hooks",
+        "observers",
+    ):
         GROUPS[name](args.quick, runs)
     if args.write_readme:
         write_readme(machine, "python benchmarks/run.py" + (" --quick" if args.quick else ""))
@@ -583,9 +750,11 @@ def write_readme(machine: str, command: str) -> None:
     text = readme.read_text(encoding="utf-8")
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     table = "\n".join(f"| {name} | {value} | {note} |" for name, value, note in rows)
-    block = (f"{start}\nMeasured by `{command}` on {machine}, "
-             f"{time.strftime('%Y-%m-%d')} (medians over repeated runs):\n\n"
-             f"| measure | value | comparison / note |\n|---|---|---|\n{table}\n{end}")
+    block = (
+        f"{start}\nMeasured by `{command}` on {machine}, "
+        f"{time.strftime('%Y-%m-%d')} (medians over repeated runs):\n\n"
+        f"| measure | value | comparison / note |\n|---|---|---|\n{table}\n{end}"
+    )
     before, _, rest = text.partition(start)
     _, _, after = rest.partition(end)
     readme.write_text(before + block + after, encoding="utf-8")

@@ -41,8 +41,10 @@ class _ClosedStdin(io.TextIOBase):
     in one sentence, not an AttributeError on None."""
 
     def _closed(self, *args: object) -> Any:
-        raise UsageProblem("stdin is closed, so '-' has nothing to read.",
-                           "Pipe the input in, or name a file or ids instead of '-'.")
+        raise UsageProblem(
+            "stdin is closed, so '-' has nothing to read.",
+            "Pipe the input in, or name a file or ids instead of '-'.",
+        )
 
     read = readline = readlines = __next__ = _closed
 
@@ -92,24 +94,49 @@ def _show_traceback(ctx: click.Context) -> None:
         traceback.print_exc(file=sys.stderr)
 
 
-@click.group(cls=ComfyctlGroup, epilog=EXIT_CODES_HELP,
-             context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=ComfyctlGroup,
+    epilog=EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, "--version", prog_name="comfyctl")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="COMFYCTL_CONFIG", metavar="PATH",
-              help="Config file (TOML). Default: the user config dir; env COMFYCTL_CONFIG.")
-@click.option("--ledger", "ledger_path", envvar="COMFYCTL_LEDGER", metavar="PATH|URL",
-              help="Task ledger: a JSON file, or a postgresql:// URL shared by several hosts. "
-                   "Default: config 'ledger', else the user data dir; env COMFYCTL_LEDGER.")
-@click.option("-v", "--verbose", count=True,
-              help="Log to stderr what comfyctl does (-vv for HTTP details); secrets redacted.")
-@click.option("--no-color", is_flag=True,
-              help="No colour in output (also when NO_COLOR is set).")
-@click.option("--traceback", is_flag=True,
-              help="Show the full Python traceback on errors (or COMFYCTL_TRACEBACK=1).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="COMFYCTL_CONFIG",
+    metavar="PATH",
+    help="Config file (TOML). Default: the user config dir; env COMFYCTL_CONFIG.",
+)
+@click.option(
+    "--ledger",
+    "ledger_path",
+    envvar="COMFYCTL_LEDGER",
+    metavar="PATH|URL",
+    help="Task ledger: a JSON file, or a postgresql:// URL shared by several hosts. "
+    "Default: config 'ledger', else the user data dir; env COMFYCTL_LEDGER.",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log to stderr what comfyctl does (-vv for HTTP details); secrets redacted.",
+)
+@click.option("--no-color", is_flag=True, help="No colour in output (also when NO_COLOR is set).")
+@click.option(
+    "--traceback",
+    is_flag=True,
+    help="Show the full Python traceback on errors (or COMFYCTL_TRACEBACK=1).",
+)
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, ledger_path: str | None, verbose: int,
-        no_color: bool, traceback: bool) -> None:
+def cli(
+    ctx: click.Context,
+    config_path: Path | None,
+    ledger_path: str | None,
+    verbose: int,
+    no_color: bool,
+    traceback: bool,
+) -> None:
     """Track ComfyUI jobs across a fleet of servers.
 
     Every job is bound, when it is submitted, to the server that runs it, in a task

@@ -135,9 +135,14 @@ class ServerClient:
         while True:
             try:
                 resp = self.session.request(
-                    method, self.url + path, json=json_body, params=self._params(params),
-                    data=data, files=files,
-                    timeout=(self.spec.connect_timeout, read_timeout), stream=True,
+                    method,
+                    self.url + path,
+                    json=json_body,
+                    params=self._params(params),
+                    data=data,
+                    files=files,
+                    timeout=(self.spec.connect_timeout, read_timeout),
+                    stream=True,
                 )
                 if not stream:
                     _read_body(resp, time.monotonic() + read_timeout)
@@ -147,7 +152,8 @@ class ServerClient:
                 # (not when it timed out: a hanging server stays hanging).
                 again = isinstance(error, ServerUnreachable) or (
                     isinstance(error, ServerTimeout)
-                    and not isinstance(exc, requests.exceptions.Timeout))
+                    and not isinstance(exc, requests.exceptions.Timeout)
+                )
                 if again and attempt < retries:
                     attempt += 1
                     time.sleep(0.2 * 2**attempt)
@@ -171,8 +177,14 @@ class ServerClient:
             return ServerUnreachable(name, "tls", "Check verify/CA bundle in the config.")
         if isinstance(exc, requests.exceptions.Timeout):
             return ServerTimeout(name, "timeout")
-        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                            requests.exceptions.InvalidSchema)):
+        if isinstance(
+            exc,
+            (
+                requests.exceptions.InvalidURL,
+                requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema,
+            ),
+        ):
             return ServerUnreachable(name, "invalid URL")
         if isinstance(exc, requests.exceptions.ConnectionError):
             return _connection_failure(name, exc)
@@ -185,8 +197,9 @@ class ServerClient:
             return AccessDenied(self.spec.name, reason)
         return ServerFailed(self.spec.name, reason)
 
-    def get_json(self, path: str, params: dict[str, Any] | None = None,
-                 timeout: float | None = None) -> Any:
+    def get_json(
+        self, path: str, params: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> Any:
         resp = self.request("GET", path, params=params, retries=2, timeout=timeout)
         if resp.status_code != 200:
             raise self._http_error(resp)
@@ -200,8 +213,9 @@ class ServerClient:
 
     # -- submit --------------------------------------------------------------------------
 
-    def submit(self, graph: dict[str, Any], client_id: str, prompt_id: str,
-               front: bool = False) -> SubmitReply:
+    def submit(
+        self, graph: dict[str, Any], client_id: str, prompt_id: str, front: bool = False
+    ) -> SubmitReply:
         """POST /prompt once. Never retried here: see ``Submitter``.
 
         ServerUnreachable only when the request certainly never left (no connection was
@@ -225,8 +239,7 @@ class ServerClient:
             if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
                 # A 200 means the server took it: ComfyUI queues before it answers.
                 raise SubmitUncertain(self.spec.name, "HTTP 200 without ComfyUI's JSON reply")
-            return SubmitReply(data["prompt_id"], data.get("number"),
-                               data.get("node_errors") or {})
+            return SubmitReply(data["prompt_id"], data.get("number"), data.get("node_errors") or {})
         if resp.status_code in DENIED_STATUSES:
             raise self._http_error(resp)  # refused in front of ComfyUI: not queued
         if 400 <= resp.status_code < 500:
@@ -236,13 +249,21 @@ class ServerClient:
                 data = {}
             data = data if isinstance(data, dict) else {}
             # Only ComfyUI's own JSON error is shown: a proxy's page may echo secrets.
-            error: dict[str, Any] = data["error"] if isinstance(data.get("error"), dict) else {
-                "type": "http_error", "message": f"HTTP {resp.status_code} without a ComfyUI "
-                                                 "error body"}
+            error: dict[str, Any] = (
+                data["error"]
+                if isinstance(data.get("error"), dict)
+                else {
+                    "type": "http_error",
+                    "message": f"HTTP {resp.status_code} without a ComfyUI error body",
+                }
+            )
             node_errors = data.get("node_errors")
-            raise WorkflowRejected(self.spec.name, error,
-                                   node_errors if isinstance(node_errors, dict) else {},
-                                   resp.status_code)
+            raise WorkflowRejected(
+                self.spec.name,
+                error,
+                node_errors if isinstance(node_errors, dict) else {},
+                resp.status_code,
+            )
         raise SubmitUncertain(self.spec.name, f"http {resp.status_code}")
 
     def find_by_client_id(self, client_id: str) -> str | None:
@@ -338,12 +359,14 @@ class ServerClient:
         queue = self.queue()
         for item in queue.running:
             if item.prompt_id in wanted:
-                found[item.prompt_id] = Observation("running", item.prompt_id, self.url,
-                                                    number=item.number)
+                found[item.prompt_id] = Observation(
+                    "running", item.prompt_id, self.url, number=item.number
+                )
         for position, item in enumerate(queue.pending):
             if item.prompt_id in wanted and item.prompt_id not in found:
-                found[item.prompt_id] = Observation("queued", item.prompt_id, self.url,
-                                                    number=item.number, position=position)
+                found[item.prompt_id] = Observation(
+                    "queued", item.prompt_id, self.url, number=item.number, position=position
+                )
         rest = [pid for pid in wanted if pid not in found]
         entries: dict[str, Any] = {}
         missing = rest
@@ -358,8 +381,11 @@ class ServerClient:
         entries.update(zip(missing, self._each(self.history_entry, missing), strict=True))
         for pid in rest:
             entry = entries.get(pid)
-            found[pid] = (from_history_entry(entry, self.url, pid) if isinstance(entry, dict)
-                          else Observation("unknown", pid, self.url))
+            found[pid] = (
+                from_history_entry(entry, self.url, pid)
+                if isinstance(entry, dict)
+                else Observation("unknown", pid, self.url)
+            )
         return found
 
     def _each(self, ask: Callable[[str], T], ids: list[str]) -> list[T]:
@@ -379,14 +405,20 @@ class ServerClient:
             details = wanted
         else:
             listed = {str(job.get("id")): job for job in self._list_jobs()}
-            details = [pid for pid in wanted if (listed.get(pid) or {}).get("status")
-                       in ("completed", "cancelled")]
+            details = [
+                pid
+                for pid in wanted
+                if (listed.get(pid) or {}).get("status") in ("completed", "cancelled")
+            ]
         jobs = dict(zip(details, self._each(self.job, details), strict=True))
         found = {}
         for pid in wanted:
             job = jobs[pid] if pid in jobs else listed.get(pid)
-            found[pid] = (from_job(job, self.url) if job is not None
-                          else Observation("unknown", pid, self.url))
+            found[pid] = (
+                from_job(job, self.url)
+                if job is not None
+                else Observation("unknown", pid, self.url)
+            )
         return found
 
     def _list_jobs(self) -> list[dict[str, Any]]:
@@ -443,8 +475,9 @@ class ServerClient:
         if self._targeted is None:
             version = (self.system_stats().get("system") or {}).get("comfyui_version")
             numbers = re.findall(r"\d+", str(version or ""))[:3]
-            self._targeted = len(numbers) == 3 and \
-                tuple(int(n) for n in numbers) >= TARGETED_INTERRUPT_SINCE
+            self._targeted = (
+                len(numbers) == 3 and tuple(int(n) for n in numbers) >= TARGETED_INTERRUPT_SINCE
+            )
         return self._targeted
 
     def _post_ok(self, path: str, body: dict[str, Any]) -> None:
@@ -470,8 +503,9 @@ class ServerClient:
         subfolder) the server stored it under (it renames on a clash with other content,
         and reuses a file with the same name and content)."""
         fields = {"type": "input", "subfolder": subfolder}
-        resp = self.request("POST", "/upload/image", data=fields,
-                            files={"image": (filename, content)})
+        resp = self.request(
+            "POST", "/upload/image", data=fields, files={"image": (filename, content)}
+        )
         if resp.status_code == 200:
             reply = self._decode(resp)
             if not isinstance(reply, dict) or not isinstance(reply.get("name"), str):
@@ -480,12 +514,16 @@ class ServerClient:
         if resp.status_code in DENIED_STATUSES:
             raise self._http_error(resp)
         if resp.status_code == 413:
-            raise InputRejected(f"Server {self.spec.name} refused {filename}: larger than its "
-                                "upload limit (HTTP 413).",
-                                "Raise the server's --max-upload-size, or send a smaller file.")
+            raise InputRejected(
+                f"Server {self.spec.name} refused {filename}: larger than its "
+                "upload limit (HTTP 413).",
+                "Raise the server's --max-upload-size, or send a smaller file.",
+            )
         if 400 <= resp.status_code < 500:
-            raise InputRejected(f"Server {self.spec.name} refused the upload of {filename} "
-                                f"(HTTP {resp.status_code}).")
+            raise InputRejected(
+                f"Server {self.spec.name} refused the upload of {filename} "
+                f"(HTTP {resp.status_code})."
+            )
         raise self._http_error(resp, " for /upload/image")
 
     def input_size(self, name: str, subfolder: str = "") -> int | None:
@@ -501,8 +539,11 @@ class ServerClient:
 
     def view(self, output: dict[str, Any], stream: bool = True) -> requests.Response:
         """GET /view for one output entry (filename, subfolder, type) on this server."""
-        params = {"filename": output["filename"], "subfolder": output.get("subfolder", ""),
-                  "type": output.get("type", "output")}
+        params = {
+            "filename": output["filename"],
+            "subfolder": output.get("subfolder", ""),
+            "type": output.get("type", "output"),
+        }
         resp = self.request("GET", "/view", params=params, retries=2, stream=stream)
         if resp.status_code != 200:
             resp.close()
@@ -529,9 +570,14 @@ class ServerClient:
                 sslopt = {"ca_certs": self.spec.verify}
         try:
             return websocket.create_connection(
-                self.ws_url(client_id), header=headers, sslopt=sslopt,
-                timeout=timeout or self.spec.connect_timeout, suppress_origin=True,
-                enable_multithread=True, skip_utf8_validation=True, class_=_websocket_class(),
+                self.ws_url(client_id),
+                header=headers,
+                sslopt=sslopt,
+                timeout=timeout or self.spec.connect_timeout,
+                suppress_origin=True,
+                enable_multithread=True,
+                skip_utf8_validation=True,
+                class_=_websocket_class(),
             )
         except ssl.SSLError:
             raise ServerUnreachable(self.spec.name, "tls") from None
@@ -594,8 +640,9 @@ def _connection_failure(server: str, exc: requests.exceptions.ConnectionError) -
     if any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in causes):
         if any(isinstance(c, ConnectionRefusedError) for c in causes):
             return ServerUnreachable(server, "refused")
-        if any(isinstance(c, (urllib3.exceptions.NameResolutionError, socket.gaierror))
-               for c in causes):
+        if any(
+            isinstance(c, (urllib3.exceptions.NameResolutionError, socket.gaierror)) for c in causes
+        ):
             return ServerUnreachable(server, "dns")
         return ServerUnreachable(server, "connection failed")
     return ServerTimeout(server, "connection cut")

@@ -43,8 +43,17 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SERVER_KEYS = {
-    "url", "headers", "username", "password", "token", "token_param",
-    "verify", "timeout", "connect_timeout", "webhook", "webhook_secret",
+    "url",
+    "headers",
+    "username",
+    "password",
+    "token",
+    "token_param",
+    "verify",
+    "timeout",
+    "connect_timeout",
+    "webhook",
+    "webhook_secret",
 }
 _TOP_LEVEL_KEYS = {"default_server", "defaults", "ledger", "servers", "webhook", "webhook_secret"}
 
@@ -85,8 +94,13 @@ class ServerSpec:
         }
 
     def secrets(self) -> list[str]:
-        values = [self.password, self.token, *self.headers.values(), self.webhook,
-                  self.webhook_secret]
+        values = [
+            self.password,
+            self.token,
+            *self.headers.values(),
+            self.webhook,
+            self.webhook_secret,
+        ]
         return [v for v in values if v and len(v) >= 4]
 
 
@@ -141,7 +155,7 @@ def _expand(value: Any, where: str) -> Any:
 def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> ServerSpec:
     where = f"Server {name!r} in the config"
     if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table with at least url = \"http://host:port\".")
+        raise ConfigError(f'{where} must be a table with at least url = "http://host:port".')
     unknown = set(table) - _SERVER_KEYS
     if unknown:
         raise ConfigError(
@@ -150,7 +164,7 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
         )
     merged = {**defaults, **table}
     if "url" not in merged or not isinstance(merged["url"], str):
-        raise ConfigError(f"{where} needs url = \"http://host:port\".")
+        raise ConfigError(f'{where} needs url = "http://host:port".')
     raw_url = _expand(merged["url"], where)
     try:  # first: a URL urlsplit cannot parse is a ConfigError
         url = canonical_url(raw_url)
@@ -227,8 +241,11 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret the config holds, for redaction."""
-        values = [self.webhook, self.webhook_secret,
-                  *(s for spec in self.servers.values() for s in spec.secrets())]
+        values = [
+            self.webhook,
+            self.webhook_secret,
+            *(s for spec in self.servers.values() for s in spec.secrets()),
+        ]
         return [v for v in values if v and len(v) >= 4]
 
     @classmethod
@@ -281,10 +298,16 @@ class Config:
         if ledger is not None:
             ledger = _expand(ledger, "The config's ledger")
         where = "The config"
-        return cls(path=path, servers=servers, default_server=default, ledger=ledger,
-                   webhook=_webhook_url(_expand(data.get("webhook"), where), where),
-                   webhook_secret=_string(_expand(data.get("webhook_secret"), where), where,
-                                          "webhook_secret"))
+        return cls(
+            path=path,
+            servers=servers,
+            default_server=default,
+            ledger=ledger,
+            webhook=_webhook_url(_expand(data.get("webhook"), where), where),
+            webhook_secret=_string(
+                _expand(data.get("webhook_secret"), where), where, "webhook_secret"
+            ),
+        )
 
     def resolve(self, name_or_url: str) -> ServerSpec:
         """A configured server by name, or by URL (matching a configured one when it can)."""

@@ -60,8 +60,9 @@ class AppContext:
         """The store named by --ledger (or COMFYCTL_LEDGER), else the config's ``ledger``,
         else the JSON file in the user data dir. Opening it touches nothing yet."""
         if self._ledger is None:
-            self._ledger = open_store(self.ledger_path or self.config.ledger
-                                      or default_ledger_path())
+            self._ledger = open_store(
+                self.ledger_path or self.config.ledger or default_ledger_path()
+            )
         return self._ledger
 
     @property
@@ -85,8 +86,11 @@ class AppContext:
         if spec.problem is not None:  # e.g. an unset ${VAR}: reported when the server is used
             raise spec.problem
         if self.timeout is not None:
-            spec = replace(spec, timeout=min(spec.timeout, self.timeout),
-                           connect_timeout=min(spec.connect_timeout, self.timeout))
+            spec = replace(
+                spec,
+                timeout=min(spec.timeout, self.timeout),
+                connect_timeout=min(spec.connect_timeout, self.timeout),
+            )
         if spec.url not in self._clients:
             self._clients[spec.url] = ServerClient(spec)
         return self._clients[spec.url]

@@ -33,8 +33,11 @@ PROG = "comfyctl"
 # Fixed, so that regenerating is byte-stable; move it forward when the pages change a lot.
 MAN_DATE = "2026-11-30"
 HELP_WIDTH = 80
-COMPLETION_FILES = {"bash": "completions/comfyctl.bash", "zsh": "completions/_comfyctl",
-                    "fish": "completions/comfyctl.fish"}
+COMPLETION_FILES = {
+    "bash": "completions/comfyctl.bash",
+    "zsh": "completions/_comfyctl",
+    "fish": "completions/comfyctl.fish",
+}
 README = "README.md"
 COMMAND_INDEX = INDEX.relative_to(REPO).as_posix()
 REFERENCE_START = "<!-- commands:start -->"
@@ -44,37 +47,63 @@ REGENERATE = "python -m comfyctl.docgen"
 ENVIRONMENT = (
     ("COMFYCTL_CONFIG", "Config file, as --config."),
     ("COMFYCTL_LEDGER", "Task ledger, as --ledger: a JSON file path or a postgresql:// URL."),
-    ("COMFYCTL_SERVER", "The server used when a command needs one and none is given. Set for "
-                        "an --exec command to the job's server name, so comfyctl run from "
-                        "a hook defaults to it."),
+    (
+        "COMFYCTL_SERVER",
+        "The server used when a command needs one and none is given. Set for "
+        "an --exec command to the job's server name, so comfyctl run from "
+        "a hook defaults to it.",
+    ),
     ("COMFYCTL_LOCK_TIMEOUT", "Seconds to wait for the ledger lock before exit 7 (default 10)."),
     ("COMFYCTL_TRACEBACK", "Set to 1 to show the full Python traceback on errors."),
-    ("COMFYCTL_CACHE_DIR", "Where each server's /object_info is cached (default: the user "
-                           "cache dir, e.g. ~/.cache/comfyctl/)."),
+    (
+        "COMFYCTL_CACHE_DIR",
+        "Where each server's /object_info is cached (default: the user "
+        "cache dir, e.g. ~/.cache/comfyctl/).",
+    ),
     ("NO_COLOR", "When set, no colour in output (as --no-color)."),
-    ("COMFYCTL_WEBHOOK_SECRET", "Signs the bodies POSTed to --webhook URLs "
-                                "(X-Comfyctl-Signature); else the config's webhook_secret."),
+    (
+        "COMFYCTL_WEBHOOK_SECRET",
+        "Signs the bodies POSTed to --webhook URLs "
+        "(X-Comfyctl-Signature); else the config's webhook_secret.",
+    ),
     ("COMFYCTL_PROMPT_ID", "Set for an --exec command: the job that ended."),
-    ("COMFYCTL_STATUS", "Set for an --exec command: how it ended (success, error, "
-                        "interrupted, cancelled, lost)."),
+    (
+        "COMFYCTL_STATUS",
+        "Set for an --exec command: how it ended (success, error, interrupted, cancelled, lost).",
+    ),
     ("COMFYCTL_SERVER_URL", "Set for an --exec command: the job's server URL."),
     ("COMFYCTL_OUTPUTS", "Set for an --exec command: the job's output URLs, one per line."),
 )
 FILES = (
-    ("config.toml", "In the user config dir (e.g. ~/.config/comfyctl/ on Linux): servers, "
-                    "credentials, timeouts. 'comfyctl servers' prints where."),
-    ("ledger.json", "In the user data dir (e.g. ~/.local/share/comfyctl/ on Linux): one "
-                    "record per unfinished job, bound to its server."),
-    ("ledger-history/", "Beside the ledger: finished jobs, in JSON segments that never change "
-                        "once written, and the manifest listing them."),
-    ("workflows/", "Beside the ledger: submitted workflows, content-addressed, so jobs can "
-                   "be resubmitted."),
-    ("inputs.json", "Beside the ledger: which input file (by SHA-256) was uploaded to which "
-                    "server under which name, so it is not sent again."),
+    (
+        "config.toml",
+        "In the user config dir (e.g. ~/.config/comfyctl/ on Linux): servers, "
+        "credentials, timeouts. 'comfyctl servers' prints where.",
+    ),
+    (
+        "ledger.json",
+        "In the user data dir (e.g. ~/.local/share/comfyctl/ on Linux): one "
+        "record per unfinished job, bound to its server.",
+    ),
+    (
+        "ledger-history/",
+        "Beside the ledger: finished jobs, in JSON segments that never change "
+        "once written, and the manifest listing them.",
+    ),
+    (
+        "workflows/",
+        "Beside the ledger: submitted workflows, content-addressed, so jobs can be resubmitted.",
+    ),
+    (
+        "inputs.json",
+        "Beside the ledger: which input file (by SHA-256) was uploaded to which "
+        "server under which name, so it is not sent again.",
+    ),
 )
 
 
 # -- reading the Click tree ----------------------------------------------------------------
+
 
 @dataclass
 class CommandDoc:
@@ -121,9 +150,13 @@ def split_help(text: str) -> tuple[str, list[str], dict[str, list[str]]]:
 
 def command_docs(cli: click.Group) -> list[CommandDoc]:
     """The root group and every visible subcommand (depth first, names sorted)."""
-    root = click.Context(cli, info_name=PROG, terminal_width=HELP_WIDTH,
-                         max_content_width=HELP_WIDTH,
-                         **cli.context_settings)
+    root = click.Context(
+        cli,
+        info_name=PROG,
+        terminal_width=HELP_WIDTH,
+        max_content_width=HELP_WIDTH,
+        **cli.context_settings,
+    )
     docs: list[CommandDoc] = []
 
     def visit(command: click.Command, ctx: click.Context, path: str) -> None:
@@ -134,8 +167,11 @@ def command_docs(cli: click.Group) -> list[CommandDoc]:
             for name in command.list_commands(ctx):
                 sub = command.get_command(ctx, name)
                 if sub is not None and not sub.hidden:
-                    visit(sub, click.Context(sub, info_name=name, parent=ctx,
-                                             **sub.context_settings), f"{path} {name}")
+                    visit(
+                        sub,
+                        click.Context(sub, info_name=name, parent=ctx, **sub.context_settings),
+                        f"{path} {name}",
+                    )
 
     visit(cli, root, PROG)
     return docs
@@ -155,8 +191,9 @@ def command_index(cli: click.Group) -> str:
 
 def exit_codes(cli: click.Command) -> list[tuple[str, str]]:
     """(code, meaning) pairs from the root group's epilog, the one place they are listed."""
-    text = " ".join(line.strip() for line in (cli.epilog or "").splitlines()
-                    if line.strip() != "\b")
+    text = " ".join(
+        line.strip() for line in (cli.epilog or "").splitlines() if line.strip() != "\b"
+    )
     text = text.split(":", 1)[1] if text.startswith("Exit codes:") else ""
     pairs = []
     for item in text.rstrip(".").split(" · "):
@@ -172,14 +209,14 @@ def visible_params(doc: CommandDoc) -> list[click.Parameter]:
 
 # -- man pages -----------------------------------------------------------------------------
 
-_ROFF_CHARS = {"\\": r"\e", "-": r"\-", "'": r"\(aq", "`": r"\(ga", "~": r"\(ti",
-               "^": r"\(ha"}
+_ROFF_CHARS = {"\\": r"\e", "-": r"\-", "'": r"\(aq", "`": r"\(ga", "~": r"\(ti", "^": r"\(ha"}
 
 
 def roff(text: str) -> str:
     """Escape text for a roff text line (never a request line)."""
-    out = "".join(_ROFF_CHARS.get(ch, ch) if ord(ch) < 128 else f"\\[u{ord(ch):04X}]"
-                  for ch in text)
+    out = "".join(
+        _ROFF_CHARS.get(ch, ch) if ord(ch) < 128 else f"\\[u{ord(ch):04X}]" for ch in text
+    )
     return "\\&" + out if out.startswith(".") else out
 
 
@@ -220,7 +257,7 @@ def man_page(doc: CommandDoc, all_docs: list[CommandDoc], cli: click.Command) ->
     is_root = doc.path == PROG
     title = roff(doc.page.upper())
     lines = [
-        rf'.\" Generated by {REGENERATE} from the Click command tree; do not edit.',
+        rf".\" Generated by {REGENERATE} from the Click command tree; do not edit.",
         f'.TH "{title}" "1" "{MAN_DATE}" "{PROG} {__version__}" "comfyctl manual"',
         ".nh",
         ".ad l",
@@ -239,8 +276,11 @@ def man_page(doc: CommandDoc, all_docs: list[CommandDoc], cli: click.Command) ->
     if is_root:
         lines.append(".SH COMMANDS")
         for sub in all_docs[1:]:
-            lines += [".TP", r"\fB" + roff(sub.path[len(PROG) + 1:]) + r"\fR",
-                      roff(sub.summary) + f" See \\fB{roff(sub.page)}\\fR(1)."]
+            lines += [
+                ".TP",
+                r"\fB" + roff(sub.path[len(PROG) + 1 :]) + r"\fR",
+                roff(sub.summary) + f" See \\fB{roff(sub.page)}\\fR(1).",
+            ]
     params = [p for p in visible_params(doc) if isinstance(p, click.Option)]
     if params:
         lines.append(".SH OPTIONS" if not is_root else ".SH GLOBAL OPTIONS")
@@ -248,8 +288,7 @@ def man_page(doc: CommandDoc, all_docs: list[CommandDoc], cli: click.Command) ->
             record = param.get_help_record(doc.ctx)
             lines += [".TP", _option_tag(param, doc.ctx), roff(record[1] if record else "")]
     for title_, block in doc.blocks.items():
-        lines += [f".SH {roff(title_.upper())}", ".PP", ".RS 4",
-                  *_preformatted(block), ".RE"]
+        lines += [f".SH {roff(title_.upper())}", ".PP", ".RS 4", *_preformatted(block), ".RE"]
     lines.append(".SH EXIT STATUS")
     for code, meaning in exit_codes(cli):
         lines += [".TP", rf"\fB{code}\fR", roff(meaning)]
@@ -273,6 +312,7 @@ def man_pages(cli: click.Group) -> dict[str, str]:
 
 # -- README reference ----------------------------------------------------------------------
 
+
 def command_reference(cli: click.Group) -> str:
     """Every command's --help, as markdown, at a fixed width."""
     parts = [f"<!-- Generated by `{REGENERATE}` from the Click command tree; do not edit. -->"]
@@ -286,19 +326,21 @@ def with_reference(readme: str, reference: str) -> str:
     start, end = readme.find(REFERENCE_START), readme.find(REFERENCE_END)
     if start < 0 or end < start:
         raise ValueError(f"{README} lacks the {REFERENCE_START} ... {REFERENCE_END} markers")
-    head = readme[:start + len(REFERENCE_START)]
+    head = readme[: start + len(REFERENCE_START)]
     return f"{head}\n{reference}{readme[end:]}"
 
 
 # -- generating and checking ---------------------------------------------------------------
+
 
 def generate(cli: click.Group, root: Path = REPO) -> dict[str, str]:
     """Every generated file (path relative to ``root`` -> content), built in memory."""
     files = {path: completion_source(cli, shell) for shell, path in COMPLETION_FILES.items()}
     files.update(man_pages(cli))
     files[COMMAND_INDEX] = command_index(cli)
-    files[README] = with_reference((root / README).read_text(encoding="utf-8"),
-                                   command_reference(cli))
+    files[README] = with_reference(
+        (root / README).read_text(encoding="utf-8"), command_reference(cli)
+    )
     return files
 
 
@@ -341,12 +383,19 @@ def write(cli: click.Group, root: Path = REPO) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from comfyctl.cli import cli
 
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true",
-                        help="change nothing; exit 1 listing the files that are out of date")
-    parser.add_argument("--root", type=Path, default=REPO,
-                        help="the checkout to write into (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__name__}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 listing the files that are out of date",
+    )
+    parser.add_argument(
+        "--root", type=Path, default=REPO, help="the checkout to write into (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     if not (args.root / README).is_file():
         parser.error(f"{args.root} is not a comfyctl checkout (no {README}); pass --root")

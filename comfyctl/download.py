@@ -31,8 +31,9 @@ class DownloadFailed(ComfyctlError):
 
     exit_code = ExitCode.FAILED
 
-    def __init__(self, failures: list[tuple[str, str]],
-                 done: list[tuple[Path, str]] | None = None) -> None:
+    def __init__(
+        self, failures: list[tuple[str, str]], done: list[tuple[Path, str]] | None = None
+    ) -> None:
         shown = "; ".join(f"{name}: {why}" for name, why in failures[:5])
         more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
         super().__init__(f"{len(failures)} download(s) failed: {shown}{more}.")
@@ -91,8 +92,7 @@ def download_outputs(
             continue
         results.append((target, "saved"))
     if failures:
-        raise DownloadFailed([(f"{record['prompt_id']}: {n}", why) for n, why in failures],
-                             results)
+        raise DownloadFailed([(f"{record['prompt_id']}: {n}", why) for n, why in failures], results)
     return results
 
 

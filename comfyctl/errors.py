@@ -103,8 +103,11 @@ class AccessDenied(ServerError):
     what = "denied access"
 
     def __init__(self, server: str, reason: str, hint: str | None = None) -> None:
-        super().__init__(server, reason, hint or "Check the server's username/password, "
-                                                 "token or headers in the config.")
+        super().__init__(
+            server,
+            reason,
+            hint or "Check the server's username/password, token or headers in the config.",
+        )
 
 
 class ServerFailed(ServerError):
@@ -134,14 +137,21 @@ class SubmitUncertain(ComfyctlError):
 
     exit_code = ExitCode.UNCERTAIN
 
-    def __init__(self, server: str, reason: str, record: dict[str, Any] | None = None,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        reason: str,
+        record: dict[str, Any] | None = None,
+        hint: str | None = None,
+    ) -> None:
         pid = f" of {record['prompt_id']}" if record else ""
         super().__init__(
             f"The submit{pid} to server {server} is uncertain ({reason}): the server may "
             "have queued it.",
-            hint or "It stays in the ledger and is settled when a command reaches the "
-                    "server again (e.g. 'comfyctl watch'); do not submit it again.")
+            hint
+            or "It stays in the ledger and is settled when a command reaches the "
+            "server again (e.g. 'comfyctl watch'); do not submit it again.",
+        )
         self.server = server
         self.reason = reason
         self.record = record
@@ -152,8 +162,9 @@ class WorkflowRejected(ComfyctlError):
 
     exit_code = ExitCode.FAILED
 
-    def __init__(self, server: str, error: dict[str, Any], node_errors: dict[str, Any],
-                 status: int) -> None:
+    def __init__(
+        self, server: str, error: dict[str, Any], node_errors: dict[str, Any], status: int
+    ) -> None:
         detail = str(error.get("message") or error.get("type") or f"HTTP {status}")
         super().__init__(f"Server {server} rejected the workflow: {detail.rstrip('. ')}.")
         self.error = error

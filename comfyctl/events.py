@@ -20,9 +20,7 @@ from comfyctl.records import (
 )
 
 
-def from_ws_message(
-    msg: dict[str, Any], server_url: str, prompt_id: str
-) -> Observation | None:
+def from_ws_message(msg: dict[str, Any], server_url: str, prompt_id: str) -> Observation | None:
     """The observation a WebSocket message gives about ``prompt_id``, if any.
 
     Messages about other prompts are ignored. A reconnect's ``executing`` carries no
@@ -55,8 +53,9 @@ def from_ws_message(
         value, maximum = data.get("value"), data.get("max")
         if isinstance(value, (int, float)) and isinstance(maximum, (int, float)) and maximum:
             node = data.get("node")
-            return make("progress", value=value, max=maximum,
-                        node=None if node is None else str(node))
+            return make(
+                "progress", value=value, max=maximum, node=None if node is None else str(node)
+            )
         return None
     if kind == "executed":
         output = data.get("output")
@@ -102,14 +101,21 @@ def from_history_entry(entry: dict[str, Any], server_url: str, prompt_id: str) -
         outcome, error = ERROR, job_error("error", "The server recorded an error.")
     prompt = entry.get("prompt")
     extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
-    ends = [names.get(n) for n in ("execution_success", "execution_error",
-                                   "execution_interrupted")]
+    ends = [names.get(n) for n in ("execution_success", "execution_error", "execution_interrupted")]
     timing = server_timing(
         (extra or {}).get("create_time") if isinstance(extra, dict) else None,
         (names.get("execution_start") or {}).get("timestamp"),
-        next((e.get("timestamp") for e in ends if isinstance(e, dict)), None))
-    return Observation("finished", prompt_id, server_url, outcome=outcome,
-                       outputs=entry.get("outputs") or {}, error=error, timing=timing)
+        next((e.get("timestamp") for e in ends if isinstance(e, dict)), None),
+    )
+    return Observation(
+        "finished",
+        prompt_id,
+        server_url,
+        outcome=outcome,
+        outputs=entry.get("outputs") or {},
+        error=error,
+        timing=timing,
+    )
 
 
 def server_timing(created: Any, started: Any, finished: Any) -> dict[str, str | None] | None:
@@ -118,18 +124,23 @@ def server_timing(created: Any, started: Any, finished: Any) -> dict[str, str | 
     stamps = {"created_at": created, "started_at": started, "finished_at": finished}
     if not any(isinstance(v, (int, float)) for v in stamps.values()):
         return None
-    return {key: (datetime.fromtimestamp(value / 1000, timezone.utc)
-                  .isoformat(timespec="milliseconds")
-                  if isinstance(value, (int, float)) and value > 0 else None)
-            for key, value in stamps.items()}
+    return {
+        key: (
+            datetime.fromtimestamp(value / 1000, timezone.utc).isoformat(timespec="milliseconds")
+            if isinstance(value, (int, float)) and value > 0
+            else None
+        )
+        for key, value in stamps.items()
+    }
 
 
 def from_job(job: dict[str, Any], server_url: str) -> Observation:
     """A jobs-API job object (newer ComfyUI) as an observation."""
     obs = _from_job(job, server_url)
     if obs.kind == "finished":
-        obs.timing = server_timing(job.get("create_time"), job.get("execution_start_time"),
-                                   job.get("execution_end_time"))
+        obs.timing = server_timing(
+            job.get("create_time"), job.get("execution_start_time"), job.get("execution_end_time")
+        )
     return obs
 
 
@@ -147,21 +158,38 @@ def _from_job(job: dict[str, Any], server_url: str) -> Observation:
         messages = status_info.get("messages") if isinstance(status_info, dict) else None
         names = {m[0]: m[1] for m in messages or [] if isinstance(m, list) and len(m) == 2}
         if "execution_interrupted" in names:
-            return Observation("finished", prompt_id, server_url, outcome=INTERRUPTED,
-                               outputs=job.get("outputs") or {},
-                               error=interrupt_summary(names["execution_interrupted"] or {}))
-        return Observation("finished", prompt_id, server_url, outcome=CANCELLED,
-                           outputs=job.get("outputs") or {},
-                           error=job_error("cancelled", "Cancelled on the server."))
+            return Observation(
+                "finished",
+                prompt_id,
+                server_url,
+                outcome=INTERRUPTED,
+                outputs=job.get("outputs") or {},
+                error=interrupt_summary(names["execution_interrupted"] or {}),
+            )
+        return Observation(
+            "finished",
+            prompt_id,
+            server_url,
+            outcome=CANCELLED,
+            outputs=job.get("outputs") or {},
+            error=job_error("cancelled", "Cancelled on the server."),
+        )
     if status == "failed":
         err = job.get("execution_error") or {}
-        return Observation("finished", prompt_id, server_url, outcome=ERROR,
-                           outputs=job.get("outputs") or {},
-                           error=error_summary(err) if err else job_error(
-                               "error", "The server recorded an error."))
+        return Observation(
+            "finished",
+            prompt_id,
+            server_url,
+            outcome=ERROR,
+            outputs=job.get("outputs") or {},
+            error=error_summary(err)
+            if err
+            else job_error("error", "The server recorded an error."),
+        )
     if status == "completed":
-        return Observation("finished", prompt_id, server_url, outcome=SUCCESS,
-                           outputs=job.get("outputs") or {})
+        return Observation(
+            "finished", prompt_id, server_url, outcome=SUCCESS, outputs=job.get("outputs") or {}
+        )
     return Observation("unknown", prompt_id, server_url)
 
 

@@ -25,8 +25,9 @@ class Answer(Generic[T]):
     seconds: float = 0.0
 
 
-def fan_out(keys: Iterable[K], ask: Callable[[K], T], deadline: float,
-            name: Callable[[K], str] = str) -> dict[K, Answer[T]]:
+def fan_out(
+    keys: Iterable[K], ask: Callable[[K], T], deadline: float, name: Callable[[K], str] = str
+) -> dict[K, Answer[T]]:
     """``ask(key)`` for every key concurrently; after ``deadline`` seconds the ones still
     running are answered with ServerTimeout."""
     answers: dict[K, Answer[T]] = {}
@@ -54,6 +55,7 @@ def fan_out(keys: Iterable[K], ask: Callable[[K], T], deadline: float,
         thread.join(max(0.0, end - time.monotonic()))
     with lock:
         for key, _ in threads:
-            answers.setdefault(key, Answer(error=ServerTimeout(name(key), "timeout"),
-                                           seconds=deadline))
+            answers.setdefault(
+                key, Answer(error=ServerTimeout(name(key), "timeout"), seconds=deadline)
+            )
         return dict(answers)

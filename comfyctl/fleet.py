@@ -26,7 +26,6 @@ from comfyctl.store import Record
 log = logging.getLogger("comfyctl.fleet")
 
 
-
 @dataclass
 class Probe:
     """What one server said about itself and about the ledger's active jobs on it."""
@@ -48,17 +47,34 @@ def probe(client: ServerClient, active_ids: list[str]) -> Probe:
     version = (stats.get("system") or {}).get("comfyui_version")
     queue = client.queue()
     queued = {item.prompt_id for item in queue.running + queue.pending}
-    unknown = [pid for pid, obs in client.snapshot([p for p in active_ids if p not in queued])
-               .items() if obs.kind == "unknown"] if active_ids else []
-    return Probe(round(latency, 1), version, [i.prompt_id for i in queue.running],
-                 [i.prompt_id for i in queue.pending], unknown, queue.running,
-                 read_log(client) if unknown else None)
+    unknown = (
+        [
+            pid
+            for pid, obs in client.snapshot([p for p in active_ids if p not in queued]).items()
+            if obs.kind == "unknown"
+        ]
+        if active_ids
+        else []
+    )
+    return Probe(
+        round(latency, 1),
+        version,
+        [i.prompt_id for i in queue.running],
+        [i.prompt_id for i in queue.pending],
+        unknown,
+        queue.running,
+        read_log(client) if unknown else None,
+    )
 
 
-def fleet_report(config: Config, records: list[Record],
-                 client_for_spec: Callable[[ServerSpec], ServerClient],
-                 spec_for_record: Callable[[Record], ServerSpec], deadline: float,
-                 only: set[str] | None = None) -> dict[str, Any]:
+def fleet_report(
+    config: Config,
+    records: list[Record],
+    client_for_spec: Callable[[ServerSpec], ServerClient],
+    spec_for_record: Callable[[Record], ServerSpec],
+    deadline: float,
+    only: set[str] | None = None,
+) -> dict[str, Any]:
     specs: dict[str, ServerSpec] = {s.url: s for s in config.servers.values()}
     for record in records:
         specs.setdefault(record["server_url"], spec_for_record(record))
@@ -68,26 +84,35 @@ def fleet_report(config: Config, records: list[Record],
     by_server: dict[str, list[Record]] = {url: [] for url in specs} | group_by_server(records)
     active = {url: [r for r in rs if r["status"] in ACTIVE] for url, rs in by_server.items()}
     known = {r["prompt_id"] for r in records}
-    answers = fan_out(list(specs), lambda url: probe(client_for_spec(specs[url]),
-                                                     [r["prompt_id"] for r in active[url]]),
-                      deadline, name=lambda url: specs[url].name)
+    answers = fan_out(
+        list(specs),
+        lambda url: probe(client_for_spec(specs[url]), [r["prompt_id"] for r in active[url]]),
+        deadline,
+        name=lambda url: specs[url].name,
+    )
     servers, jobs, anomalies = [], [], []
     for url, spec in specs.items():
         answer, mine = answers[url], by_server.get(url, [])
         result: Probe | None = answer.value
         oldest = min(active[url], key=lambda r: r.get("submitted_at") or "", default=None)
-        servers.append({
-            "name": spec.name, "url": url, "configured": spec.configured,
-            "reachable": result is not None,
-            "reason": answer.error.reason if answer.error else None,
-            "latency_ms": result.latency_ms if result else None,
-            "version": result.version if result else None,
-            "server_running": len(result.running) if result else None,
-            "server_pending": len(result.pending) if result else None,
-            "ledger_counts": dict(Counter(r["status"] for r in mine)),
-            "oldest_active": oldest["prompt_id"] if oldest else None,
-            "oldest_active_age_s": _round(age_seconds(oldest["submitted_at"])) if oldest else None,
-        })
+        servers.append(
+            {
+                "name": spec.name,
+                "url": url,
+                "configured": spec.configured,
+                "reachable": result is not None,
+                "reason": answer.error.reason if answer.error else None,
+                "latency_ms": result.latency_ms if result else None,
+                "version": result.version if result else None,
+                "server_running": len(result.running) if result else None,
+                "server_pending": len(result.pending) if result else None,
+                "ledger_counts": dict(Counter(r["status"] for r in mine)),
+                "oldest_active": oldest["prompt_id"] if oldest else None,
+                "oldest_active_age_s": _round(age_seconds(oldest["submitted_at"]))
+                if oldest
+                else None,
+            }
+        )
         if result is not None:
             anomalies += _server_anomalies(spec, result, mine, records)
             anomalies += _foreign_jobs(spec, result, mine, known)
@@ -95,11 +120,15 @@ def fleet_report(config: Config, records: list[Record],
             row = _job_row(record, result)
             jobs.append(row)
             if row["server_status"] == "finished":
-                anomalies.append({
-                    "kind": "finished-unnoticed", "server": spec.name,
-                    "prompt_id": record["prompt_id"],
-                    "detail": f"{spec.name} finished it but the ledger says "
-                              f"{record['status']}; 'comfyctl recover' records it"})
+                anomalies.append(
+                    {
+                        "kind": "finished-unnoticed",
+                        "server": spec.name,
+                        "prompt_id": record["prompt_id"],
+                        "detail": f"{spec.name} finished it but the ledger says "
+                        f"{record['status']}; 'comfyctl recover' records it",
+                    }
+                )
     anomalies += _binding_anomalies(config, records)
     anomalies += _slow_jobs(records)
     return {**REPORT_SCHEMA, "servers": servers, "jobs": jobs, "anomalies": anomalies}
@@ -117,17 +146,21 @@ def _job_row(record: Record, result: Probe | None) -> dict[str, Any]:
         else:  # not queued: finished (in its history) or unknown to it
             server_says = "unknown" if pid in result.unknown else "finished"
     return {
-        "prompt_id": record["prompt_id"], "server": record["server"],
-        "server_url": record["server_url"], "status": record["status"],
+        "prompt_id": record["prompt_id"],
+        "server": record["server"],
+        "server_url": record["server_url"],
+        "status": record["status"],
         "server_status": server_says,
-        "percent": progress.get("percent"), "node": progress.get("node"),
+        "percent": progress.get("percent"),
+        "node": progress.get("node"),
         "progress_age_s": _round(age_seconds(progress.get("updated_at"))),
         "queue_position": position,
     }
 
 
-def _server_anomalies(spec: ServerSpec, result: Probe, mine: list[Record],
-                      everything: list[Record]) -> list[dict[str, Any]]:
+def _server_anomalies(
+    spec: ServerSpec, result: Probe, mine: list[Record], everything: list[Record]
+) -> list[dict[str, Any]]:
     """Jobs the server does not know: lost in a restart only on proof (see
     ``comfyctl.restart``), else forgotten (deleted from its queue or history)."""
     found: list[dict[str, Any]] = []
@@ -136,19 +169,32 @@ def _server_anomalies(spec: ServerSpec, result: Probe, mine: list[Record],
         record = by_id.get(pid)
         proof = restart_proof(record, result.log, everything) if record else None
         if proof is not None:
-            found.append({"kind": "lost-in-restart", "server": spec.name, "prompt_id": pid,
-                          "detail": f"the ledger thinks it is active but {spec.name} does not "
-                                    f"know it: {proof}"})
+            found.append(
+                {
+                    "kind": "lost-in-restart",
+                    "server": spec.name,
+                    "prompt_id": pid,
+                    "detail": f"the ledger thinks it is active but {spec.name} does not "
+                    f"know it: {proof}",
+                }
+            )
         else:
             why = no_proof(record, result.log) if record else "no record"
-            found.append({"kind": "unknown-to-server", "server": spec.name, "prompt_id": pid,
-                          "detail": f"the ledger thinks it is active but {spec.name} does not "
-                                    f"know it (not queued, not in history); {why}"})
+            found.append(
+                {
+                    "kind": "unknown-to-server",
+                    "server": spec.name,
+                    "prompt_id": pid,
+                    "detail": f"the ledger thinks it is active but {spec.name} does not "
+                    f"know it (not queued, not in history); {why}",
+                }
+            )
     return found
 
 
-def _foreign_jobs(spec: ServerSpec, result: Probe, mine: list[Record], known: set[str]) \
-        -> list[dict[str, Any]]:
+def _foreign_jobs(
+    spec: ServerSpec, result: Probe, mine: list[Record], known: set[str]
+) -> list[dict[str, Any]]:
     """A job comfyctl did not submit that is running while ours wait behind it."""
     waiting = [r for r in mine if r["prompt_id"] in result.pending and r["status"] in ACTIVE]
     found: list[dict[str, Any]] = []
@@ -156,17 +202,30 @@ def _foreign_jobs(spec: ServerSpec, result: Probe, mine: list[Record], known: se
         if item.prompt_id in known or not waiting:
             continue
         # detect-stuck dates it on the jobs it blocks (ComfyUI 0.3.64 gives no start time).
-        seen = [b["first_seen"] for r in waiting
-                if (b := r.get("blocked_by") or {}).get("prompt_id") == item.prompt_id]
+        seen = [
+            b["first_seen"]
+            for r in waiting
+            if (b := r.get("blocked_by") or {}).get("prompt_id") == item.prompt_id
+        ]
         held = age_seconds(min(seen)) if seen else None
-        how_long = (f"running for at least {held:.0f}s" if held is not None else
-                    "running for an unknown time (detect-stuck times it)")
-        found.append({"kind": "foreign-job-blocking", "server": spec.name,
-                      "prompt_id": item.prompt_id, "client_id": item.client_id,
-                      "running_for_s": _round(held), "blocked": len(waiting),
-                      "detail": f"{item.prompt_id} was not submitted by comfyctl (not in the "
-                                f"ledger; client_id {item.client_id or 'none'}); {how_long}; "
-                                f"{len(waiting)} of our job(s) wait behind it"})
+        how_long = (
+            f"running for at least {held:.0f}s"
+            if held is not None
+            else "running for an unknown time (detect-stuck times it)"
+        )
+        found.append(
+            {
+                "kind": "foreign-job-blocking",
+                "server": spec.name,
+                "prompt_id": item.prompt_id,
+                "client_id": item.client_id,
+                "running_for_s": _round(held),
+                "blocked": len(waiting),
+                "detail": f"{item.prompt_id} was not submitted by comfyctl (not in the "
+                f"ledger; client_id {item.client_id or 'none'}); {how_long}; "
+                f"{len(waiting)} of our job(s) wait behind it",
+            }
+        )
     return found
 
 
@@ -178,14 +237,24 @@ def _binding_anomalies(config: Config, records: list[Record]) -> list[dict[str, 
         name, url = record["server"], record["server_url"]
         configured = config.servers.get(name)
         if configured is not None and configured.url != url:
-            found.append({"kind": "server-url-changed", "server": name,
-                          "prompt_id": record["prompt_id"],
-                          "detail": f"bound to {url}, but {name} is now configured as "
-                                    f"{configured.url}; comfyctl keeps using {url}"})
+            found.append(
+                {
+                    "kind": "server-url-changed",
+                    "server": name,
+                    "prompt_id": record["prompt_id"],
+                    "detail": f"bound to {url}, but {name} is now configured as "
+                    f"{configured.url}; comfyctl keeps using {url}",
+                }
+            )
         elif configured is None and name != server_name_for_url(url):
-            found.append({"kind": "server-not-configured", "server": name,
-                          "prompt_id": record["prompt_id"],
-                          "detail": f"bound to {name} ({url}), which is no longer configured"})
+            found.append(
+                {
+                    "kind": "server-not-configured",
+                    "server": name,
+                    "prompt_id": record["prompt_id"],
+                    "detail": f"bound to {name} ({url}), which is no longer configured",
+                }
+            )
     return found
 
 
@@ -204,10 +273,15 @@ def _slow_jobs(records: list[Record]) -> list[dict[str, Any]]:
     for record in records:
         elapsed = age_seconds(record.get("started_at"))
         if record["status"] == RUNNING and elapsed is not None and elapsed > limit:
-            found.append({"kind": "running-long", "server": record["server"],
-                          "prompt_id": record["prompt_id"],
-                          "detail": f"running for {elapsed:.0f}s; finished jobs typically take "
-                                    f"{typical:.0f}s"})
+            found.append(
+                {
+                    "kind": "running-long",
+                    "server": record["server"],
+                    "prompt_id": record["prompt_id"],
+                    "detail": f"running for {elapsed:.0f}s; finished jobs typically take "
+                    f"{typical:.0f}s",
+                }
+            )
     return found
 
 

@@ -79,8 +79,11 @@ def claim(ledger: Store, prompt_id: str) -> Record | None:
         stored = tasks.get(prompt_id)
         if stored is None or stored["status"] not in TERMINAL or _claimed(stored):
             return None
-        stored["notified"] = {"status": stored["status"], "at": now_iso(),
-                              "by": f"{socket.gethostname()}:{os.getpid()}"}
+        stored["notified"] = {
+            "status": stored["status"],
+            "at": now_iso(),
+            "by": f"{socket.gethostname()}:{os.getpid()}",
+        }
         tasks.put(stored)
         copy: Record = json.loads(json.dumps(stored))  # a copy the hook threads may keep
         return copy
@@ -110,9 +113,13 @@ def signature(secret: str, body: bytes) -> str:
 class Notifier:
     """Claims each finished job once and runs its hooks in background threads."""
 
-    def __init__(self, ledger: Store, options: HookOptions,
-                 webhooks_for: Callable[[Record], list[Webhook]],
-                 report: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        ledger: Store,
+        options: HookOptions,
+        webhooks_for: Callable[[Record], list[Webhook]],
+        report: Callable[[str], None],
+    ) -> None:
         self.ledger = ledger
         self.options = options
         self.webhooks_for = webhooks_for
@@ -171,10 +178,15 @@ class Notifier:
         assert command is not None
         try:
             # Its own session: a timeout kills the whole shell pipeline, not just the shell.
-            proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **hook_env(record)},
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                command,
+                shell=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **hook_env(record)},
+                start_new_session=True,
+            )
         except OSError as exc:
             self.report(f"hook for {pid} could not start: {exc.strerror or exc}")
             return
@@ -185,13 +197,16 @@ class Notifier:
                 os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
             self._relay(pid, output)
-            self.report(f"hook for {pid} was still running after {limit:g}s and was "
-                        "killed (raise --exec-timeout)")
+            self.report(
+                f"hook for {pid} was still running after {limit:g}s and was "
+                "killed (raise --exec-timeout)"
+            )
             return
         self._relay(pid, output)
         if proc.returncode != 0:
-            self.report(f"hook for {pid} ({record['status']}) exited with "
-                        f"{_exit_text(proc.returncode)}")
+            self.report(
+                f"hook for {pid} ({record['status']}) exited with {_exit_text(proc.returncode)}"
+            )
 
     def _relay(self, pid: str, output: bytes | None) -> None:
         """The hook's own output goes to comfyctl's messages, never to its data stream."""
@@ -204,11 +219,13 @@ class Notifier:
     def _post(self, hook: Webhook, record: Record, body: bytes) -> None:
         import requests
 
-        headers = {"Content-Type": "application/json",
-                   "User-Agent": f"comfyctl/{__version__}",
-                   "X-Comfyctl-Event": "job.finished",
-                   # The same on every retry, so a receiver can drop a repeated delivery.
-                   "X-Comfyctl-Delivery": f"{record['prompt_id']}:{record['status']}"}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"comfyctl/{__version__}",
+            "X-Comfyctl-Event": "job.finished",
+            # The same on every retry, so a receiver can drop a repeated delivery.
+            "X-Comfyctl-Delivery": f"{record['prompt_id']}:{record['status']}",
+        }
         if hook.secret:
             headers["X-Comfyctl-Signature"] = signature(hook.secret, body)
         end = time.monotonic() + self.options.webhook_retry_for
@@ -216,26 +233,36 @@ class Notifier:
         while True:
             attempt += 1
             try:
-                resp = requests.post(hook.url, data=body, headers=headers,
-                                     timeout=WEBHOOK_TIMEOUT, allow_redirects=False)
+                resp = requests.post(
+                    hook.url,
+                    data=body,
+                    headers=headers,
+                    timeout=WEBHOOK_TIMEOUT,
+                    allow_redirects=False,
+                )
             except requests.RequestException as exc:
                 reason = type(exc).__name__
             else:
                 if resp.status_code < 300:
-                    log.info("%s: delivered %s (attempt %d)", hook.name, record["prompt_id"],
-                             attempt)
+                    log.info(
+                        "%s: delivered %s (attempt %d)", hook.name, record["prompt_id"], attempt
+                    )
                     return
                 reason = f"http {resp.status_code}"
                 if resp.status_code < 500 and resp.status_code != 429:
-                    self.report(f"{hook.name} refused {record['prompt_id']} ({reason}); "
-                                "not retried")
+                    self.report(
+                        f"{hook.name} refused {record['prompt_id']} ({reason}); not retried"
+                    )
                     return
             if time.monotonic() + delay > end or self._stop.is_set():
-                self.report(f"{hook.name} failed for {record['prompt_id']} after {attempt} "
-                            f"attempt(s) ({reason}); given up")
+                self.report(
+                    f"{hook.name} failed for {record['prompt_id']} after {attempt} "
+                    f"attempt(s) ({reason}); given up"
+                )
                 return
-            log.info("%s: %s (%s); retrying in %.1fs", hook.name, record["prompt_id"],
-                     reason, delay)
+            log.info(
+                "%s: %s (%s); retrying in %.1fs", hook.name, record["prompt_id"], reason, delay
+            )
             self._stop.wait(delay)
             delay = min(delay * 2, 10.0)
 

@@ -40,13 +40,23 @@ class FileInput:
     size: int
 
     def as_record(self) -> dict[str, Any]:
-        return {"node": self.node, "input": self.input, "path": str(self.path),
-                "sha256": self.sha256, "size": self.size}
+        return {
+            "node": self.node,
+            "input": self.input,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "size": self.size,
+        }
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> FileInput:
-        return cls(str(data["node"]), str(data["input"]), Path(data["path"]),
-                   str(data["sha256"]), int(data["size"]))
+        return cls(
+            str(data["node"]),
+            str(data["input"]),
+            Path(data["path"]),
+            str(data["sha256"]),
+            int(data["size"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,10 @@ def read_file_input(node: str, name: str, path_text: str, text: str) -> FileInpu
     except IsADirectoryError:
         raise InputRejected(f"--set {text!r}: {path} is a directory, not a file.") from None
     except OSError as exc:
-        raise InputRejected(f"--set {text!r}: cannot read {path}: "
-                            f"{exc.strerror or exc}.", "Use @@ for a literal '@'.") from None
+        raise InputRejected(
+            f"--set {text!r}: cannot read {path}: {exc.strerror or exc}.",
+            "Use @@ for a literal '@'.",
+        ) from None
     return FileInput(node, name, path.resolve(), digest.hexdigest(), size)
 
 
@@ -120,8 +132,9 @@ class LedgerInputMap:
         return entry["name"], str(entry.get("subfolder") or "")
 
     def put(self, server_url: str, sha256: str, name: str, subfolder: str) -> None:
-        self.ledger.remember_input(server_url, sha256, {
-            "name": name, "subfolder": subfolder, "uploaded_at": now_iso()})
+        self.ledger.remember_input(
+            server_url, sha256, {"name": name, "subfolder": subfolder, "uploaded_at": now_iso()}
+        )
 
 
 def input_value(name: str, subfolder: str) -> str:
@@ -147,15 +160,19 @@ class Uploader:
         try:
             with open(file.path, "rb") as handle:
                 if _sha256(handle) != file.sha256:
-                    raise InputRejected(f"{file.path} changed since it was read (node "
-                                        f"{file.node} input {file.input}).",
-                                        "Put the original file back, or submit again.")
+                    raise InputRejected(
+                        f"{file.path} changed since it was read (node "
+                        f"{file.node} input {file.input}).",
+                        "Put the original file back, or submit again.",
+                    )
                 handle.seek(0)
                 log.info("uploading %s to %s (%s)", file.path, spec.name, spec.url)
                 name, subfolder = client.upload_input(file.path.name, handle)
         except OSError as exc:
-            raise InputRejected(f"Cannot read {file.path} for node {file.node} input "
-                                f"{file.input}: {exc.strerror or exc}.") from None
+            raise InputRejected(
+                f"Cannot read {file.path} for node {file.node} input "
+                f"{file.input}: {exc.strerror or exc}."
+            ) from None
         self.inputs.put(spec.url, file.sha256, name, subfolder)
         self.uploaded += 1
         return input_value(name, subfolder)
@@ -168,13 +185,15 @@ def _sha256(handle: Any) -> str:
     return digest.hexdigest()
 
 
-def place_inputs(graph: dict[str, Any], files: list[dict[str, Any]], spec: ServerSpec,
-                 uploader: Uploader) -> dict[str, Any]:
+def place_inputs(
+    graph: dict[str, Any], files: list[dict[str, Any]], spec: ServerSpec, uploader: Uploader
+) -> dict[str, Any]:
     """A stored job's graph with its recorded input files put on ``spec``'s server (a
     resubmit elsewhere): each file uploaded there unless already there, each input renamed
     to the name it has there."""
-    placed = {node: dict(body, inputs=dict(body.get("inputs") or {}))
-              for node, body in graph.items()}
+    placed = {
+        node: dict(body, inputs=dict(body.get("inputs") or {})) for node, body in graph.items()
+    }
     for data in files:
         file = FileInput.from_record(data)
         if file.node in placed:

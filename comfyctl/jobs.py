@@ -33,10 +33,12 @@ def by_server(records: Iterable[Record]) -> dict[str, list[Record]]:
     return groups
 
 
-def apply_observations(ledger: Store, observations: Iterable[Observation],
-                       when: Callable[[Record], bool] | None = None,
-                       server_name: Callable[[Record], str | None] | None = None
-                       ) -> dict[str, Record]:
+def apply_observations(
+    ledger: Store,
+    observations: Iterable[Observation],
+    when: Callable[[Record], bool] | None = None,
+    server_name: Callable[[Record], str | None] | None = None,
+) -> dict[str, Record]:
     """Apply each observation to the stored record of its job, in one transaction, and
     return the records that changed (by prompt id). ``when``: only records it accepts are
     touched (e.g. only still-submitting ones); ``server_name``: the name to record the
@@ -58,10 +60,14 @@ def apply_observations(ledger: Store, observations: Iterable[Observation],
     return changed
 
 
-def refresh(ledger: Store, records: list[Record],
-            client_for: Callable[[Record], ServerClient],
-            report: Callable[[str], None], finished_too: bool = False,
-            deadline: float = REFRESH_DEADLINE) -> list[Record]:
+def refresh(
+    ledger: Store,
+    records: list[Record],
+    client_for: Callable[[Record], ServerClient],
+    report: Callable[[str], None],
+    finished_too: bool = False,
+    deadline: float = REFRESH_DEADLINE,
+) -> list[Record]:
     """Ask each job's bound server about it (one round per server, all servers at once,
     each bounded by ``deadline``) and record what they say; returns the records as the
     ledger now has them. ``report`` hears about each server that did not answer."""
@@ -108,27 +114,41 @@ class Cancelled:
 
 
 #: How each way of cancelling reads, from ServerClient.cancel's answer.
-_HOW = {"jobs-api": "cancelled (jobs API)", "dequeued": "cancelled (removed from queue)",
-        "interrupted": "cancelled (interrupted by prompt_id)",
-        "running": "running; not interrupted (--all-pending never interrupts)",
-        "unsafe-interrupt": "running; not interrupted: this server's ComfyUI predates "
-                            "interrupt by prompt_id, so an interrupt could stop another job"}
+_HOW = {
+    "jobs-api": "cancelled (jobs API)",
+    "dequeued": "cancelled (removed from queue)",
+    "interrupted": "cancelled (interrupted by prompt_id)",
+    "running": "running; not interrupted (--all-pending never interrupts)",
+    "unsafe-interrupt": "running; not interrupted: this server's ComfyUI predates "
+    "interrupt by prompt_id, so an interrupt could stop another job",
+}
 
 
-def cancel_targets(records: Any, prompt_ids: Collection[str], all_pending: bool,
-                   server_urls: Collection[str] | None) -> tuple[list[Record], set[str]]:
+def cancel_targets(
+    records: Any,
+    prompt_ids: Collection[str],
+    all_pending: bool,
+    server_urls: Collection[str] | None,
+) -> tuple[list[Record], set[str]]:
     """The jobs to cancel and the prompt ids named (a unique prefix acts exactly like the
     full id): those named, then with ``all_pending`` every pending one (on ``server_urls``)."""
     targets: list[Record] = records.find_all(list(prompt_ids))
     named = {r["prompt_id"] for r in targets}
     if all_pending:
-        targets += [r for r in records.select(statuses={PENDING}, server_urls=server_urls)
-                    if r not in targets]
+        targets += [
+            r
+            for r in records.select(statuses={PENDING}, server_urls=server_urls)
+            if r not in targets
+        ]
     return targets, named
 
 
-def cancel(ledger: Store, record: Record, client_for: Callable[[Record], ServerClient],
-           allow_interrupt: bool) -> Cancelled:
+def cancel(
+    ledger: Store,
+    record: Record,
+    client_for: Callable[[Record], ServerClient],
+    allow_interrupt: bool,
+) -> Cancelled:
     """Cancel one job on its own bound server, the safest way that server allows: the
     jobs API, else out of the pending queue, else (``allow_interrupt``, and only when it is
     verifiably the running job) an interrupt by prompt_id. Never a global interrupt, never

@@ -55,8 +55,9 @@ def _check_record(path: Path | str, key: str, record: Any) -> None:
         raise LedgerCorrupt(path, f"the record under {key!r} is not a task record")
     # What every command relies on; anything else would be shown or acted on wrongly.
     if "status" in record and record["status"] not in STATUSES:
-        raise LedgerCorrupt(path, f"the record {key!r} has no known status "
-                                  f"({record.get('status')!r})")
+        raise LedgerCorrupt(
+            path, f"the record {key!r} has no known status ({record.get('status')!r})"
+        )
 
 
 def _stamp(record: Record) -> str:
@@ -88,8 +89,9 @@ def _read_json(path: Path, missing_ok: bool = False) -> Any:
 def _tasks_document(head: dict[str, Any], tasks: dict[str, Record]) -> bytes:
     """``head`` then ``"tasks"``, one record per line: grep-, diff- and jq-friendly."""
     start = json.dumps(head)[:-1] + (', "tasks": {' if head else '{"tasks": {')
-    lines = [json.dumps(pid) + ":" + json.dumps(rec, separators=(",", ":"))
-             for pid, rec in tasks.items()]
+    lines = [
+        json.dumps(pid) + ":" + json.dumps(rec, separators=(",", ":")) for pid, rec in tasks.items()
+    ]
     return (start + ("\n" + ",\n".join(lines) + "\n" if lines else "") + "}}\n").encode()
 
 
@@ -105,9 +107,13 @@ class _Live:
         self.history_last: str = doc.get("history_last", "")
 
     def document(self) -> bytes:
-        head = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
-                "changes": self.changes, "history": self.history,
-                "history_last": self.history_last}
+        head = {
+            "schema": SCHEMA_NAME,
+            "schema_version": SCHEMA_VERSION,
+            "changes": self.changes,
+            "history": self.history,
+            "history_last": self.history_last,
+        }
         return _tasks_document(head, self.tasks)
 
 
@@ -117,8 +123,9 @@ class _History:
     def __init__(self, store: Ledger, manifest_name: str | None) -> None:
         self.store = store
         self.name = manifest_name
-        self._manifest: dict[str, Any] | None = None if manifest_name else \
-            {"next": 1, "segments": []}
+        self._manifest: dict[str, Any] | None = (
+            None if manifest_name else {"next": 1, "segments": []}
+        )
         self._segments: dict[str, dict[str, Record]] = {}
 
     @property
@@ -127,8 +134,11 @@ class _History:
             assert self.name is not None
             path = self.store.history_dir / self.name
             doc = self.store._read_history_file(path)
-            if not isinstance(doc, dict) or not isinstance(doc.get("segments"), list) \
-                    or not isinstance(doc.get("next"), int):
+            if (
+                not isinstance(doc, dict)
+                or not isinstance(doc.get("segments"), list)
+                or not isinstance(doc.get("next"), int)
+            ):
                 raise LedgerCorrupt(path, "it is not a comfyctl history manifest")
             self._manifest = doc
         return self._manifest
@@ -234,8 +244,11 @@ class Tasks(RecordsBase):
             escaped = json.dumps(prefix)[:-1]  # an opening quote, no closing one
             for entry in self._history.containing(escaped):
                 for pid in self._history.segment(entry):
-                    if pid.startswith(prefix) and pid not in self._removed \
-                            and pid not in self._puts:
+                    if (
+                        pid.startswith(prefix)
+                        and pid not in self._removed
+                        and pid not in self._puts
+                    ):
                         self._origin[pid] = entry["file"]
                         ids.append(pid)
         return ids
@@ -252,15 +265,18 @@ class Tasks(RecordsBase):
                         self._origin[pid] = entry["file"]
                         yield record
 
-    def select(self, statuses: Collection[str] | None = None,
-               server_urls: Collection[str] | None = None) -> list[Record]:
+    def select(
+        self, statuses: Collection[str] | None = None, server_urls: Collection[str] | None = None
+    ) -> list[Record]:
         def keep(record: Record) -> bool:
-            return (statuses is None or record.get("status") in statuses) and \
-                (server_urls is None or record.get("server_url") in server_urls)
+            return (statuses is None or record.get("status") in statuses) and (
+                server_urls is None or record.get("server_url") in server_urls
+            )
 
         def wanted(entry: dict[str, Any]) -> bool:
-            return (statuses is None or bool(set(entry["statuses"]) & set(statuses))) and \
-                (server_urls is None or bool(set(entry["servers"]) & set(server_urls)))
+            return (statuses is None or bool(set(entry["statuses"]) & set(statuses))) and (
+                server_urls is None or bool(set(entry["servers"]) & set(server_urls))
+            )
 
         found = [r for r in self._current_live().values() if keep(r)]
         return found + [r for r in self._history_records(wanted) if keep(r)]
@@ -273,8 +289,11 @@ class Tasks(RecordsBase):
         # every segment that may hold something newer (by its range) is read into it.
         heap = [(_Newer(_stamp(r)), _Newer(pid), r) for pid, r in self._current_live().items()]
         heapq.heapify(heap)
-        entries = sorted(self._history.entries if self._live.history else [],
-                         key=lambda e: e["last"], reverse=True)
+        entries = sorted(
+            self._history.entries if self._live.history else [],
+            key=lambda e: e["last"],
+            reverse=True,
+        )
         index = 0
         while heap or index < len(entries):
             while index < len(entries) and (not heap or entries[index]["last"] >= str(heap[0][0])):
@@ -314,15 +333,17 @@ class Tasks(RecordsBase):
         if self._live.history is None or stamp > self._live.history_last:
             return
         for entry in self._history.entries:
-            if entry["first"] <= stamp <= entry["last"] and \
-                    prompt_id in self._history.segment(entry):
+            if entry["first"] <= stamp <= entry["last"] and prompt_id in self._history.segment(
+                entry
+            ):
                 self._origin[prompt_id] = entry["file"]
                 return
 
     def _check_writable(self) -> None:
         if not self._writable:
-            raise LedgerError("The ledger was read without a transaction; it cannot be "
-                              "changed through this view.")
+            raise LedgerError(
+                "The ledger was read without a transaction; it cannot be changed through this view."
+            )
 
 
 class _Newer(str):
@@ -339,21 +360,33 @@ def _entry(name: str, records: dict[str, Record]) -> dict[str, Any]:
     for record in records.values():
         statuses[record.get("status", "")] = statuses.get(record.get("status", ""), 0) + 1
     stamps = [_stamp(r) for r in records.values()]
-    return {"file": name, "count": len(records), "first": min(stamps), "last": max(stamps),
-            "statuses": statuses,
-            "servers": sorted({str(r.get("server_url")) for r in records.values()})}
+    return {
+        "file": name,
+        "count": len(records),
+        "first": min(stamps),
+        "last": max(stamps),
+        "statuses": statuses,
+        "servers": sorted({str(r.get("server_url")) for r in records.values()}),
+    }
 
 
 class Ledger:
     """The JSON store (see the module docstring)."""
 
-    def __init__(self, path: Path, lock_timeout: float | None = None,
-                 segment_size: int = SEGMENT_SIZE, move_at: int = MOVE_AT) -> None:
+    def __init__(
+        self,
+        path: Path,
+        lock_timeout: float | None = None,
+        segment_size: int = SEGMENT_SIZE,
+        move_at: int = MOVE_AT,
+    ) -> None:
         self.path = Path(path)
         self.segment_size, self.move_at = segment_size, move_at
         env_timeout = os.environ.get("COMFYCTL_LOCK_TIMEOUT")
-        self.lock_timeout = lock_timeout if lock_timeout is not None else (
-            _seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT
+        self.lock_timeout = (
+            lock_timeout
+            if lock_timeout is not None
+            else (_seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT)
         )
         self._thread_lock = threading.RLock()
 
@@ -386,11 +419,15 @@ class Ledger:
             raise LedgerCorrupt(self.path, "it is not a comfyctl ledger")
         version = doc.get("schema_version")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise LedgerCorrupt(self.path, f"schema_version {version!r} is not one this "
-                                           "comfyctl reads")
+            raise LedgerCorrupt(
+                self.path, f"schema_version {version!r} is not one this comfyctl reads"
+            )
         if version > SCHEMA_VERSION:
-            raise LedgerCorrupt(self.path, f"schema_version {version} was written by a newer "
-                                           "comfyctl; upgrade comfyctl to use it")
+            raise LedgerCorrupt(
+                self.path,
+                f"schema_version {version} was written by a newer "
+                "comfyctl; upgrade comfyctl to use it",
+            )
         for key, record in doc["tasks"].items():
             _check_record(self.path, key, record)
         live = _Live(doc)
@@ -476,11 +513,14 @@ class Ledger:
             else:
                 records[pid] = record
         cutoff = (datetime.now(timezone.utc) - timedelta(seconds=RECENT)).isoformat(
-            timespec="milliseconds")
-        settled = [pid for pid, r in records.items() if is_settled(r)
-                   and (r.get("updated_at") or r.get("finished_at") or "") < cutoff]
-        moving = {pid: records.pop(pid) for pid in settled} if len(settled) >= self.move_at \
-            else {}
+            timespec="milliseconds"
+        )
+        settled = [
+            pid
+            for pid, r in records.items()
+            if is_settled(r) and (r.get("updated_at") or r.get("finished_at") or "") < cutoff
+        ]
+        moving = {pid: records.pop(pid) for pid in settled} if len(settled) >= self.move_at else {}
         live.tasks = records
         live.changes += 1
         self._clear_temp_files(self.path.parent, f".{self.path.name}.")
@@ -488,9 +528,13 @@ class Ledger:
             self._write_history(tasks._history, live, edits, moving)
         atomic_write(self.path, live.document())
 
-    def _write_history(self, history: _History, live: _Live,
-                       edits: dict[str, dict[str, Record | None]],
-                       moving: dict[str, Record]) -> None:
+    def _write_history(
+        self,
+        history: _History,
+        live: _Live,
+        edits: dict[str, dict[str, Record | None]],
+        moving: dict[str, Record],
+    ) -> None:
         """New segment files for the changed ones (and the tail that takes ``moving``),
         then a new manifest; the caller's rename of the live file commits them."""
         manifest = history.manifest
@@ -516,18 +560,27 @@ class Ledger:
                     records[pid] = record
             ordered = sorted(records.items(), key=lambda item: _stamp(item[1]))
             for start in range(0, len(ordered), size):
-                kept.append(self._write_segment(seq, dict(ordered[start:start + size])))
+                kept.append(self._write_segment(seq, dict(ordered[start : start + size])))
                 seq += 1
         ordered = sorted(moving.items(), key=lambda item: _stamp(item[1]))
         for start in range(0, len(ordered), size):
-            kept.append(self._write_segment(seq, dict(ordered[start:start + size])))
+            kept.append(self._write_segment(seq, dict(ordered[start : start + size])))
             seq += 1
         if live.history:
             retired.append(live.history)
         name = f"manifest-{seq:06d}.json"
-        atomic_write(self.history_dir / name, json.dumps(
-            {"schema": "comfyctl.ledger-history", "schema_version": SCHEMA_VERSION,
-             "next": seq + 1, "segments": kept}, indent=1).encode())
+        atomic_write(
+            self.history_dir / name,
+            json.dumps(
+                {
+                    "schema": "comfyctl.ledger-history",
+                    "schema_version": SCHEMA_VERSION,
+                    "next": seq + 1,
+                    "segments": kept,
+                },
+                indent=1,
+            ).encode(),
+        )
         now = time.time()
         for old in retired:  # retired now: readers holding them get RETIRED_GRACE
             with contextlib.suppress(FileNotFoundError):
@@ -571,7 +624,7 @@ class Ledger:
     def _migrate_locked(self, live: _Live) -> None:
         backup = self.path.with_name(f"{self.path.name}.schema-{live.version}.bak")
         atomic_write(backup, self.path.read_bytes())
-        for step in MIGRATIONS[live.version - 1:]:
+        for step in MIGRATIONS[live.version - 1 :]:
             step(self, live)
             live.version += 1
         atomic_write(self.path, live.document())
@@ -592,8 +645,11 @@ class Ledger:
         leases = doc.get("leases") if isinstance(doc, dict) else None
         if not isinstance(leases, dict):
             return {}
-        return {k: v for k, v in leases.items()
-                if isinstance(v, dict) and isinstance(v.get("expires_at"), (int, float))}
+        return {
+            k: v
+            for k, v in leases.items()
+            if isinstance(v, dict) and isinstance(v.get("expires_at"), (int, float))
+        }
 
     def _leases(self, change: Callable[[dict[str, dict[str, Any]], float], bool]) -> bool:
         # A file of its own: leases are renewed every few seconds, records change rarely.
@@ -602,9 +658,13 @@ class Ledger:
             leases = {k: v for k, v in self._read_leases().items() if v["expires_at"] > now}
             done = change(leases, now)
             if done:
-                atomic_write(self.leases_path, json.dumps(
-                    {"schema": "comfyctl.leases", "schema_version": 1, "leases": leases},
-                    separators=(",", ":")).encode())
+                atomic_write(
+                    self.leases_path,
+                    json.dumps(
+                        {"schema": "comfyctl.leases", "schema_version": 1, "leases": leases},
+                        separators=(",", ":"),
+                    ).encode(),
+                )
             return done
 
     def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
@@ -654,9 +714,14 @@ class Ledger:
         with self.locked():
             servers = self._read_inputs()
             servers.setdefault(server_url, {})[sha256] = info
-            atomic_write(self.inputs_path, json.dumps(
-                {"schema": "comfyctl.inputs", "schema_version": 1, "servers": servers},
-                indent=1, sort_keys=True).encode())
+            atomic_write(
+                self.inputs_path,
+                json.dumps(
+                    {"schema": "comfyctl.inputs", "schema_version": 1, "servers": servers},
+                    indent=1,
+                    sort_keys=True,
+                ).encode(),
+            )
 
     # -- workflows ----------------------------------------------------------------------
 
@@ -680,7 +745,8 @@ class Ledger:
         digest = ref.split(":", 1)[-1]
         try:
             workflow: dict[str, Any] = json.loads(
-                (self.workflow_dir / f"{digest}.json").read_bytes())
+                (self.workflow_dir / f"{digest}.json").read_bytes()
+            )
         except (OSError, ValueError) as exc:
             raise LedgerError(
                 f"The stored workflow {ref} is missing or unreadable ({exc}).",
@@ -722,8 +788,9 @@ class _Retrying(Tasks):
     def _ids_with_prefix(self, prefix: str) -> list[str]:
         return self._again(lambda: Tasks._ids_with_prefix(self, prefix))
 
-    def select(self, statuses: Collection[str] | None = None,
-               server_urls: Collection[str] | None = None) -> list[Record]:
+    def select(
+        self, statuses: Collection[str] | None = None, server_urls: Collection[str] | None = None
+    ) -> list[Record]:
         return self._again(lambda: Tasks.select(self, statuses, server_urls))
 
     def values(self) -> list[Record]:  # type: ignore[override]
@@ -766,8 +833,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def atomic_write(path: Path, data: bytes | list[bytes | memoryview], mode: int = 0o600) \
-        -> None:
+def atomic_write(path: Path, data: bytes | list[bytes | memoryview], mode: int = 0o600) -> None:
     """Write ``data`` (bytes, or pieces) to ``path`` so that readers see the old or the new
     file, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,16 @@ from comfyctl.stuck import (
     detect,
 )
 
-CONDITIONS = (FINISHED_UNNOTICED, FAILED_UNNOTICED, STALLED, LOST_JOB, FORGOTTEN, BLOCKED,
-              QUEUED_TOO_LONG, UNREACHABLE)
+CONDITIONS = (
+    FINISHED_UNNOTICED,
+    FAILED_UNNOTICED,
+    STALLED,
+    LOST_JOB,
+    FORGOTTEN,
+    BLOCKED,
+    QUEUED_TOO_LONG,
+    UNREACHABLE,
+)
 QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -53,11 +61,16 @@ class Family:
         self.samples.append((self.name + suffix, labels, value))
 
 
-def collect(config: Config, records: list[Record], ledger: Store,
-            client_for_spec: Callable[[ServerSpec], ServerClient],
-            spec_for_record: Callable[[Record], ServerSpec],
-            client_for_record: Callable[[Record], ServerClient],
-            opts: DetectOptions, only: set[str] | None = None) -> list[Family]:
+def collect(
+    config: Config,
+    records: list[Record],
+    ledger: Store,
+    client_for_spec: Callable[[ServerSpec], ServerClient],
+    spec_for_record: Callable[[Record], ServerSpec],
+    client_for_record: Callable[[Record], ServerClient],
+    opts: DetectOptions,
+    only: set[str] | None = None,
+) -> list[Family]:
     """Every metric family, from one fleet probe and one detection round at once."""
     from comfyctl.fleet import fleet_report
 
@@ -72,38 +85,59 @@ def collect(config: Config, records: list[Record], ledger: Store,
 
     thread = threading.Thread(target=run_detection, daemon=True, name="detect")
     thread.start()
-    report = fleet_report(config, records, client_for_spec, spec_for_record, opts.deadline,
-                          only)
+    report = fleet_report(config, records, client_for_spec, spec_for_record, opts.deadline, only)
     thread.join()
     if "error" in found:
         raise found["error"]
     return families(report, chosen, found["detection"])
 
 
-def families(report: dict[str, Any], records: list[Record],
-             detection: Detection | None) -> list[Family]:
+def families(
+    report: dict[str, Any], records: list[Record], detection: Detection | None
+) -> list[Family]:
     """The metric families of one fleet report, the ledger's records and a detection."""
-    up = Family("comfyctl_server_up", "gauge",
-                "1 when the server answered the probe within the timeout, else 0.")
-    latency = Family("comfyctl_server_probe_duration_seconds", "gauge",
-                     "How long the server took to answer /system_stats.")
-    queue = Family("comfyctl_server_queue_jobs", "gauge",
-                   "Jobs in the server's queue as the server reports it, by state.")
+    up = Family(
+        "comfyctl_server_up",
+        "gauge",
+        "1 when the server answered the probe within the timeout, else 0.",
+    )
+    latency = Family(
+        "comfyctl_server_probe_duration_seconds",
+        "gauge",
+        "How long the server took to answer /system_stats.",
+    )
+    queue = Family(
+        "comfyctl_server_queue_jobs",
+        "gauge",
+        "Jobs in the server's queue as the server reports it, by state.",
+    )
     jobs = Family("comfyctl_jobs", "gauge", "Jobs bound to the server in the ledger, by status.")
-    oldest = Family("comfyctl_oldest_job_age_seconds", "gauge",
-                    "Age of the oldest running job (since it started) and pending job (since "
-                    "it was submitted) in the ledger; absent when there is none.")
-    stuck = Family("comfyctl_stuck_jobs", "gauge",
-                   "Jobs detect-stuck finds, by condition (stalled, lost, finished-unnoticed, "
-                   "...).")
-    run = Family("comfyctl_job_run_seconds", "summary",
-                 "Run time of finished jobs, from the server's own start and end timestamps.")
-    wait = Family("comfyctl_job_queue_wait_seconds", "summary",
-                  "Time finished jobs waited before they started: the server's own queue "
-                  "time when it gives one, else from submit.")
+    oldest = Family(
+        "comfyctl_oldest_job_age_seconds",
+        "gauge",
+        "Age of the oldest running job (since it started) and pending job (since "
+        "it was submitted) in the ledger; absent when there is none.",
+    )
+    stuck = Family(
+        "comfyctl_stuck_jobs",
+        "gauge",
+        "Jobs detect-stuck finds, by condition (stalled, lost, finished-unnoticed, ...).",
+    )
+    run = Family(
+        "comfyctl_job_run_seconds",
+        "summary",
+        "Run time of finished jobs, from the server's own start and end timestamps.",
+    )
+    wait = Family(
+        "comfyctl_job_queue_wait_seconds",
+        "summary",
+        "Time finished jobs waited before they started: the server's own queue "
+        "time when it gives one, else from submit.",
+    )
     by_server = group_by_server(records)
     findings: Counter[tuple[str, str]] = Counter(
-        (f.record["server_url"], f.condition) for f in (detection.findings if detection else []))
+        (f.record["server_url"], f.condition) for f in (detection.findings if detection else [])
+    )
     for server in report["servers"]:
         url, labels = server["url"], {"server": server["name"]}
         mine = by_server.get(url, [])
@@ -116,10 +150,14 @@ def families(report: dict[str, Any], records: list[Record],
         counts = Counter(r["status"] for r in mine)
         for status in STATUSES:
             jobs.add({**labels, "status": status}, counts.get(status, 0))
-        running = [age_seconds(r.get("started_at") or r.get("submitted_at")) for r in mine
-                   if r["status"] == RUNNING]
-        pending = [age_seconds(r.get("submitted_at")) for r in mine
-                   if r["status"] in (PENDING, SUBMITTING)]
+        running = [
+            age_seconds(r.get("started_at") or r.get("submitted_at"))
+            for r in mine
+            if r["status"] == RUNNING
+        ]
+        pending = [
+            age_seconds(r.get("submitted_at")) for r in mine if r["status"] in (PENDING, SUBMITTING)
+        ]
         for state, ages in (("running", running), ("pending", pending)):
             known = [a for a in ages if a is not None]
             if known:
@@ -137,8 +175,10 @@ def _durations(records: list[Record]) -> tuple[list[float], list[float]]:
     runs, waits = [], []
     for record in records:
         timing = record.get("server_timing") or {}
-        started, finished = parse_time(timing.get("started_at")), \
-            parse_time(timing.get("finished_at"))
+        started, finished = (
+            parse_time(timing.get("started_at")),
+            parse_time(timing.get("finished_at")),
+        )
         created = parse_time(timing.get("created_at")) or parse_time(record.get("submitted_at"))
         if started and finished:
             runs.append(max(0.0, (finished - started).total_seconds()))
@@ -150,23 +190,36 @@ def _durations(records: list[Record]) -> tuple[list[float], list[float]]:
 def _summary(family: Family, labels: dict[str, str], values: list[float]) -> None:
     ordered = sorted(values)
     for q in QUANTILES:
-        value = ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] \
-            if ordered else math.nan
+        value = (
+            ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] if ordered else math.nan
+        )
         family.add({**labels, "quantile": f"{q:g}"}, value)
     family.add(labels, sum(ordered), "_sum")
     family.add(labels, len(ordered), "_count")
 
 
-
-
 def metrics_json(families: list[Family]) -> dict[str, Any]:
     """The families as one JSON document (``metrics --json``); a value that is not a finite
     number (an empty summary's quantile) is null, as JSON has no NaN."""
-    return {**METRICS_SCHEMA, "families": [
-        {"name": f.name, "type": f.kind, "help": f.help,
-         "samples": [{"name": name, "labels": labels,
-                      "value": value if math.isfinite(value) else None}
-                     for name, labels, value in f.samples]} for f in families]}
+    return {
+        **METRICS_SCHEMA,
+        "families": [
+            {
+                "name": f.name,
+                "type": f.kind,
+                "help": f.help,
+                "samples": [
+                    {
+                        "name": name,
+                        "labels": labels,
+                        "value": value if math.isfinite(value) else None,
+                    }
+                    for name, labels, value in f.samples
+                ],
+            }
+            for f in families
+        ],
+    }
 
 
 def exposition(families: list[Family]) -> str:
@@ -177,8 +230,9 @@ def exposition(families: list[Family]) -> str:
         lines.append(f"# TYPE {family.name} {family.kind}")
         for name, labels, value in family.samples:
             text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items())
-            lines.append(f"{name}{{{text}}} {_number(value)}" if text
-                         else f"{name} {_number(value)}")
+            lines.append(
+                f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -62,31 +62,47 @@ class ObjectInfoCache:
         self._memo: dict[str, Catalogue] = {}
         self._fetched: set[str] = set()  # asked the server in this process
 
-    def get(self, spec: ServerSpec, fresh: bool = False,
-            needs: set[str] | None = None) -> Catalogue:
+    def get(
+        self, spec: ServerSpec, fresh: bool = False, needs: set[str] | None = None
+    ) -> Catalogue:
         """The server's catalogue; from the cache unless ``fresh``, stale, or missing any
         class in ``needs``."""
         memo = self._memo.get(spec.url)
-        if memo is not None and (spec.url in self._fetched
-                                 or (not fresh and (not needs or needs <= memo.nodes.keys()))):
+        if memo is not None and (
+            spec.url in self._fetched or (not fresh and (not needs or needs <= memo.nodes.keys()))
+        ):
             return memo
         client = self.client_for(spec)
         version = _version(client)
-        path = self.directory / f"{hashlib.sha256(spec.url.encode()).hexdigest()[:16]}" \
+        path = (
+            self.directory / f"{hashlib.sha256(spec.url.encode()).hexdigest()[:16]}"
             f"-{_safe(version)}.json"
+        )
         if not fresh:
             cached = self._read(path, spec)
-            if cached is not None and time.time() - cached.fetched_at < MAX_AGE \
-                    and (not needs or needs <= cached.nodes.keys()):
+            if (
+                cached is not None
+                and time.time() - cached.fetched_at < MAX_AGE
+                and (not needs or needs <= cached.nodes.keys())
+            ):
                 self._memo[spec.url] = cached
                 return cached
         log.info("fetching /object_info from %s (%s)", spec.name, spec.url)
         catalogue = Catalogue(spec.name, spec.url, version, client.object_info(), time.time())
         try:
-            atomic_write(path, json.dumps({
-                "schema": CACHE_SCHEMA, "server_url": spec.url, "version": version,
-                "fetched_at": catalogue.fetched_at, "object_info": catalogue.nodes,
-            }, separators=(",", ":")).encode())
+            atomic_write(
+                path,
+                json.dumps(
+                    {
+                        "schema": CACHE_SCHEMA,
+                        "server_url": spec.url,
+                        "version": version,
+                        "fetched_at": catalogue.fetched_at,
+                        "object_info": catalogue.nodes,
+                    },
+                    separators=(",", ":"),
+                ).encode(),
+            )
         except OSError as exc:  # a cache that cannot be written only costs time
             log.info("cannot write the object_info cache %s: %s", path, exc)
         self._memo[spec.url] = catalogue
@@ -98,12 +114,20 @@ class ObjectInfoCache:
             data = json.loads(path.read_bytes())
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or data.get("schema") != CACHE_SCHEMA \
-                or data.get("server_url") != spec.url \
-                or not isinstance(data.get("object_info"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("schema") != CACHE_SCHEMA
+            or data.get("server_url") != spec.url
+            or not isinstance(data.get("object_info"), dict)
+        ):
             return None
-        return Catalogue(spec.name, spec.url, str(data.get("version")),
-                         data["object_info"], float(data.get("fetched_at") or 0))
+        return Catalogue(
+            spec.name,
+            spec.url,
+            str(data.get("version")),
+            data["object_info"],
+            float(data.get("fetched_at") or 0),
+        )
 
 
 def _version(client: ServerClient) -> str:

@@ -33,7 +33,9 @@ PAGE = 50  # rows per page of newest(): a history page of 20 is one round trip
 
 # Migrations as data: (name, SQL), applied once each, in order, recorded by name.
 MIGRATIONS: list[tuple[str, str]] = [
-    ("0001-tables", """
+    (
+        "0001-tables",
+        """
         CREATE TABLE comfyctl_tasks (
             prompt_id text PRIMARY KEY,
             server_url text NOT NULL,
@@ -60,7 +62,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             id int PRIMARY KEY CHECK (id = 1),
             counter bigint NOT NULL);
         INSERT INTO comfyctl_changes VALUES (1, 0);
-    """),
+    """,
+    ),
 ]
 
 
@@ -68,16 +71,17 @@ def _psycopg() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise LedgerError("The ledger is a PostgreSQL database, but psycopg is not installed.",
-                          "Install it with: pip install 'comfyctl[postgres]'.") from None
+        raise LedgerError(
+            "The ledger is a PostgreSQL database, but psycopg is not installed.",
+            "Install it with: pip install 'comfyctl[postgres]'.",
+        ) from None
     return psycopg
 
 
 class PgRecords(RecordsBase):
     """The records as one transaction (or, read-only, the committed state) sees them."""
 
-    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any],
-                 writable: bool) -> None:
+    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any], writable: bool) -> None:
         self.store = store
         self._conn = conn
         self._writable = writable
@@ -100,8 +104,9 @@ class PgRecords(RecordsBase):
     def __getitem__(self, prompt_id: str) -> Record:
         if prompt_id in self._cache:
             return self._cache[prompt_id]
-        found = self._records("SELECT record FROM comfyctl_tasks WHERE prompt_id = %s",
-                              (prompt_id,))
+        found = self._records(
+            "SELECT record FROM comfyctl_tasks WHERE prompt_id = %s", (prompt_id,)
+        )
         if not found:
             raise KeyError(prompt_id)
         return found[0]
@@ -117,30 +122,38 @@ class PgRecords(RecordsBase):
 
     def _ids_with_prefix(self, prefix: str) -> list[str]:
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        return [pid for (pid,) in self._rows(
-            "SELECT prompt_id FROM comfyctl_tasks WHERE prompt_id LIKE %s LIMIT 100",
-            (pattern,))]
+        return [
+            pid
+            for (pid,) in self._rows(
+                "SELECT prompt_id FROM comfyctl_tasks WHERE prompt_id LIKE %s LIMIT 100", (pattern,)
+            )
+        ]
 
-    def select(self, statuses: Collection[str] | None = None,
-               server_urls: Collection[str] | None = None) -> list[Record]:
+    def select(
+        self, statuses: Collection[str] | None = None, server_urls: Collection[str] | None = None
+    ) -> list[Record]:
         return self._records(
             "SELECT record FROM comfyctl_tasks WHERE (%s::text[] IS NULL OR status = ANY(%s))"
             " AND (%s::text[] IS NULL OR server_url = ANY(%s))",
-            (_list(statuses), _list(statuses), _list(server_urls), _list(server_urls)))
+            (_list(statuses), _list(statuses), _list(server_urls), _list(server_urls)),
+        )
 
     def values(self) -> list[Record]:  # type: ignore[override]
         return self._records("SELECT record FROM comfyctl_tasks")
 
     def newest(self) -> Iterator[Record]:
-        page = self._records("SELECT record FROM comfyctl_tasks ORDER BY submitted_at DESC, "
-                             "prompt_id DESC LIMIT %s", (PAGE,))
+        page = self._records(
+            "SELECT record FROM comfyctl_tasks ORDER BY submitted_at DESC, prompt_id DESC LIMIT %s",
+            (PAGE,),
+        )
         while page:
             yield from page
             last = page[-1]
             page = self._records(
                 "SELECT record FROM comfyctl_tasks WHERE (submitted_at, prompt_id) < (%s, %s)"
                 " ORDER BY submitted_at DESC, prompt_id DESC LIMIT %s",
-                (last.get("submitted_at") or "", last["prompt_id"], PAGE * 4))
+                (last.get("submitted_at") or "", last["prompt_id"], PAGE * 4),
+            )
 
     def put(self, record: Record) -> None:
         self._check_writable()
@@ -149,16 +162,22 @@ class PgRecords(RecordsBase):
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (prompt_id) DO UPDATE SET "
             "server_url = EXCLUDED.server_url, status = EXCLUDED.status, "
             "submitted_at = EXCLUDED.submitted_at, record = EXCLUDED.record RETURNING 1",
-            (record["prompt_id"], str(record.get("server_url") or ""),
-             str(record.get("status") or ""), record.get("submitted_at") or "",
-             _jsonb(record)))
+            (
+                record["prompt_id"],
+                str(record.get("server_url") or ""),
+                str(record.get("status") or ""),
+                record.get("submitted_at") or "",
+                _jsonb(record),
+            ),
+        )
         self._cache[record["prompt_id"]] = record
         self.dirty = True
 
     def remove(self, prompt_id: str) -> Record | None:
         self._check_writable()
-        found = self._rows("DELETE FROM comfyctl_tasks WHERE prompt_id = %s RETURNING record",
-                           (prompt_id,))
+        found = self._rows(
+            "DELETE FROM comfyctl_tasks WHERE prompt_id = %s RETURNING record", (prompt_id,)
+        )
         cached = self._cache.pop(prompt_id, None)
         if not found:
             return None
@@ -167,8 +186,9 @@ class PgRecords(RecordsBase):
 
     def _check_writable(self) -> None:
         if not self._writable:
-            raise LedgerError("The ledger was read without a transaction; it cannot be "
-                              "changed through this view.")
+            raise LedgerError(
+                "The ledger was read without a transaction; it cannot be changed through this view."
+            )
 
 
 def _list(values: Collection[str] | None) -> list[str] | None:
@@ -189,8 +209,11 @@ class PostgresStore:
 
         self.url = url
         env_timeout = os.environ.get("COMFYCTL_LOCK_TIMEOUT")
-        self.lock_timeout = lock_timeout if lock_timeout is not None else (
-            _seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT)
+        self.lock_timeout = (
+            lock_timeout
+            if lock_timeout is not None
+            else (_seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT)
+        )
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()  # one connection: one user at a time
 
@@ -213,8 +236,9 @@ class PostgresStore:
             self._drop()
             raise LedgerUnavailable(self.describe(), self._reason(exc)) from None
         except psycopg.Error as exc:
-            raise LedgerError(f"The ledger database {self.describe()} failed: "
-                              f"{self._reason(exc)}.") from None
+            raise LedgerError(
+                f"The ledger database {self.describe()} failed: {self._reason(exc)}."
+            ) from None
 
     def _reason(self, exc: Exception) -> str:
         text = (str(exc).strip().splitlines() or ["no reason given"])[0]
@@ -242,8 +266,11 @@ class PostgresStore:
         pg = _psycopg()
         with self._errors():
             conn: psycopg.Connection[Any] = pg.connect(
-                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                application_name="comfyctl")
+                self.url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                application_name="comfyctl",
+            )
             self._migrate(conn)
         self._conn = conn
         return conn
@@ -256,13 +283,18 @@ class PostgresStore:
             return
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-            conn.execute("CREATE TABLE IF NOT EXISTS comfyctl_migrations (name text PRIMARY "
-                         "KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS comfyctl_migrations (name text PRIMARY "
+                "KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
             applied = self._applied(conn)
             newer = [name for name in applied if name not in known]
             if newer:
-                raise LedgerCorrupt(self.describe(), f"its schema ({newer[-1]}) was written "
-                                    "by a newer comfyctl; upgrade comfyctl to use it")
+                raise LedgerCorrupt(
+                    self.describe(),
+                    f"its schema ({newer[-1]}) was written "
+                    "by a newer comfyctl; upgrade comfyctl to use it",
+                )
             for name, sql in MIGRATIONS:
                 if name not in applied:
                     conn.execute(sql)
@@ -273,8 +305,12 @@ class PostgresStore:
         exists = conn.execute("SELECT to_regclass('comfyctl_migrations')").fetchone()
         if exists is None or exists[0] is None:
             return []
-        return [name for (name,) in conn.execute(
-            "SELECT name FROM comfyctl_migrations ORDER BY name").fetchall()]
+        return [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM comfyctl_migrations ORDER BY name"
+            ).fetchall()
+        ]
 
     def _one(self, sql: str, params: Any = ()) -> Any:
         with self._lock, self._errors():
@@ -288,7 +324,8 @@ class PostgresStore:
 
     def get(self, prompt_id: str) -> Record | None:
         record: Record | None = self._one(
-            "SELECT record FROM comfyctl_tasks WHERE prompt_id = %s", (prompt_id,))
+            "SELECT record FROM comfyctl_tasks WHERE prompt_id = %s", (prompt_id,)
+        )
         return record
 
     @contextlib.contextmanager
@@ -314,51 +351,76 @@ class PostgresStore:
 
         data = json.dumps(graph, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(data.encode("utf-8")).hexdigest()
-        self._one("INSERT INTO comfyctl_workflows (sha256, body) VALUES (%s, %s) "
-                  "ON CONFLICT (sha256) DO UPDATE SET used_at = now() RETURNING 1",
-                  (digest, data))
+        self._one(
+            "INSERT INTO comfyctl_workflows (sha256, body) VALUES (%s, %s) "
+            "ON CONFLICT (sha256) DO UPDATE SET used_at = now() RETURNING 1",
+            (digest, data),
+        )
         return f"sha256:{digest}"
 
     def load_workflow(self, ref: str) -> dict[str, Any]:
-        body = self._one("SELECT body FROM comfyctl_workflows WHERE sha256 = %s",
-                         (ref.split(":", 1)[-1],))
+        body = self._one(
+            "SELECT body FROM comfyctl_workflows WHERE sha256 = %s", (ref.split(":", 1)[-1],)
+        )
         if body is None:
-            raise LedgerError(f"The stored workflow {ref} is missing from {self.describe()}.",
-                              "It cannot be resubmitted; submit the workflow file again.")
+            raise LedgerError(
+                f"The stored workflow {ref} is missing from {self.describe()}.",
+                "It cannot be resubmitted; submit the workflow file again.",
+            )
         workflow: dict[str, Any] = json.loads(body)
         return workflow
 
     def prune_workflows(self, referenced: set[str], min_age: float = 3600.0) -> list[str]:
         keep = [ref.split(":", 1)[-1] for ref in referenced]
         with self._lock, self._errors():
-            rows = self._connection().execute(
-                "DELETE FROM comfyctl_workflows WHERE sha256 <> ALL(%s) AND "
-                "used_at < now() - %s * interval '1 second' RETURNING sha256",
-                (keep, min_age)).fetchall()
+            rows = (
+                self._connection()
+                .execute(
+                    "DELETE FROM comfyctl_workflows WHERE sha256 <> ALL(%s) AND "
+                    "used_at < now() - %s * interval '1 second' RETURNING sha256",
+                    (keep, min_age),
+                )
+                .fetchall()
+            )
         return [f"sha256:{digest}" for (digest,) in rows]
 
     # -- leases -------------------------------------------------------------------------
 
     def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
         # One statement: of claims racing on one name, the row lock lets exactly one win.
-        return self._one(
-            "INSERT INTO comfyctl_leases AS l (name, owner, expires_at) "
-            "VALUES (%s, %s, now() + %s * interval '1 second') ON CONFLICT (name) DO UPDATE "
-            "SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at "
-            "WHERE l.owner = EXCLUDED.owner OR l.expires_at <= now() RETURNING 1",
-            (name, owner, ttl)) is not None
+        return (
+            self._one(
+                "INSERT INTO comfyctl_leases AS l (name, owner, expires_at) "
+                "VALUES (%s, %s, now() + %s * interval '1 second') ON CONFLICT (name) DO UPDATE "
+                "SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at "
+                "WHERE l.owner = EXCLUDED.owner OR l.expires_at <= now() RETURNING 1",
+                (name, owner, ttl),
+            )
+            is not None
+        )
 
     renew_lease = claim_lease  # the same rule: the owner's, or free (expired and untaken)
 
     def release_lease(self, name: str, owner: str) -> bool:
-        return self._one("DELETE FROM comfyctl_leases WHERE name = %s AND owner = %s "
-                         "RETURNING 1", (name, owner)) is not None
+        return (
+            self._one(
+                "DELETE FROM comfyctl_leases WHERE name = %s AND owner = %s RETURNING 1",
+                (name, owner),
+            )
+            is not None
+        )
 
     def lease(self, name: str) -> Lease | None:
         with self._lock, self._errors():
-            row = self._connection().execute(
-                "SELECT owner, extract(epoch FROM expires_at) FROM comfyctl_leases "
-                "WHERE name = %s AND expires_at > now()", (name,)).fetchone()
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT owner, extract(epoch FROM expires_at) FROM comfyctl_leases "
+                    "WHERE name = %s AND expires_at > now()",
+                    (name,),
+                )
+                .fetchone()
+            )
         return None if row is None else Lease(name, row[0], float(row[1]))
 
     # -- the input map ------------------------------------------------------------------
@@ -366,10 +428,14 @@ class PostgresStore:
     def input_name(self, server_url: str, sha256: str) -> dict[str, Any] | None:
         info: dict[str, Any] | None = self._one(
             "SELECT info FROM comfyctl_inputs WHERE server_url = %s AND sha256 = %s",
-            (server_url, sha256))
+            (server_url, sha256),
+        )
         return info
 
     def remember_input(self, server_url: str, sha256: str, info: dict[str, Any]) -> None:
-        self._one("INSERT INTO comfyctl_inputs (server_url, sha256, info) VALUES (%s, %s, %s) "
-                  "ON CONFLICT (server_url, sha256) DO UPDATE SET info = EXCLUDED.info "
-                  "RETURNING 1", (server_url, sha256, _jsonb(info)))
+        self._one(
+            "INSERT INTO comfyctl_inputs (server_url, sha256, info) VALUES (%s, %s, %s) "
+            "ON CONFLICT (server_url, sha256) DO UPDATE SET info = EXCLUDED.info "
+            "RETURNING 1",
+            (server_url, sha256, _jsonb(info)),
+        )

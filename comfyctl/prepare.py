@@ -35,8 +35,10 @@ def parse_any_workflow(raw: bytes, source: str) -> Workflow:
     data = load_json(raw, source)
     if is_ui_workflow(data):
         if not isinstance(data["nodes"], list) or not isinstance(data["links"], list):
-            raise WorkflowInvalid(f"{source} looks like a UI-format workflow, but its 'nodes' "
-                                  "and 'links' are not lists.")
+            raise WorkflowInvalid(
+                f"{source} looks like a UI-format workflow, but its 'nodes' "
+                "and 'links' are not lists."
+            )
         if not data["nodes"]:
             raise WorkflowInvalid(f"{source} is a UI-format workflow with no nodes.")
         return Workflow(source, data, True)
@@ -53,8 +55,13 @@ class Prepared:
 class Preparer:
     """Makes (and remembers, per server URL) each server's version of one workflow."""
 
-    def __init__(self, workflow: Workflow, assignments: list[Assignment],
-                 catalogues: ObjectInfoCache, uploader: Uploader | None) -> None:
+    def __init__(
+        self,
+        workflow: Workflow,
+        assignments: list[Assignment],
+        catalogues: ObjectInfoCache,
+        uploader: Uploader | None,
+    ) -> None:
         self.workflow = workflow
         self.assignments = assignments
         self.catalogues = catalogues
@@ -70,10 +77,10 @@ class Preparer:
         warnings: list[str] = []
         strict = catalogue is None
         if self.workflow.ui:
-            catalogue = catalogue or self.catalogues.get(spec,
-                                                         needs=node_types(self.workflow.data))
-            converted = to_api(self.workflow.data, catalogue.get, f"Server {spec.name}",
-                               strict=strict)
+            catalogue = catalogue or self.catalogues.get(spec, needs=node_types(self.workflow.data))
+            converted = to_api(
+                self.workflow.data, catalogue.get, f"Server {spec.name}", strict=strict
+            )
             graph, warnings = converted.prompt, converted.warnings
         else:
             graph = copy.deepcopy(self.workflow.data)
@@ -83,7 +90,8 @@ class Preparer:
             if node is None:
                 raise WorkflowInvalid(
                     f"--set {assignment.text!r}: the workflow has no node {assignment.node!r}.",
-                    f"Nodes: {', '.join(sorted(graph))}.")
+                    f"Nodes: {', '.join(sorted(graph))}.",
+                )
             inputs = node.setdefault("inputs", {})
             if assignment.input not in inputs:
                 catalogue = catalogue or self.catalogues.get(spec)
@@ -92,12 +100,16 @@ class Preparer:
                         f"--set {assignment.text!r}: node {assignment.node!r} "
                         f"({node.get('class_type')}) has no input {assignment.input!r} "
                         f"on server {spec.name}.",
-                        f"Its inputs: {', '.join(sorted(inputs)) or 'none'}.")
+                        f"Its inputs: {', '.join(sorted(inputs)) or 'none'}.",
+                    )
             value = assignment.value
             if isinstance(value, FileInput):
                 files.append(value)
-                value = self.uploader.ensure(spec, value) if self.uploader is not None \
+                value = (
+                    self.uploader.ensure(spec, value)
+                    if self.uploader is not None
                     else value.path.name
+                )
             inputs[assignment.input] = value
         prepared = Prepared(graph, warnings, files)
         self._done[spec.url] = prepared
@@ -121,7 +133,12 @@ def check_for_server(preparer: Preparer, spec: ServerSpec) -> tuple[Prepared, li
         folder, _, name = value.rpartition("/")
         return client.input_size(name, folder) is not None
 
-    problems = check(prepared.graph, catalogue.get, spec.name, classes=list(catalogue.nodes),
-                     input_exists=input_exists,
-                     uploads={(f.node, f.input) for f in prepared.files})
+    problems = check(
+        prepared.graph,
+        catalogue.get,
+        spec.name,
+        classes=list(catalogue.nodes),
+        input_exists=input_exists,
+        uploads={(f.node, f.input) for f in prepared.files},
+    )
     return prepared, problems

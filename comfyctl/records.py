@@ -130,14 +130,16 @@ def flatten_outputs(server_url: str, outputs: dict[str, Any]) -> list[dict[str, 
                 if isinstance(item, dict) and isinstance(item.get("filename"), str):
                     subfolder = str(item.get("subfolder") or "")
                     kind = str(item.get("type") or "output")
-                    files.append({
-                        "node": str(node),
-                        "key": key,
-                        "filename": item["filename"],
-                        "subfolder": subfolder,
-                        "type": kind,
-                        "url": view_url(server_url, item["filename"], subfolder, kind),
-                    })
+                    files.append(
+                        {
+                            "node": str(node),
+                            "key": key,
+                            "filename": item["filename"],
+                            "subfolder": subfolder,
+                            "type": kind,
+                            "url": view_url(server_url, item["filename"], subfolder, kind),
+                        }
+                    )
     return files
 
 
@@ -216,8 +218,11 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
         if obs.timing:
             record["server_timing"] = obs.timing
         if record["status"] == SUCCESS and record["progress"] and record["progress"]["max"]:
-            record["progress"] = {**record["progress"], "value": record["progress"]["max"],
-                                  "percent": 100.0}
+            record["progress"] = {
+                **record["progress"],
+                "value": record["progress"]["max"],
+                "percent": 100.0,
+            }
     elif obs.kind == "cancelled":
         record["status"] = CANCELLED
         record["finished_at"] = record["finished_at"] or obs.at
@@ -240,23 +245,37 @@ def settle_superseded(record: Record, obs: Observation) -> bool:
     so), or still ``lost`` when the server does not have it. ``recovered.original`` says
     which, so the server is not asked again. Returns True when the record changed."""
     new = record.get("superseded_by")
-    if not new or record["status"] != LOST or obs.server_url != record["server_url"] \
-            or obs.prompt_id != record["prompt_id"]:
+    if (
+        not new
+        or record["status"] != LOST
+        or obs.server_url != record["server_url"]
+        or obs.prompt_id != record["prompt_id"]
+    ):
         return False
     if obs.kind == "cancelled":
-        record.update(status=CANCELLED, finished_at=obs.at, error=job_error(
-            "superseded", f"Cancelled on {record['server']}, where it was still queued or "
-                          f"running: it had been resubmitted as {new}."))
+        record.update(
+            status=CANCELLED,
+            finished_at=obs.at,
+            error=job_error(
+                "superseded",
+                f"Cancelled on {record['server']}, where it was still queued or "
+                f"running: it had been resubmitted as {new}.",
+            ),
+        )
         how = "cancelled"
     elif obs.kind == "finished":
-        record.update(status=obs.outcome or SUCCESS, error=obs.error,
-                      finished_at=(obs.timing or {}).get("finished_at") or obs.at,
-                      started_at=(obs.timing or {}).get("started_at")
-                      or record.get("started_at") or obs.at)
+        record.update(
+            status=obs.outcome or SUCCESS,
+            error=obs.error,
+            finished_at=(obs.timing or {}).get("finished_at") or obs.at,
+            started_at=(obs.timing or {}).get("started_at") or record.get("started_at") or obs.at,
+        )
         _merge_outputs(record, obs.outputs or {})
-        record["warnings"] = [*record.get("warnings", []),
-                              f"It ran to the end on {record['server']} although it had been "
-                              f"resubmitted as {new}: both ran."]
+        record["warnings"] = [
+            *record.get("warnings", []),
+            f"It ran to the end on {record['server']} although it had been "
+            f"resubmitted as {new}: both ran.",
+        ]
         how = "ran"
     elif obs.kind == "unknown":
         how = "gone"
@@ -269,13 +288,21 @@ def settle_superseded(record: Record, obs: Observation) -> bool:
 
 def superseded_unsettled(record: Record) -> bool:
     """A lost job resubmitted as another whose own server has not been asked since."""
-    return record["status"] == LOST and bool(record.get("superseded_by")) \
+    return (
+        record["status"] == LOST
+        and bool(record.get("superseded_by"))
         and not (record.get("recovered") or {}).get("original")
+    )
 
 
 def _fingerprint(record: Record) -> tuple[Any, ...]:
-    return (record["status"], record["progress"], len(record["outputs"]), record["error"],
-            record["number"])
+    return (
+        record["status"],
+        record["progress"],
+        len(record["outputs"]),
+        record["error"],
+        record["number"],
+    )
 
 
 def _mark_running(record: Record, at: str) -> None:
@@ -287,23 +314,31 @@ def _mark_running(record: Record, at: str) -> None:
 def _record_progress(record: Record, obs: Observation, server_name: str) -> None:
     assert obs.value is not None and obs.max
     current = record["progress"] or {}
-    if (current.get("value"), current.get("max"), current.get("node")) == \
-            (obs.value, obs.max, obs.node):
+    if (current.get("value"), current.get("max"), current.get("node")) == (
+        obs.value,
+        obs.max,
+        obs.node,
+    ):
         return  # nothing moved: the time of the last change stays what it was
     percent = round(100.0 * obs.value / obs.max, 2)
     record["progress"] = {
-        "value": obs.value, "max": obs.max, "percent": percent,
-        "node": obs.node, "updated_at": obs.at,
+        "value": obs.value,
+        "max": obs.max,
+        "percent": percent,
+        "node": obs.node,
+        "updated_at": obs.at,
     }
     history = record["progress_history"]
-    history.append({"at": obs.at, "value": obs.value, "max": obs.max, "node": obs.node,
-                    "server": server_name})
+    history.append(
+        {"at": obs.at, "value": obs.value, "max": obs.max, "node": obs.node, "server": server_name}
+    )
     del history[:-PROGRESS_HISTORY_LIMIT]
 
 
 def _merge_outputs(record: Record, outputs: dict[str, Any]) -> None:
-    known = {(o["node"], o["key"], o["filename"], o["subfolder"], o["type"])
-             for o in record["outputs"]}
+    known = {
+        (o["node"], o["key"], o["filename"], o["subfolder"], o["type"]) for o in record["outputs"]
+    }
     for item in flatten_outputs(record["server_url"], outputs):
         key = (item["node"], item["key"], item["filename"], item["subfolder"], item["type"])
         if key not in known:

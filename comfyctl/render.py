@@ -47,15 +47,28 @@ VALIDATION_SCHEMA = {"schema": "comfyctl.validation", "schema_version": 1}
 LIST_VERSION = 1
 
 
-def list_document(item_schema: dict[str, Any], key: str, items: list[Any],
-                  **extra: Any) -> dict[str, Any]:
+def list_document(
+    item_schema: dict[str, Any], key: str, items: list[Any], **extra: Any
+) -> dict[str, Any]:
     """The one JSON document a listing command prints with --json: ``<item schema>-list``
     with the items (each exactly as --nl prints it, one per line) under ``key``."""
-    return {"schema": f"{item_schema['schema']}-list", "schema_version": LIST_VERSION,
-            **extra, key: items}
+    return {
+        "schema": f"{item_schema['schema']}-list",
+        "schema_version": LIST_VERSION,
+        **extra,
+        key: items,
+    }
 
-_COLOURS = {SUCCESS: "32", ERROR: "31", INTERRUPTED: "33", CANCELLED: "33", REJECTED: "31",
-            LOST: "35", RUNNING: "36"}
+
+_COLOURS = {
+    SUCCESS: "32",
+    ERROR: "31",
+    INTERRUPTED: "33",
+    CANCELLED: "33",
+    REJECTED: "31",
+    LOST: "35",
+    RUNNING: "36",
+}
 
 
 def short_id(prompt_id: str) -> str:
@@ -73,8 +86,11 @@ def human_age(seconds: float | None) -> str:
     seconds = max(0.0, seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds / size:.0f}{unit}" if unit != "m" or seconds >= 600 else \
-                f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+            return (
+                f"{seconds / size:.0f}{unit}"
+                if unit != "m" or seconds >= 600
+                else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+            )
     return f"{seconds:.0f}s"
 
 
@@ -102,11 +118,18 @@ def history_rows(records: list[dict[str, Any]], color: bool = False) -> list[lis
     for r in records:
         submitted = (r.get("submitted_at") or "")[:19].replace("T", " ")
         labels = ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items()))
-        rows.append([
-            short_id(r["prompt_id"]), r["server"], paint(r["status"], r["status"], color),
-            percent_text(r), submitted, human_age(age_seconds(r.get("submitted_at"), now)),
-            str(len(r.get("outputs") or [])), labels,
-        ])
+        rows.append(
+            [
+                short_id(r["prompt_id"]),
+                r["server"],
+                paint(r["status"], r["status"], color),
+                percent_text(r),
+                submitted,
+                human_age(age_seconds(r.get("submitted_at"), now)),
+                str(len(r.get("outputs") or [])),
+                labels,
+            ]
+        )
     return rows
 
 
@@ -115,18 +138,24 @@ _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 def text_width(text: str) -> int:
     """Terminal columns ``text`` takes: colour codes none, East Asian wide characters two."""
-    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
-               else 1 for c in _COLOUR.sub("", text))
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in _COLOUR.sub("", text)
+    )
 
 
 def table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
     """A plain table: left-aligned columns two spaces apart, a dashed rule under the
     headers, one line per row (what ``tabulate``'s "simple" format printed; written here
     because importing tabulate and wcwidth cost 80 ms of a 300 ms ``history``)."""
-    cells = [[" ".join(str(c).strip().splitlines()) if c is not None else "" for c in row]
-             for row in rows]
-    widths = [max([text_width(h) + 2, *(text_width(row[i]) for row in cells)])
-              for i, h in enumerate(headers)]
+    cells = [
+        [" ".join(str(c).strip().splitlines()) if c is not None else "" for c in row]
+        for row in rows
+    ]
+    widths = [
+        max([text_width(h) + 2, *(text_width(row[i]) for row in cells)])
+        for i, h in enumerate(headers)
+    ]
 
     def line(values: list[str]) -> str:
         padded = (v + " " * (w - text_width(v)) for v, w in zip(values, widths, strict=True))
@@ -138,16 +167,37 @@ def table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
 def csv_text(records: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["prompt_id", "server", "server_url", "status", "percent", "submitted_at",
-                     "started_at", "finished_at", "outputs", "error", "labels"])
+    writer.writerow(
+        [
+            "prompt_id",
+            "server",
+            "server_url",
+            "status",
+            "percent",
+            "submitted_at",
+            "started_at",
+            "finished_at",
+            "outputs",
+            "error",
+            "labels",
+        ]
+    )
     for r in records:
-        writer.writerow([
-            r["prompt_id"], r["server"], r["server_url"], r["status"],
-            (r.get("progress") or {}).get("percent", ""), r.get("submitted_at") or "",
-            r.get("started_at") or "", r.get("finished_at") or "", len(r.get("outputs") or []),
-            (r.get("error") or {}).get("message", ""),
-            ";".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items())),
-        ])
+        writer.writerow(
+            [
+                r["prompt_id"],
+                r["server"],
+                r["server_url"],
+                r["status"],
+                (r.get("progress") or {}).get("percent", ""),
+                r.get("submitted_at") or "",
+                r.get("started_at") or "",
+                r.get("finished_at") or "",
+                len(r.get("outputs") or []),
+                (r.get("error") or {}).get("message", ""),
+                ";".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items())),
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -164,14 +214,22 @@ def state_line(record: dict[str, Any], detail: str | None = None) -> str:
     return "\t".join(parts)
 
 
-def event_json(kind: str, record: dict[str, Any] | None, server: str | None = None,
-               detail: str | None = None) -> str:
-    payload: dict[str, Any] = {**EVENT_SCHEMA, "event": kind,
-                               "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+def event_json(
+    kind: str, record: dict[str, Any] | None, server: str | None = None, detail: str | None = None
+) -> str:
+    payload: dict[str, Any] = {
+        **EVENT_SCHEMA,
+        "event": kind,
+        "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    }
     if record is not None:
-        payload.update(prompt_id=record["prompt_id"], server=record["server"],
-                       server_url=record["server_url"], status=record["status"],
-                       progress=record.get("progress"))
+        payload.update(
+            prompt_id=record["prompt_id"],
+            server=record["server"],
+            server_url=record["server_url"],
+            status=record["status"],
+            progress=record.get("progress"),
+        )
         if record["status"] in TERMINAL:
             payload.update(outputs=record.get("outputs") or [], error=record.get("error"))
     elif server is not None:
@@ -263,8 +321,7 @@ class LiveArea:
         """One job's line, at most ``width - 1`` columns (the last column stays free: some
         terminals wrap as soon as it is written)."""
         status = record["status"]
-        server = record["server"] if len(record["server"]) <= 16 else \
-            record["server"][:15] + "~"
+        server = record["server"] if len(record["server"]) <= 16 else record["server"][:15] + "~"
         head = f"{server:<16} {short_id(record['prompt_id'])} "
         down = self.down.get(record["server"])
         if down is not None:
@@ -283,12 +340,12 @@ class LiveArea:
             tail = f"queued, #{position} in line" if position else "queued"
         else:
             tail = ""
-        plain = f"{head}{status:<10} {tail}".rstrip()[:max(1, width - 1)]
+        plain = f"{head}{status:<10} {tail}".rstrip()[: max(1, width - 1)]
         if not self.color or len(plain) < len(head) + len(status):
             return plain
         at = len(head)
         painted = paint(status, "lost" if down is not None else status, True)
-        return plain[:at] + painted + plain[at + len(status):]
+        return plain[:at] + painted + plain[at + len(status) :]
 
     def _maybe_redraw(self, force: bool) -> None:
         now = time.monotonic()
@@ -307,12 +364,16 @@ class LiveArea:
         # summed up in one line.
         room = max(3, size.lines - 2)
         order = {RUNNING: 0, PENDING: 1}
-        records = sorted(self.records.values(), key=lambda r: (
-            order.get(r["status"], 2), self.positions.get(r["prompt_id"], 1 << 30)))
+        records = sorted(
+            self.records.values(),
+            key=lambda r: (order.get(r["status"], 2), self.positions.get(r["prompt_id"], 1 << 30)),
+        )
         lines = [self.line(r, size.columns) for r in records]
         if len(lines) > room:
-            lines = [*lines[:room - 1],
-                     f"... and {len(lines) - room + 1} more job(s)"[:size.columns - 1]]
+            lines = [
+                *lines[: room - 1],
+                f"... and {len(lines) - room + 1} more job(s)"[: size.columns - 1],
+            ]
         # One write per frame: the terminal never shows a half-drawn area.
         wipe = f"\x1b[{self._drawn}F\x1b[J" if erase and self._drawn else ""
         self.stream.write(wipe + "".join(line + "\n" for line in lines))

@@ -41,9 +41,15 @@ log = logging.getLogger("comfyctl.restart")
 
 LOG_PATH = "/internal/logs/raw"
 # Written by main.py / server.py while ComfyUI starts, and never afterwards.
-STARTUP_PREFIXES = ("Starting server", "To see the GUI go to:", "ComfyUI version:",
-                    "[Prompt Server] web root:", "Total VRAM ", "pytorch version:",
-                    "Checkpoint files will always be loaded safely")
+STARTUP_PREFIXES = (
+    "Starting server",
+    "To see the GUI go to:",
+    "ComfyUI version:",
+    "[Prompt Server] web root:",
+    "Total VRAM ",
+    "pytorch version:",
+    "Checkpoint files will always be loaded safely",
+)
 
 
 @dataclass
@@ -84,30 +90,40 @@ def mark_alive(record: Record, server_log: ServerLog | None) -> bool:
     return True
 
 
-def restart_proof(record: Record, server_log: ServerLog | None,
-                  later: Iterable[Record] = ()) -> str | None:
+def restart_proof(
+    record: Record, server_log: ServerLog | None, later: Iterable[Record] = ()
+) -> str | None:
     """Why we know the job's server restarted after the job was alive, or None."""
     mark = (record.get("seen_alive") or {}).get("log_time")
     if server_log is not None and mark is not None:
         after = sorted((t for t in server_log.startups if _key(t) > _key(mark)), key=_key)
         if after:
-            return (f"{record['server']} started again at {after[0]} (its log's start-up "
-                    f"lines), after this job was last seen queued or running ({mark}, "
-                    "server time): it restarted")
+            return (
+                f"{record['server']} started again at {after[0]} (its log's start-up "
+                f"lines), after this job was last seen queued or running ({mark}, "
+                "server time): it restarted"
+            )
     number = record.get("number")
     acked = parse_time(record.get("updated_at"))
     if isinstance(number, (int, float)) and acked is not None:
         for other in later:
             n = other.get("number")
             sent = parse_time(other.get("submitted_at"))
-            if other is record or other["prompt_id"] == record["prompt_id"] \
-                    or other["server_url"] != record["server_url"] \
-                    or not isinstance(n, (int, float)) or sent is None or sent <= acked:
+            if (
+                other is record
+                or other["prompt_id"] == record["prompt_id"]
+                or other["server_url"] != record["server_url"]
+                or not isinstance(n, (int, float))
+                or sent is None
+                or sent <= acked
+            ):
                 continue
             if abs(n) <= abs(number):
-                return (f"job {other['prompt_id']}, sent to it later, got prompt number "
-                        f"{abs(n):g}, not above this job's {abs(number):g}: its counter "
-                        "started again, it restarted")
+                return (
+                    f"job {other['prompt_id']}, sent to it later, got prompt number "
+                    f"{abs(n):g}, not above this job's {abs(number):g}: its counter "
+                    "started again, it restarted"
+                )
     return None
 
 
@@ -118,9 +134,11 @@ def no_proof(record: Record, server_log: ServerLog | None) -> str:
         return "no proof of a restart (the server serves no log to check)"
     if mark is not None and server_log.startups:
         started = min(server_log.startups, key=_key)
-        return (f"the process that had it is still running (started {started}, server "
-                "time; the job was seen alive after that): it was deleted from the queue "
-                "or history, not lost in a restart")
+        return (
+            f"the process that had it is still running (started {started}, server "
+            "time; the job was seen alive after that): it was deleted from the queue "
+            "or history, not lost in a restart"
+        )
     if mark is None:
         return "no proof of a restart (comfyctl never saw it queued or running)"
     return "no proof of a restart (the log's start-up lines have rotated out)"
@@ -155,15 +173,17 @@ def _key(value: str) -> datetime:
     return _clock(value) or datetime.min
 
 
-def note_submitted(ledger: Store, records: list[Record],
-                   client_for: Callable[[Record], ServerClient]) -> None:
+def note_submitted(
+    ledger: Store, records: list[Record], client_for: Callable[[Record], ServerClient]
+) -> None:
     """Date the sighting of freshly acknowledged jobs on their servers' log clocks (one
     log read per server, after the acks), so a restart before anyone else looks at them
     is still proven."""
     acked = by_server(r for r in records if r["status"] == PENDING)
     logs = {url: read_log(client_for(group[0])) for url, group in acked.items()}
-    marks = {r["prompt_id"]: r for url, group in acked.items() for r in group
-             if mark_alive(r, logs[url])}
+    marks = {
+        r["prompt_id"]: r for url, group in acked.items() for r in group if mark_alive(r, logs[url])
+    }
     if not marks:
         return
     with ledger.transaction() as tasks:

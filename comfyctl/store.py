@@ -62,8 +62,9 @@ class Records(Protocol):
     def find_all(self, prompt_ids: Iterable[str]) -> list[Record]:
         """``find`` for each id, each record once, in the order given."""
 
-    def select(self, statuses: Collection[str] | None = None,
-               server_urls: Collection[str] | None = None) -> list[Record]:
+    def select(
+        self, statuses: Collection[str] | None = None, server_urls: Collection[str] | None = None
+    ) -> list[Record]:
         """Records with one of ``statuses`` bound to one of ``server_urls`` (None: any)."""
 
     def unsettled(self) -> list[Record]:
@@ -154,8 +155,9 @@ class RecordsBase(Mapping[str, Record]):
             return record
         matches = self._ids_with_prefix(prompt_id) if len(prompt_id) >= MIN_PREFIX else []
         if len(matches) > 1:
-            raise UsageProblem(f"{prompt_id!r} matches {len(matches)} jobs.",
-                               "Give more of the id.")
+            raise UsageProblem(
+                f"{prompt_id!r} matches {len(matches)} jobs.", "Give more of the id."
+            )
         if not matches:
             raise TaskNotFound(prompt_id)
         return self[matches[0]]
@@ -170,8 +172,9 @@ class RecordsBase(Mapping[str, Record]):
     def newest(self) -> Iterator[Record]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def select(self, statuses: Collection[str] | None = None,
-               server_urls: Collection[str] | None = None) -> list[Record]:
+    def select(
+        self, statuses: Collection[str] | None = None, server_urls: Collection[str] | None = None
+    ) -> list[Record]:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def newest_first(self) -> Iterator[str]:
@@ -191,8 +194,9 @@ def is_settled(record: Record) -> bool:
 
     status = record.get("status")
     if status == LOST:
-        return bool(record.get("superseded_by")) and \
-            bool((record.get("recovered") or {}).get("original"))
+        return bool(record.get("superseded_by")) and bool(
+            (record.get("recovered") or {}).get("original")
+        )
     return status in FINAL
 
 

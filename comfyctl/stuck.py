@@ -91,6 +91,7 @@ def candidates(records: list[Record], opts: DetectOptions) -> list[Record]:
     """What detection looks at: unfinished jobs, and lost jobs not yet resubmitted (a lost
     job already acknowledged by recover only when ``acknowledged_lost``; a forgotten one
     only when ``acknowledged_forgotten``)."""
+
     def wanted(r: Record) -> bool:
         if r["status"] in ACTIVE:
             return True
@@ -101,6 +102,7 @@ def candidates(records: list[Record], opts: DetectOptions) -> list[Record]:
         if (r.get("error") or {}).get("type") == FORGOTTEN:
             return opts.acknowledged_forgotten
         return opts.acknowledged_lost
+
     return [r for r in records if wanted(r)]
 
 
@@ -114,10 +116,17 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         r = self.record
-        return {**FINDING_SCHEMA, "prompt_id": r["prompt_id"], "server": r["server"],
-                "server_url": r["server_url"], "condition": self.condition,
-                "detail": self.detail, "ledger_status": r["status"],
-                "progress": r.get("progress"), "evidence": self.evidence}
+        return {
+            **FINDING_SCHEMA,
+            "prompt_id": r["prompt_id"],
+            "server": r["server"],
+            "server_url": r["server_url"],
+            "condition": self.condition,
+            "detail": self.detail,
+            "ledger_status": r["status"],
+            "progress": r.get("progress"),
+            "evidence": self.evidence,
+        }
 
 
 @dataclass
@@ -141,33 +150,52 @@ class Heard:
     max: float | None = None
 
 
-def classify(record: Record, obs: Observation | None, unreachable: str | None,
-             opts: DetectOptions, sampled_progress: bool | None = None) -> Finding | None:
+def classify(
+    record: Record,
+    obs: Observation | None,
+    unreachable: str | None,
+    opts: DetectOptions,
+    sampled_progress: bool | None = None,
+) -> Finding | None:
     """What is wrong with one active job, judged from its own server's answer only."""
     if unreachable is not None:
         if record["status"] == LOST_STATUS:
             return None  # nothing to learn about it while its server is down
-        return Finding(record, UNREACHABLE, f"server {record['server']} is unreachable "
-                                            f"({unreachable})")
+        return Finding(
+            record, UNREACHABLE, f"server {record['server']} is unreachable ({unreachable})"
+        )
     assert obs is not None
     if record["status"] == LOST_STATUS and obs.kind != "unknown" and obs.kind != "finished":
         return None  # the server knows it again: the next watch or refresh revives it
     if obs.kind == "finished":
         if obs.outcome == SUCCESS:
-            count = sum(len(v) for out in (obs.outputs or {}).values() if isinstance(out, dict)
-                        for v in out.values() if isinstance(v, list))
-            return Finding(record, FINISHED_UNNOTICED,
-                           f"the server finished it successfully ({count} output(s)); "
-                           f"the ledger still says {record['status']}", obs)
+            count = sum(
+                len(v)
+                for out in (obs.outputs or {}).values()
+                if isinstance(out, dict)
+                for v in out.values()
+                if isinstance(v, list)
+            )
+            return Finding(
+                record,
+                FINISHED_UNNOTICED,
+                f"the server finished it successfully ({count} output(s)); "
+                f"the ledger still says {record['status']}",
+                obs,
+            )
         message = (obs.error or {}).get("message", obs.outcome)
-        return Finding(record, FAILED_UNNOTICED, f"the server recorded {obs.outcome}: "
-                                                 f"{message}".strip(), obs)
+        return Finding(
+            record, FAILED_UNNOTICED, f"the server recorded {obs.outcome}: {message}".strip(), obs
+        )
     if obs.kind == "unknown":
         if record["status"] == SUBMITTING and not submitter_gone(record):
             return None  # its submit may still be in flight
         # Lost or only forgotten: decided by ``_judge_unknown`` from restart evidence.
-        where = ("recorded lost earlier and not resubmitted; " if record["status"] == LOST_STATUS
-                 else "not pending, not running, not in the history of ")
+        where = (
+            "recorded lost earlier and not resubmitted; "
+            if record["status"] == LOST_STATUS
+            else "not pending, not running, not in the history of "
+        )
         return Finding(record, FORGOTTEN, f"{where}{record['server']} does not know it", obs)
     if obs.kind == "running":
         return _judge_running(record, opts, sampled_progress, obs)
@@ -183,13 +211,20 @@ def _judge_queued(record: Record, opts: DetectOptions, obs: Observation) -> Find
     held = age_seconds(blocker.get("first_seen"))
     if blocker and held is not None and held >= opts.stall_after:
         owner = blocker.get("client_id") or "none"
-        return Finding(record, BLOCKED, f"queued behind {blocker['prompt_id']}, which comfyctl "
-                       f"did not submit (not in the ledger; client_id {owner}): "
-                       f"running for at least {held:.0f}s (seen running since "
-                       f"{blocker['first_seen']}); its progress goes only to its own client",
-                       obs, {"blocking_prompt_id": blocker["prompt_id"],
-                             "blocking_client_id": blocker.get("client_id"),
-                             "running_for_s": round(held, 1)})
+        return Finding(
+            record,
+            BLOCKED,
+            f"queued behind {blocker['prompt_id']}, which comfyctl "
+            f"did not submit (not in the ledger; client_id {owner}): "
+            f"running for at least {held:.0f}s (seen running since "
+            f"{blocker['first_seen']}); its progress goes only to its own client",
+            obs,
+            {
+                "blocking_prompt_id": blocker["prompt_id"],
+                "blocking_client_id": blocker.get("client_id"),
+                "running_for_s": round(held, 1),
+            },
+        )
     if opts.max_queue_age is not None:
         age = age_seconds(record.get("submitted_at"))
         if age is not None and age > opts.max_queue_age:
@@ -199,8 +234,9 @@ def _judge_queued(record: Record, opts: DetectOptions, obs: Observation) -> Find
     return None
 
 
-def _judge_running(record: Record, opts: DetectOptions, sampled_progress: bool | None,
-                   obs: Observation) -> Finding | None:
+def _judge_running(
+    record: Record, opts: DetectOptions, sampled_progress: bool | None, obs: Observation
+) -> Finding | None:
     """Stalled only on evidence: a sample that saw nothing move, or no movement across
     checks (a listener's recorded progress, or detect-stuck's own listens) for longer
     than the threshold. A job nobody heard is not called stalled from its age alone (a
@@ -209,24 +245,44 @@ def _judge_running(record: Record, opts: DetectOptions, sampled_progress: bool |
         return None
     evidence = _stall_evidence(record)
     if sampled_progress is False:
-        return Finding(record, STALLED, f"nothing moved during a {opts.sample:g}s sample of "
-                                        f"its WebSocket ({_describe(evidence)})", obs, evidence)
+        return Finding(
+            record,
+            STALLED,
+            f"nothing moved during a {opts.sample:g}s sample of "
+            f"its WebSocket ({_describe(evidence)})",
+            obs,
+            evidence,
+        )
     age = age_seconds(last_movement(record))
     if age is not None and age > opts.stall_after:
         evidence["still_for_s"] = round(age, 1)
-        return Finding(record, STALLED, f"running, no movement for {age:.0f}s (threshold "
-                                        f"{opts.stall_after:g}s): {_describe(evidence)}",
-                       obs, evidence)
+        return Finding(
+            record,
+            STALLED,
+            f"running, no movement for {age:.0f}s (threshold "
+            f"{opts.stall_after:g}s): {_describe(evidence)}",
+            obs,
+            evidence,
+        )
     return None
 
 
 def last_movement(record: Record) -> str | None:
     """When anyone last saw the job move: a listener's recorded progress, or a change
     detect-stuck heard (``probe.since``)."""
-    stamps = [s for s in ((record.get("progress") or {}).get("updated_at"),
-                          (record.get("probe") or {}).get("since")) if s]
-    return max(stamps, key=lambda s: parse_time(s) or datetime.min.replace(tzinfo=timezone.utc),
-               default=None)
+    stamps = [
+        s
+        for s in (
+            (record.get("progress") or {}).get("updated_at"),
+            (record.get("probe") or {}).get("since"),
+        )
+        if s
+    ]
+    return max(
+        stamps,
+        key=lambda s: parse_time(s) or datetime.min.replace(tzinfo=timezone.utc),
+        default=None,
+    )
 
 
 def _stall_evidence(record: Record) -> dict[str, Any]:
@@ -235,15 +291,22 @@ def _stall_evidence(record: Record) -> dict[str, Any]:
     percent = progress.get("percent") if progress.get("max") else None
     if percent is None and probe.get("value") is not None and probe.get("max"):
         percent = round(100.0 * probe["value"] / probe["max"], 2)
-    return {"node": probe.get("node") or progress.get("node"),
-            "node_type": probe.get("node_type"), "percent": percent,
-            "checks": probe.get("checks"), "since": last_movement(record)}
+    return {
+        "node": probe.get("node") or progress.get("node"),
+        "node_type": probe.get("node_type"),
+        "percent": percent,
+        "checks": probe.get("checks"),
+        "since": last_movement(record),
+    }
 
 
 def _describe(evidence: dict[str, Any]) -> str:
     node = evidence.get("node")
-    where = "node unknown" if node is None else f"node {node}" + (
-        f" ({evidence['node_type']})" if evidence.get("node_type") else "")
+    where = (
+        "node unknown"
+        if node is None
+        else f"node {node}" + (f" ({evidence['node_type']})" if evidence.get("node_type") else "")
+    )
     percent = evidence.get("percent")
     text = f"{where}, last percent {'unknown' if percent is None else f'{percent:.2f}%'}"
     if evidence.get("checks"):
@@ -270,8 +333,12 @@ def _ask(client: ServerClient, prompt_ids: list[str]) -> _Round:
     return _Round(observations, running, server_log)
 
 
-def detect(ledger: Store, records: list[Record],
-           client_for: Callable[[Record], ServerClient], opts: DetectOptions) -> Detection:
+def detect(
+    ledger: Store,
+    records: list[Record],
+    client_for: Callable[[Record], ServerClient],
+    opts: DetectOptions,
+) -> Detection:
     """Ask every bound server about its own jobs, concurrently, and classify."""
     active = candidates(records, opts)
     groups = by_server(active)
@@ -280,25 +347,36 @@ def detect(ledger: Store, records: list[Record],
     answers = fan_out(
         list(groups),
         lambda url: _ask(client_for(groups[url][0]), [r["prompt_id"] for r in groups[url]]),
-        opts.deadline, name=lambda url: groups[url][0]["server"])
+        opts.deadline,
+        name=lambda url: groups[url][0]["server"],
+    )
     rounds = {url: a.value for url, a in answers.items() if a.value is not None}
     tasks = ledger.load()
     notes: dict[str, dict[str, Any]] = {}  # prompt_id -> fields to store
     for url, answer in rounds.items():
         _note_sightings(groups[url], answer, tasks, notes)
-    reap_servers(ledger, client_for, records, opts.deadline,
-                 skip={url for url, answer in answers.items() if answer.error})
-    running = [r for url, rs in groups.items() for r in rs if url in rounds
-               and (obs := rounds[url].observations.get(r["prompt_id"])) is not None
-               and obs.kind == "running"]
+    reap_servers(
+        ledger,
+        client_for,
+        records,
+        opts.deadline,
+        skip={url for url, answer in answers.items() if answer.error},
+    )
+    running = [
+        r
+        for url, rs in groups.items()
+        for r in rs
+        if url in rounds
+        and (obs := rounds[url].observations.get(r["prompt_id"])) is not None
+        and obs.kind == "running"
+    ]
 
     def judge(samples: dict[str, bool]) -> list[Finding]:
         found = []
         for url, group in groups.items():
             answer = answers[url]
             for record in group:
-                obs = answer.value.observations.get(record["prompt_id"]) \
-                    if answer.value else None
+                obs = answer.value.observations.get(record["prompt_id"]) if answer.value else None
                 reason = answer.error.reason if answer.error else None
                 finding = classify(record, obs, reason, opts, samples.get(record["prompt_id"]))
                 if finding is not None:
@@ -310,8 +388,12 @@ def detect(ledger: Store, records: list[Record],
     # Listen only to jobs nobody listens to, holding their lease meanwhile: a watcher
     # connecting as the job while we listen would lose its socket when ours closes. A
     # job another process listens to is judged from what that process records.
-    probing = [r for r in running if seconds > 0 and claim(
-        leases, listen_lease(r["prompt_id"]), owner, seconds + opts.confirm + TTL)]
+    probing = [
+        r
+        for r in running
+        if seconds > 0
+        and claim(leases, listen_lease(r["prompt_id"]), owner, seconds + opts.confirm + TTL)
+    ]
     try:
         heard = listen(probing, client_for, seconds) if probing else {}
         samples = {pid: h.moved for pid, h in heard.items()} if opts.sample > 0 else {}
@@ -319,8 +401,13 @@ def detect(ledger: Store, records: list[Record],
             if record["prompt_id"] in heard:
                 _note_probe(record, heard[record["prompt_id"]], ledger, notes)
         findings = judge(samples)
-        suspected = [f.record for f in findings if f.condition == STALLED
-                     and f.record["prompt_id"] not in samples and f.record in probing]
+        suspected = [
+            f.record
+            for f in findings
+            if f.condition == STALLED
+            and f.record["prompt_id"] not in samples
+            and f.record in probing
+        ]
         if suspected and opts.confirm > 0:
             for pid, confirmed in listen(suspected, client_for, opts.confirm).items():
                 if confirmed.moved:
@@ -336,8 +423,9 @@ def detect(ledger: Store, records: list[Record],
     return Detection(findings, len(active), servers)
 
 
-def _note_sightings(group: list[Record], answer: _Round, tasks: Records,
-                    notes: dict[str, dict[str, Any]]) -> None:
+def _note_sightings(
+    group: list[Record], answer: _Round, tasks: Records, notes: dict[str, dict[str, Any]]
+) -> None:
     """What a status round teaches that a later run needs: jobs seen alive (with the log
     time that dates the sighting), and the foreign job each waiting one is queued behind."""
     foreign = next((item for item in answer.running if item.prompt_id not in tasks), None)
@@ -356,26 +444,34 @@ def _note_sightings(group: list[Record], answer: _Round, tasks: Records,
         elif before.get("prompt_id") == foreign.prompt_id:
             blocked = before
         else:
-            blocked = {"prompt_id": foreign.prompt_id, "client_id": foreign.client_id,
-                       "first_seen": now_iso()}
+            blocked = {
+                "prompt_id": foreign.prompt_id,
+                "client_id": foreign.client_id,
+                "first_seen": now_iso(),
+            }
         if blocked != (record.get("blocked_by") or None):
             record["blocked_by"] = note["blocked_by"] = blocked
 
 
-def _note_probe(record: Record, heard: Heard, ledger: Store,
-                notes: dict[str, dict[str, Any]]) -> None:
+def _note_probe(
+    record: Record, heard: Heard, ledger: Store, notes: dict[str, dict[str, Any]]
+) -> None:
     """Fold a listen into the record's ``probe``: ``since`` is when anyone last saw the
     job move, so runs of detect-stuck from cron compare across time."""
     before = record.get("probe") or {}
     node = heard.node or before.get("node")
-    moved = heard.moved or (heard.node is not None and before.get("node") not in
-                            (None, heard.node))
+    moved = heard.moved or (heard.node is not None and before.get("node") not in (None, heard.node))
     # Nothing heard moving: the last movement anyone recorded stands.
     since = now_iso() if moved else last_movement(record) or now_iso()
-    probe = {"at": now_iso(), "node": node, "node_type": before.get("node_type"),
-             "value": heard.value if heard.value is not None else before.get("value"),
-             "max": heard.max if heard.value is not None else before.get("max"),
-             "since": since, "checks": 1 if moved or not before else before.get("checks", 1) + 1}
+    probe = {
+        "at": now_iso(),
+        "node": node,
+        "node_type": before.get("node_type"),
+        "value": heard.value if heard.value is not None else before.get("value"),
+        "max": heard.max if heard.value is not None else before.get("max"),
+        "since": since,
+        "checks": 1 if moved or not before else before.get("checks", 1) + 1,
+    }
     if node is not None and node != before.get("node"):
         probe["node_type"] = _node_type(ledger, record, node)
     record["probe"] = probe
@@ -433,8 +529,9 @@ def _store(ledger: Store, notes: dict[str, dict[str, Any]]) -> None:
                 tasks.put(stored)
 
 
-def listen(records: list[Record], client_for: Callable[[Record], ServerClient],
-           seconds: float) -> dict[str, Heard]:
+def listen(
+    records: list[Record], client_for: Callable[[Record], ServerClient], seconds: float
+) -> dict[str, Heard]:
     """Listen on each job's WebSocket (as its client_id) for up to ``seconds``, stopping
     at the first sign of movement. Only for jobs nobody else listens to: ComfyUI keeps one
     socket per client_id, so connecting takes the events away from any other."""
@@ -457,8 +554,11 @@ def listen(records: list[Record], client_for: Callable[[Record], ServerClient],
                 except websocket.WebSocketTimeoutException:
                     break
                 msg = json.loads(frame) if isinstance(frame, str) else None
-                obs = from_ws_message(msg, record["server_url"], record["prompt_id"]) \
-                    if isinstance(msg, dict) else None
+                obs = (
+                    from_ws_message(msg, record["server_url"], record["prompt_id"])
+                    if isinstance(msg, dict)
+                    else None
+                )
                 if obs is None:
                     continue
                 if obs.node is not None:
@@ -505,10 +605,17 @@ class Action:
 
     def to_json(self) -> dict[str, Any]:
         r = self.finding.record
-        return {**ACTION_SCHEMA, "prompt_id": r["prompt_id"], "server": r["server"],
-                "server_url": r["server_url"], "condition": self.finding.condition,
-                "action": self.action, "resolved": self.resolved, "detail": self.detail,
-                "new_prompt_id": self.new_prompt_id}
+        return {
+            **ACTION_SCHEMA,
+            "prompt_id": r["prompt_id"],
+            "server": r["server"],
+            "server_url": r["server_url"],
+            "condition": self.finding.condition,
+            "action": self.action,
+            "resolved": self.resolved,
+            "detail": self.detail,
+            "new_prompt_id": self.new_prompt_id,
+        }
 
 
 def plan(findings: list[Finding], opts: RepairOptions) -> list[Action]:
@@ -525,11 +632,11 @@ def plan(findings: list[Finding], opts: RepairOptions) -> list[Action]:
         elif condition == FORGOTTEN:
             # No proof of a restart: it may have finished (its history deleted) or been
             # taken off the queue on purpose. Sent again only when asked for by name.
-            actions.append(Action(finding, "resubmit" if opts.resubmit_forgotten
-                                  else "mark-forgotten"))
+            actions.append(
+                Action(finding, "resubmit" if opts.resubmit_forgotten else "mark-forgotten")
+            )
         elif condition == STALLED and opts.interrupt_stalled:
-            actions.append(Action(finding, "interrupt-resubmit" if opts.resubmit else
-                                  "interrupt"))
+            actions.append(Action(finding, "interrupt-resubmit" if opts.resubmit else "interrupt"))
         elif condition == UNREACHABLE and opts.to is not None and opts.resubmit:
             actions.append(Action(finding, "resubmit"))
         else:
@@ -538,11 +645,15 @@ def plan(findings: list[Finding], opts: RepairOptions) -> list[Action]:
 
 
 class Repairer:
-    def __init__(self, ledger: Store, client_for_record: Callable[[Record], ServerClient],
-                 client_for_spec: Callable[[ServerSpec], ServerClient],
-                 spec_for_record: Callable[[Record], ServerSpec],
-                 on_finished: Callable[[Record], object] | None = None,
-                 uploader: Uploader | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Store,
+        client_for_record: Callable[[Record], ServerClient],
+        client_for_spec: Callable[[ServerSpec], ServerClient],
+        spec_for_record: Callable[[Record], ServerSpec],
+        on_finished: Callable[[Record], object] | None = None,
+        uploader: Uploader | None = None,
+    ) -> None:
         self.ledger = ledger
         self.on_finished = on_finished  # told of each job a repair leaves terminal
         self.uploader = uploader
@@ -570,16 +681,24 @@ class Repairer:
     _record_failure = _record_success
 
     def _mark_lost(self, action: Action, opts: RepairOptions) -> None:
-        obs = Observation("lost", action.finding.record["prompt_id"],
-                          action.finding.record["server_url"])
+        obs = Observation(
+            "lost", action.finding.record["prompt_id"], action.finding.record["server_url"]
+        )
         self._apply(action, obs, "lost")
 
     def _mark_forgotten(self, action: Action, opts: RepairOptions) -> None:
         record = action.finding.record
         why = (action.finding.evidence or {}).get("why") or "no proof of a restart"
-        obs = Observation("lost", record["prompt_id"], record["server_url"], error=job_error(
-            FORGOTTEN, f"Server {record['server']} no longer knows this job, and nothing "
-                       f"proves it restarted: {why}."))
+        obs = Observation(
+            "lost",
+            record["prompt_id"],
+            record["server_url"],
+            error=job_error(
+                FORGOTTEN,
+                f"Server {record['server']} no longer knows this job, and nothing "
+                f"proves it restarted: {why}.",
+            ),
+        )
         self._apply(action, obs, FORGOTTEN)
 
     def _apply(self, action: Action, obs: Observation | None, how: str) -> None:
@@ -587,8 +706,11 @@ class Repairer:
         pid = action.finding.record["prompt_id"]
         with self.ledger.transaction() as tasks:
             stored = tasks.get(pid)
-            if stored is None or stored["status"] not in (*ACTIVE, LOST_STATUS) \
-                    or stored.get("recovered"):
+            if (
+                stored is None
+                or stored["status"] not in (*ACTIVE, LOST_STATUS)
+                or stored.get("recovered")
+            ):
                 action.resolved, action.detail = True, "already settled by another process"
                 return
             apply(stored, obs)
@@ -626,8 +748,9 @@ class Repairer:
         if files and self.uploader is not None:
             # Before anything is written: the inputs go to the server chosen now.
             graph = place_inputs(graph, files, spec, self.uploader)
-        new = self.submitter.prepare(graph, spec, old.get("labels"),
-                                     resubmitted_from=old["prompt_id"], inputs=files)
+        new = self.submitter.prepare(
+            graph, spec, old.get("labels"), resubmitted_from=old["prompt_id"], inputs=files
+        )
         with self.ledger.transaction() as tasks:
             stored = tasks.get(old["prompt_id"])
             if stored is None or stored.get("superseded_by"):
@@ -638,8 +761,11 @@ class Repairer:
             if stored["status"] in ACTIVE:
                 apply(stored, Observation("lost", stored["prompt_id"], stored["server_url"]))
             stored["superseded_by"] = new["prompt_id"]
-            stored["recovered"] = {"at": now_iso(), "how": f"resubmitted to {spec.name}",
-                                   "by": "comfyctl recover"}
+            stored["recovered"] = {
+                "at": now_iso(),
+                "how": f"resubmitted to {spec.name}",
+                "by": "comfyctl recover",
+            }
             tasks.put(stored)
             tasks.put(new)
         try:
@@ -650,8 +776,11 @@ class Repairer:
                 stored = tasks.get(old["prompt_id"])
                 # Certainly not queued (never sent, or refused): release the claim so a
                 # later run can retry. Otherwise the new job may exist: keep the claim.
-                if (sent is None or sent["status"] == REJECTED) and stored is not None \
-                        and stored.get("superseded_by") == new["prompt_id"]:
+                if (
+                    (sent is None or sent["status"] == REJECTED)
+                    and stored is not None
+                    and stored.get("superseded_by") == new["prompt_id"]
+                ):
                     stored["superseded_by"] = None
                     tasks.put(stored)
             raise
@@ -664,4 +793,3 @@ class Repairer:
         action.resolved = True
         action.new_prompt_id = result.record["prompt_id"]
         action.detail = f"resubmitted to {spec.name} as {action.new_prompt_id}"
-

@@ -51,26 +51,37 @@ def load_json(raw: bytes, source: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise WorkflowInvalid(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}).") \
-            from None
+        raise WorkflowInvalid(
+            f"{source} is not valid JSON ({exc.msg} at line {exc.lineno})."
+        ) from None
     except RecursionError:
         raise WorkflowInvalid(f"{source} is nested too deeply to be a workflow.") from None
 
 
 def check_api_graph(data: Any, source: str) -> dict[str, Any]:
     """An API-format graph ``{node_id: {class_type, inputs}}`` or WorkflowInvalid."""
-    if isinstance(data, dict) and "prompt" in data and isinstance(data["prompt"], dict) \
-            and "nodes" not in data:
+    if (
+        isinstance(data, dict)
+        and "prompt" in data
+        and isinstance(data["prompt"], dict)
+        and "nodes" not in data
+    ):
         data = data["prompt"]  # a saved POST /prompt body
     if not isinstance(data, dict) or not data:
-        raise WorkflowInvalid(f"{source} holds no nodes; expected {{node_id: {{class_type, "
-                              f"inputs}}}} (ComfyUI API format).")
+        raise WorkflowInvalid(
+            f"{source} holds no nodes; expected {{node_id: {{class_type, "
+            f"inputs}}}} (ComfyUI API format)."
+        )
     for node_id, node in data.items():
-        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) \
-                or not isinstance(node.get("inputs", {}), dict):
+        if (
+            not isinstance(node, dict)
+            or not isinstance(node.get("class_type"), str)
+            or not isinstance(node.get("inputs", {}), dict)
+        ):
             raise WorkflowInvalid(
                 f"{source}: node {node_id!r} is not an API-format node "
-                "(it needs class_type and an inputs object).")
+                "(it needs class_type and an inputs object)."
+            )
     return data
 
 
@@ -108,30 +119,38 @@ class Submitter:
         # Bounded by the slowest server's own timeouts (a retry included).
         deadline = max((s.connect_timeout + s.timeout) * 2 for s in specs) if specs else 0.0
         answers = fan_out(by_url, probe, deadline, name=lambda url: by_url[url].name)
-        return {url: answers[url].value if answers[url].error is None else None
-                for url in by_url}
+        return {url: answers[url].value if answers[url].error is None else None for url in by_url}
 
-    def submit(self, graph: dict[str, Any], spec: ServerSpec,
-               labels: dict[str, str] | None = None,
-               resubmitted_from: str | None = None,
-               inputs: list[dict[str, Any]] | None = None) -> Submitted:
+    def submit(
+        self,
+        graph: dict[str, Any],
+        spec: ServerSpec,
+        labels: dict[str, str] | None = None,
+        resubmitted_from: str | None = None,
+        inputs: list[dict[str, Any]] | None = None,
+    ) -> Submitted:
         """Write ahead, then send one job to ``spec``'s server."""
         record = self.prepare(graph, spec, labels, resubmitted_from, inputs)
         with self.ledger.transaction() as tasks:
             tasks.put(record)
         return self.send(record, graph, spec)
 
-    def prepare(self, graph: dict[str, Any], spec: ServerSpec,
-                labels: dict[str, str] | None = None,
-                resubmitted_from: str | None = None,
-                inputs: list[dict[str, Any]] | None = None) -> Record:
+    def prepare(
+        self,
+        graph: dict[str, Any],
+        spec: ServerSpec,
+        labels: dict[str, str] | None = None,
+        resubmitted_from: str | None = None,
+        inputs: list[dict[str, Any]] | None = None,
+    ) -> Record:
         """The write-ahead record of a new job (the caller puts it in the ledger).
         ``inputs``: the local files uploaded for it (so a resubmit elsewhere can send
         them to that server)."""
         self.client_for(spec)  # a server that cannot be used (config) gets no record at all
         ref = self.ledger.store_workflow(graph)
-        record = new_record(new_prompt_id(), spec.name, spec.url, new_client_id(), ref, labels,
-                            resubmitted_from)
+        record = new_record(
+            new_prompt_id(), spec.name, spec.url, new_client_id(), ref, labels, resubmitted_from
+        )
         if inputs:
             record["inputs"] = inputs
         return record
@@ -145,8 +164,13 @@ class Submitter:
         SubmitFailed when the server answered that it does not have it."""
         client = self.client_for(spec)
         prompt_id = record["prompt_id"]
-        log.info("sending %s to %s (%s) as client %s", prompt_id, spec.name, spec.url,
-                 record["client_id"])
+        log.info(
+            "sending %s to %s (%s) as client %s",
+            prompt_id,
+            spec.name,
+            spec.url,
+            record["client_id"],
+        )
         try:
             reply = client.submit(graph, record["client_id"], prompt_id)
         except WorkflowRejected as exc:
@@ -158,8 +182,9 @@ class Submitter:
             with self.ledger.transaction() as tasks:  # certainly never queued: no ghost record
                 tasks.remove(prompt_id)
             raise
-        warnings = [f"node {node}: {summary}" for node, summary in
-                    node_error_lines(reply.node_errors)]
+        warnings = [
+            f"node {node}: {summary}" for node, summary in node_error_lines(reply.node_errors)
+        ]
         final_id = reply.prompt_id
         with self.ledger.transaction() as tasks:
             stored = tasks.remove(prompt_id) or record
@@ -189,13 +214,19 @@ class Submitter:
                     stored["submitter"] = {**(stored.get("submitter") or {}), "finished": True}
                     tasks.put(stored)
                     record = stored
-            raise SubmitUncertain(record["server"], f"{reason}; then {exc.reason}",
-                                  record) from None
+            raise SubmitUncertain(
+                record["server"], f"{reason}; then {exc.reason}", record
+            ) from None
         if obs.kind == "unknown":
             # Final, so that neither recover nor a retry elsewhere sends this record again.
-            self._settle(record["prompt_id"], status=REJECTED, error=job_error(
-                "submit_failed", f"The submit failed ({reason}) and the server does not know "
-                                 "the job."))
+            self._settle(
+                record["prompt_id"],
+                status=REJECTED,
+                error=job_error(
+                    "submit_failed",
+                    f"The submit failed ({reason}) and the server does not know the job.",
+                ),
+            )
             raise SubmitFailed(record["server"], f"{reason}; it does not know the job")
         with self.ledger.transaction() as tasks:
             stored = tasks.remove(record["prompt_id"]) or record
@@ -208,8 +239,9 @@ class Submitter:
         with self.ledger.transaction() as tasks:
             stored = tasks.get(prompt_id)
             if stored is not None and stored["status"] == SUBMITTING:
-                stored.update(status=status, error=error, finished_at=now_iso(),
-                              updated_at=now_iso())
+                stored.update(
+                    status=status, error=error, finished_at=now_iso(), updated_at=now_iso()
+                )
                 tasks.put(stored)
 
 
@@ -247,8 +279,9 @@ def _by_node(lines: list[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
-def settle_submitting(ledger: Store, client_for: Callable[[Record], ServerClient],
-                      records: list[Record]) -> int:
+def settle_submitting(
+    ledger: Store, client_for: Callable[[Record], ServerClient], records: list[Record]
+) -> int:
     """Settle write-ahead records left by a crashed submit, asking each one's own server.
     Returns how many were settled."""
     orphans = [r for r in records if r["status"] == SUBMITTING and submitter_gone(r)]
@@ -259,8 +292,14 @@ def settle_submitting(ledger: Store, client_for: Callable[[Record], ServerClient
         except ServerError:
             continue
         if obs.kind == "unknown":
-            obs = Observation("lost", record["prompt_id"], record["server_url"], error=job_error(
-                "submit_failed", "The submitting process died and the server never got the job."))
+            obs = Observation(
+                "lost",
+                record["prompt_id"],
+                record["server_url"],
+                error=job_error(
+                    "submit_failed", "The submitting process died and the server never got the job."
+                ),
+            )
         with ledger.transaction() as tasks:
             stored = tasks.get(record["prompt_id"])
             if stored is not None and stored["status"] == SUBMITTING and apply(stored, obs):
@@ -268,4 +307,3 @@ def settle_submitting(ledger: Store, client_for: Callable[[Record], ServerClient
                 record.update(stored)
                 settled += 1
     return settled
-

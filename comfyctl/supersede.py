@@ -32,8 +32,11 @@ REAP_DEADLINE = 30.0
 
 def originals(ledger: Store, server_urls: Collection[str] | None = None) -> list[Record]:
     """The ledger's unsettled superseded jobs (bound to ``server_urls``, if given)."""
-    return [r for r in ledger.load().select(statuses={LOST}, server_urls=server_urls)
-            if superseded_unsettled(r)]
+    return [
+        r
+        for r in ledger.load().select(statuses={LOST}, server_urls=server_urls)
+        if superseded_unsettled(r)
+    ]
 
 
 def reap(ledger: Store, client: ServerClient, records: list[Record]) -> list[Record]:
@@ -48,8 +51,11 @@ def reap(ledger: Store, client: ServerClient, records: list[Record]) -> list[Rec
         if obs.kind in ("queued", "running"):
             how = client.cancel(pid)
             log.info("superseded %s was %s on %s: %s", pid, obs.kind, client.spec.name, how)
-            obs = Observation("cancelled", pid, client.url) if how in CANCELLED_HOW \
-                else client.status(pid)  # finished meanwhile, or could not be cancelled
+            obs = (
+                Observation("cancelled", pid, client.url)
+                if how in CANCELLED_HOW
+                else client.status(pid)
+            )  # finished meanwhile, or could not be cancelled
         final[pid] = obs
     changed = []
     with ledger.transaction() as tasks:
@@ -61,20 +67,30 @@ def reap(ledger: Store, client: ServerClient, records: list[Record]) -> list[Rec
     return changed
 
 
-def reap_servers(ledger: Store, client_for: Callable[[Record], ServerClient],
-                 records: Iterable[Record] | None, deadline: float = REAP_DEADLINE,
-                 skip: Collection[str] = ()) -> list[Record]:
+def reap_servers(
+    ledger: Store,
+    client_for: Callable[[Record], ServerClient],
+    records: Iterable[Record] | None,
+    deadline: float = REAP_DEADLINE,
+    skip: Collection[str] = (),
+) -> list[Record]:
     """``reap`` on every server that ``records`` (default: the whole ledger) holds
     unsettled originals for, all at once, each bounded by ``deadline``; servers in
     ``skip`` (known to be down) are left for the next command. Returns what changed."""
-    pending = [r for r in records if superseded_unsettled(r)] if records is not None \
+    pending = (
+        [r for r in records if superseded_unsettled(r)]
+        if records is not None
         else originals(ledger)
+    )
     groups = by_server(r for r in pending if r["server_url"] not in skip)
     if not groups:
         return []
-    answers = fan_out(list(groups),
-                      lambda url: reap(ledger, client_for(groups[url][0]), groups[url]),
-                      deadline, name=lambda url: groups[url][0]["server"])
+    answers = fan_out(
+        list(groups),
+        lambda url: reap(ledger, client_for(groups[url][0]), groups[url]),
+        deadline,
+        name=lambda url: groups[url][0]["server"],
+    )
     return [r for answer in answers.values() for r in answer.value or []]
 
 

@@ -240,8 +240,11 @@ class Tracker:
         """Take what the lease holder wrote (never going back: a stale copy of a job we
         already know further along is ignored)."""
         record = self.records.get(stored["prompt_id"])
-        if record is None or record["status"] in TERMINAL or \
-                record["server_url"] != stored.get("server_url"):
+        if (
+            record is None
+            or record["status"] in TERMINAL
+            or record["server_url"] != stored.get("server_url")
+        ):
             return
         if _rank(stored["status"]) < _rank(record["status"]):
             return
@@ -276,10 +279,16 @@ class Tracker:
         # deleted), which recover does not resubmit unless asked (comfyctl.restart).
         server_log = self.servers[record["server_url"]].log
         proof = restart_proof(record, server_log, list(self.records.values()))
-        return Observation("lost", record["prompt_id"], record["server_url"], error=job_error(
-            "lost" if proof else "forgotten",
-            f"Server {record['server']} no longer knows this job (not queued, not running, "
-            f"not in history): {proof or no_proof(record, server_log)}."))
+        return Observation(
+            "lost",
+            record["prompt_id"],
+            record["server_url"],
+            error=job_error(
+                "lost" if proof else "forgotten",
+                f"Server {record['server']} no longer knows this job (not queued, not running, "
+                f"not in history): {proof or no_proof(record, server_log)}.",
+            ),
+        )
 
     def _check_stalls(self) -> None:
         limit = self.options.stall_timeout
@@ -292,9 +301,14 @@ class Tracker:
             if age is not None and age > limit:
                 self._stalled.add(record["prompt_id"])
                 percent = (record.get("progress") or {}).get("percent", 0.0)
-                self.on_event(TrackerEvent(
-                    "stalled", record, record["server"],
-                    f"no progress for {age:.0f}s at {percent:.2f}%"))
+                self.on_event(
+                    TrackerEvent(
+                        "stalled",
+                        record,
+                        record["server"],
+                        f"no progress for {age:.0f}s at {percent:.2f}%",
+                    )
+                )
 
     # -- threads -------------------------------------------------------------------------
 
@@ -316,18 +330,29 @@ class Tracker:
         for url, state in self.servers.items():
             if server_url is not None and url != server_url:
                 continue
-            active = [self.records[pid] for pid in state.prompt_ids
-                      if self.records[pid]["status"] not in TERMINAL]
-            queued = sorted((r for r in active if r["status"] == PENDING
-                             and r.get("number") is not None), key=_queue_order)
+            active = [
+                self.records[pid]
+                for pid in state.prompt_ids
+                if self.records[pid]["status"] not in TERMINAL
+            ]
+            queued = sorted(
+                (r for r in active if r["status"] == PENDING and r.get("number") is not None),
+                key=_queue_order,
+            )
             later = {r["prompt_id"] for r in queued[LISTEN_AHEAD:]}
             for record in sorted(active, key=_queue_order):
                 prompt_id = record["prompt_id"]
                 if prompt_id in self._job_stops or prompt_id in later:
                     continue
                 job_stop = self._job_stops.setdefault(prompt_id, threading.Event())
-                self._spawn(self._socket_worker, state, prompt_id, record["client_id"],
-                            job_stop, name=f"ws {prompt_id}")
+                self._spawn(
+                    self._socket_worker,
+                    state,
+                    prompt_id,
+                    record["client_id"],
+                    job_stop,
+                    name=f"ws {prompt_id}",
+                )
 
     def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -335,8 +360,7 @@ class Tracker:
         self._threads.append(thread)
 
     def _active_ids(self, state: _ServerState) -> list[str]:
-        return [pid for pid in state.prompt_ids
-                if self.records[pid]["status"] not in TERMINAL]
+        return [pid for pid in state.prompt_ids if self.records[pid]["status"] not in TERMINAL]
 
     def _server_worker(self, state: _ServerState) -> None:
         """Poll the server: the source of truth when the socket is quiet or gone."""
@@ -366,8 +390,14 @@ class Tracker:
         previous, state.reachable = state.reachable, reachable
         if previous == reachable or (previous is None and reachable):
             return
-        self.inbox.put(TrackerEvent("server", None, state.name,
-                                    "reachable again" if reachable else f"unreachable ({reason})"))
+        self.inbox.put(
+            TrackerEvent(
+                "server",
+                None,
+                state.name,
+                "reachable again" if reachable else f"unreachable ({reason})",
+            )
+        )
 
     def _history_fetcher(self, state: _ServerState) -> None:
         """After a WebSocket end-of-run signal, read the outcome from the history."""
@@ -388,8 +418,9 @@ class Tracker:
                     break
                 self.stop.wait(delay)
 
-    def _socket_worker(self, state: _ServerState, prompt_id: str, client_id: str,
-                       job_stop: threading.Event) -> None:
+    def _socket_worker(
+        self, state: _ServerState, prompt_id: str, client_id: str, job_stop: threading.Event
+    ) -> None:
         """Hold the job's lease and listen as its client_id (reconnecting with backoff when
         the socket drops); while another process holds it, follow the job through what
         that process writes to the store, and take over when it is gone."""
@@ -399,8 +430,7 @@ class Tracker:
             while not (self.stop.is_set() or job_stop.is_set()):
                 if not self._held.get(prompt_id):
                     self._observe(prompt_id)
-                    if self.options.use_websocket and \
-                            time.monotonic() - last_claim >= CLAIM_EVERY:
+                    if self.options.use_websocket and time.monotonic() - last_claim >= CLAIM_EVERY:
                         last_claim = time.monotonic()
                         self._try_claim(prompt_id, name)
                     if not self._held.get(prompt_id):
@@ -452,8 +482,9 @@ class Tracker:
             self._seen[prompt_id] = view
             self.inbox.put(_Followed(stored))
 
-    def _listen(self, state: _ServerState, prompt_id: str, client_id: str,
-                job_stop: threading.Event) -> bool:
+    def _listen(
+        self, state: _ServerState, prompt_id: str, client_id: str, job_stop: threading.Event
+    ) -> bool:
         """One connection, while we hold the lease. False when it could not be made."""
         import websocket
 
@@ -473,8 +504,10 @@ class Tracker:
                     # holder that lost its lease late) takes the events, and its closing
                     # makes the server forget ours: a running job whose socket stays quiet
                     # gets a fresh connection (the server re-sends its current node).
-                    if time.monotonic() - heard > SOCKET_SILENCE and \
-                            self.records[prompt_id]["status"] == RUNNING:
+                    if (
+                        time.monotonic() - heard > SOCKET_SILENCE
+                        and self.records[prompt_id]["status"] == RUNNING
+                    ):
                         break
                     continue
                 heard = time.monotonic()
@@ -484,8 +517,11 @@ class Tracker:
                     msg = json.loads(frame)
                 except ValueError:
                     continue
-                obs = from_ws_message(msg, state.client.url, prompt_id) \
-                    if isinstance(msg, dict) else None
+                obs = (
+                    from_ws_message(msg, state.client.url, prompt_id)
+                    if isinstance(msg, dict)
+                    else None
+                )
                 if obs is not None:
                     self.inbox.put(obs)
         except (OSError, websocket.WebSocketException) as exc:
@@ -505,8 +541,18 @@ class _Followed:
         self.record = record
 
 
-_FOLLOWED = ("status", "started_at", "finished_at", "number", "progress", "progress_history",
-             "outputs", "error")
+_FOLLOWED = (
+    "status",
+    "started_at",
+    "finished_at",
+    "number",
+    "progress",
+    "progress_history",
+    "outputs",
+    "error",
+)
+
+
 def _queue_order(record: Record) -> tuple[bool, float]:
     """The order a server runs its queue in (by prompt number; unnumbered ones last)."""
     number = record.get("number")
@@ -518,9 +564,15 @@ _RANK = {SUBMITTING: 0, PENDING: 1, RUNNING: 2}
 
 def _followed_view(record: Record) -> tuple[Any, ...]:
     progress = record.get("progress") or {}
-    return (record.get("status"), progress.get("value"), progress.get("max"),
-            progress.get("node"), progress.get("updated_at"), len(record.get("outputs") or []),
-            bool(record.get("error")))
+    return (
+        record.get("status"),
+        progress.get("value"),
+        progress.get("max"),
+        progress.get("node"),
+        progress.get("updated_at"),
+        len(record.get("outputs") or []),
+        bool(record.get("error")),
+    )
 
 
 def _rank(status: str) -> int:

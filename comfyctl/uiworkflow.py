@@ -34,8 +34,21 @@ SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
 #: Frontend-only nodes: never sent to the server.
 VIRTUAL_TYPES = frozenset({"Reroute", "PrimitiveNode", "Note", "MarkdownNote"})
 #: Input types the frontend shows as a widget (``ComfyWidgets``); others are sockets.
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO", "MARKDOWN", "COLOR",
-                          "TEXTAREA", "CURVE", "RANGE", "BOUNDING_BOX"})
+WIDGET_TYPES = frozenset(
+    {
+        "INT",
+        "FLOAT",
+        "BOOLEAN",
+        "STRING",
+        "COMBO",
+        "MARKDOWN",
+        "COLOR",
+        "TEXTAREA",
+        "CURVE",
+        "RANGE",
+        "BOUNDING_BOX",
+    }
+)
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
 SEED_NAMES = ("seed", "noise_seed")
 MAX_DEPTH = 32
@@ -111,8 +124,7 @@ def widget_layout(info: dict[str, Any]) -> list[tuple[str, str, list[Any]]]:
             spec = table.get(name)
             if not isinstance(spec, list) or not spec:
                 continue
-            kind, options = spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) \
-                else {}
+            kind, options = spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
             if options.get("forceInput"):
                 continue
             combo = isinstance(kind, list) or kind == "COMBO"
@@ -146,8 +158,9 @@ def default_value(spec: list[Any]) -> Any:
     return {"INT": 0, "FLOAT": 0, "BOOLEAN": False}.get(kind, "")
 
 
-def widget_values(node: dict[str, Any], info: dict[str, Any], label: str,
-                  warnings: list[str]) -> dict[str, Any]:
+def widget_values(
+    node: dict[str, Any], info: dict[str, Any], label: str, warnings: list[str]
+) -> dict[str, Any]:
     """Input name -> value for the node's widgets (only the ones sent)."""
     layout = widget_layout(info)
     saved = node.get("widgets_values")
@@ -174,9 +187,11 @@ def widget_values(node: dict[str, Any], info: dict[str, Any], label: str,
         else:
             values[name] = default_value(spec)
     if "widgets_values" in node and (position < len(saved) or len(saved) < wanted):
-        warnings.append(f"node {label}: {len(saved)} saved widget values for {wanted} "
-                        "widgets of the server's node; the server's node may differ from the "
-                        "one that saved the workflow, check the converted values.")
+        warnings.append(
+            f"node {label}: {len(saved)} saved widget values for {wanted} "
+            "widgets of the server's node; the server's node may differ from the "
+            "one that saved the workflow, check the converted values."
+        )
     return values
 
 
@@ -192,15 +207,17 @@ def _valid_connection(a: Any, b: Any) -> bool:
 
 
 class _Converter:
-    def __init__(self, workflow: dict[str, Any], node_info: NodeInfo, server: str,
-                 strict: bool) -> None:
+    def __init__(
+        self, workflow: dict[str, Any], node_info: NodeInfo, server: str, strict: bool
+    ) -> None:
         self.node_info = node_info
         self.server = server
         self.strict = strict
         definitions = workflow.get("definitions") or {}
         subgraphs = definitions.get("subgraphs") if isinstance(definitions, dict) else None
         self.subgraphs: dict[str, dict[str, Any]] = {
-            str(s["id"]): s for s in subgraphs or [] if isinstance(s, dict) and "id" in s}
+            str(s["id"]): s for s in subgraphs or [] if isinstance(s, dict) and "id" in s
+        }
         self.by_id: dict[str, _Inst] = {}
         self.order: list[_Inst] = []
         self.inner: dict[str, _Graph] = {}  # subgraph instance id -> its inner graph
@@ -222,8 +239,10 @@ class _Converter:
 
     def flatten(self, graph: _Graph, path: tuple[str, ...], container: _Inst | None) -> None:
         if len(path) > MAX_DEPTH:
-            raise WorkflowInvalid("The workflow's subgraphs nest deeper than "
-                                  f"{MAX_DEPTH} levels (a subgraph inside itself?).")
+            raise WorkflowInvalid(
+                "The workflow's subgraphs nest deeper than "
+                f"{MAX_DEPTH} levels (a subgraph inside itself?)."
+            )
         for node_id, node in graph.nodes.items():
             inst = _Inst(":".join((*path, node_id)), node, graph, path, container)
             self.by_id[inst.exec_id] = inst
@@ -236,8 +255,9 @@ class _Converter:
 
     # -- resolving links -----------------------------------------------------------------
 
-    def resolve_input(self, inst: _Inst, slot: int, seen: set[str],
-                      type_: Any = None) -> tuple[str, Any] | None:
+    def resolve_input(
+        self, inst: _Inst, slot: int, seen: set[str], type_: Any = None
+    ) -> tuple[str, Any] | None:
         """("link", [origin, slot]) or ("value", v) feeding ``inst``'s input ``slot``."""
         key = f"{inst.exec_id}[I]{slot}"
         if key in seen:
@@ -251,21 +271,26 @@ class _Converter:
             return None
         link = inst.graph.links.get(link_id)
         if link is None:
-            raise WorkflowInvalid(f"Node {inst.exec_id} ({inst.type}) input "
-                                  f"{inputs[slot].get('name')!r} names link {link_id}, which "
-                                  "the workflow does not have.")
+            raise WorkflowInvalid(
+                f"Node {inst.exec_id} ({inst.type}) input "
+                f"{inputs[slot].get('name')!r} names link {link_id}, which "
+                "the workflow does not have."
+            )
         if inst.container is not None and link.origin_id == SUBGRAPH_INPUT:
             return self._from_container(inst.container, link.origin_slot, seen)
         origin = self.by_id.get(":".join((*inst.path, str(link.origin_id))))
         if origin is None:
-            raise WorkflowInvalid(f"Node {inst.exec_id} ({inst.type}) is linked from node "
-                                  f"{link.origin_id}, which the workflow does not have.")
-        return self.resolve_output(origin, link.origin_slot,
-                                   type_ if type_ is not None else inputs[slot].get("type"),
-                                   seen)
+            raise WorkflowInvalid(
+                f"Node {inst.exec_id} ({inst.type}) is linked from node "
+                f"{link.origin_id}, which the workflow does not have."
+            )
+        return self.resolve_output(
+            origin, link.origin_slot, type_ if type_ is not None else inputs[slot].get("type"), seen
+        )
 
-    def _from_container(self, container: _Inst, slot: int,
-                        seen: set[str]) -> tuple[str, Any] | None:
+    def _from_container(
+        self, container: _Inst, slot: int, seen: set[str]
+    ) -> tuple[str, Any] | None:
         """An input of a subgraph, as the instance outside feeds it: its link, else its
         promoted widget's value, else nothing (the inner node keeps its own value)."""
         index = self._container_slot(container, slot)
@@ -286,9 +311,12 @@ class _Converter:
         """The instance's input for its subgraph's input ``slot``: the instance's saved
         inputs follow the definition's, matched by name in case they drifted."""
         inputs = container.inputs
-        declared = (self.subgraphs[container.type].get("inputs") or [])
-        name = declared[slot].get("name") if slot < len(declared) \
-            and isinstance(declared[slot], dict) else None
+        declared = self.subgraphs[container.type].get("inputs") or []
+        name = (
+            declared[slot].get("name")
+            if slot < len(declared) and isinstance(declared[slot], dict)
+            else None
+        )
         if slot < len(inputs) and (name is None or inputs[slot].get("name") == name):
             return slot
         for index, candidate in enumerate(inputs):
@@ -296,8 +324,9 @@ class _Converter:
                 return index
         return None
 
-    def resolve_output(self, inst: _Inst, slot: int, type_: Any,
-                       seen: set[str]) -> tuple[str, Any] | None:
+    def resolve_output(
+        self, inst: _Inst, slot: int, type_: Any, seen: set[str]
+    ) -> tuple[str, Any] | None:
         key = f"{inst.exec_id}[O]{slot}"
         if key in seen:
             raise WorkflowInvalid(f"The links out of node {inst.exec_id} go round in a circle.")
@@ -317,8 +346,9 @@ class _Converter:
             return None
         return ("link", [inst.exec_id, slot])
 
-    def _subgraph_output(self, inst: _Inst, definition: dict[str, Any], slot: int,
-                         type_: Any, seen: set[str]) -> tuple[str, Any] | None:
+    def _subgraph_output(
+        self, inst: _Inst, definition: dict[str, Any], slot: int, type_: Any, seen: set[str]
+    ) -> tuple[str, Any] | None:
         inner_graph = self.inner.get(inst.exec_id)
         if inner_graph is None:
             return None
@@ -326,9 +356,11 @@ class _Converter:
             if link.target_id == SUBGRAPH_OUTPUT and link.target_slot == slot:
                 origin = self.by_id.get(f"{inst.exec_id}:{link.origin_id}")
                 if origin is None:
-                    raise WorkflowInvalid(f"Subgraph {definition.get('name') or inst.type!r}"
-                                          f" output {slot} comes from node {link.origin_id}, "
-                                          "which the subgraph does not have.")
+                    raise WorkflowInvalid(
+                        f"Subgraph {definition.get('name') or inst.type!r}"
+                        f" output {slot} comes from node {link.origin_id}, "
+                        "which the subgraph does not have."
+                    )
                 return self.resolve_output(origin, link.origin_slot, type_, seen)
         return None
 
@@ -361,7 +393,8 @@ class _Converter:
             raise WorkflowInvalid(
                 "The workflow uses group nodes (the old 'workflow>...' nodes).",
                 "Open it in a current ComfyUI and convert them to subgraphs, or export it in "
-                "API format.")
+                "API format.",
+            )
         self.flatten(self.graph_of(workflow, None), (), None)
         sent = [i for i in self.order if self._is_sent(i)]
         missing: dict[str, list[str]] = {}
@@ -369,18 +402,26 @@ class _Converter:
             if self.node_info(inst.type) is None:
                 missing.setdefault(inst.type, []).append(inst.exec_id)
         if missing and self.strict:
-            names = "; ".join(f"{kind} (node{'s' if len(ids) > 1 else ''} {', '.join(ids)})"
-                              for kind, ids in sorted(missing.items()))
-            raise WorkflowInvalid(f"{self.server} has no node type {names}.",
-                                  "Install the custom node package on that server, or choose "
-                                  "a server that has it.")
+            names = "; ".join(
+                f"{kind} (node{'s' if len(ids) > 1 else ''} {', '.join(ids)})"
+                for kind, ids in sorted(missing.items())
+            )
+            raise WorkflowInvalid(
+                f"{self.server} has no node type {names}.",
+                "Install the custom node package on that server, or choose a server that has it.",
+            )
         prompt: dict[str, Any] = {}
         for inst in sent:
             info = self.node_info(inst.type)
             label = f"{inst.exec_id} ({inst.type})"
-            inputs = {} if info is None else {  # unknown (not strict): links only
-                name: _wrap(value) for name, value in
-                widget_values(inst.node, info, label, self.warnings).items()}
+            inputs = (
+                {}
+                if info is None
+                else {  # unknown (not strict): links only
+                    name: _wrap(value)
+                    for name, value in widget_values(inst.node, info, label, self.warnings).items()
+                }
+            )
             info = info or {}
             for slot, slot_info in enumerate(inst.inputs):
                 resolved = self.resolve_input(inst, slot, set())
@@ -390,20 +431,28 @@ class _Converter:
                 kind, value = resolved
                 inputs[name] = value if kind == "link" else _wrap(value)
             title = inst.node.get("title") or info.get("display_name") or inst.type
-            prompt[inst.exec_id] = {"inputs": inputs, "class_type": inst.type,
-                                    "_meta": {"title": title}}
+            prompt[inst.exec_id] = {
+                "inputs": inputs,
+                "class_type": inst.type,
+                "_meta": {"title": title},
+            }
         for node in prompt.values():  # links to nodes not sent (muted) are dropped
             for name, value in list(node["inputs"].items()):
                 if isinstance(value, list) and len(value) == 2 and value[0] not in prompt:
                     del node["inputs"][name]
         if not prompt:
-            raise WorkflowInvalid("The workflow has no node to run (all muted, bypassed or "
-                                  "frontend-only).")
+            raise WorkflowInvalid(
+                "The workflow has no node to run (all muted, bypassed or frontend-only)."
+            )
         return Converted(prompt, self.warnings)
 
     def _is_sent(self, inst: _Inst) -> bool:
-        return inst.mode not in (MUTED, BYPASSED) and inst.type not in VIRTUAL_TYPES \
-            and inst.type not in self.subgraphs and not self._inside_disabled(inst)
+        return (
+            inst.mode not in (MUTED, BYPASSED)
+            and inst.type not in VIRTUAL_TYPES
+            and inst.type not in self.subgraphs
+            and not self._inside_disabled(inst)
+        )
 
     @staticmethod
     def _inside_disabled(inst: _Inst) -> bool:
@@ -423,8 +472,9 @@ def _parse_link(raw: Any) -> tuple[Any, _Link] | None:
         if isinstance(raw, list) and len(raw) >= 5:
             return raw[0], _Link(raw[1], int(raw[2]), raw[3], int(raw[4]))
         if isinstance(raw, dict):
-            return raw["id"], _Link(raw["origin_id"], int(raw["origin_slot"]),
-                                    raw["target_id"], int(raw["target_slot"]))
+            return raw["id"], _Link(
+                raw["origin_id"], int(raw["origin_slot"]), raw["target_id"], int(raw["target_slot"])
+            )
     except (KeyError, TypeError, ValueError):
         pass
     raise WorkflowInvalid(f"The workflow has a malformed link: {str(raw)[:80]}.")
@@ -435,8 +485,9 @@ def _wrap(value: Any) -> Any:
     return {"__value__": value} if isinstance(value, list) else value
 
 
-def to_api(workflow: dict[str, Any], node_info: NodeInfo, server: str = "The server",
-           strict: bool = True) -> Converted:
+def to_api(
+    workflow: dict[str, Any], node_info: NodeInfo, server: str = "The server", strict: bool = True
+) -> Converted:
     """The API prompt the web UI would queue for ``workflow`` on a server whose
     ``/object_info`` entries ``node_info`` returns (``server`` names it in errors).
     Not ``strict``: a node type the server lacks is kept with its links only (for a check

@@ -41,8 +41,13 @@ class Problem:
         return text
 
     def as_json(self) -> dict[str, Any]:
-        return {"node": self.node, "class_type": self.class_type, "input": self.input,
-                "message": self.message, "nearest": list(self.nearest)}
+        return {
+            "node": self.node,
+            "class_type": self.class_type,
+            "input": self.input,
+            "message": self.message,
+            "nearest": list(self.nearest),
+        }
 
 
 def _nearest(value: Any, options: Collection[Any], n: int = 3) -> tuple[str, ...]:
@@ -76,10 +81,15 @@ def _types_fit(received: Any, expected: Any) -> bool:
     return bool({t.strip() for t in received.split(",")} & {t.strip() for t in expected.split(",")})
 
 
-def check(prompt: dict[str, Any], node_info: NodeInfo, server: str, *,
-          classes: Collection[str] = (),
-          input_exists: Callable[[str], bool] | None = None,
-          uploads: Collection[tuple[str, str]] = ()) -> list[Problem]:
+def check(
+    prompt: dict[str, Any],
+    node_info: NodeInfo,
+    server: str,
+    *,
+    classes: Collection[str] = (),
+    input_exists: Callable[[str], bool] | None = None,
+    uploads: Collection[tuple[str, str]] = (),
+) -> list[Problem]:
     """Every problem of ``prompt`` on ``server``. ``classes`` are the server's node types
     (for suggestions); ``input_exists(name)`` says whether the server's input folder has
     a file; ``uploads`` are (node, input) pairs comfyctl will upload before sending."""
@@ -87,20 +97,36 @@ def check(prompt: dict[str, Any], node_info: NodeInfo, server: str, *,
     for node_id, node in prompt.items():
         class_type = node.get("class_type")
         if node_info(class_type) is None:
-            problems.append(Problem(str(node_id), class_type, None,
-                                    f"server {server} has no node type {class_type!r}",
-                                    _nearest(class_type, classes) if classes else ()))
-    outputs = [n for n, node in prompt.items()
-               if (node_info(node.get("class_type")) or {}).get("output_node")]
+            problems.append(
+                Problem(
+                    str(node_id),
+                    class_type,
+                    None,
+                    f"server {server} has no node type {class_type!r}",
+                    _nearest(class_type, classes) if classes else (),
+                )
+            )
+    outputs = [
+        n
+        for n, node in prompt.items()
+        if (node_info(node.get("class_type")) or {}).get("output_node")
+    ]
     if not outputs:
-        problems.append(Problem(None, None, None, "no output node (SaveImage, PreviewImage, "
-                                "...): the server would run nothing"))
+        problems.append(
+            Problem(
+                None,
+                None,
+                None,
+                "no output node (SaveImage, PreviewImage, ...): the server would run nothing",
+            )
+        )
     for node_id in _feeding(prompt, outputs):
         node = prompt[node_id]
         info = node_info(node.get("class_type"))
         if info is not None:
-            problems += _check_node(prompt, str(node_id), node, info, node_info, server,
-                                    input_exists, set(uploads))
+            problems += _check_node(
+                prompt, str(node_id), node, info, node_info, server, input_exists, set(uploads)
+            )
     return problems
 
 
@@ -119,10 +145,16 @@ def _feeding(prompt: dict[str, Any], outputs: list[str]) -> list[str]:
     return [n for n in prompt if n in seen]
 
 
-def _check_node(prompt: dict[str, Any], node_id: str, node: dict[str, Any],
-                info: dict[str, Any], node_info: NodeInfo, server: str,
-                input_exists: Callable[[str], bool] | None,
-                uploads: set[tuple[str, str]]) -> list[Problem]:
+def _check_node(
+    prompt: dict[str, Any],
+    node_id: str,
+    node: dict[str, Any],
+    info: dict[str, Any],
+    node_info: NodeInfo,
+    server: str,
+    input_exists: Callable[[str], bool] | None,
+    uploads: set[tuple[str, str]],
+) -> list[Problem]:
     class_type = node.get("class_type")
     inputs = node.get("inputs") or {}
     declared = info.get("input") or {}
@@ -150,33 +182,46 @@ def _check_node(prompt: dict[str, Any], node_id: str, node: dict[str, Any],
                 if value in choices:
                     continue
                 if any(options.get(flag) for flag in UPLOAD_FLAGS):
-                    if (node_id, name) in uploads or (input_exists is not None
-                                                      and input_exists(str(value))):
+                    if (node_id, name) in uploads or (
+                        input_exists is not None and input_exists(str(value))
+                    ):
                         continue
-                    problem(name, f"file {value!r} is not in server {server}'s input folder",
-                            _nearest(value, choices) if choices else ())
+                    problem(
+                        name,
+                        f"file {value!r} is not in server {server}'s input folder",
+                        _nearest(value, choices) if choices else (),
+                    )
                     continue
-                problem(name, f"{value!r} is not one of the {len(choices)} values server "
-                        f"{server} offers", _nearest(value, choices))
+                problem(
+                    name,
+                    f"{value!r} is not one of the {len(choices)} values server {server} offers",
+                    _nearest(value, choices),
+                )
                 continue
             if kind in ("INT", "FLOAT"):
                 try:
                     number = int(value) if kind == "INT" else float(value)
                 except (TypeError, ValueError):
-                    problem(name, f"{value!r} is not a{'n' if kind == 'INT' else ''} "
-                            f"{kind} value")
+                    problem(name, f"{value!r} is not a{'n' if kind == 'INT' else ''} {kind} value")
                     continue
                 if "min" in options and number < options["min"]:
-                    problem(name, f"{value} is below the minimum {options['min']}",
-                            (str(options["min"]),))
+                    problem(
+                        name,
+                        f"{value} is below the minimum {options['min']}",
+                        (str(options["min"]),),
+                    )
                 elif "max" in options and number > options["max"]:
-                    problem(name, f"{value} is above the maximum {options['max']}",
-                            (str(options["max"]),))
+                    problem(
+                        name,
+                        f"{value} is above the maximum {options['max']}",
+                        (str(options["max"]),),
+                    )
     return problems
 
 
-def _link_problems(prompt: dict[str, Any], value: list[Any], expected: Any,
-                   node_info: NodeInfo) -> list[str]:
+def _link_problems(
+    prompt: dict[str, Any], value: list[Any], expected: Any, node_info: NodeInfo
+) -> list[str]:
     if len(value) != 2:
         return [f"{value!r} is not a link [node_id, output_index]"]
     origin_id, slot = value
@@ -188,9 +233,9 @@ def _link_problems(prompt: dict[str, Any], value: list[Any], expected: Any,
         return []  # reported as an unknown node type
     outputs = info.get("output") or []
     if not isinstance(slot, int) or not 0 <= slot < len(outputs):
-        return [f"is linked to output {slot} of node {origin_id}, which has "
-                f"{len(outputs)} output(s)"]
+        return [
+            f"is linked to output {slot} of node {origin_id}, which has {len(outputs)} output(s)"
+        ]
     if not _types_fit(outputs[slot], expected):
-        return [f"expects {expected}, but node {origin_id} output {slot} gives "
-                f"{outputs[slot]}"]
+        return [f"expects {expected}, but node {origin_id} output {slot} gives {outputs[slot]}"]
     return []

@@ -94,10 +94,17 @@ def invoke(runner: CliRunner):
 def run_comfyctl():
     """Run comfyctl as a real subprocess (same environment, real sockets)."""
 
-    def run(*args: str, input: str | None = None, timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "comfyctl", *args], input=input,
-                              capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, **(env or {})}, cwd=REPO)
+    def run(
+        *args: str, input: str | None = None, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "comfyctl", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            cwd=REPO,
+        )
 
     return run

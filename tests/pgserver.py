@@ -51,21 +51,42 @@ class ThrowawayPostgres:
             for path in (self.base, self.base / "pw"):
                 os.chown(path, user.pw_uid, user.pw_gid)
         port = _free_port()
-        self._run("initdb", "-D", str(self.base / "data"), "-U", "postgres", "-E", "UTF8",
-                  "--pwfile", str(self.base / "pw"), "--auth-host=scram-sha-256",
-                  "--auth-local=trust", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.base / "data"),
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--pwfile",
+            str(self.base / "pw"),
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "--no-sync",
+        )
         options = f"-p {port} -k {self.base} -c listen_addresses=127.0.0.1"
         if not self.fsync:
             options += " -c fsync=off -c synchronous_commit=off"
-        self._run("pg_ctl", "-D", str(self.base / "data"), "-l", str(self.base / "log"), "-w",
-                  "-o", options, "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.base / "data"),
+            "-l",
+            str(self.base / "log"),
+            "-w",
+            "-o",
+            options,
+            "start",
+        )
         self.url = f"postgresql://postgres:{password}@127.0.0.1:{port}"
         return self
 
     def _run(self, tool: str, *args: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, str(BINDIR / tool), *args], check=True, capture_output=True,
-                       cwd="/")
+        subprocess.run(
+            [*prefix, str(BINDIR / tool), *args], check=True, capture_output=True, cwd="/"
+        )
 
     def database(self) -> str:
         import psycopg

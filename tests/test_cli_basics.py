@@ -64,8 +64,9 @@ def test_every_command_and_option_has_help(invoke, name: str) -> None:
             assert (param.help or "").strip(), f"{name} {param.opts} has no help"
     result = invoke(*name.split(), "--help")
     assert result.exit_code == 0
-    assert result.stdout.startswith(f"Usage: cli {name}") or \
-        result.stdout.startswith(f"Usage: comfyctl {name}")
+    assert result.stdout.startswith(f"Usage: cli {name}") or result.stdout.startswith(
+        f"Usage: comfyctl {name}"
+    )
 
 
 IMPORTS_AFTER_HELP = r"""
@@ -89,8 +90,12 @@ def test_help_imports_no_heavy_modules() -> None:
     """--help, --version and every command's --help, in one interpreter, one after another:
     the first one that pulls in a heavy module is the one named in the failure."""
     runs = [["--help"], ["--version"]] + [[name, "--help"] for name, _ in all_commands()]
-    proc = subprocess.run([sys.executable, "-c", IMPORTS_AFTER_HELP, str(SRC), json.dumps(runs),
-                           json.dumps(HEAVY)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORTS_AFTER_HELP, str(SRC), json.dumps(runs), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     heavy_after = json.loads(proc.stdout.strip().splitlines()[-1])
     assert heavy_after.pop("comfyctl.cli imported") == ["yes"]
@@ -106,7 +111,9 @@ WORKFLOW = {
     "9": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "t"}},
 }
 UI_EXPORT = {
-    "last_node_id": 9, "last_link_id": 9, "version": 0.4,
+    "last_node_id": 9,
+    "last_link_id": 9,
+    "version": 0.4,
     "nodes": [{"id": 3, "type": "KSampler", "inputs": [], "widgets_values": [1, "fixed"]}],
     "links": [[1, 4, 0, 3, 0, "MODEL"]],
 }
@@ -115,8 +122,9 @@ UI_EXPORT = {
 @pytest.fixture
 def server_config(config_path: Path) -> Path:
     # Nothing listens on port 9 (discard): were submit to send anything, it would exit 3.
-    config_path.write_text('default_server = "gpu1"\n[servers.gpu1]\nurl = "http://127.0.0.1:9"\n'
-                           "connect_timeout = 2\n")
+    config_path.write_text(
+        'default_server = "gpu1"\n[servers.gpu1]\nurl = "http://127.0.0.1:9"\nconnect_timeout = 2\n'
+    )
     return config_path
 
 
@@ -143,21 +151,36 @@ def test_submit_missing_file(invoke, server_config: Path, tmp_path: Path) -> Non
     assert_rejected_input(invoke("submit", str(missing)), tmp_path, "no-such-workflow.json")
 
 
-@pytest.mark.parametrize("content, fragments", [
-    ('{"3": {"class_type": "KSampler",', ("wf.json", "not valid JSON", "line 1")),
-    ("", ("wf.json", "not valid JSON")),
-    (b"\xff\xfe{\x00}\x00", ("wf.json", "UTF-8")),
-    (b'{"3": {"class_type": "caf\xe9", "inputs": {}}}', ("UTF-8",)),
-    ("{}", ("wf.json", "no nodes", "API format")),
-    ("[]", ("no nodes",)),
-    ('"just a string"', ("no nodes",)),
-    (json.dumps({**UI_EXPORT, "nodes": {}}), ("UI-format", "not lists")),
-    ('{"3": {"inputs": {}}}', ("node '3'", "class_type")),
-    ('{"3": {"class_type": "X", "inputs": []}}', ("node '3'",)),
-], ids=["invalid-json", "empty-file", "utf16", "latin1", "empty-graph", "list", "string",
-        "ui-format", "no-class-type", "inputs-not-object"])
-def test_submit_bad_workflow_file(invoke, server_config: Path, tmp_path: Path,
-                                  content: str | bytes, fragments: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "content, fragments",
+    [
+        ('{"3": {"class_type": "KSampler",', ("wf.json", "not valid JSON", "line 1")),
+        ("", ("wf.json", "not valid JSON")),
+        (b"\xff\xfe{\x00}\x00", ("wf.json", "UTF-8")),
+        (b'{"3": {"class_type": "caf\xe9", "inputs": {}}}', ("UTF-8",)),
+        ("{}", ("wf.json", "no nodes", "API format")),
+        ("[]", ("no nodes",)),
+        ('"just a string"', ("no nodes",)),
+        (json.dumps({**UI_EXPORT, "nodes": {}}), ("UI-format", "not lists")),
+        ('{"3": {"inputs": {}}}', ("node '3'", "class_type")),
+        ('{"3": {"class_type": "X", "inputs": []}}', ("node '3'",)),
+    ],
+    ids=[
+        "invalid-json",
+        "empty-file",
+        "utf16",
+        "latin1",
+        "empty-graph",
+        "list",
+        "string",
+        "ui-format",
+        "no-class-type",
+        "inputs-not-object",
+    ],
+)
+def test_submit_bad_workflow_file(
+    invoke, server_config: Path, tmp_path: Path, content: str | bytes, fragments: tuple[str, ...]
+) -> None:
     path = write(tmp_path, content)
     assert_rejected_input(invoke("submit", str(path)), tmp_path, *fragments)
 
@@ -166,22 +189,27 @@ def test_submit_bad_workflow_on_stdin(invoke, server_config: Path, tmp_path: Pat
     assert_rejected_input(invoke("submit", "-", input="{}"), tmp_path, "stdin", "no nodes")
 
 
-@pytest.mark.parametrize("assignment, fragments", [
-    ("99.seed=5", ("99.seed=5", "no node '99'", "Nodes: 3, 4, 9")),
-    ("3seed=5", ("NODE.INPUT=VALUE",)),
-    ("3.seed", ("NODE.INPUT=VALUE",)),
-    ("3.seed=@", ("3.seed=@", "no file after '@'")),
-    ("3.seed=@no-such-file.png", ("3.seed=@no-such-file.png", "cannot read", "@@")),
-])
-def test_submit_bad_set(invoke, server_config: Path, tmp_path: Path, assignment: str,
-                        fragments: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "assignment, fragments",
+    [
+        ("99.seed=5", ("99.seed=5", "no node '99'", "Nodes: 3, 4, 9")),
+        ("3seed=5", ("NODE.INPUT=VALUE",)),
+        ("3.seed", ("NODE.INPUT=VALUE",)),
+        ("3.seed=@", ("3.seed=@", "no file after '@'")),
+        ("3.seed=@no-such-file.png", ("3.seed=@no-such-file.png", "cannot read", "@@")),
+    ],
+)
+def test_submit_bad_set(
+    invoke, server_config: Path, tmp_path: Path, assignment: str, fragments: tuple[str, ...]
+) -> None:
     path = write(tmp_path, json.dumps(WORKFLOW))
     result = invoke("submit", str(path), "--set", "3.steps=4", "--set", assignment)
     assert_rejected_input(result, tmp_path, *fragments)
 
 
-def test_submit_valid_input_gets_past_the_checks(invoke, server_config: Path,
-                                                 tmp_path: Path) -> None:
+def test_submit_valid_input_gets_past_the_checks(
+    invoke, server_config: Path, tmp_path: Path
+) -> None:
     """The control for the tests above: a good file with good --set reaches the network."""
     path = write(tmp_path, json.dumps(WORKFLOW))
     result = invoke("submit", str(path), "--set", "3.seed=42", "--set", '9.filename_prefix="x"')

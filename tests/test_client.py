@@ -46,16 +46,20 @@ from comfyctl.records import (
 )
 from comfyctl.submission import Submitter
 
-CAPTURES = Path(os.environ.get("COMFYUI_PROTOCOL_DIR",
-                               Path(__file__).parent / "data" / "comfyui-protocol"))
-needs_captures = pytest.mark.skipif(not CAPTURES.is_dir(),
-                                    reason=f"ComfyUI protocol captures not found in {CAPTURES}")
+CAPTURES = Path(
+    os.environ.get("COMFYUI_PROTOCOL_DIR", Path(__file__).parent / "data" / "comfyui-protocol")
+)
+needs_captures = pytest.mark.skipif(
+    not CAPTURES.is_dir(), reason=f"ComfyUI protocol captures not found in {CAPTURES}"
+)
 
 URL = "http://gpu1.test:8188"
 TOKEN = "tok-Q8s-do-not-print"
 GRAPH = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
-                                                 "color": 3355443}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 3355443},
+    },
     "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
 }
 
@@ -66,11 +70,11 @@ def refused(text: str = "Connection refused") -> requests.exceptions.ConnectionE
     import urllib3
 
     cause = ConnectionRefusedError(111, text)
-    new = urllib3.exceptions.NewConnectionError(None, f"Failed to establish a new connection: "
-                                                      f"{cause}")  # type: ignore[arg-type]
+    new = urllib3.exceptions.NewConnectionError(
+        None, f"Failed to establish a new connection: {cause}"
+    )  # type: ignore[arg-type]
     new.__cause__ = cause
-    return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(
-        None, "/", new))  # type: ignore[arg-type]
+    return requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(None, "/", new))  # type: ignore[arg-type]
 
 
 def capture(name: str) -> Any:
@@ -113,8 +117,11 @@ def test_submit_posts_graph_client_id_and_prompt_id_once(mock) -> None:
     reply = make_client().submit(GRAPH, "comfyctl-c1", PROMPT_ID)
     assert (reply.prompt_id, reply.number, reply.node_errors) == (PROMPT_ID, 8, {})
     assert calls(mock) == ["POST /prompt"]
-    assert body_of(mock.calls[0]) == {"prompt": GRAPH, "client_id": "comfyctl-c1",
-                                      "prompt_id": PROMPT_ID}
+    assert body_of(mock.calls[0]) == {
+        "prompt": GRAPH,
+        "client_id": "comfyctl-c1",
+        "prompt_id": PROMPT_ID,
+    }
 
 
 def test_submit_front_flag(mock) -> None:
@@ -133,19 +140,27 @@ def test_submit_real_success_reply(mock) -> None:
 
 
 def test_submit_200_with_node_errors_returns_them(mock) -> None:
-    node_errors = {"7": {"errors": [{"type": "x", "message": "Value not in list",
-                                     "details": "ckpt"}], "class_type": "CheckpointLoader"}}
-    mock.post(f"{URL}/prompt", json={"prompt_id": PROMPT_ID, "number": 1,
-                                     "node_errors": node_errors})
+    node_errors = {
+        "7": {
+            "errors": [{"type": "x", "message": "Value not in list", "details": "ckpt"}],
+            "class_type": "CheckpointLoader",
+        }
+    }
+    mock.post(
+        f"{URL}/prompt", json={"prompt_id": PROMPT_ID, "number": 1, "node_errors": node_errors}
+    )
     reply = make_client().submit(GRAPH, "c", PROMPT_ID)
     assert reply.node_errors == node_errors
 
 
 @needs_captures
-@pytest.mark.parametrize("name, message", [
-    ("http_post_prompt_error_missing_input.json", "Prompt outputs failed validation"),
-    ("http_post_prompt_error_unknown_node.json", "NoSuchNodeClass does not exist"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("http_post_prompt_error_missing_input.json", "Prompt outputs failed validation"),
+        ("http_post_prompt_error_unknown_node.json", "NoSuchNodeClass does not exist"),
+    ],
+)
 def test_submit_400_raises_workflow_rejected(mock, name: str, message: str) -> None:
     real = capture(name)["response"]
     mock.post(f"{URL}/prompt", json=real["body"], status=real["status"])
@@ -169,11 +184,15 @@ def test_submit_refused_is_unreachable_not_uncertain(mock) -> None:
     assert calls(mock) == ["POST /prompt"]
 
 
-@pytest.mark.parametrize("failure", [
-    requests.exceptions.ReadTimeout("read timed out"),
-    requests.exceptions.ConnectionError("('Connection aborted.', RemoteDisconnected())"),
-    requests.exceptions.ConnectionError("Connection reset by peer"),
-], ids=["timeout", "aborted", "reset"])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        requests.exceptions.ReadTimeout("read timed out"),
+        requests.exceptions.ConnectionError("('Connection aborted.', RemoteDisconnected())"),
+        requests.exceptions.ConnectionError("Connection reset by peer"),
+    ],
+    ids=["timeout", "aborted", "reset"],
+)
 def test_submit_lost_reply_is_uncertain_and_never_retried(mock, failure: Exception) -> None:
     mock.post(f"{URL}/prompt", body=failure)
     mock.post(f"{URL}/prompt", json={"prompt_id": PROMPT_ID, "number": 2, "node_errors": {}})
@@ -192,8 +211,9 @@ def test_submit_5xx_is_uncertain_and_never_retried(mock, status: int) -> None:
     assert calls(mock) == ["POST /prompt"]
 
 
-@pytest.mark.parametrize("reply", ["<html>proxy</html>", json.dumps({"number": 3}),
-                                   json.dumps(["not", "an", "object"])])
+@pytest.mark.parametrize(
+    "reply", ["<html>proxy</html>", json.dumps({"number": 3}), json.dumps(["not", "an", "object"])]
+)
 def test_submit_200_without_a_prompt_id_is_uncertain(mock, reply: str) -> None:
     """A 200 means ComfyUI queued it (it answers after queueing): never "not sent"."""
     mock.post(f"{URL}/prompt", body=reply, status=200)
@@ -203,15 +223,14 @@ def test_submit_200_without_a_prompt_id_is_uncertain(mock, reply: str) -> None:
 
 
 def test_server_choosing_its_own_prompt_id_is_adopted(mock) -> None:
-    mock.post(f"{URL}/prompt", json={"prompt_id": "server-chosen", "number": 4,
-                                     "node_errors": {}})
+    mock.post(f"{URL}/prompt", json={"prompt_id": "server-chosen", "number": 4, "node_errors": {}})
     assert make_client().submit(GRAPH, "c", PROMPT_ID).prompt_id == "server-chosen"
 
 
 def test_submitter_rekeys_the_record_when_the_server_adopts_another_id(
-        mock, ledger_path: Path) -> None:
-    mock.post(f"{URL}/prompt", json={"prompt_id": "server-chosen", "number": 4,
-                                     "node_errors": {}})
+    mock, ledger_path: Path
+) -> None:
+    mock.post(f"{URL}/prompt", json={"prompt_id": "server-chosen", "number": 4, "node_errors": {}})
     client = make_client()
     ledger = Ledger(ledger_path)
     done = Submitter(ledger, lambda spec: client).submit(GRAPH, client.spec)
@@ -221,14 +240,16 @@ def test_submitter_rekeys_the_record_when_the_server_adopts_another_id(
     assert list(records) == ["server-chosen"]
     stored = records["server-chosen"]
     assert stored == done.record
-    assert (stored["prompt_id"], stored["status"], stored["number"]) == \
-        ("server-chosen", PENDING, 4)
+    assert (stored["prompt_id"], stored["status"], stored["number"]) == (
+        "server-chosen",
+        PENDING,
+        4,
+    )
     assert stored["client_id"] == sent["client_id"]
     assert stored["server_url"] == URL
 
 
-def test_submitter_asks_instead_of_resending_after_a_lost_reply(mock,
-                                                                ledger_path: Path) -> None:
+def test_submitter_asks_instead_of_resending_after_a_lost_reply(mock, ledger_path: Path) -> None:
     mock.post(f"{URL}/prompt", body=requests.exceptions.ReadTimeout("read timed out"))
     mock.get(f"{URL}/api/jobs", status=404)
     client = make_client()
@@ -236,8 +257,13 @@ def test_submitter_asks_instead_of_resending_after_a_lost_reply(mock,
 
     def queue_knows_it(request: Any) -> tuple[int, dict, str]:
         pid = body_of(mock.calls[0])["prompt_id"]
-        return 200, {}, json.dumps({"queue_running": [],
-                                    "queue_pending": [[9, pid, {}, {"client_id": "c"}, []]]})
+        return (
+            200,
+            {},
+            json.dumps(
+                {"queue_running": [], "queue_pending": [[9, pid, {}, {"client_id": "c"}, []]]}
+            ),
+        )
 
     mock.add_callback(responses.GET, f"{URL}/queue", callback=queue_knows_it)
     done = Submitter(ledger, lambda spec: client).submit(GRAPH, client.spec)
@@ -246,8 +272,7 @@ def test_submitter_asks_instead_of_resending_after_a_lost_reply(mock,
     assert ledger.load()[done.record["prompt_id"]]["status"] == PENDING
 
 
-def test_submitter_settles_a_job_the_server_never_got_as_rejected(mock,
-                                                                   ledger_path: Path) -> None:
+def test_submitter_settles_a_job_the_server_never_got_as_rejected(mock, ledger_path: Path) -> None:
     """Asked by id and by client_id, the server knows nothing: the record is settled as
     rejected (final), so neither recover nor a retry elsewhere can send it twice."""
     mock.post(f"{URL}/prompt", body=requests.exceptions.ReadTimeout("read timed out"))
@@ -264,8 +289,9 @@ def test_submitter_settles_a_job_the_server_never_got_as_rejected(mock,
     assert stored["status"] == "rejected" and "timeout" in stored["error"]["message"]
 
 
-def test_submitter_adopts_the_id_an_old_server_gave_after_a_lost_reply(mock,
-                                                                       ledger_path: Path) -> None:
+def test_submitter_adopts_the_id_an_old_server_gave_after_a_lost_reply(
+    mock, ledger_path: Path
+) -> None:
     """Servers older than client-chosen ids ignore ours; the job is found by its client_id."""
     mock.post(f"{URL}/prompt", body=requests.exceptions.ChunkedEncodingError("cut off"))
     mock.get(f"{URL}/api/jobs", status=404)
@@ -276,8 +302,13 @@ def test_submitter_adopts_the_id_an_old_server_gave_after_a_lost_reply(mock,
     record = submitter.prepare(GRAPH, client.spec)
     with ledger.transaction() as tasks:
         tasks.put(record)
-    mock.get(f"{URL}/queue", json={"queue_running": [], "queue_pending": [
-        [7, "server-chosen", {}, {"client_id": record["client_id"]}, ["3"]]]})
+    mock.get(
+        f"{URL}/queue",
+        json={
+            "queue_running": [],
+            "queue_pending": [[7, "server-chosen", {}, {"client_id": record["client_id"]}, ["3"]]],
+        },
+    )
     result = submitter.send(record, GRAPH, client.spec)
     assert calls(mock).count("POST /prompt") == 1
     assert result.record["prompt_id"] == "server-chosen"
@@ -308,12 +339,19 @@ def test_queue_parsing_sorts_pending_by_number(mock, real_queue: dict[str, Any])
 
 
 def test_queue_tolerates_odd_items(mock) -> None:
-    mock.get(f"{URL}/queue", json={"queue_running": [["x"], None],
-                                   "queue_pending": [[5, "b"], [2.0, "a", {}, "no-extra"]]})
+    mock.get(
+        f"{URL}/queue",
+        json={
+            "queue_running": [["x"], None],
+            "queue_pending": [[5, "b"], [2.0, "a", {}, "no-extra"]],
+        },
+    )
     snap = make_client().queue()
     assert snap.running == []
-    assert [(i.number, i.prompt_id, i.client_id) for i in snap.pending] == \
-        [(2, "a", None), (5, "b", None)]
+    assert [(i.number, i.prompt_id, i.client_id) for i in snap.pending] == [
+        (2, "a", None),
+        (5, "b", None),
+    ]
 
 
 @needs_captures
@@ -346,8 +384,12 @@ def test_snapshot_reads_queue_before_history(mock, real_queue: dict[str, Any]) -
 
     found = make_client().snapshot([done_id, running, front, "gone", running])
 
-    assert calls(mock) == ["GET /api/jobs", "GET /queue", f"GET /history/{done_id}",
-                           "GET /history/gone"]
+    assert calls(mock) == [
+        "GET /api/jobs",
+        "GET /queue",
+        f"GET /history/{done_id}",
+        "GET /history/gone",
+    ]
     assert found[running].kind == "running" and found[running].number == 12
     assert (found[front].kind, found[front].number, found[front].position) == ("queued", -15, 0)
     assert found[done_id].kind == "finished" and found[done_id].outcome == SUCCESS
@@ -361,25 +403,30 @@ def test_snapshot_of_many_ids_reads_recent_history_then_only_the_rest(mock) -> N
     then /history/{id} only for the ids it did not hold when that window was full."""
     mock.get(f"{URL}/api/jobs", status=404)
     mock.get(f"{URL}/queue", json={"queue_running": [], "queue_pending": []})
-    entry = {"outputs": {}, "status": {"status_str": "success", "completed": True,
-                                       "messages": []}}
+    entry = {"outputs": {}, "status": {"status_str": "success", "completed": True, "messages": []}}
     window = 2 * 4 + 64
     full = {f"other-{i}": entry for i in range(window - 2)} | {"a": entry, "c": entry}
-    mock.get(f"{URL}/history", json=full,
-             match=[matchers.query_param_matcher({"max_items": str(window)})])
+    mock.get(
+        f"{URL}/history",
+        json=full,
+        match=[matchers.query_param_matcher({"max_items": str(window)})],
+    )
     mock.get(f"{URL}/history/b", json={"b": entry})
     mock.get(f"{URL}/history/d", json={})
     found = make_client().snapshot(["a", "b", "c", "d"])
     assert calls(mock)[:3] == ["GET /api/jobs", "GET /queue", "GET /history"]
     assert sorted(calls(mock)[3:]) == ["GET /history/b", "GET /history/d"]
-    assert {pid: obs.kind for pid, obs in found.items()} == \
-        {"a": "finished", "b": "finished", "c": "finished", "d": "unknown"}
+    assert {pid: obs.kind for pid, obs in found.items()} == {
+        "a": "finished",
+        "b": "finished",
+        "c": "finished",
+        "d": "unknown",
+    }
 
 
 def test_jobs_api_absent_falls_back_and_is_detected_once(mock) -> None:
     mock.get(f"{URL}/api/jobs", status=404, body=b"")
-    mock.get(f"{URL}/queue", json={"queue_running": [[1, "r", {}, {}, []]],
-                                   "queue_pending": []})
+    mock.get(f"{URL}/queue", json={"queue_running": [[1, "r", {}, {}, []]], "queue_pending": []})
     client = make_client()
     assert client.has_jobs_api() is False
     client.snapshot(["r"])
@@ -389,21 +436,45 @@ def test_jobs_api_absent_falls_back_and_is_detected_once(mock) -> None:
 
 
 def test_jobs_api_present_is_used_instead_of_queue_and_history(mock) -> None:
-    mock.get(f"{URL}/api/jobs", json={"jobs": [], "pagination": {"offset": 0, "limit": 1}},
-             match=[matchers.query_param_matcher({"limit": "1"})])
+    mock.get(
+        f"{URL}/api/jobs",
+        json={"jobs": [], "pagination": {"offset": 0, "limit": 1}},
+        match=[matchers.query_param_matcher({"limit": "1"})],
+    )
     # One listing without a status filter: the first jobs-API release rejects "cancelled".
-    mock.get(f"{URL}/api/jobs", json={"jobs": [
-        {"id": "run-1", "status": "in_progress", "priority": 3},
-        {"id": "pend-1", "status": "pending", "priority": 4},
-        {"id": "someone-elses", "status": "pending", "priority": 5},
-        {"id": "done-1", "status": "completed", "priority": 1, "outputs_count": 1},
-        {"id": "bad-1", "status": "failed", "priority": 2,
-         "execution_error": {"exception_type": "RuntimeError", "exception_message": "boom",
-                             "node_id": "2", "node_type": "FailAtStep"}},
-    ]}, match=[matchers.query_param_matcher({"limit": "100000"})])
-    mock.get(f"{URL}/api/jobs/done-1", json={
-        "id": "done-1", "status": "completed",
-        "outputs": {"3": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}}})
+    mock.get(
+        f"{URL}/api/jobs",
+        json={
+            "jobs": [
+                {"id": "run-1", "status": "in_progress", "priority": 3},
+                {"id": "pend-1", "status": "pending", "priority": 4},
+                {"id": "someone-elses", "status": "pending", "priority": 5},
+                {"id": "done-1", "status": "completed", "priority": 1, "outputs_count": 1},
+                {
+                    "id": "bad-1",
+                    "status": "failed",
+                    "priority": 2,
+                    "execution_error": {
+                        "exception_type": "RuntimeError",
+                        "exception_message": "boom",
+                        "node_id": "2",
+                        "node_type": "FailAtStep",
+                    },
+                },
+            ]
+        },
+        match=[matchers.query_param_matcher({"limit": "100000"})],
+    )
+    mock.get(
+        f"{URL}/api/jobs/done-1",
+        json={
+            "id": "done-1",
+            "status": "completed",
+            "outputs": {
+                "3": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}
+            },
+        },
+    )
 
     found = make_client().snapshot(["run-1", "pend-1", "done-1", "bad-1", "gone-1"])
 
@@ -450,8 +521,13 @@ def test_cancel_with_jobs_api(mock) -> None:
 
 def test_cancel_pending_job_dequeues_it(mock) -> None:
     _no_jobs_api(mock)
-    mock.get(f"{URL}/queue", json={"queue_running": [[1, "other", {}, {}, []]],
-                                   "queue_pending": [[2, "p-1", {}, {}, []]]})
+    mock.get(
+        f"{URL}/queue",
+        json={
+            "queue_running": [[1, "other", {}, {}, []]],
+            "queue_pending": [[2, "p-1", {}, {}, []]],
+        },
+    )
     mock.post(f"{URL}/queue", body="")
     assert make_client().cancel("p-1") == "dequeued"
     # Read again after the delete: a job that started meanwhile would not have been removed.
@@ -461,10 +537,16 @@ def test_cancel_pending_job_dequeues_it(mock) -> None:
 
 def test_cancel_running_job_interrupts_it_by_prompt_id(mock) -> None:
     _no_jobs_api(mock)
-    mock.get(f"{URL}/queue", json={"queue_running": [[1, "p-1", {}, {}, []]],
-                                   "queue_pending": [[2, "other", {}, {}, []]]})
-    mock.post(f"{URL}/interrupt", body="",
-              match=[matchers.json_params_matcher({"prompt_id": "p-1"})])
+    mock.get(
+        f"{URL}/queue",
+        json={
+            "queue_running": [[1, "p-1", {}, {}, []]],
+            "queue_pending": [[2, "other", {}, {}, []]],
+        },
+    )
+    mock.post(
+        f"{URL}/interrupt", body="", match=[matchers.json_params_matcher({"prompt_id": "p-1"})]
+    )
     assert make_client().cancel("p-1") == "interrupted"
     assert calls(mock) == ["GET /api/jobs", "GET /queue", "GET /system_stats", "POST /interrupt"]
     assert body_of(mock.calls[-1]) == {"prompt_id": "p-1"}
@@ -473,24 +555,27 @@ def test_cancel_running_job_interrupts_it_by_prompt_id(mock) -> None:
 
 def test_cancel_inactive_job_sends_nothing(mock) -> None:
     _no_jobs_api(mock)
-    mock.get(f"{URL}/queue", json={"queue_running": [[1, "other", {}, {}, []]],
-                                   "queue_pending": [[2, "other2", {}, {}, []]]})
+    mock.get(
+        f"{URL}/queue",
+        json={
+            "queue_running": [[1, "other", {}, {}, []]],
+            "queue_pending": [[2, "other2", {}, {}, []]],
+        },
+    )
     assert make_client().cancel("p-1") == "not-active"
     assert [c for c in calls(mock) if c.startswith("POST")] == []
 
 
 def test_cancel_without_allow_interrupt_leaves_a_running_job_alone(mock) -> None:
     _no_jobs_api(mock)
-    mock.get(f"{URL}/queue", json={"queue_running": [[1, "p-1", {}, {}, []]],
-                                   "queue_pending": []})
+    mock.get(f"{URL}/queue", json={"queue_running": [[1, "p-1", {}, {}, []]], "queue_pending": []})
     assert make_client().cancel("p-1", allow_interrupt=False) == "running"
     assert [c for c in calls(mock) if c.startswith("POST")] == []
 
 
 def test_cancel_without_allow_interrupt_still_dequeues_a_pending_job(mock) -> None:
     _no_jobs_api(mock)
-    mock.get(f"{URL}/queue", json={"queue_running": [],
-                                   "queue_pending": [[2, "p-1", {}, {}, []]]})
+    mock.get(f"{URL}/queue", json={"queue_running": [], "queue_pending": [[2, "p-1", {}, {}, []]]})
     mock.post(f"{URL}/queue", body="", match=[matchers.json_params_matcher({"delete": ["p-1"]})])
     assert make_client().cancel("p-1", allow_interrupt=False) == "dequeued"
     assert "POST /interrupt" not in calls(mock)
@@ -498,10 +583,14 @@ def test_cancel_without_allow_interrupt_still_dequeues_a_pending_job(mock) -> No
 
 def test_cancel_does_not_claim_dequeued_for_a_job_that_started_meanwhile(mock) -> None:
     _no_jobs_api(mock)
-    mock.get(f"{URL}/queue", json={"queue_running": [[1, "other", {}, {}, []]],
-                                   "queue_pending": [[2, "p-1", {}, {}, []]]})
-    mock.get(f"{URL}/queue", json={"queue_running": [[2, "p-1", {}, {}, []]],
-                                   "queue_pending": []})
+    mock.get(
+        f"{URL}/queue",
+        json={
+            "queue_running": [[1, "other", {}, {}, []]],
+            "queue_pending": [[2, "p-1", {}, {}, []]],
+        },
+    )
+    mock.get(f"{URL}/queue", json={"queue_running": [[2, "p-1", {}, {}, []]], "queue_pending": []})
     mock.post(f"{URL}/queue", body="")  # 200 and a no-op, as the real server does
     mock.post(f"{URL}/interrupt", body="")
     how = make_client().cancel("p-1")
@@ -511,8 +600,7 @@ def test_cancel_does_not_claim_dequeued_for_a_job_that_started_meanwhile(mock) -
 
 def test_cancel_failed_interrupt_is_reported(mock) -> None:
     _no_jobs_api(mock)
-    mock.get(f"{URL}/queue", json={"queue_running": [[1, "p-1", {}, {}, []]],
-                                   "queue_pending": []})
+    mock.get(f"{URL}/queue", json={"queue_running": [[1, "p-1", {}, {}, []]], "queue_pending": []})
     mock.post(f"{URL}/interrupt", status=500)
     with pytest.raises(ServerFailed):
         make_client().cancel("p-1")
@@ -522,8 +610,12 @@ def test_cancel_failed_interrupt_is_reported(mock) -> None:
 
 # -- auth, URLs, retries, secrets ----------------------------------------------------------
 
-AUTH = {"headers": {"X-Team": "render", "X-Api-Key": "key-Hh2-secret"},
-        "username": "alice", "password": "pw-Jj5-secret", "token": TOKEN}
+AUTH = {
+    "headers": {"X-Team": "render", "X-Api-Key": "key-Hh2-secret"},
+    "username": "alice",
+    "password": "pw-Jj5-secret",
+    "token": TOKEN,
+}
 
 
 def test_auth_headers_basic_auth_and_token_on_every_request(mock) -> None:
@@ -562,20 +654,23 @@ def test_custom_token_param_and_no_auth_when_unconfigured(mock) -> None:
 def test_view_params_and_prefix(mock) -> None:
     base = "https://gpu2.test/comfy"
     mock.get(f"{base}/view", body=b"data")
-    resp = make_client(url=base).view({"filename": "a b&c.png", "subfolder": "x/y",
-                                       "type": "temp"})
+    resp = make_client(url=base).view({"filename": "a b&c.png", "subfolder": "x/y", "type": "temp"})
     assert resp.content == b"data"
     query = parse_qs(urlsplit(mock.calls[0].request.url).query)
     assert query == {"filename": ["a b&c.png"], "subfolder": ["x/y"], "type": ["temp"]}
 
 
-@pytest.mark.parametrize("url, scheme_and_base", [
-    ("http://gpu1.test:8188", "ws://gpu1.test:8188/ws"),
-    ("https://gpu1.test/comfy", "wss://gpu1.test/comfy/ws"),
-    ("https://gpu1.test:8443", "wss://gpu1.test:8443/ws"),
-])
+@pytest.mark.parametrize(
+    "url, scheme_and_base",
+    [
+        ("http://gpu1.test:8188", "ws://gpu1.test:8188/ws"),
+        ("https://gpu1.test/comfy", "wss://gpu1.test/comfy/ws"),
+        ("https://gpu1.test:8443", "wss://gpu1.test:8443/ws"),
+    ],
+)
 def test_ws_url_follows_the_scheme_and_carries_client_id_and_token(
-        url: str, scheme_and_base: str) -> None:
+    url: str, scheme_and_base: str
+) -> None:
     token = "t/k n&=?"  # must survive URL encoding
     ws = make_client(url=url, token=token).ws_url("comfyctl-abc")
     parts = urlsplit(ws)
@@ -630,12 +725,18 @@ def test_malformed_json_is_a_bad_reply(mock) -> None:
 
 
 FAILURES = {
-    "refused": lambda m: m.get(f"{URL}/queue", body=refused(
-        f"HTTPConnectionPool: /queue?token={TOKEN} (Connection refused)")),
-    "timeout": lambda m: m.get(f"{URL}/queue", body=requests.exceptions.ReadTimeout(
-        f"Read timed out for {URL}/queue?token={TOKEN}")),
-    "tls": lambda m: m.get(f"{URL}/queue", body=requests.exceptions.SSLError(
-        f"certificate verify failed for /queue?token={TOKEN}")),
+    "refused": lambda m: m.get(
+        f"{URL}/queue",
+        body=refused(f"HTTPConnectionPool: /queue?token={TOKEN} (Connection refused)"),
+    ),
+    "timeout": lambda m: m.get(
+        f"{URL}/queue",
+        body=requests.exceptions.ReadTimeout(f"Read timed out for {URL}/queue?token={TOKEN}"),
+    ),
+    "tls": lambda m: m.get(
+        f"{URL}/queue",
+        body=requests.exceptions.SSLError(f"certificate verify failed for /queue?token={TOKEN}"),
+    ),
     "http-502": lambda m: m.get(f"{URL}/queue", status=502, body=f"bad gateway {TOKEN}"),
     "http-401": lambda m: m.get(f"{URL}/queue", status=401, body=f"bad token {TOKEN}"),
     "bad-json": lambda m: m.get(f"{URL}/queue", status=200, body=f"<p>{TOKEN}</p>"),
@@ -694,8 +795,11 @@ def test_full_run_over_the_websocket_then_history() -> None:
     kinds = [obs.kind for obs in observations if obs is not None]
     assert kinds[0] == "running" and kinds[-1] == "done"
     assert {"executing", "progress", "output"} <= set(kinds)
-    assert all(obs.prompt_id == pid and obs.server_url == URL and obs.source == "ws"
-               for obs in observations if obs is not None)
+    assert all(
+        obs.prompt_id == pid and obs.server_url == URL and obs.source == "ws"
+        for obs in observations
+        if obs is not None
+    )
     for msg, obs in zip(ws_messages(socket), observations, strict=True):
         if msg["type"] in ("status", "progress_state", "execution_cached", "execution_success"):
             assert obs is None, msg
@@ -711,15 +815,18 @@ def test_full_run_over_the_websocket_then_history() -> None:
     apply(record, finished)
     assert record["status"] == SUCCESS
     assert len(record["outputs"]) == 1  # the same file from WS and /history, once
-    assert record["outputs"][0]["url"] == \
-        f"{URL}/view?filename=comfyctl_quick_00007_.png&subfolder=&type=output"
+    assert (
+        record["outputs"][0]["url"]
+        == f"{URL}/view?filename=comfyctl_quick_00007_.png&subfolder=&type=output"
+    )
 
 
 @needs_captures
 def test_observer_socket_tells_nothing_about_the_job() -> None:
     socket = capture("ws_full_run_observer.json")
-    assert all(from_ws_message(msg, URL, socket["prompt_id"]) is None
-               for msg in ws_messages(socket))
+    assert all(
+        from_ws_message(msg, URL, socket["prompt_id"]) is None for msg in ws_messages(socket)
+    )
 
 
 @needs_captures
@@ -729,8 +836,12 @@ def test_execution_error_from_websocket_and_history() -> None:
     observations = [from_ws_message(m, URL, pid) for m in ws_messages(real["submitter"])]
     finals = [o for o in observations if o is not None and o.kind == "finished"]
     assert len(finals) == 1 and finals[0].outcome == ERROR
-    assert finals[0].error == {"type": "RuntimeError", "node_id": "2", "node_type": "FailAtStep",
-                               "message": "FailAtStep: deliberate failure at step 3"}
+    assert finals[0].error == {
+        "type": "RuntimeError",
+        "node_id": "2",
+        "node_type": "FailAtStep",
+        "message": "FailAtStep: deliberate failure at step 3",
+    }
     record = fold(fresh_record(pid), observations)
     assert record["status"] == ERROR
     assert record["progress"]["value"] == 2 and record["progress"]["max"] == 5
@@ -789,10 +900,8 @@ def test_reconnect_executing_without_prompt_id_is_the_sockets_own_job() -> None:
 
 def test_messages_without_attribution_are_ignored() -> None:
     assert from_ws_message({"type": "executing", "data": {"node": None}}, URL, "p") is None
-    assert from_ws_message({"type": "progress", "data": {"value": 1, "max": 2}}, URL, "p") \
-        is None
-    assert from_ws_message({"type": "status", "data": {"status": {}, "sid": "p"}}, URL, "p") \
-        is None
+    assert from_ws_message({"type": "progress", "data": {"value": 1, "max": 2}}, URL, "p") is None
+    assert from_ws_message({"type": "status", "data": {"status": {}, "sid": "p"}}, URL, "p") is None
     assert from_ws_message({"type": "executing", "data": "junk"}, URL, "p") is None
     other = {"type": "execution_error", "data": {"prompt_id": "q", "node_id": "1"}}
     assert from_ws_message(other, URL, "p") is None
@@ -811,8 +920,13 @@ def test_cancel_falls_back_to_the_queue_where_the_jobs_api_has_no_cancel_route(m
     mock.get(f"{URL}/api/jobs", json={"jobs": []})
     mock.post(f"{URL}/api/jobs/p-1/cancel", status=405)
     mock.get(f"{URL}/api/jobs/p-1", json={"id": "p-1", "status": "pending"})
-    mock.get(f"{URL}/queue", json={"queue_running": [[1, "other", {}, {}, []]],
-                                   "queue_pending": [[2, "p-1", {}, {}, []]]})
+    mock.get(
+        f"{URL}/queue",
+        json={
+            "queue_running": [[1, "other", {}, {}, []]],
+            "queue_pending": [[2, "p-1", {}, {}, []]],
+        },
+    )
     mock.post(f"{URL}/queue", body="")
     assert make_client().cancel("p-1") == "dequeued"
     assert "POST /queue" in calls(mock) and "POST /interrupt" not in calls(mock)
@@ -829,8 +943,7 @@ def test_pending_only_cancel_never_uses_the_interrupting_jobs_api_route(mock) ->
     """The jobs-API cancel interrupts a job that started meanwhile; the queue delete never
     does, so cancel --all-pending goes through the queue even where the jobs API exists."""
     mock.get(f"{URL}/api/jobs", json={"jobs": []})
-    mock.get(f"{URL}/queue", json={"queue_running": [[2, "p-1", {}, {}, []]],
-                                   "queue_pending": []})
+    mock.get(f"{URL}/queue", json={"queue_running": [[2, "p-1", {}, {}, []]], "queue_pending": []})
     assert make_client().cancel("p-1", allow_interrupt=False) == "running"
     assert not any(c.startswith("POST") for c in calls(mock))
 
@@ -851,8 +964,7 @@ def test_no_interrupt_where_the_server_would_ignore_the_prompt_id(mock, version:
     """Before ComfyUI honoured /interrupt's prompt_id, it interrupted whatever ran at that
     instant: comfyctl does not interrupt such a server (or one whose version it cannot tell)."""
     _no_jobs_api(mock, version)
-    mock.get(f"{URL}/queue", json={"queue_running": [[1, "p-1", {}, {}, []]],
-                                   "queue_pending": []})
+    mock.get(f"{URL}/queue", json={"queue_running": [[1, "p-1", {}, {}, []]], "queue_pending": []})
     assert make_client().cancel("p-1") == "unsafe-interrupt"
     assert "POST /interrupt" not in calls(mock)
 
@@ -860,10 +972,16 @@ def test_no_interrupt_where_the_server_would_ignore_the_prompt_id(mock, version:
 # -- the error taxonomy: decided on types, never on message text ---------------------------
 
 
-@pytest.mark.parametrize("status, kind, code", [
-    (401, AccessDenied, ExitCode.ACCESS_DENIED), (403, AccessDenied, ExitCode.ACCESS_DENIED),
-    (407, AccessDenied, ExitCode.ACCESS_DENIED), (500, ServerFailed, ExitCode.SERVER_ERROR),
-    (404, ServerFailed, ExitCode.SERVER_ERROR)])
+@pytest.mark.parametrize(
+    "status, kind, code",
+    [
+        (401, AccessDenied, ExitCode.ACCESS_DENIED),
+        (403, AccessDenied, ExitCode.ACCESS_DENIED),
+        (407, AccessDenied, ExitCode.ACCESS_DENIED),
+        (500, ServerFailed, ExitCode.SERVER_ERROR),
+        (404, ServerFailed, ExitCode.SERVER_ERROR),
+    ],
+)
 def test_http_errors_have_their_own_types_and_exit_codes(mock, status, kind, code) -> None:
     mock.get(f"{URL}/queue", status=status, body="<html>nope</html>")
     with pytest.raises(kind) as info:
@@ -883,8 +1001,12 @@ def test_a_malformed_reply_is_a_bad_reply_not_unreachable(mock) -> None:
 def test_never_sent_is_decided_on_the_exception_type_not_its_text(mock) -> None:
     """A failure whose text says "refused" but that is not a failure to connect may have
     sent the request: uncertain. Only urllib3's NewConnectionError proves nothing left."""
-    mock.post(f"{URL}/prompt", body=requests.exceptions.ConnectionError(
-        "Connection refused (but after the request went out)"))
+    mock.post(
+        f"{URL}/prompt",
+        body=requests.exceptions.ConnectionError(
+            "Connection refused (but after the request went out)"
+        ),
+    )
     with pytest.raises(SubmitUncertain):
         make_client().submit(GRAPH, "c", PROMPT_ID)
 

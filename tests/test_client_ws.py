@@ -31,13 +31,18 @@ def handshake_recorder(then: bytes = b"") -> tuple[str, dict, threading.Thread]:
             head = data.split(b"\r\n\r\n")[0].decode()
             request_line, *lines = head.split("\r\n")
             seen["path"] = request_line.split()[1]
-            seen["headers"] = {k.lower(): v.strip() for k, v in
-                               (line.split(":", 1) for line in lines)}
+            seen["headers"] = {
+                k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)
+            }
             key = seen["headers"]["sec-websocket-key"]
             accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-            conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                          f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
-                         .encode() + then)
+            conn.sendall(
+                (
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                ).encode()
+                + then
+            )
             conn.recv(1024)  # until the client closes
 
     thread = threading.Thread(target=serve, daemon=True)
@@ -47,8 +52,14 @@ def handshake_recorder(then: bytes = b"") -> tuple[str, dict, threading.Thread]:
 
 def test_websocket_carries_headers_basic_auth_and_token_but_no_origin() -> None:
     url, seen, thread = handshake_recorder()
-    spec = ServerSpec(name="gpu1", url=url, headers={"X-Api-Key": "k-123456"},
-                      username="alice", password="pw-secret", token="tok-987654")
+    spec = ServerSpec(
+        name="gpu1",
+        url=url,
+        headers={"X-Api-Key": "k-123456"},
+        username="alice",
+        password="pw-secret",
+        token="tok-987654",
+    )
     sock = ServerClient(spec).connect_ws("comfyctl-abc", timeout=5)
     sock.close()
     thread.join(5)

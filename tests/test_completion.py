@@ -25,18 +25,26 @@ def put(ledger_path: Path, *jobs: tuple[str, str, str]) -> None:
     """Write minimal records (prompt_id, server, submitted_at) straight into a ledger."""
     with Ledger(ledger_path).transaction() as tasks:
         for prompt_id, server, submitted_at in jobs:
-            tasks.put({"prompt_id": prompt_id, "server": server,
-                       "server_url": f"http://{server}.invalid:8188", "status": "pending",
-                       "submitted_at": submitted_at})
+            tasks.put(
+                {
+                    "prompt_id": prompt_id,
+                    "server": server,
+                    "server_url": f"http://{server}.invalid:8188",
+                    "status": "pending",
+                    "submitted_at": submitted_at,
+                }
+            )
 
 
 @pytest.fixture
 def three_jobs(ledger_path: Path) -> list[str]:
     """Three jobs written out of order; returns their ids newest first."""
-    put(ledger_path,
+    put(
+        ledger_path,
         ("5a1d0c2e-old", "gpu1", "2026-11-01T08:00:00.000+00:00"),
         ("9f3e7b10-new", "gpu2", "2026-11-29T08:00:00.000+00:00"),
-        ("5b6e8d44-mid", "gpu1", "2026-11-15T08:00:00.000+00:00"))
+        ("5b6e8d44-mid", "gpu1", "2026-11-15T08:00:00.000+00:00"),
+    )
     return ["9f3e7b10-new", "5b6e8d44-mid", "5a1d0c2e-old"]
 
 
@@ -47,6 +55,7 @@ def complete(line: str, incomplete: str = "") -> list[tuple[str, str | None]]:
 
 
 # -- the scripts ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shell", sorted(COMPLETION_FILES))
 def test_completion_command_prints_the_committed_script(invoke, shell: str) -> None:
@@ -71,6 +80,7 @@ def test_unknown_shell_is_a_usage_error(invoke) -> None:
 
 # -- dynamic values ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ID_COMMANDS)
 def test_prompt_ids_newest_first(command: str, three_jobs: list[str]) -> None:
     offered = complete(command)
@@ -91,10 +101,14 @@ def test_ledger_given_on_the_line_wins(three_jobs: list[str], tmp_path: Path) ->
 
 
 def test_server_names_from_the_config(config_path: Path, tmp_path: Path) -> None:
-    config_path.write_text('[servers.gpu2]\nurl = "http://10.0.0.12:8188"\n'
-                           '[servers.gpu1]\nurl = "http://10.0.0.11:8188"\n')
-    assert complete("submit wf.json --server") == [("gpu1", "http://10.0.0.11:8188"),
-                                                   ("gpu2", "http://10.0.0.12:8188")]
+    config_path.write_text(
+        '[servers.gpu2]\nurl = "http://10.0.0.12:8188"\n'
+        '[servers.gpu1]\nurl = "http://10.0.0.11:8188"\n'
+    )
+    assert complete("submit wf.json --server") == [
+        ("gpu1", "http://10.0.0.11:8188"),
+        ("gpu2", "http://10.0.0.12:8188"),
+    ]
     assert [v for v, _ in complete("history -s", "gpu2")] == ["gpu2"]
     team = tmp_path / "team.toml"
     team.write_text('[servers.render]\nurl = "http://10.0.0.20:8188"\n')
@@ -122,13 +136,23 @@ finally:
 """
 
 
-def test_completion_protocol_offers_ids_without_heavy_imports(three_jobs: list[str],
-                                                              tmp_path: Path) -> None:
+def test_completion_protocol_offers_ids_without_heavy_imports(
+    three_jobs: list[str], tmp_path: Path
+) -> None:
     modules_file = tmp_path / "modules.txt"
-    env = {**os.environ, "_COMFYCTL_COMPLETE": "bash_complete",
-           "COMP_WORDS": "comfyctl watch ", "COMP_CWORD": "2"}
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO), str(modules_file)],
-                          env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "_COMFYCTL_COMPLETE": "bash_complete",
+        "COMP_WORDS": "comfyctl watch ",
+        "COMP_CWORD": "2",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(REPO), str(modules_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [f"plain,{pid}" for pid in three_jobs]
     modules = set(modules_file.read_text().split())
@@ -146,13 +170,23 @@ def test_sourced_bash_script_completes_ledger_ids(three_jobs: list[str], tmp_pat
     shim = bindir / "comfyctl"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m comfyctl "$@"\n')
     shim.chmod(0o755)
-    script = (f'source "{REPO / COMPLETION_FILES["bash"]}"\n'
-              'COMP_WORDS=(comfyctl watch ""); COMP_CWORD=2\n'
-              '_comfyctl_completion comfyctl\n'
-              'printf "%s\\n" "${COMPREPLY[@]}"\n')
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], env=env,
-                          capture_output=True, text=True, timeout=60)
+    script = (
+        f'source "{REPO / COMPLETION_FILES["bash"]}"\n'
+        'COMP_WORDS=(comfyctl watch ""); COMP_CWORD=2\n'
+        "_comfyctl_completion comfyctl\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == three_jobs

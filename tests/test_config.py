@@ -65,10 +65,15 @@ def test_named_servers(team_config: Path) -> None:
     assert config.default_server == "gpu1"
     gpu1 = config.servers["gpu1"]
     assert gpu1 == ServerSpec(
-        name="gpu1", url="https://gpu1.example.com/comfy",
+        name="gpu1",
+        url="https://gpu1.example.com/comfy",
         headers={"X-Team": "render", "Authorization-Proxy": HEADER_VALUE},
-        username="alice", password=PASSWORD, token=TOKEN, verify=False,
-        timeout=20.0, connect_timeout=2.0,
+        username="alice",
+        password=PASSWORD,
+        token=TOKEN,
+        verify=False,
+        timeout=20.0,
+        connect_timeout=2.0,
     )
     gpu2 = config.servers["gpu2"]
     assert gpu2.url == "http://10.0.0.2:8188"
@@ -96,34 +101,39 @@ def test_invalid_toml_is_a_config_error(config_path: Path, invoke) -> None:
 # -- URL canonicalisation ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "canonical"), [
-    ("HTTP://GPU1.Example.COM:80/", "http://gpu1.example.com"),
-    ("https://Host.example:443/", "https://host.example"),
-    ("http://host:443", "http://host:443"),
-    ("https://host:80", "https://host:80"),
-    ("http://host:8188/", "http://host:8188"),
-    ("http://host:8188//", "http://host:8188"),
-    ("host:8188", "http://host:8188"),
-    ("  http://host:8188  ", "http://host:8188"),
-    ("https://host/Comfy/UI/", "https://host/Comfy/UI"),
-    ("http://host:8188/prefix?x=1#frag", "http://host:8188/prefix"),
-    ("http://[::1]:8188/", "http://[::1]:8188"),
-    ("http://127.0.0.1:8188", "http://127.0.0.1:8188"),
-])
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("HTTP://GPU1.Example.COM:80/", "http://gpu1.example.com"),
+        ("https://Host.example:443/", "https://host.example"),
+        ("http://host:443", "http://host:443"),
+        ("https://host:80", "https://host:80"),
+        ("http://host:8188/", "http://host:8188"),
+        ("http://host:8188//", "http://host:8188"),
+        ("host:8188", "http://host:8188"),
+        ("  http://host:8188  ", "http://host:8188"),
+        ("https://host/Comfy/UI/", "https://host/Comfy/UI"),
+        ("http://host:8188/prefix?x=1#frag", "http://host:8188/prefix"),
+        ("http://[::1]:8188/", "http://[::1]:8188"),
+        ("http://127.0.0.1:8188", "http://127.0.0.1:8188"),
+    ],
+)
 def test_canonical_url(raw: str, canonical: str) -> None:
     assert canonical_url(raw) == canonical
     assert canonical_url(canonical) == canonical  # idempotent
 
 
-@pytest.mark.parametrize("raw", ["ftp://host", "http://", "http://host:99999",
-                                 "http://host:port", "http://[::1"])
+@pytest.mark.parametrize(
+    "raw", ["ftp://host", "http://", "http://host:99999", "http://host:port", "http://[::1"]
+)
 def test_canonical_url_rejects_unusable_urls(raw: str) -> None:
     with pytest.raises(ConfigError):
         canonical_url(raw)
 
 
-@pytest.mark.parametrize("url", ["ftp://host:21", "http://:8188", "http://host:99999",
-                                 "http://[::1:8188"])
+@pytest.mark.parametrize(
+    "url", ["ftp://host:21", "http://:8188", "http://host:99999", "http://[::1:8188"]
+)
 def test_bad_url_in_the_config_is_a_config_error(config_path: Path, invoke, url: str) -> None:
     with pytest.raises(ConfigError):
         one_server(config_path, f'url = "{url}"\n')
@@ -145,8 +155,9 @@ def test_credentials_in_the_url_become_basic_auth(config_path: Path) -> None:
 
 
 def test_explicit_username_wins_over_url_credentials(config_path: Path) -> None:
-    spec = one_server(config_path, 'url = "http://bob:pw1@h:8188"\nusername = "carol"\n'
-                                   'password = "pw2"\n').servers["s"]
+    spec = one_server(
+        config_path, 'url = "http://bob:pw1@h:8188"\nusername = "carol"\npassword = "pw2"\n'
+    ).servers["s"]
     assert (spec.username, spec.password, spec.url) == ("carol", "pw2", "http://h:8188")
 
 
@@ -162,19 +173,24 @@ def test_bad_url_error_does_not_echo_url_credentials(config_path: Path) -> None:
 def test_env_expansion(config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COMFY_HOST", "render-7.internal")
     monkeypatch.setenv("COMFY_TOKEN", TOKEN)
-    spec = one_server(config_path, 'url = "http://${COMFY_HOST}:8188"\n'
-                                   'token = "${COMFY_TOKEN}"\n'
-                                   'headers = { "X-Key" = "k-${COMFY_TOKEN}-x" }\n').servers["s"]
+    spec = one_server(
+        config_path,
+        'url = "http://${COMFY_HOST}:8188"\n'
+        'token = "${COMFY_TOKEN}"\n'
+        'headers = { "X-Key" = "k-${COMFY_TOKEN}-x" }\n',
+    ).servers["s"]
     assert spec.url == "http://render-7.internal:8188"
     assert spec.token == TOKEN
     assert spec.headers == {"X-Key": f"k-{TOKEN}-x"}
 
 
 def test_missing_env_variable_is_an_error_only_where_that_server_is_used(
-        config_path: Path, invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_path: Path, invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("COMFYCTL_TEST_UNSET_VAR", raising=False)
-    spec = one_server(config_path,
-                      'url = "http://h:1"\npassword = "${COMFYCTL_TEST_UNSET_VAR}"\n').servers["s"]
+    spec = one_server(
+        config_path, 'url = "http://h:1"\npassword = "${COMFYCTL_TEST_UNSET_VAR}"\n'
+    ).servers["s"]
     assert spec.problem is not None and "COMFYCTL_TEST_UNSET_VAR" in str(spec.problem)
     assert spec.problem.exit_code == ExitCode.USAGE
     listed = invoke("servers", "--json")  # the rest of comfyctl keeps working
@@ -185,12 +201,16 @@ def test_missing_env_variable_is_an_error_only_where_that_server_is_used(
     assert result.exit_code == 2 and "COMFYCTL_TEST_UNSET_VAR" in result.stderr
 
 
-@pytest.mark.parametrize("text, culprit", [
-    ('[servers.s]\nurl = "http://h:1"\ntimout = 3\n', "timout"),
-    ('[servers.s]\nurl = "http://h:1"\npasword = "x"\n', "pasword"),
-    ('[defaults]\ntimout = 3\n[servers.s]\nurl = "http://h:1"\n', "timout"),
-    ('default_sever = "s"\n[servers.s]\nurl = "http://h:1"\n', "default_sever"),
-], ids=["server-timout", "server-pasword", "defaults-timout", "top-level-default_sever"])
+@pytest.mark.parametrize(
+    "text, culprit",
+    [
+        ('[servers.s]\nurl = "http://h:1"\ntimout = 3\n', "timout"),
+        ('[servers.s]\nurl = "http://h:1"\npasword = "x"\n', "pasword"),
+        ('[defaults]\ntimout = 3\n[servers.s]\nurl = "http://h:1"\n', "timout"),
+        ('default_sever = "s"\n[servers.s]\nurl = "http://h:1"\n', "default_sever"),
+    ],
+    ids=["server-timout", "server-pasword", "defaults-timout", "top-level-default_sever"],
+)
 def test_unknown_keys_are_errors(config_path: Path, invoke, text: str, culprit: str) -> None:
     write_config(config_path, text)
     with pytest.raises(ConfigError) as info:
@@ -201,15 +221,25 @@ def test_unknown_keys_are_errors(config_path: Path, invoke, text: str, culprit: 
     assert culprit in result.stderr
 
 
-@pytest.mark.parametrize("body, fragment", [
-    ('url = 8188\n', "url"),
-    ('timeout = 5\n', "url"),
-    ('url = "http://h:1"\ntimeout = -1\n', "positive"),
-    ('url = "http://h:1"\ntimeout = "soon"\n', "numbers"),
-    ('url = "http://h:1"\nverify = 3\n', "verify"),
-    ('url = "http://h:1"\nheaders = "X-A: b"\n', "headers"),
-], ids=["url-not-a-string", "no-url", "negative-timeout", "timeout-text", "verify-number",
-        "headers-not-a-table"])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ("url = 8188\n", "url"),
+        ("timeout = 5\n", "url"),
+        ('url = "http://h:1"\ntimeout = -1\n', "positive"),
+        ('url = "http://h:1"\ntimeout = "soon"\n', "numbers"),
+        ('url = "http://h:1"\nverify = 3\n', "verify"),
+        ('url = "http://h:1"\nheaders = "X-A: b"\n', "headers"),
+    ],
+    ids=[
+        "url-not-a-string",
+        "no-url",
+        "negative-timeout",
+        "timeout-text",
+        "verify-number",
+        "headers-not-a-table",
+    ],
+)
 def test_bad_values_are_config_errors(config_path: Path, body: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         one_server(config_path, body)
@@ -220,8 +250,11 @@ def test_bad_values_are_config_errors(config_path: Path, body: str, fragment: st
 
 def test_bare_url_matching_a_configured_server_returns_its_spec(team_config: Path) -> None:
     config = Config.load(team_config)
-    for spelling in ("https://gpu1.example.com/comfy", "HTTPS://GPU1.EXAMPLE.COM:443/comfy/",
-                     "gpu1"):
+    for spelling in (
+        "https://gpu1.example.com/comfy",
+        "HTTPS://GPU1.EXAMPLE.COM:443/comfy/",
+        "gpu1",
+    ):
         assert config.resolve(spelling) is config.servers["gpu1"]
     assert config.resolve("10.0.0.2:8188") is config.servers["gpu2"]
 
@@ -247,9 +280,9 @@ def test_unknown_name_or_bad_url_names_the_configured_servers(team_config: Path)
 
 
 @pytest.mark.parametrize("server", ["gpu9", "ftp://somewhere", "http://h:70000"])
-def test_cli_unknown_server_exits_2_naming_configured_servers(team_config: Path, invoke,
-                                                              tmp_path: Path,
-                                                              server: str) -> None:
+def test_cli_unknown_server_exits_2_naming_configured_servers(
+    team_config: Path, invoke, tmp_path: Path, server: str
+) -> None:
     result = invoke("history", "--server", server)
     assert result.exit_code == 2, result.output
     assert "Configured servers: gpu1, gpu2" in result.stderr
@@ -289,18 +322,22 @@ def test_default_server_when_not_set(config_path: Path) -> None:
 
 
 def test_context_picks_default_from_config_then_environment(
-        team_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    team_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = AppContext(config_path=team_config, config_required=True)
     assert [s.name for s in app.servers(())] == ["gpu1"]
     monkeypatch.setenv("COMFYCTL_SERVER", "gpu2")
     assert [s.name for s in AppContext(config_path=team_config).servers(())] == ["gpu2"]
     # Explicit servers win over both, and one server named twice is one server.
-    assert [s.name for s in app.servers(("gpu2", "https://gpu1.example.com/comfy", "gpu1"))] \
-        == ["gpu2", "gpu1"]
+    assert [s.name for s in app.servers(("gpu2", "https://gpu1.example.com/comfy", "gpu1"))] == [
+        "gpu2",
+        "gpu1",
+    ]
 
 
-def test_cli_unknown_comfyctl_server_exits_2(team_config: Path, invoke, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_unknown_comfyctl_server_exits_2(
+    team_config: Path, invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     workflow = tmp_path / "wf.json"
     workflow.write_text('{"1": {"class_type": "SaveImage", "inputs": {}}}')
     monkeypatch.setenv("COMFYCTL_SERVER", "gpu9")
@@ -348,16 +385,18 @@ def test_servers_json_describes_auth_without_values(team_config: Path, invoke) -
 
 
 @pytest.mark.parametrize("args", [("-vv", "servers"), ("-vv", "servers", "--json")])
-def test_servers_verbose_subprocess_never_prints_secrets(team_config: Path, run_comfyctl,
-                                                         args: tuple[str, ...]) -> None:
+def test_servers_verbose_subprocess_never_prints_secrets(
+    team_config: Path, run_comfyctl, args: tuple[str, ...]
+) -> None:
     proc = run_comfyctl(*args)
     assert proc.returncode == 0, proc.stderr
     assert "gpu1" in proc.stdout
     assert_no_secrets(proc.stdout + proc.stderr)
 
 
-def test_the_config_names_the_ledger_and_the_command_line_wins(invoke, config_path, tmp_path,
-                                                             monkeypatch) -> None:
+def test_the_config_names_the_ledger_and_the_command_line_wins(
+    invoke, config_path, tmp_path, monkeypatch
+) -> None:
     monkeypatch.delenv("COMFYCTL_LEDGER")
     monkeypatch.setenv("TEAM_DIR", str(tmp_path / "team"))
     config_path.write_text('ledger = "${TEAM_DIR}/ledger.json"\n')
@@ -365,15 +404,17 @@ def test_the_config_names_the_ledger_and_the_command_line_wins(invoke, config_pa
     assert shown.exit_code == 0, shown.stderr
     assert json.loads(shown.stdout)["ledger"] == str(tmp_path / "team" / "ledger.json")
     other = tmp_path / "other.json"
-    assert json.loads(invoke("--ledger", str(other), "servers", "--json").stdout)["ledger"] \
-        == str(other)
+    assert json.loads(invoke("--ledger", str(other), "servers", "--json").stdout)["ledger"] == str(
+        other
+    )
     monkeypatch.setenv("COMFYCTL_LEDGER", str(other))
     assert json.loads(invoke("servers", "--json").stdout)["ledger"] == str(other)
 
 
 @pytest.mark.parametrize("value", ["5", '""', "[1]"])
-def test_a_ledger_that_is_not_a_path_or_url_is_a_config_error(invoke, config_path, value,
-                                                              monkeypatch) -> None:
+def test_a_ledger_that_is_not_a_path_or_url_is_a_config_error(
+    invoke, config_path, value, monkeypatch
+) -> None:
     monkeypatch.delenv("COMFYCTL_LEDGER")
     config_path.write_text(f"ledger = {value}\n")
     result = invoke("history")

@@ -43,8 +43,10 @@ CONTRACT: dict[str, tuple[str, str | None, str | None]] = {
     "watch": ("stream", "comfyctl.watch-event", "comfyctl.watch-event"),
 }
 #: Why a command prints no JSON at all.
-NO_DATA = {"completion": "prints a shell script",
-           "convert": "prints the API workflow itself, in ComfyUI's own format"}
+NO_DATA = {
+    "completion": "prints a shell script",
+    "convert": "prints the API workflow itself, in ComfyUI's own format",
+}
 
 
 def schema_for(name: str) -> dict[str, Any]:
@@ -80,8 +82,8 @@ def check_lines(text: str, allowed: set[str]) -> list[dict[str, Any]]:
 
 def readme_contract() -> dict[str, tuple[str, str | None, str | None]]:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Output contract"):]
-    section = section[:section.index("\n## ", 1)]
+    section = readme[readme.index("## Output contract") :]
+    section = section[: section.index("\n## ", 1)]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -92,14 +94,18 @@ def readme_contract() -> dict[str, tuple[str, str | None, str | None]]:
             found = re.search(r"`(comfyctl\.[a-z-]+)`", cell)
             return found.group(1) if found else None
 
-        rows[cells[0].strip("`").removeprefix("comfyctl ")] = (cells[1], name(cells[2]),
-                                                               name(cells[3]))
+        rows[cells[0].strip("`").removeprefix("comfyctl ")] = (
+            cells[1],
+            name(cells[2]),
+            name(cells[3]),
+        )
     return rows
 
 
 def test_every_command_is_in_the_contract_and_readme_says_the_same():
-    assert {c for c in CONTRACT if " " not in c} == set(COMMANDS), \
+    assert {c for c in CONTRACT if " " not in c} == set(COMMANDS), (
         "a command was added or removed: give it a row in CONTRACT and README's table"
+    )
     assert readme_contract() == CONTRACT
 
 
@@ -160,8 +166,11 @@ def sweep(run, fleet, flag: str) -> dict[str, Any]:
         return out[name]
 
     def ids(name: str) -> list[str]:
-        got = out[name] if nl else out[name][next(k for k, v in out[name].items()
-                                                  if isinstance(v, list))]
+        got = (
+            out[name]
+            if nl
+            else out[name][next(k for k, v in out[name].items() if isinstance(v, list))]
+        )
         return [i["prompt_id"] for i in got]
 
     check("submit", call("submit", quick, "-s", "a"))
@@ -169,11 +178,13 @@ def sweep(run, fleet, flag: str) -> dict[str, Any]:
     emulator.wait_idle(timeout=10)
     check("submit", call("submit", slow, "-s", "a", "--count", "2"))
     check("cancel", call("cancel", *ids("submit")))
-    assert {r["prompt_id"] for r in (out["cancel"] if nl else out["cancel"]["results"])} \
-        == set(ids("submit"))
+    assert {r["prompt_id"] for r in (out["cancel"] if nl else out["cancel"]["results"])} == set(
+        ids("submit")
+    )
     check("detect-stuck", call("detect-stuck", "--listen", "0", codes=(6,)))
-    assert [f["prompt_id"] for f in (out["detect-stuck"] if nl
-                                     else out["detect-stuck"]["findings"])] == unnoticed
+    assert [
+        f["prompt_id"] for f in (out["detect-stuck"] if nl else out["detect-stuck"]["findings"])
+    ] == unnoticed
     check("recover", call("recover", "--dry-run", "--listen", "0", codes=(1,)))
     check("watch", call("watch", *unnoticed))
     assert {e["status"] for e in out["watch"]} == {"success"}

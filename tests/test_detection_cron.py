@@ -26,7 +26,8 @@ def lines(text: str) -> list[dict]:
 
 
 def test_cron_only_finds_the_stall_and_never_the_slow_steady_job(
-        emulator_factory, tmp_path, ledger_path, invoke, run_comfyctl):
+    emulator_factory, tmp_path, ledger_path, invoke, run_comfyctl
+):
     stuck_server, slow_server = emulator_factory(), emulator_factory()
     (stuck,) = submit_jobs(invoke, tmp_path, stuck_server.url, stalling())
     (slow,) = submit_jobs(invoke, tmp_path, slow_server.url, slow_graph(steps=80, seconds=0.5))
@@ -52,7 +53,8 @@ def test_cron_only_finds_the_stall_and_never_the_slow_steady_job(
 
 
 def test_a_stall_a_watcher_saw_reaching_52_25_percent_keeps_its_percentage(
-        emulator, tmp_path, ledger_path, invoke):
+    emulator, tmp_path, ledger_path, invoke
+):
     (pid,) = submit_jobs(invoke, tmp_path, emulator.url, stalling())
     watched = invoke("watch", pid, "--timeout", "1.5", "--poll-interval", "0.3")
     assert watched.exit_code == 5
@@ -64,8 +66,7 @@ def test_a_stall_a_watcher_saw_reaching_52_25_percent_keeps_its_percentage(
     assert "last percent 52.25%" in finding["detail"]
 
 
-def test_a_deleted_history_entry_is_forgotten_not_lost(emulator, tmp_path, ledger_path,
-                                                       invoke):
+def test_a_deleted_history_entry_is_forgotten_not_lost(emulator, tmp_path, ledger_path, invoke):
     (pid,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     emulator.wait_idle(timeout=10)
     requests.post(emulator.url + "/history", json={"delete": [pid]}, timeout=5)
@@ -83,8 +84,7 @@ def test_a_deleted_history_entry_is_forgotten_not_lost(emulator, tmp_path, ledge
     assert action["action"] == "mark-forgotten" and action["new_prompt_id"] is None
     record = Ledger(ledger_path).get(pid)
     assert record["status"] == "lost" and record["error"]["type"] == "forgotten"
-    assert not [r for r in Ledger(ledger_path).load().values()
-                if r.get("resubmitted_from") == pid]
+    assert not [r for r in Ledger(ledger_path).load().values() if r.get("resubmitted_from") == pid]
     assert invoke("detect-stuck", "--nl").exit_code == 0
     assert invoke("recover", "--resubmit", "--nl").stdout == ""
     # Only when asked for by name.
@@ -95,12 +95,15 @@ def test_a_deleted_history_entry_is_forgotten_not_lost(emulator, tmp_path, ledge
     emulator.wait_idle(timeout=10)
     again = lines(invoke("recover", "--resubmit-forgotten", "--nl").stdout)
     assert [a["action"] for a in again] == ["record-success"]  # the new job, seen finished
-    assert len([r for r in Ledger(ledger_path).load().values()
-                if r.get("resubmitted_from") == pid]) == 1
+    assert (
+        len([r for r in Ledger(ledger_path).load().values() if r.get("resubmitted_from") == pid])
+        == 1
+    )
 
 
 def test_after_a_real_restart_queued_jobs_are_lost_and_resubmitted_once(
-        emulator, tmp_path, ledger_path, invoke):
+    emulator, tmp_path, ledger_path, invoke
+):
     ids = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=200, seconds=0.05), count=3)
     time.sleep(0.3)
     emulator.restart()
@@ -115,14 +118,15 @@ def test_after_a_real_restart_queued_jobs_are_lost_and_resubmitted_once(
     children = [r for r in Ledger(ledger_path).load().values() if r.get("resubmitted_from")]
     assert sorted(r["resubmitted_from"] for r in children) == sorted(ids)
     queue = requests.get(emulator.url + "/queue", timeout=5).json()
-    assert sorted(i[1] for i in queue["queue_running"] + queue["queue_pending"]) == \
-        sorted(r["prompt_id"] for r in children)
+    assert sorted(i[1] for i in queue["queue_running"] + queue["queue_pending"]) == sorted(
+        r["prompt_id"] for r in children
+    )
 
 
-def test_a_foreign_stalled_job_ahead_of_ours_is_named(emulator, tmp_path, ledger_path,
-                                                      invoke):
-    foreign = requests.post(emulator.url + "/prompt", json={
-        "prompt": stalling(), "client_id": "webui-7f3a"}, timeout=5).json()["prompt_id"]
+def test_a_foreign_stalled_job_ahead_of_ours_is_named(emulator, tmp_path, ledger_path, invoke):
+    foreign = requests.post(
+        emulator.url + "/prompt", json={"prompt": stalling(), "client_id": "webui-7f3a"}, timeout=5
+    ).json()["prompt_id"]
     (ours,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     first = invoke("detect-stuck", "--stall-after", "1", "--nl")
     assert first.exit_code == 0, first.stdout  # first sighting: just timed
@@ -144,11 +148,13 @@ def test_a_foreign_stalled_job_ahead_of_ours_is_named(emulator, tmp_path, ledger
 
 
 def test_watch_calls_a_job_deleted_from_the_queue_forgotten_and_recover_keeps_it(
-        emulator, tmp_path, ledger_path, invoke):
+    emulator, tmp_path, ledger_path, invoke
+):
     (ahead,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=100, seconds=0.05))
     (deleted,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
-    threading.Timer(0.8, lambda: requests.post(emulator.url + "/queue",
-                                               json={"delete": [deleted]}, timeout=5)).start()
+    threading.Timer(
+        0.8, lambda: requests.post(emulator.url + "/queue", json={"delete": [deleted]}, timeout=5)
+    ).start()
     watched = invoke("watch", deleted, "--poll-interval", "0.3", "--timeout", "20")
     assert watched.exit_code == 1
     record = Ledger(ledger_path).get(deleted)

@@ -26,10 +26,12 @@ def doc_id(doc: docgen.CommandDoc) -> str:
 
 # -- the committed files match the CLI -----------------------------------------------------
 
+
 def test_generated_files_match_the_cli() -> None:
     outdated = docgen.stale(cli, REPO)
-    assert outdated == [], (f"Out of date with the CLI (click {click.__version__}): "
-                            f"{', '.join(outdated)}. {REGENERATE}")
+    assert outdated == [], (
+        f"Out of date with the CLI (click {click.__version__}): {', '.join(outdated)}. {REGENERATE}"
+    )
 
 
 @pytest.fixture
@@ -41,24 +43,32 @@ def fresh_checkout(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_sync_check_fails_when_a_commands_help_changes(fresh_checkout: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_check_fails_when_a_commands_help_changes(
+    fresh_checkout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     history = COMMANDS["history"]
     monkeypatch.setattr(history, "help", history.help.replace("newest first", "oldest first"))
     # The summary line also appears in the root page's command list, and in the index that
     # list is shown from without importing the commands.
-    assert docgen.stale(cli, fresh_checkout) == ["README.md", "comfyctl/commands/index.json",
-                                                 "man/comfyctl-history.1", "man/comfyctl.1"]
+    assert docgen.stale(cli, fresh_checkout) == [
+        "README.md",
+        "comfyctl/commands/index.json",
+        "man/comfyctl-history.1",
+        "man/comfyctl.1",
+    ]
 
 
-def test_sync_check_fails_when_an_option_changes(fresh_checkout: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_check_fails_when_an_option_changes(
+    fresh_checkout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     submit = COMMANDS["submit"]
     (count,) = [p for p in submit.params if p.name == "count"]
     monkeypatch.setattr(count, "help", "Submit this many.")
-    monkeypatch.setattr(submit, "params", [*submit.params,
-                                           click.Option(["--dry-run"], is_flag=True,
-                                                        help="Change nothing.")])
+    monkeypatch.setattr(
+        submit,
+        "params",
+        [*submit.params, click.Option(["--dry-run"], is_flag=True, help="Change nothing.")],
+    )
     assert docgen.stale(cli, fresh_checkout) == ["README.md", "man/comfyctl-submit.1"]
 
 
@@ -66,12 +76,12 @@ def test_sync_check_fails_for_a_removed_command_and_an_edited_file(fresh_checkou
     (fresh_checkout / "man" / "comfyctl-gone.1").write_text(".TH GONE 1\n")
     bash = fresh_checkout / "completions" / "comfyctl.bash"
     bash.write_text(bash.read_text() + "# hand edit\n")
-    assert docgen.stale(cli, fresh_checkout) == ["completions/comfyctl.bash",
-                                                 "man/comfyctl-gone.1"]
+    assert docgen.stale(cli, fresh_checkout) == ["completions/comfyctl.bash", "man/comfyctl-gone.1"]
 
 
-def test_docgen_check_command(fresh_checkout: Path, capsys: pytest.CaptureFixture[str],
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_docgen_check_command(
+    fresh_checkout: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert docgen.main(["--check", "--root", str(fresh_checkout)]) == 0
     monkeypatch.setattr(COMMANDS["watch"], "help", "Follow jobs.\n\nChanged.")
     assert docgen.main(["--check", "--root", str(fresh_checkout)]) == 1
@@ -91,8 +101,9 @@ def test_generation_is_byte_stable() -> None:
 
 def test_a_man_page_for_every_command() -> None:
     pages = {name for name in docgen.generate(cli, REPO) if name.startswith("man/")}
-    assert pages == {"man/comfyctl.1"} | {f"man/comfyctl-{name}.1" for name in COMMANDS
-                                          if not COMMANDS[name].hidden}
+    assert pages == {"man/comfyctl.1"} | {
+        f"man/comfyctl-{name}.1" for name in COMMANDS if not COMMANDS[name].hidden
+    }
 
 
 def test_readme_reference_is_between_markers_before_exit_codes() -> None:
@@ -105,19 +116,24 @@ def test_readme_reference_is_between_markers_before_exit_codes() -> None:
 
 # -- every command is documented -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("doc", DOCS, ids=doc_id)
 def test_command_has_summary_paragraph_and_examples(doc: docgen.CommandDoc) -> None:
     first = (doc.command.help or "").strip().splitlines()
-    assert first and len(doc.summary) <= 80 and doc.summary.endswith("."), \
+    assert first and len(doc.summary) <= 80 and doc.summary.endswith("."), (
         f"{doc.path}: the help must start with a one-line summary"
-    assert "\n" not in doc.summary and doc.summary == first[0].strip(), \
+    )
+    assert "\n" not in doc.summary and doc.summary == first[0].strip(), (
         f"{doc.path}: the summary must fit on one line"
-    assert doc.paragraphs and len(doc.paragraphs[0].split()) >= 8, \
+    )
+    assert doc.paragraphs and len(doc.paragraphs[0].split()) >= 8, (
         f"{doc.path}: the summary must be followed by a paragraph of explanation"
+    )
     assert doc.examples, f"{doc.path}: the help needs an '\\b Examples:' block"
     for line in doc.examples:
-        assert line.startswith(("comfyctl ", "eval ", "*/")) or "| comfyctl" in line, \
+        assert line.startswith(("comfyctl ", "eval ", "*/")) or "| comfyctl" in line, (
             f"{doc.path}: example {line!r} does not run comfyctl"
+        )
         assert "comfyctl" in line
 
 
@@ -141,13 +157,14 @@ def test_examples_use_only_real_commands() -> None:
 
 # -- what the man pages and README say about the rest of the code --------------------------
 
+
 def test_exit_status_section_lists_every_exit_code() -> None:
     assert [int(code) for code, _ in docgen.exit_codes(cli)] == sorted(int(c) for c in ExitCode)
 
 
 def test_readme_exit_code_table_matches_the_code() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Exit codes"):readme.index("## Performance")]
+    section = readme[readme.index("## Exit codes") : readme.index("## Performance")]
     codes = [int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)]
     assert codes == sorted(int(c) for c in ExitCode)
 
@@ -166,7 +183,7 @@ def test_readme_describes_every_json_schema() -> None:
     for path in (REPO / "comfyctl").rglob("*.py"):
         names |= set(re.findall(r'"schema":\s*"(comfyctl\.[a-z-]+)"', path.read_text()))
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## JSON schemas"):readme.index("## Command reference")]
+    section = readme[readme.index("## JSON schemas") : readme.index("## Command reference")]
     assert len(names) >= 9
     for name in sorted(names):
         assert f"| `{name}` |" in section, f"README's JSON schemas table lacks {name}"
@@ -176,8 +193,12 @@ def test_readme_describes_every_json_schema() -> None:
 @pytest.mark.parametrize("doc", DOCS, ids=doc_id)
 def test_man_page_renders_without_warnings(doc: docgen.CommandDoc) -> None:
     page = REPO / "man" / f"{doc.page}.1"
-    proc = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(page)],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["groff", "-man", "-Tutf8", "-ww", "-z", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
@@ -191,20 +212,39 @@ def man_db() -> bool:
 
 @pytest.mark.skipif(not man_db(), reason="man-db's man is not installed")
 def test_man_renders_the_main_page() -> None:
-    proc = subprocess.run(["man", "--warnings", "-l", str(REPO / "man" / "comfyctl.1")],
-                          capture_output=True, text=True, timeout=30,
-                          env={"PATH": "/usr/bin:/bin", "MANPAGER": "cat", "PAGER": "cat",
-                               "MANWIDTH": "80", "LANG": "C.UTF-8"})
+    proc = subprocess.run(
+        ["man", "--warnings", "-l", str(REPO / "man" / "comfyctl.1")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "MANPAGER": "cat",
+            "PAGER": "cat",
+            "MANWIDTH": "80",
+            "LANG": "C.UTF-8",
+        },
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     text = proc.stdout
-    for heading in ("NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "GLOBAL OPTIONS", "EXAMPLES",
-                    "EXIT STATUS", "ENVIRONMENT", "SEE ALSO"):
+    for heading in (
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "COMMANDS",
+        "GLOBAL OPTIONS",
+        "EXAMPLES",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "SEE ALSO",
+    ):
         assert f"\n{heading}\n" in text
     assert "comfyctl - Track ComfyUI jobs across a fleet of servers" in text
     assert "comfyctl-submit(1)" in text and "--traceback" in text
 
 
 # -- --traceback ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def corrupt_ledger(ledger_path: Path) -> Path:

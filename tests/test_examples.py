@@ -34,12 +34,23 @@ def run_example(tmp_path: Path):
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m comfyctl "$@"\n')
     shim.chmod(0o755)
 
-    def run(script: str, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
-                    "PYTHONPATH": str(REPO), **(env or {})}
-        return subprocess.run(["bash", str(EXAMPLES / script), *args], env=full_env,
-                              cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+    def run(
+        script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {
+            **os.environ,
+            "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+            "PYTHONPATH": str(REPO),
+            **(env or {}),
+        }
+        return subprocess.run(
+            ["bash", str(EXAMPLES / script), *args],
+            env=full_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run
 
@@ -61,27 +72,38 @@ def test_scripts_are_strict_and_executable() -> None:
 
 # -- batch.sh ------------------------------------------------------------------------------
 
-def test_batch_over_two_servers_prints_each_jobs_outputs(run_example, emulator_factory,
-                                                         tmp_path: Path, ledger_path: Path):
+
+def test_batch_over_two_servers_prints_each_jobs_outputs(
+    run_example, emulator_factory, tmp_path: Path, ledger_path: Path
+):
     a, b = emulator_factory(), emulator_factory()
-    proc = run_example("batch.sh", write_workflow(tmp_path, graph()), a.url, b.url,
-                       env={"COUNT": "4", "BATCH": "nightly-1", "TIMEOUT": "60"})
+    proc = run_example(
+        "batch.sh",
+        write_workflow(tmp_path, graph()),
+        a.url,
+        b.url,
+        env={"COUNT": "4", "BATCH": "nightly-1", "TIMEOUT": "60"},
+    )
     assert proc.returncode == 0, proc.stderr
     urls = proc.stdout.split()
     assert len(urls) == 4
     assert {url.split("/view?")[0] for url in urls} == {a.url, b.url}  # both servers used
-    batch = [r for r in Ledger(ledger_path).load().values()
-             if r["labels"] == {"batch": "nightly-1"}]
+    batch = [
+        r for r in Ledger(ledger_path).load().values() if r["labels"] == {"batch": "nightly-1"}
+    ]
     assert len(batch) == 4 and all(r["status"] == "success" for r in batch)
     for record in batch:  # every URL points at the server that ran its job
-        assert all(o["url"].startswith(record["server_url"] + "/view?")
-                   for o in record["outputs"])
+        assert all(o["url"].startswith(record["server_url"] + "/view?") for o in record["outputs"])
     assert "success" in proc.stderr  # watch's state lines went to stderr
 
 
 def test_batch_with_a_failing_job_exits_1(run_example, emulator, tmp_path: Path):
-    proc = run_example("batch.sh", write_workflow(tmp_path, graph(fail_at=2)), emulator.url,
-                       env={"COUNT": "2", "BATCH": "broken", "TIMEOUT": "60"})
+    proc = run_example(
+        "batch.sh",
+        write_workflow(tmp_path, graph(fail_at=2)),
+        emulator.url,
+        env={"COUNT": "2", "BATCH": "broken", "TIMEOUT": "60"},
+    )
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout == ""  # no outputs, but the history step still ran
     assert "did not succeed" in proc.stderr
@@ -94,18 +116,23 @@ def test_batch_usage(run_example):
 
 # -- cron-recover.sh -----------------------------------------------------------------------
 
+
 def log_lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
 def notes(lines: list[str]) -> list[str]:
     """The script's own timestamped lines, without the timestamps."""
-    return [line.split(" ", 1)[1] for line in lines
-            if re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", line)]
+    return [
+        line.split(" ", 1)[1]
+        for line in lines
+        if re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", line)
+    ]
 
 
-def test_cron_recovers_finished_unnoticed_and_lost_jobs(run_example, emulator_factory, invoke,
-                                                        tmp_path: Path, ledger_path: Path):
+def test_cron_recovers_finished_unnoticed_and_lost_jobs(
+    run_example, emulator_factory, invoke, tmp_path: Path, ledger_path: Path
+):
     a, b = emulator_factory(), emulator_factory()
     log = tmp_path / "logs" / "recover.log"
     env = {"RECOVER_LOG": str(log)}
@@ -116,8 +143,9 @@ def test_cron_recovers_finished_unnoticed_and_lost_jobs(run_example, emulator_fa
 
     # A job that finished while nobody watched, and one its server lost in a restart.
     done = invoke("submit", write_workflow(tmp_path, graph()), "-s", a.url).stdout.strip()
-    lost = invoke("submit", write_workflow(tmp_path, graph(steps=100, seconds=0.05), "long.json"),
-                  "-s", b.url).stdout.strip()
+    lost = invoke(
+        "submit", write_workflow(tmp_path, graph(steps=100, seconds=0.05), "long.json"), "-s", b.url
+    ).stdout.strip()
     a.wait_idle(timeout=20)
     time.sleep(0.2)
     b.restart()
@@ -141,8 +169,9 @@ def test_cron_recovers_finished_unnoticed_and_lost_jobs(run_example, emulator_fa
     assert notes(log_lines(log))[-1] == "ok: nothing stuck"
 
 
-def test_cron_exits_3_when_every_server_is_down(run_example, emulator_factory, invoke,
-                                                tmp_path: Path):
+def test_cron_exits_3_when_every_server_is_down(
+    run_example, emulator_factory, invoke, tmp_path: Path
+):
     down = emulator_factory()
     invoke("submit", write_workflow(tmp_path, graph(steps=100, seconds=0.05)), "-s", down.url)
     down.stop()
@@ -150,5 +179,6 @@ def test_cron_exits_3_when_every_server_is_down(run_example, emulator_factory, i
     proc = run_example("cron-recover.sh", "--server-timeout", "2", env={"RECOVER_LOG": str(log)})
     assert proc.returncode == 3
     assert notes(log_lines(log)) == [
-        "every server with unfinished jobs is unreachable; retrying next run"]
+        "every server with unfinished jobs is unreachable; retrying next run"
+    ]
     assert proc.stdout == ""

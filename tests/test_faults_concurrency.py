@@ -26,7 +26,8 @@ def no_duplicate_keys(pairs: list) -> dict:
 
 
 def test_eight_processes_mixing_commands_lose_and_duplicate_nothing(
-        emulator_factory, tmp_path, ledger_path, fault_counts):
+    emulator_factory, tmp_path, ledger_path, fault_counts
+):
     a, b = emulator_factory(), emulator_factory()
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(graph()))
@@ -41,9 +42,18 @@ def test_eight_processes_mixing_commands_lose_and_duplicate_nothing(
     operations = 0
     for _ in range(WAVES):
         kinds = ["submit", "submit", *rng.choices(sorted(commands), k=WIDTH - 2)]
-        procs = [(kind, subprocess.Popen([sys.executable, "-m", "comfyctl", *commands[kind]],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True)) for kind in kinds]
+        procs = [
+            (
+                kind,
+                subprocess.Popen(
+                    [sys.executable, "-m", "comfyctl", *commands[kind]],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+            for kind in kinds
+        ]
         for kind, proc in procs:
             out, err = proc.communicate(timeout=120)
             operations += 1

@@ -42,8 +42,7 @@ def test_hostile_workflow_files(kind, invoke, tmp_path, ledger_path, fault_count
     assert result.stderr.splitlines()[-1].startswith("Error: ")  # one sentence, last line
     assert "Traceback" not in result.stderr
     assert not ledger_path.exists(), "nothing may be written for bad input"
-    fault_counts["hostile inputs: workflows"] = fault_counts.get(
-        "hostile inputs: workflows", 0) + 1
+    fault_counts["hostile inputs: workflows"] = fault_counts.get("hostile inputs: workflows", 0) + 1
 
 
 @pytest.mark.parametrize("prompt_id", ["not-a-uuid", "../../etc/passwd", "", "\u202e", "a" * 500])
@@ -52,8 +51,9 @@ def test_prompt_ids_that_are_not_uuids(prompt_id, invoke, fault_counts):
         result = invoke(command, prompt_id)
         assert result.exit_code in (2, 4), (command, prompt_id, result.stderr)
         assert "Traceback" not in result.stderr
-    fault_counts["hostile inputs: prompt ids"] = fault_counts.get(
-        "hostile inputs: prompt ids", 0) + 1
+    fault_counts["hostile inputs: prompt ids"] = (
+        fault_counts.get("hostile inputs: prompt ids", 0) + 1
+    )
 
 
 CONFIGS = {
@@ -62,7 +62,7 @@ CONFIGS = {
     "bad-port": '[servers.a]\nurl = "http://host:99999"\n',
     "no-url": "[servers.a]\ntimeout = 3\n",
     "not-toml": "servers = [\n",
-    "not-utf8": b"[servers.a]\nurl = \"\xff\"\n",
+    "not-utf8": b'[servers.a]\nurl = "\xff"\n',
     "unknown-key": '[servers.a]\nurl = "http://h:1"\npasword = "x"\n',
     "missing-env": '[servers.a]\nurl = "http://${COMFYCTL_TEST_UNSET_VAR}:1"\n',
     "bad-timeout": '[servers.a]\nurl = "http://h:1"\ntimeout = "soon"\n',

@@ -48,13 +48,30 @@ def fault_wrong_content_type(a, b_ids):
 
 def fault_foreign_ids(a, b_ids):
     """A answers with history entries for B's prompt ids (failed ones)."""
-    a.faults.foreign_history = {pid: {
-        "prompt": [0, pid, {}, {}, []], "outputs": {},
-        "status": {"status_str": "error", "completed": False, "messages": [
-            ["execution_error", {"prompt_id": pid, "node_id": "2", "node_type": "X",
-                                 "exception_message": "from the wrong server",
-                                 "exception_type": "RuntimeError"}]]},
-        "meta": {}} for pid in b_ids}
+    a.faults.foreign_history = {
+        pid: {
+            "prompt": [0, pid, {}, {}, []],
+            "outputs": {},
+            "status": {
+                "status_str": "error",
+                "completed": False,
+                "messages": [
+                    [
+                        "execution_error",
+                        {
+                            "prompt_id": pid,
+                            "node_id": "2",
+                            "node_type": "X",
+                            "exception_message": "from the wrong server",
+                            "exception_type": "RuntimeError",
+                        },
+                    ]
+                ],
+            },
+            "meta": {},
+        }
+        for pid in b_ids
+    }
 
 
 # fault -> (condition of A's finished-unnoticed job, detail fragment)
@@ -71,8 +88,9 @@ FAULTS = {
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
-def test_fault_on_a_is_classified_and_b_is_unaffected(name, emulator_factory, invoke, tmp_path,
-                                                      ledger_path, fault_counts):
+def test_fault_on_a_is_classified_and_b_is_unaffected(
+    name, emulator_factory, invoke, tmp_path, ledger_path, fault_counts
+):
     apply_fault, condition, fragment = FAULTS[name]
     a, b = emulator_factory(), emulator_factory()
     wf = tmp_path / "wf.json"
@@ -105,8 +123,9 @@ def test_fault_on_a_is_classified_and_b_is_unaffected(name, emulator_factory, in
     fault_counts["server faults"] = fault_counts.get("server faults", 0) + 1
 
 
-def test_restart_that_loses_history_is_lost_and_b_unaffected(emulator_factory, invoke,
-                                                              tmp_path, fault_counts):
+def test_restart_that_loses_history_is_lost_and_b_unaffected(
+    emulator_factory, invoke, tmp_path, fault_counts
+):
     a, b = emulator_factory(), emulator_factory()
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(graph()))
@@ -123,8 +142,9 @@ def test_restart_that_loses_history_is_lost_and_b_unaffected(emulator_factory, i
 
 
 @pytest.mark.parametrize("how", ["never-opened", "closed-mid-run"])
-def test_websocket_faults_fall_back_to_polling(how, emulator_factory, invoke, tmp_path,
-                                               ledger_path, fault_counts):
+def test_websocket_faults_fall_back_to_polling(
+    how, emulator_factory, invoke, tmp_path, ledger_path, fault_counts
+):
     a, b = emulator_factory(), emulator_factory()
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(graph(steps=20, seconds=0.05)))

@@ -15,11 +15,20 @@ def stamp(seconds_ago: float) -> str:
     return (datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)).isoformat()
 
 
-def record(pid: str, status: str, started_ago: float, finished_ago: float | None = None,
-           number: int | None = None) -> dict:
+def record(
+    pid: str,
+    status: str,
+    started_ago: float,
+    finished_ago: float | None = None,
+    number: int | None = None,
+) -> dict:
     rec = new_record(pid, "gpu1", URL, "c", None)
-    rec.update(status=status, started_at=stamp(started_ago), number=number,
-               finished_at=stamp(finished_ago) if finished_ago is not None else None)
+    rec.update(
+        status=status,
+        started_at=stamp(started_ago),
+        number=number,
+        finished_at=stamp(finished_ago) if finished_ago is not None else None,
+    )
     return rec
 
 

@@ -29,13 +29,26 @@ def fleet(emulator_factory, invoke, tmp_path, ledger_path):
     """Two servers: 3 finished jobs on A (labelled), 2 on B; a config naming both."""
     a, b = emulator_factory(), emulator_factory(jobs_api=True)
     (tmp_path / "config.toml").write_text(
-        f'[servers.a]\nurl = "{a.url}"\n[servers.b]\nurl = "{b.url}"\n')
+        f'[servers.a]\nurl = "{a.url}"\n[servers.b]\nurl = "{b.url}"\n'
+    )
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(graph()))
     ids = {}
     for name, count, label in (("a", 3, "batch=1"), ("b", 2, "batch=2")):
-        result = invoke("submit", str(wf), "-s", name, "--count", str(count), "--vary-seed",
-                        "--label", label, "--wait", "--poll-interval", "0.3")
+        result = invoke(
+            "submit",
+            str(wf),
+            "-s",
+            name,
+            "--count",
+            str(count),
+            "--vary-seed",
+            "--label",
+            label,
+            "--wait",
+            "--poll-interval",
+            "0.3",
+        )
         assert result.exit_code == 0, result.stderr
         ids[name] = [line.split("\t")[0] for line in result.stdout.splitlines()][:count]
     return a, b, ids
@@ -49,12 +62,15 @@ def test_filters_and_formats(fleet, invoke, schema):
     doc = json.loads(invoke("history", "--json").stdout)
     jsonschema.validate(doc, schema)
     assert [t["submitted_at"] for t in doc["tasks"]] == sorted(
-        (t["submitted_at"] for t in doc["tasks"]), reverse=True)
+        (t["submitted_at"] for t in doc["tasks"]), reverse=True
+    )
     only_b = json.loads(invoke("history", "--server", "b", "--json").stdout)["tasks"]
     assert {t["prompt_id"] for t in only_b} == set(ids["b"])
     assert all(t["server_url"] == b.url for t in only_b)
-    by_label = [json.loads(line) for line in
-                invoke("history", "--label", "batch=1", "--nl").stdout.splitlines()]
+    by_label = [
+        json.loads(line)
+        for line in invoke("history", "--label", "batch=1", "--nl").stdout.splitlines()
+    ]
     assert {t["prompt_id"] for t in by_label} == set(ids["a"])
     for record in by_label:
         jsonschema.validate(record, schema)
@@ -104,8 +120,9 @@ def test_cancel_on_a_leaves_b_running(emulator_factory, invoke, tmp_path, ledger
     a, b = emulator_factory(jobs_api=jobs_api), emulator_factory(jobs_api=jobs_api)
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))
-    running_a, pending_a = invoke("submit", str(wf), "-s", a.url, "--count", "2",
-                                  "--vary-seed").stdout.split()
+    running_a, pending_a = invoke(
+        "submit", str(wf), "-s", a.url, "--count", "2", "--vary-seed"
+    ).stdout.split()
     (running_b,) = invoke("submit", str(wf), "-s", b.url).stdout.split()
     time.sleep(0.5)
     result = invoke("cancel", pending_a, running_a)
@@ -182,23 +199,26 @@ def test_debug_tasks_flags_bindings_whose_server_changed(emulator, invoke, tmp_p
     (pid,) = invoke("submit", str(wf), "-s", "gpu").stdout.split()
     config.write_text('[servers.gpu]\nurl = "http://127.0.0.1:9"\n')
     report = json.loads(invoke("debug-tasks", "--json", "--server-timeout", "1").stdout)
-    assert ("server-url-changed", pid) in {(a["kind"], a["prompt_id"])
-                                           for a in report["anomalies"]}
+    assert ("server-url-changed", pid) in {(a["kind"], a["prompt_id"]) for a in report["anomalies"]}
     # The job is still asked about on the server it is bound to, not the renamed one.
     assert any(s["url"] == emulator.url and s["reachable"] for s in report["servers"])
 
 
-def test_refresh_updates_unfinished_jobs_from_their_servers(emulator_factory, invoke, tmp_path,
-                                                            ledger_path):
+def test_refresh_updates_unfinished_jobs_from_their_servers(
+    emulator_factory, invoke, tmp_path, ledger_path
+):
     a, b = emulator_factory(), emulator_factory(jobs_api=True)
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(graph()))
-    ids = invoke("submit", str(wf), "-s", a.url, "-s", b.url, "--count", "4",
-                 "--vary-seed").stdout.split()
+    ids = invoke(
+        "submit", str(wf), "-s", a.url, "-s", b.url, "--count", "4", "--vary-seed"
+    ).stdout.split()
     a.wait_idle(timeout=10)
     b.wait_idle(timeout=10)
-    assert invoke("history", "--no-refresh", "--status", "success", "--json").stdout.count(
-        "prompt_id") == 0
+    assert (
+        invoke("history", "--no-refresh", "--status", "success", "--json").stdout.count("prompt_id")
+        == 0
+    )
     result = invoke("history", "--refresh", "--json")
     tasks = json.loads(result.stdout)["tasks"]
     assert {t["prompt_id"]: t["status"] for t in tasks} == dict.fromkeys(ids, "success")
@@ -241,6 +261,5 @@ def test_debug_tasks_shows_what_the_server_says_next_to_the_ledger(emulator, inv
     report = json.loads(invoke("debug-tasks", "--json").stdout)
     (job,) = report["jobs"]
     assert (job["status"], job["server_status"]) == ("pending", "finished")
-    assert ("finished-unnoticed", pid) in {(a["kind"], a["prompt_id"])
-                                           for a in report["anomalies"]}
+    assert ("finished-unnoticed", pid) in {(a["kind"], a["prompt_id"]) for a in report["anomalies"]}
     assert "server says" in invoke("debug-tasks").stdout

@@ -21,12 +21,12 @@ from comfyctl.records import new_record
 
 REPO = Path(__file__).resolve().parents[1]
 # Writes one file per run: its environment, then the schema of its stdin record.
-RECORDER = ('f="$HOOKS/run.$$"; '
-            'printf "%s|%s|%s|%s|%s\\n" "$COMFYCTL_PROMPT_ID" "$COMFYCTL_STATUS" '
-            '"$COMFYCTL_SERVER" "$COMFYCTL_SERVER_URL" "$COMFYCTL_OUTPUTS" > "$f.tmp"; '
-            'cat > "$f.stdin"; mv "$f.tmp" "$f"')
-
-
+RECORDER = (
+    'f="$HOOKS/run.$$"; '
+    'printf "%s|%s|%s|%s|%s\\n" "$COMFYCTL_PROMPT_ID" "$COMFYCTL_STATUS" '
+    '"$COMFYCTL_SERVER" "$COMFYCTL_SERVER_URL" "$COMFYCTL_OUTPUTS" > "$f.tmp"; '
+    'cat > "$f.stdin"; mv "$f.tmp" "$f"'
+)
 
 
 def runs(hooks: Path) -> list[dict]:
@@ -36,25 +36,51 @@ def runs(hooks: Path) -> list[dict]:
             continue
         pid, status, server, url, outputs = path.read_text().rstrip("\n").split("|")
         stdin = json.loads(path.with_name(path.name + ".stdin").read_text())
-        found.append({"prompt_id": pid, "status": status, "server": server, "url": url,
-                      "outputs": outputs.split("\n") if outputs else [], "stdin": stdin})
+        found.append(
+            {
+                "prompt_id": pid,
+                "status": status,
+                "server": server,
+                "url": url,
+                "outputs": outputs.split("\n") if outputs else [],
+                "stdin": stdin,
+            }
+        )
     return found
 
 
 def watcher(ids: list[str], hooks: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "comfyctl", "watch", *ids, "--exec", RECORDER,
-         "--poll-interval", "0.3", "--timeout", "60", *extra],
-        cwd=REPO, env={**os.environ, "HOOKS": str(hooks)}, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "comfyctl",
+            "watch",
+            *ids,
+            "--exec",
+            RECORDER,
+            "--poll-interval",
+            "0.3",
+            "--timeout",
+            "60",
+            *extra,
+        ],
+        cwd=REPO,
+        env={**os.environ, "HOOKS": str(hooks)},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_two_watchers_of_four_jobs_on_two_servers_run_the_hook_four_times(
-        invoke, emulator_factory, tmp_path, ledger_path):
+    invoke, emulator_factory, tmp_path, ledger_path
+):
     a, b = emulator_factory(), emulator_factory(jobs_api=True)
     ids = submit_jobs(invoke, tmp_path, a.url, slow_graph(steps=8, seconds=0.1), count=2)
-    ids += submit_jobs(invoke, tmp_path, b.url, slow_graph(steps=8, seconds=0.1, fail_at=4),
-                       count=2)
+    ids += submit_jobs(
+        invoke, tmp_path, b.url, slow_graph(steps=8, seconds=0.1, fail_at=4), count=2
+    )
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     procs = [watcher(ids, hooks), watcher(ids, hooks)]
@@ -66,8 +92,11 @@ def test_two_watchers_of_four_jobs_on_two_servers_run_the_hook_four_times(
     ledger = Ledger(ledger_path).load()
     for run in found:
         record = ledger[run["prompt_id"]]
-        assert run["status"] == record["status"] == ("success" if record["server_url"] == a.url
-                                                     else "error")
+        assert (
+            run["status"]
+            == record["status"]
+            == ("success" if record["server_url"] == a.url else "error")
+        )
         assert (run["server"], run["url"]) == (record["server"], record["server_url"])
         assert run["outputs"] == [o["url"] for o in record["outputs"]]
         assert all(u.startswith(record["server_url"] + "/view?") for u in run["outputs"])
@@ -79,7 +108,8 @@ def test_two_watchers_of_four_jobs_on_two_servers_run_the_hook_four_times(
 
 
 def test_a_hanging_hook_does_not_delay_the_others_and_changes_no_record(
-        invoke, emulator_factory, tmp_path, ledger_path, monkeypatch):
+    invoke, emulator_factory, tmp_path, ledger_path, monkeypatch
+):
     a, b = emulator_factory(), emulator_factory()
     (first,) = submit_jobs(invoke, tmp_path, a.url, slow_graph(steps=1, seconds=0.01))
     others = submit_jobs(invoke, tmp_path, b.url, slow_graph(steps=6, seconds=0.1), count=2)
@@ -88,12 +118,25 @@ def test_a_hanging_hook_does_not_delay_the_others_and_changes_no_record(
     monkeypatch.setenv("HOOKS", str(hooks))
     # The first job's hook waits for the others' hooks to have run, then sleeps 60 s:
     # if hooks ran one after another it would never see them.
-    hook = (f'if [ "$COMFYCTL_PROMPT_ID" = {first} ]; then '
-            'for i in $(seq 100); do [ $(ls "$HOOKS" | grep -c done) -ge 2 ] && break; '
-            'sleep 0.1; done; ls "$HOOKS" > "$HOOKS/seen"; sleep 60; touch "$HOOKS/woke"; '
-            'else touch "$HOOKS/done.$COMFYCTL_PROMPT_ID"; fi')
-    result = invoke("watch", first, *others, "--exec", hook, "--exec-timeout", "12",
-                    "--poll-interval", "0.3", "--timeout", "60")
+    hook = (
+        f'if [ "$COMFYCTL_PROMPT_ID" = {first} ]; then '
+        'for i in $(seq 100); do [ $(ls "$HOOKS" | grep -c done) -ge 2 ] && break; '
+        'sleep 0.1; done; ls "$HOOKS" > "$HOOKS/seen"; sleep 60; touch "$HOOKS/woke"; '
+        'else touch "$HOOKS/done.$COMFYCTL_PROMPT_ID"; fi'
+    )
+    result = invoke(
+        "watch",
+        first,
+        *others,
+        "--exec",
+        hook,
+        "--exec-timeout",
+        "12",
+        "--poll-interval",
+        "0.3",
+        "--timeout",
+        "60",
+    )
     assert result.exit_code == 0, result.stderr
     seen = [n for n in (hooks / "seen").read_text().split() if n != "seen"]
     assert sorted(seen) == sorted(f"done.{pid}" for pid in others)
@@ -104,10 +147,17 @@ def test_a_hanging_hook_does_not_delay_the_others_and_changes_no_record(
 
 
 def test_a_failing_hook_is_reported_and_its_output_kept_off_stdout(
-        invoke, emulator, tmp_path, ledger_path):
+    invoke, emulator, tmp_path, ledger_path
+):
     (pid,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
-    result = invoke("watch", pid, "--exec", "echo to-stdout; echo to-stderr >&2; exit 3",
-                    "--poll-interval", "0.3")
+    result = invoke(
+        "watch",
+        pid,
+        "--exec",
+        "echo to-stdout; echo to-stderr >&2; exit 3",
+        "--poll-interval",
+        "0.3",
+    )
     assert result.exit_code == 0, result.stderr
     assert "to-stdout" not in result.stdout and "to-stderr" not in result.stdout
     assert f"comfyctl: hook for {pid}: to-stdout" in result.stderr
@@ -116,7 +166,8 @@ def test_a_failing_hook_is_reported_and_its_output_kept_off_stdout(
 
 
 def test_recover_announces_what_it_settles_once_and_a_later_watch_stays_quiet(
-        invoke, emulator, tmp_path, ledger_path, monkeypatch):
+    invoke, emulator, tmp_path, ledger_path, monkeypatch
+):
     ids = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01), count=2)
     emulator.wait_idle(timeout=20)
     hooks = tmp_path / "hooks"
@@ -133,7 +184,8 @@ def test_recover_announces_what_it_settles_once_and_a_later_watch_stays_quiet(
 
 
 def test_a_watcher_without_hooks_leaves_the_announcement_to_one_with_them(
-        invoke, emulator, tmp_path, ledger_path, monkeypatch):
+    invoke, emulator, tmp_path, ledger_path, monkeypatch
+):
     (pid,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
     assert invoke("watch", pid).exit_code == 0
     assert "notified" not in Ledger(ledger_path).get(pid)
@@ -153,8 +205,10 @@ def test_the_claim_is_won_once_among_concurrent_claimers(ledger_path):
         tasks.put({**record, "status": "success"})
     winners: list[object] = []
     # Separate Ledger objects: separate lock descriptors, as separate processes have.
-    threads = [threading.Thread(target=lambda: winners.append(claim(Ledger(ledger_path), "p1")))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: winners.append(claim(Ledger(ledger_path), "p1")))
+        for _ in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -218,13 +272,27 @@ def receiver():
 
 
 def test_a_webhook_failing_first_with_500_gets_one_good_signed_delivery_per_job(
-        invoke, emulator, tmp_path, config_path, receiver, ledger_path):
-    config_path.write_text(f'webhook_secret = "s3cret-hook-key"\n'
-                           f'[servers.gpu1]\nurl = "{emulator.url}"\n')
+    invoke, emulator, tmp_path, config_path, receiver, ledger_path
+):
+    config_path.write_text(
+        f'webhook_secret = "s3cret-hook-key"\n[servers.gpu1]\nurl = "{emulator.url}"\n'
+    )
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(slow_graph(steps=2, seconds=0.01)))
-    result = invoke("-vv", "submit", str(wf), "-s", "gpu1", "--count", "2", "--wait",
-                    "--webhook", receiver.url, "--poll-interval", "0.3")
+    result = invoke(
+        "-vv",
+        "submit",
+        str(wf),
+        "-s",
+        "gpu1",
+        "--count",
+        "2",
+        "--wait",
+        "--webhook",
+        receiver.url,
+        "--poll-interval",
+        "0.3",
+    )
     assert result.exit_code == 0, result.stderr
     ids = result.stdout.split()[:2]
     delivered = receiver.delivered()
@@ -240,7 +308,8 @@ def test_a_webhook_failing_first_with_500_gets_one_good_signed_delivery_per_job(
 
 
 def test_the_configured_webhook_per_server_or_global_and_never_shown(
-        invoke, emulator_factory, tmp_path, config_path, receiver):
+    invoke, emulator_factory, tmp_path, config_path, receiver
+):
     a, b = emulator_factory(), emulator_factory()
     other = Receiver()
     try:
@@ -248,7 +317,8 @@ def test_the_configured_webhook_per_server_or_global_and_never_shown(
             f'webhook = "{receiver.url}"\nwebhook_secret = "global-secret"\n'
             f'[servers.a]\nurl = "{a.url}"\n'
             f'[servers.b]\nurl = "{b.url}"\nwebhook = "{other.url}"\n'
-            'webhook_secret = "b-secret"\n')
+            'webhook_secret = "b-secret"\n'
+        )
         pa = submit_jobs(invoke, tmp_path, "a", slow_graph(steps=2, seconds=0.01))
         pb = submit_jobs(invoke, tmp_path, "b", slow_graph(steps=2, seconds=0.01))
         result = invoke("watch", *pa, *pb, "--poll-interval", "0.3")
@@ -256,8 +326,10 @@ def test_the_configured_webhook_per_server_or_global_and_never_shown(
         assert [json.loads(b)["prompt_id"] for _, b in receiver.delivered()] == pa
         ((headers, body),) = other.delivered()
         assert json.loads(body)["prompt_id"] == pb[0]
-        assert headers["X-Comfyctl-Signature"] == "sha256=" + hmac.new(
-            b"b-secret", body, hashlib.sha256).hexdigest()
+        assert (
+            headers["X-Comfyctl-Signature"]
+            == "sha256=" + hmac.new(b"b-secret", body, hashlib.sha256).hexdigest()
+        )
         shown = invoke("servers", "--json").stdout + invoke("-vv", "servers").stderr
         assert json.loads(invoke("servers", "--json").stdout)["servers"][1]["webhook"] == "set"
         for secret in ("global-secret", "b-secret", "T0K3Nsecretpath"):
@@ -267,10 +339,12 @@ def test_the_configured_webhook_per_server_or_global_and_never_shown(
 
 
 def test_a_webhook_that_keeps_failing_is_given_up_and_reported_by_host_only(
-        invoke, emulator, tmp_path, ledger_path):
+    invoke, emulator, tmp_path, ledger_path
+):
     (pid,) = submit_jobs(invoke, tmp_path, emulator.url, slow_graph(steps=2, seconds=0.01))
-    result = invoke("watch", pid, "--webhook", "http://127.0.0.1:9/x/TOKENPATH",
-                    "--exec-timeout", "2")
+    result = invoke(
+        "watch", pid, "--webhook", "http://127.0.0.1:9/x/TOKENPATH", "--exec-timeout", "2"
+    )
     # Port 9 refuses at once; the retry budget bounds the wait.
     assert result.exit_code == 0
     assert "webhook to 127.0.0.1 failed for" in result.stderr
@@ -286,8 +360,9 @@ def test_a_webhook_that_is_not_a_url_is_a_usage_error(invoke, emulator, tmp_path
 
 
 def test_servers_json_shows_the_global_webhook_only_as_set(invoke, config_path):
-    config_path.write_text('webhook = "https://hooks.example.com/T0K3N"\n'
-                           'webhook_secret = "global-secret"\n')
+    config_path.write_text(
+        'webhook = "https://hooks.example.com/T0K3N"\nwebhook_secret = "global-secret"\n'
+    )
     result = invoke("servers", "--json")
     assert json.loads(result.stdout)["webhook"] == "set"
     assert "T0K3N" not in result.stdout and "global-secret" not in result.stdout
@@ -303,10 +378,26 @@ def test_ctrl_c_does_not_wait_out_a_hanging_hook(invoke, emulator_factory, tmp_p
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "comfyctl", "watch", quick, slow, "--exec",
-         'touch "$HOOKS/started"; sleep 60', "--exec-timeout", "120", "--poll-interval", "0.3"],
-        cwd=REPO, env={**os.environ, "HOOKS": str(hooks)}, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "comfyctl",
+            "watch",
+            quick,
+            slow,
+            "--exec",
+            'touch "$HOOKS/started"; sleep 60',
+            "--exec-timeout",
+            "120",
+            "--poll-interval",
+            "0.3",
+        ],
+        cwd=REPO,
+        env={**os.environ, "HOOKS": str(hooks)},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         end = time.monotonic() + 30
         while not (hooks / "started").exists() and time.monotonic() < end:

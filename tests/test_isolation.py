@@ -33,8 +33,9 @@ def break_a(a, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["refused", "hang", "malformed-json", "restart"])
-def test_a_misbehaving_never_delays_or_touches_b(emulator_factory, invoke, tmp_path,
-                                                 ledger_path, how):
+def test_a_misbehaving_never_delays_or_touches_b(
+    emulator_factory, invoke, tmp_path, ledger_path, how
+):
     a, b = emulator_factory(), emulator_factory()
     long_wf, short_wf = tmp_path / "long.json", tmp_path / "short.json"
     long_wf.write_text(json.dumps(graph(400, 0.05)))
@@ -42,8 +43,7 @@ def test_a_misbehaving_never_delays_or_touches_b(emulator_factory, invoke, tmp_p
     (job_a,) = invoke("submit", str(long_wf), "-s", a.url).stdout.split()
     (job_b,) = invoke("submit", str(short_wf), "-s", b.url).stdout.split()
     break_a(a, how)
-    result = invoke("watch", job_a, job_b, "--json", "--poll-interval", str(POLL),
-                    "--timeout", "6")
+    result = invoke("watch", job_a, job_b, "--json", "--poll-interval", str(POLL), "--timeout", "6")
     a.faults.clear()
     events = [json.loads(line) for line in result.stdout.splitlines()]
     # A never finishes normally: exit 5 (still running) or 1 (lost in the restart).

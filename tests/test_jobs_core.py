@@ -17,8 +17,16 @@ from comfyctl.records import Observation, new_record
 
 COMMANDS_DIR = Path(__file__).resolve().parent.parent / "comfyctl" / "commands"
 #: What only the core may use: the network and concurrency.
-FORBIDDEN = ("requests", "websocket", "concurrent", "threading", "multiprocessing", "socket",
-             "urllib3", "http")
+FORBIDDEN = (
+    "requests",
+    "websocket",
+    "concurrent",
+    "threading",
+    "multiprocessing",
+    "socket",
+    "urllib3",
+    "http",
+)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -33,8 +41,7 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted(COMMANDS_DIR.glob("*.py")), ids=lambda p: p.name)
 def test_commands_use_no_network_and_no_threads(path):
-    used = {name for name in imported_modules(path)
-            if name.split(".")[0] in FORBIDDEN}
+    used = {name for name in imported_modules(path) if name.split(".")[0] in FORBIDDEN}
     assert not used, f"{path.name} imports {sorted(used)}: that belongs in the core"
     text = path.read_text(encoding="utf-8")
     assert "ThreadPoolExecutor" not in text and "Thread(" not in text
@@ -91,8 +98,11 @@ def put_records(ledger_path: Path, url: str) -> tuple[str, str]:
 
 def test_history_no_refresh_makes_no_request(listener, ledger_path, invoke):
     running, _ = put_records(ledger_path, listener.url)
-    for args in (("history", running, "--no-refresh"), ("history", "--no-refresh"),
-                 ("history", "--no-refresh", "--json")):
+    for args in (
+        ("history", running, "--no-refresh"),
+        ("history", "--no-refresh"),
+        ("history", "--no-refresh", "--json"),
+    ):
         result = invoke(*args)
         assert result.exit_code == 0, (args, result.stderr)
         assert listener.accepted == 0, args
@@ -105,12 +115,16 @@ def test_apply_observations_is_one_transaction_and_honours_when(ledger_path):
     url = "http://127.0.0.1:9"
     running, orphan = put_records(ledger_path, url)
     ledger = Ledger(ledger_path)
-    changed = jobs.apply_observations(ledger, [
-        Observation("cancelled", running, url),
-        Observation("queued", orphan, url, number=3),
-        Observation("cancelled", "not-in-the-ledger", url),
-        Observation("queued", running, "http://127.0.0.1:10"),  # another server: ignored
-    ], when=lambda r: r["prompt_id"] == running)
+    changed = jobs.apply_observations(
+        ledger,
+        [
+            Observation("cancelled", running, url),
+            Observation("queued", orphan, url, number=3),
+            Observation("cancelled", "not-in-the-ledger", url),
+            Observation("queued", running, "http://127.0.0.1:10"),  # another server: ignored
+        ],
+        when=lambda r: r["prompt_id"] == running,
+    )
     assert set(changed) == {running}
     stored = ledger.load()
     assert stored[running]["status"] == "cancelled"
@@ -131,8 +145,9 @@ def test_refresh_is_bounded_and_reports_a_silent_server(ledger_path):
 
         spec = ServerSpec(name="x", url=url, configured=False, timeout=30, connect_timeout=30)
         heard: list[str] = []
-        out = jobs.refresh(ledger, [record], lambda r: ServerClient(spec), heard.append,
-                           deadline=0.5)
+        out = jobs.refresh(
+            ledger, [record], lambda r: ServerClient(spec), heard.append, deadline=0.5
+        )
         assert out[0]["status"] == "running"  # the ledger's view, unchanged
         assert len(heard) == 1 and "x" in heard[0]
     finally:
@@ -142,4 +157,6 @@ def test_refresh_is_bounded_and_reports_a_silent_server(ledger_path):
 def test_by_server_keeps_order():
     records = [{"server_url": u, "prompt_id": str(i)} for i, u in enumerate("abab")]
     assert {k: [r["prompt_id"] for r in v] for k, v in jobs.by_server(records).items()} == {
-        "a": ["0", "2"], "b": ["1", "3"]}
+        "a": ["0", "2"],
+        "b": ["1", "3"],
+    }

@@ -56,8 +56,9 @@ print(json.dumps(out))
 
 
 def probe(mode: str = "index") -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(SRC), mode], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(SRC), mode], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result

@@ -34,8 +34,13 @@ SRC = Path(comfyctl.__file__).resolve().parents[1]
 
 
 def record(prompt_id: str, **fields: Any) -> dict[str, Any]:
-    return {"prompt_id": prompt_id, "server": "gpu1", "server_url": "http://gpu1:8188",
-            "status": "pending", **fields}
+    return {
+        "prompt_id": prompt_id,
+        "server": "gpu1",
+        "server_url": "http://gpu1:8188",
+        "status": "pending",
+        **fields,
+    }
 
 
 def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -107,7 +112,8 @@ def test_update_remove_and_empty_document(ledger_path: Path) -> None:
 
 
 def test_missing_ledger_reads_empty_and_a_read_only_transaction_writes_nothing(
-        ledger_path: Path) -> None:
+    ledger_path: Path,
+) -> None:
     ledger = Ledger(ledger_path)
     assert ledger.load() == {}
     with ledger.transaction() as tasks:
@@ -132,8 +138,11 @@ def test_a_transaction_that_raises_writes_nothing(ledger_path: Path) -> None:
 def test_a_write_clears_temp_files_of_killed_writers_only(ledger_path: Path) -> None:
     folder = ledger_path.parent
     stale = folder / f".{ledger_path.name}.k1ll3d.tmp"
-    others = [folder / ".other.json.abc.tmp", folder / f"{ledger_path.name}.bak",
-              folder / f".{ledger_path.name}.lock"]
+    others = [
+        folder / ".other.json.abc.tmp",
+        folder / f"{ledger_path.name}.bak",
+        folder / f".{ledger_path.name}.lock",
+    ]
     for path in [stale, *others]:
         path.write_text("x")
     ledger = Ledger(ledger_path)
@@ -191,14 +200,17 @@ def _age(path: Path, seconds: float) -> None:
 def test_prune_workflows_keeps_referenced_and_recent_files(ledger_path: Path) -> None:
     ledger = Ledger(ledger_path)
     folder = ledger_path.parent / "workflows"
-    refs = {name: ledger.store_workflow({"1": {"class_type": name, "inputs": {}}})
-            for name in ("referenced_old", "unreferenced_old", "unreferenced_new", "restored")}
+    refs = {
+        name: ledger.store_workflow({"1": {"class_type": name, "inputs": {}}})
+        for name in ("referenced_old", "unreferenced_old", "unreferenced_new", "restored")
+    }
     files = {name: folder / f"{ref.split(':')[1]}.json" for name, ref in refs.items()}
     for name in ("referenced_old", "unreferenced_old", "restored"):
         _age(files[name], 2 * 3600)
     # Storing the same graph again (a new submit) makes it recent: a prune must keep it.
-    assert ledger.store_workflow({"1": {"class_type": "restored", "inputs": {}}}) \
-        == refs["restored"]
+    assert (
+        ledger.store_workflow({"1": {"class_type": "restored", "inputs": {}}}) == refs["restored"]
+    )
 
     removed = ledger.prune_workflows({refs["referenced_old"]})
 
@@ -231,8 +243,17 @@ for i in range(50):
 
 @pytest.mark.faults
 def test_eight_processes_writing_fifty_records_each_end_with_400(ledger_path: Path) -> None:
-    procs = [child(WRITER, str(ledger_path), str(w), stdin=subprocess.PIPE,
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for w in range(8)]
+    procs = [
+        child(
+            WRITER,
+            str(ledger_path),
+            str(w),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for w in range(8)
+    ]
     try:
         for proc in procs:  # all started and importing done: now release them together
             assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
@@ -280,15 +301,22 @@ while True:
 
 
 @pytest.mark.faults
-def test_sigkill_never_corrupts_nor_loses_acknowledged_records(ledger_path: Path,
-                                                               fault_counts: dict) -> None:
+def test_sigkill_never_corrupts_nor_loses_acknowledged_records(
+    ledger_path: Path, fault_counts: dict
+) -> None:
     rng = random.Random(0xC0FFEE)
     acknowledged: dict[str, tuple[int, int]] = {}  # prompt_id -> (i, pad length)
     started = time.monotonic()
     for trial in range(100):
         pad = rng.choice((0, 50, 500, 5000))
-        proc = child(KILLED_WRITER, str(ledger_path), f"t{trial}", str(pad),
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = child(
+            KILLED_WRITER,
+            str(ledger_path),
+            f"t{trial}",
+            str(pad),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         assert proc.stdout is not None and proc.stderr is not None
         try:
             line = proc.stdout.readline()
@@ -316,8 +344,12 @@ def test_sigkill_never_corrupts_nor_loses_acknowledged_records(ledger_path: Path
         for prompt_id in this_trial:
             rec = records[prompt_id]
             i = int(prompt_id.split("-")[1])
-            assert rec == {"prompt_id": prompt_id, "i": i, "pad": "x" * pad,
-                           "status": "success" if i % 2 else "pending"}
+            assert rec == {
+                "prompt_id": prompt_id,
+                "i": i,
+                "pad": "x" * pad,
+                "status": "success" if i % 2 else "pending",
+            }
     assert acknowledged, "no child ever acknowledged a write: the test proved nothing"
     read_document(ledger_path)
     # Killed writers leave temp files behind; the next write under the lock clears them.
@@ -350,16 +382,21 @@ CORRUPT = {
     "empty": b"",
     "list-top-level": b"[]",
     "tasks-not-an-object": json.dumps(
-        {"schema": SCHEMA_NAME, "schema_version": 1, "tasks": []}).encode(),
+        {"schema": SCHEMA_NAME, "schema_version": 1, "tasks": []}
+    ).encode(),
     "no-tasks": json.dumps({"schema": SCHEMA_NAME, "schema_version": 1}).encode(),
     "future-schema-version": json.dumps(
-        {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION + 1, "tasks": {}}).encode(),
+        {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION + 1, "tasks": {}}
+    ).encode(),
     "schema-version-not-int": json.dumps(
-        {"schema": SCHEMA_NAME, "schema_version": "1", "tasks": {}}).encode(),
+        {"schema": SCHEMA_NAME, "schema_version": "1", "tasks": {}}
+    ).encode(),
     "record-not-an-object": json.dumps(
-        {"schema": SCHEMA_NAME, "schema_version": 1, "tasks": {"a": 5}}).encode(),
+        {"schema": SCHEMA_NAME, "schema_version": 1, "tasks": {"a": 5}}
+    ).encode(),
     "record-under-another-key": json.dumps(
-        {"schema": SCHEMA_NAME, "schema_version": 1, "tasks": {"a": record("b")}}).encode(),
+        {"schema": SCHEMA_NAME, "schema_version": 1, "tasks": {"a": record("b")}}
+    ).encode(),
 }
 
 
@@ -385,10 +422,19 @@ def test_corrupt_ledger_raises_and_is_left_untouched(ledger_path: Path, content:
     assert ledger_path.stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize("name", ["garbage-bytes", "truncated", "future-schema-version",
-                                  "list-top-level", "record-not-an-object"])
-def test_history_on_a_corrupt_ledger_exits_7_naming_the_path(invoke, ledger_path: Path,
-                                                             name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "garbage-bytes",
+        "truncated",
+        "future-schema-version",
+        "list-top-level",
+        "record-not-an-object",
+    ],
+)
+def test_history_on_a_corrupt_ledger_exits_7_naming_the_path(
+    invoke, ledger_path: Path, name: str
+) -> None:
     mtime = _plant(ledger_path, CORRUPT[name])
     result = invoke("history")
     assert result.exit_code == 7, result.output
@@ -423,8 +469,9 @@ with Ledger(sys.argv[2]).transaction():
 
 @contextlib.contextmanager
 def lock_held_elsewhere(path: Path) -> Iterator[None]:
-    proc = child(HOLDER, str(path), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                 stderr=subprocess.PIPE)
+    proc = child(
+        HOLDER, str(path), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         assert proc.stdout.readline() == b"locked\n", proc.stderr.read().decode()
@@ -456,10 +503,16 @@ def test_lock_timeout_raises_ledger_locked(ledger_path: Path) -> None:
 
 
 @pytest.mark.faults
-def test_lock_timeout_from_the_environment_exits_7(invoke, ledger_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    old = record("old", status="success", finished_at="2000-01-01T00:00:00.000+00:00",
-                 updated_at="2000-01-01T00:00:00.000+00:00", workflow=None)
+def test_lock_timeout_from_the_environment_exits_7(
+    invoke, ledger_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = record(
+        "old",
+        status="success",
+        finished_at="2000-01-01T00:00:00.000+00:00",
+        updated_at="2000-01-01T00:00:00.000+00:00",
+        workflow=None,
+    )
     with Ledger(ledger_path).transaction() as tasks:
         tasks.put(old)
     before = ledger_path.read_bytes()
@@ -478,8 +531,9 @@ def test_lock_timeout_from_the_environment_exits_7(invoke, ledger_path: Path,
 
 
 @pytest.mark.parametrize("value", ["soon", "nan", "-1", ""])
-def test_bad_lock_timeout_in_the_environment(invoke, monkeypatch: pytest.MonkeyPatch,
-                                             ledger_path: Path, value: str) -> None:
+def test_bad_lock_timeout_in_the_environment(
+    invoke, monkeypatch: pytest.MonkeyPatch, ledger_path: Path, value: str
+) -> None:
     monkeypatch.setenv("COMFYCTL_LOCK_TIMEOUT", value)
     if not value:  # unset in effect: the default
         assert Ledger(ledger_path).lock_timeout == 10.0
@@ -494,14 +548,17 @@ def test_bad_lock_timeout_in_the_environment(invoke, monkeypatch: pytest.MonkeyP
 
 # -- a model-based property ----------------------------------------------------------------
 
-OPS = st.lists(st.tuples(st.sampled_from(["put", "remove"]), st.integers(0, 5),
-                         st.integers(0, 10**6)), max_size=12)
+OPS = st.lists(
+    st.tuples(st.sampled_from(["put", "remove"]), st.integers(0, 5), st.integers(0, 10**6)),
+    max_size=12,
+)
 
 
 @settings(max_examples=25, deadline=None, database=None)
 @given(per_writer=st.lists(OPS, min_size=2, max_size=3), shared_object=st.booleans())
-def test_threads_writing_concurrently_match_a_dict_model(per_writer: list[list[tuple]],
-                                                         shared_object: bool) -> None:
+def test_threads_writing_concurrently_match_a_dict_model(
+    per_writer: list[list[tuple]], shared_object: bool
+) -> None:
     """Each writer thread owns its keys; lost or resurrected updates break the equality."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ledger.json"
@@ -524,8 +581,9 @@ def test_threads_writing_concurrently_match_a_dict_model(per_writer: list[list[t
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=write, args=(w, ops))
-                   for w, ops in enumerate(per_writer)]
+        threads = [
+            threading.Thread(target=write, args=(w, ops)) for w, ops in enumerate(per_writer)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -547,8 +605,11 @@ def test_threads_writing_concurrently_match_a_dict_model(per_writer: list[list[t
 
 STEP = st.tuples(
     st.integers(0, 2),  # which writer (its own Ledger object on the same file)
-    st.lists(st.tuples(st.sampled_from(["put", "remove"]), st.integers(0, 4),
-                       st.integers(0, 99)), min_size=1, max_size=4),
+    st.lists(
+        st.tuples(st.sampled_from(["put", "remove"]), st.integers(0, 4), st.integers(0, 99)),
+        min_size=1,
+        max_size=4,
+    ),
     st.booleans(),  # the transaction fails half-way: none of its changes may land
 )
 
@@ -556,15 +617,15 @@ STEP = st.tuples(
 @settings(max_examples=60, deadline=None, database=None)
 @given(steps=st.lists(STEP, max_size=20))
 def test_interleaved_transactions_on_shared_keys_match_a_dict_model(
-        steps: list[tuple[int, list[tuple], bool]]) -> None:
+    steps: list[tuple[int, list[tuple], bool]],
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "ledger.json"
         writers = [Ledger(path, lock_timeout=5) for _ in range(3)]
         model: dict[str, dict[str, Any]] = {}
         for writer, ops, fails in steps:
             pending = dict(model)
-            with contextlib.suppress(ZeroDivisionError), \
-                    writers[writer].transaction() as tasks:
+            with contextlib.suppress(ZeroDivisionError), writers[writer].transaction() as tasks:
                 for op, key, value in ops:
                     prompt_id = f"k{key}"
                     if op == "put":
@@ -588,10 +649,12 @@ def test_interleaved_transactions_on_shared_keys_match_a_dict_model(
 def test_other_layouts_are_read_strictly_and_rewritten_in_ours(ledger_path: Path) -> None:
     """A ledger pretty-printed by hand (e.g. through jq) still reads; the next change writes
     it back one record per line."""
-    records = {f"id-{i}": new_record(f"id-{i}", "gpu1", "http://h:1", "c", None)
-               for i in range(3)}
-    ledger_path.write_text(json.dumps({"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
-                                       "tasks": records}, indent=2))
+    records = {f"id-{i}": new_record(f"id-{i}", "gpu1", "http://h:1", "c", None) for i in range(3)}
+    ledger_path.write_text(
+        json.dumps(
+            {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "tasks": records}, indent=2
+        )
+    )
     ledger = Ledger(ledger_path)
     assert set(ledger.load()) == set(records)
     with ledger.transaction() as tasks:
@@ -613,8 +676,10 @@ def test_a_corrupt_record_line_exits_7_untouched(invoke, ledger_path: Path) -> N
 
 
 @settings(max_examples=60, deadline=None, database=None)
-@given(st.lists(st.tuples(st.sampled_from(["put", "remove"]), st.integers(0, 6)), max_size=25),
-       st.integers(0, 6))
+@given(
+    st.lists(st.tuples(st.sampled_from(["put", "remove"]), st.integers(0, 6)), max_size=25),
+    st.integers(0, 6),
+)
 def test_line_edits_keep_a_valid_document_equal_to_the_model(ops, seed_count) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "ledger.json")
@@ -641,11 +706,18 @@ def test_line_edits_keep_a_valid_document_equal_to_the_model(ops, seed_count) ->
 # -- history segments ----------------------------------------------------------------------
 
 
-def finished(prompt_id: str, i: int, status: str = "success",
-             updated_at: str = "2026-02-01T01:00:00.000+00:00") -> dict[str, Any]:
-    return {**new_record(prompt_id, "gpu1", "http://gpu1:8188", f"c-{i}", None),
-            "status": status, "submitted_at": f"2026-02-01T00:00:00.{i:06d}Z",
-            "updated_at": updated_at}
+def finished(
+    prompt_id: str,
+    i: int,
+    status: str = "success",
+    updated_at: str = "2026-02-01T01:00:00.000+00:00",
+) -> dict[str, Any]:
+    return {
+        **new_record(prompt_id, "gpu1", "http://gpu1:8188", f"c-{i}", None),
+        "status": status,
+        "submitted_at": f"2026-02-01T00:00:00.{i:06d}Z",
+        "updated_at": updated_at,
+    }
 
 
 def history_files(ledger_path: Path) -> dict[str, tuple[int, int]]:
@@ -714,8 +786,9 @@ def test_replaced_history_files_stay_an_hour_for_readers(ledger_path: Path) -> N
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
-def test_a_damaged_segment_exits_7_and_is_left_alone(invoke, ledger_path: Path,
-                                                     damage: str) -> None:
+def test_a_damaged_segment_exits_7_and_is_left_alone(
+    invoke, ledger_path: Path, damage: str
+) -> None:
     ledger = Ledger(ledger_path, segment_size=5, move_at=1)
     with ledger.transaction() as tasks:
         for i in range(12):
@@ -736,16 +809,30 @@ def test_a_damaged_segment_exits_7_and_is_left_alone(invoke, ledger_path: Path,
 
 
 def test_a_schema_1_ledger_of_100000_records_is_migrated_losslessly(ledger_path: Path) -> None:
-    statuses = ["success", "error", "cancelled", "interrupted", "rejected", "lost", "running",
-                "pending"]
+    statuses = [
+        "success",
+        "error",
+        "cancelled",
+        "interrupted",
+        "rejected",
+        "lost",
+        "running",
+        "pending",
+    ]
     tasks = {}
     for i in range(100_000):
         pid = f"{i:08d}-0000-4000-8000-000000000000"
-        tasks[pid] = {**finished(pid, i, statuses[i % 8] if i % 1000 else "pending"),
-                      "labels": {"n": str(i)}}
-    old = (b'{"schema": "comfyctl.ledger", "schema_version": 1, "tasks": {\n'
-           + b",\n".join(json.dumps(pid).encode() + b":" + json.dumps(r).encode()
-                         for pid, r in tasks.items()) + b"\n}}\n")
+        tasks[pid] = {
+            **finished(pid, i, statuses[i % 8] if i % 1000 else "pending"),
+            "labels": {"n": str(i)},
+        }
+    old = (
+        b'{"schema": "comfyctl.ledger", "schema_version": 1, "tasks": {\n'
+        + b",\n".join(
+            json.dumps(pid).encode() + b":" + json.dumps(r).encode() for pid, r in tasks.items()
+        )
+        + b"\n}}\n"
+    )
     ledger_path.write_bytes(old)
 
     view = Ledger(ledger_path).load()  # first use migrates
@@ -759,10 +846,13 @@ def test_a_schema_1_ledger_of_100000_records_is_migrated_losslessly(ledger_path:
     assert len(ledger_path.read_bytes()) < len(old) / 2
     everything = {r["prompt_id"]: r for r in view.values()}
     assert everything == tasks  # every record, every field
-    assert view["00054321-0000-4000-8000-000000000000"] == \
-        tasks["00054321-0000-4000-8000-000000000000"]
-    assert [r["prompt_id"] for _, r in zip(range(3), view.newest(), strict=False)] == \
-        [f"{i:08d}-0000-4000-8000-000000000000" for i in (99_999, 99_998, 99_997)]
+    assert (
+        view["00054321-0000-4000-8000-000000000000"]
+        == tasks["00054321-0000-4000-8000-000000000000"]
+    )
+    assert [r["prompt_id"] for _, r in zip(range(3), view.newest(), strict=False)] == [
+        f"{i:08d}-0000-4000-8000-000000000000" for i in (99_999, 99_998, 99_997)
+    ]
     migrated = ledger_path.read_bytes()
     Ledger(ledger_path).load()
     assert ledger_path.read_bytes() == migrated  # once only
@@ -774,8 +864,7 @@ def test_the_migration_is_a_numbered_step_from_each_version() -> None:
     assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 
-def test_an_empty_schema_1_ledger_migrates_to_an_empty_one(ledger_path: Path,
-                                                          invoke) -> None:
+def test_an_empty_schema_1_ledger_migrates_to_an_empty_one(ledger_path: Path, invoke) -> None:
     ledger_path.write_text('{"schema": "comfyctl.ledger", "schema_version": 1, "tasks": {}}')
     result = invoke("history", "--json")
     assert result.exit_code == 0, result.output

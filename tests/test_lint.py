@@ -20,8 +20,9 @@ def run_tool(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Runs this interpreter's copy of the tool (the pinned one), never one found on PATH."""
     if importlib.util.find_spec(module) is None:
         pytest.fail(f"{module} is not installed for {sys.executable} ({INSTALL})")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True
+    )
 
 
 def test_ruff_is_clean() -> None:

@@ -41,8 +41,9 @@ class Terminal:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, columns, 0, 0))
         # A terminal turns "\n" into CR LF; keep that (the default), as a real one does.
-        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
-                                     env=env, close_fds=True)
+        self.proc = subprocess.Popen(
+            args, stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, close_fds=True
+        )
         os.close(slave)
         self.master = master
         self.frames = 0
@@ -81,19 +82,20 @@ class Terminal:
 def submit(run_comfyctl, tmp_path: Path, server: str, graph: dict, count: int = 1) -> list[str]:
     wf = tmp_path / f"wf{len(list(tmp_path.glob('wf*.json')))}.json"
     wf.write_text(json.dumps(graph))
-    result = run_comfyctl("submit", str(wf), "-s", server, "--count", str(count),
-                          "--vary-seed")
+    result = run_comfyctl("submit", str(wf), "-s", server, "--count", str(count), "--vary-seed")
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
 
 
 @pytest.mark.parametrize("columns", [60, 200])
 def test_live_view_fits_redraws_in_place_and_keeps_notices(
-        run_comfyctl, emulator_factory, tmp_path, config_path, columns):
+    run_comfyctl, emulator_factory, tmp_path, config_path, columns
+):
     a, b = emulator_factory(), emulator_factory()
     # Long names: a line that does not fit must be cut, never wrapped.
-    config_path.write_text(f'[servers.render-box-number-one]\nurl = "{a.url}"\n'
-                           f'[servers.gpu-b]\nurl = "{b.url}"\n')
+    config_path.write_text(
+        f'[servers.render-box-number-one]\nurl = "{a.url}"\n[servers.gpu-b]\nurl = "{b.url}"\n'
+    )
     long = slow_graph(steps=600, seconds=0.05)
     running, *queued = submit(run_comfyctl, tmp_path, "render-box-number-one", long, count=3)
     (other,) = submit(run_comfyctl, tmp_path, "gpu-b", long)
@@ -101,14 +103,32 @@ def test_live_view_fits_redraws_in_place_and_keeps_notices(
     env = {**os.environ, "TERM": "xterm", "COLUMNS": "", "LINES": ""}
     env.pop("COLUMNS")
     env.pop("LINES")
-    term = Terminal([sys.executable, "-m", "comfyctl", "watch", running, *queued, other,
-                     "--poll-interval", "0.3"], columns, env)
+    term = Terminal(
+        [
+            sys.executable,
+            "-m",
+            "comfyctl",
+            "watch",
+            running,
+            *queued,
+            other,
+            "--poll-interval",
+            "0.3",
+        ],
+        columns,
+        env,
+    )
 
     def area_rows(rows: list[str]) -> list[str]:
         # The live area's lines: a job's short id after its server, never a data line
         # (which starts with the full id) nor a notice (which starts with "comfyctl:").
-        return [r for r in rows if any(f" {s} " in r for s in short.values())
-                and not r.startswith("comfyctl:") and not any(p in r for p in short)]
+        return [
+            r
+            for r in rows
+            if any(f" {s} " in r for s in short.values())
+            and not r.startswith("comfyctl:")
+            and not any(p in r for p in short)
+        ]
 
     notice = "comfyctl: server gpu-b is unreachable"
     notice_seen = False
@@ -131,22 +151,39 @@ def test_live_view_fits_redraws_in_place_and_keeps_notices(
 
     try:
         # Pending jobs are shown at once, with their place in the queue.
-        assert term.pump(lambda rows: "#2 in line" in line_of(rows, queued[1])
-                         and "#1 in line" in line_of(rows, queued[0])
-                         and "running" in line_of(rows, running)
-                         and "%" in line_of(rows, other), 30, check), "\n".join(term.rows())
+        assert term.pump(
+            lambda rows: (
+                "#2 in line" in line_of(rows, queued[1])
+                and "#1 in line" in line_of(rows, queued[0])
+                and "running" in line_of(rows, running)
+                and "%" in line_of(rows, other)
+            ),
+            30,
+            check,
+        ), "\n".join(term.rows())
         b.stop()
-        assert term.pump(lambda rows: "unreachable" in line_of(rows, other)
-                         and any(r.startswith(notice) for r in rows), 30, check), \
-            "\n".join(term.rows())
+        assert term.pump(
+            lambda rows: (
+                "unreachable" in line_of(rows, other) and any(r.startswith(notice) for r in rows)
+            ),
+            30,
+            check,
+        ), "\n".join(term.rows())
         # The notice stays above the area through later redraws (check() sees each frame).
         frames = term.frames
-        assert term.pump(lambda rows: term.frames >= frames + 5
-                         and "pending" in line_of(rows, queued[0])
-                         and "running" in line_of(rows, running), 30, check)
+        assert term.pump(
+            lambda rows: (
+                term.frames >= frames + 5
+                and "pending" in line_of(rows, queued[0])
+                and "running" in line_of(rows, running)
+            ),
+            30,
+            check,
+        )
         rows = term.rows()
-        assert rows.index(next(r for r in rows if r.startswith(notice))) < \
-            rows.index(line_of(rows, running))
+        assert rows.index(next(r for r in rows if r.startswith(notice))) < rows.index(
+            line_of(rows, running)
+        )
         term.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         term.pump(lambda rows: term.proc.poll() is not None, 20, check)
         assert term.proc.wait(timeout=20) == 130
@@ -169,8 +206,9 @@ def test_live_view_fits_redraws_in_place_and_keeps_notices(
 def test_plain_lines_when_term_is_dumb(run_comfyctl, emulator, tmp_path):
     (pid,) = submit(run_comfyctl, tmp_path, emulator.url, slow_graph(steps=20, seconds=0.1))
     env = {**os.environ, "TERM": "dumb"}
-    term = Terminal([sys.executable, "-m", "comfyctl", "watch", pid, "--poll-interval", "0.3"],
-                    80, env)
+    term = Terminal(
+        [sys.executable, "-m", "comfyctl", "watch", pid, "--poll-interval", "0.3"], 80, env
+    )
     raw = bytearray()
     try:
         end = time.monotonic() + 30

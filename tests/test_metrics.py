@@ -16,12 +16,21 @@ from workflows import slow_graph
 from comfyctl.metrics import Family, exposition
 
 
-def submit(invoke, tmp_path: Path, server: str, graph: dict, count: int = 1,
-           wait: bool = False) -> list[str]:
+def submit(
+    invoke, tmp_path: Path, server: str, graph: dict, count: int = 1, wait: bool = False
+) -> list[str]:
     wf = tmp_path / f"wf{len(list(tmp_path.glob('wf*.json')))}.json"
     wf.write_text(json.dumps(graph))
-    result = invoke("submit", str(wf), "-s", server, "--count", str(count), "--vary-seed",
-                    *(["--wait", "--poll-interval", "0.3"] if wait else []))
+    result = invoke(
+        "submit",
+        str(wf),
+        "-s",
+        server,
+        "--count",
+        str(count),
+        "--vary-seed",
+        *(["--wait", "--poll-interval", "0.3"] if wait else []),
+    )
     assert result.exit_code in (0, 1), result.stderr
     return [line.split("\t")[0] for line in result.stdout.splitlines()][:count]
 
@@ -32,16 +41,28 @@ def parse(text: str) -> dict[str, list]:
 
 def samples(families: dict, name: str) -> dict[tuple, float]:
     family_name = name.removesuffix("_count").removesuffix("_sum")
-    return {tuple(sorted(s.labels.items())): s.value for s in families[family_name].samples
-            if s.name == name}
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for s in families[family_name].samples
+        if s.name == name
+    }
 
 
 def test_metrics_parse_and_agree_with_history_and_detect_stuck(
-        invoke, run_comfyctl, emulator_factory, tmp_path, config_path):
-    a, b, c, d = (emulator_factory(), emulator_factory(jobs_api=True), emulator_factory(),
-                  emulator_factory())
-    config_path.write_text("".join(f'[servers.{name}]\nurl = "{emu.url}"\n'
-                                   for name, emu in zip("abcd", (a, b, c, d), strict=True)))
+    invoke, run_comfyctl, emulator_factory, tmp_path, config_path
+):
+    a, b, c, d = (
+        emulator_factory(),
+        emulator_factory(jobs_api=True),
+        emulator_factory(),
+        emulator_factory(),
+    )
+    config_path.write_text(
+        "".join(
+            f'[servers.{name}]\nurl = "{emu.url}"\n'
+            for name, emu in zip("abcd", (a, b, c, d), strict=True)
+        )
+    )
     quick = slow_graph(steps=3, seconds=0.05)
     submit(invoke, tmp_path, "a", quick, count=2, wait=True)
     submit(invoke, tmp_path, "a", slow_graph(steps=3, seconds=0.02, fail_at=2), wait=True)
@@ -64,27 +85,34 @@ def test_metrics_parse_and_agree_with_history_and_detect_stuck(
     by_status = Counter((r["server"], r["status"]) for r in listed)
     jobs = samples(families, "comfyctl_jobs")
     assert {k: v for k, v in jobs.items() if v} == {
-        (("server", s), ("status", st)): n for (s, st), n in by_status.items()}
+        (("server", s), ("status", st)): n for (s, st), n in by_status.items()
+    }
     assert len(jobs) == 4 * 9  # every status of every server, zeros included
 
-    found = Counter((f["server"], f["condition"]) for f in
-                    map(json.loads, detected.stdout.splitlines()))
+    found = Counter(
+        (f["server"], f["condition"]) for f in map(json.loads, detected.stdout.splitlines())
+    )
     assert found == {("a", "finished-unnoticed"): 2, ("c", "lost"): 1, ("d", "unreachable"): 1}
     stuck = samples(families, "comfyctl_stuck_jobs")
     assert {k: v for k, v in stuck.items() if v} == {
-        (("condition", cond), ("server", s)): n for (s, cond), n in found.items()}
+        (("condition", cond), ("server", s)): n for (s, cond), n in found.items()
+    }
 
     assert samples(families, "comfyctl_server_up") == {
-        (("server", "a"),): 1, (("server", "b"),): 1, (("server", "c"),): 1,
-        (("server", "d"),): 0}
+        (("server", "a"),): 1,
+        (("server", "b"),): 1,
+        (("server", "c"),): 1,
+        (("server", "d"),): 0,
+    }
     queue = samples(families, "comfyctl_server_queue_jobs")
     assert queue[(("server", "b"), ("state", "running"))] == 1
     assert queue[(("server", "b"), ("state", "pending"))] == 1
     oldest = samples(families, "comfyctl_oldest_job_age_seconds")
     assert oldest[(("server", "b"), ("status", "running"))] > 0
     assert oldest[(("server", "b"), ("status", "pending"))] > 0
-    timed = Counter(r["server"] for r in listed
-                    if (r.get("server_timing") or {}).get("finished_at"))
+    timed = Counter(
+        r["server"] for r in listed if (r.get("server_timing") or {}).get("finished_at")
+    )
     # The watched successes (read from the servers' history, with their own clocks).
     assert timed["a"] >= 2 and timed["b"] == 2
     runs = samples(families, "comfyctl_job_run_seconds_count")
@@ -106,14 +134,17 @@ def test_textfile_is_written_atomically_and_readable(invoke, emulator, tmp_path)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
     families = parse(target.read_text())
-    assert samples(families, "comfyctl_jobs")[
-        (("server", emulator.url.split("://")[1]), ("status", "success"))] == 1
+    assert (
+        samples(families, "comfyctl_jobs")[
+            (("server", emulator.url.split("://")[1]), ("status", "success"))
+        ]
+        == 1
+    )
     assert os.listdir(target.parent) == ["comfyctl.prom"]  # no temp file left behind
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
 
 
-def test_a_hanging_server_costs_its_timeout_and_shows_as_down(invoke, emulator_factory,
-                                                               tmp_path):
+def test_a_hanging_server_costs_its_timeout_and_shows_as_down(invoke, emulator_factory, tmp_path):
     good, bad = emulator_factory(), emulator_factory()
     submit(invoke, tmp_path, good.url, slow_graph(steps=2, seconds=0.01), wait=True)
     submit(invoke, tmp_path, bad.url, slow_graph(steps=2, seconds=0.01), wait=True)
@@ -121,8 +152,10 @@ def test_a_hanging_server_costs_its_timeout_and_shows_as_down(invoke, emulator_f
     result = invoke("metrics", "--server-timeout", "1", "--confirm", "0")
     assert result.exit_code == 0, result.stderr
     up = samples(parse(result.stdout), "comfyctl_server_up")
-    assert up == {(("server", good.url.split("://")[1]),): 1,
-                  (("server", bad.url.split("://")[1]),): 0}
+    assert up == {
+        (("server", good.url.split("://")[1]),): 1,
+        (("server", bad.url.split("://")[1]),): 0,
+    }
 
 
 @pytest.mark.parametrize("label", ['a"b', "back\\slash", "new\nline"])

@@ -40,12 +40,14 @@ def server_ids(emu) -> list[str]:
 
     queue = requests.get(emu.url + "/queue", timeout=5).json()
     history = requests.get(emu.url + "/history", timeout=5).json()
-    return [item[1] for key in ("queue_running", "queue_pending") for item in queue[key]] \
-        + list(history)
+    return [item[1] for key in ("queue_running", "queue_pending") for item in queue[key]] + list(
+        history
+    )
 
 
-def test_uncertain_send_to_a_is_never_sent_to_b(emulator_factory, invoke, config_path, wf,
-                                                ledger_path):
+def test_uncertain_send_to_a_is_never_sent_to_b(
+    emulator_factory, invoke, config_path, wf, ledger_path
+):
     """Point 1: a takes the job and freezes (the reply and the confirmation both time out).
     The job must not go to b; its id is printed and its record kept."""
     a, b = emulator_factory(), emulator_factory()
@@ -68,8 +70,9 @@ def test_uncertain_send_to_a_is_never_sent_to_b(emulator_factory, invoke, config
 
 @pytest.mark.parametrize("routes", [("POST /prompt",), ()], ids=["only-the-reply", "every-reply"])
 @pytest.mark.parametrize("mode", ["garble", "drop"])
-def test_garbled_or_dropped_reply_keeps_the_job(emulator_factory, invoke, config_path, wf,
-                                                ledger_path, mode, routes):
+def test_garbled_or_dropped_reply_keeps_the_job(
+    emulator_factory, invoke, config_path, wf, ledger_path, mode, routes
+):
     """Point 2: the server queued the job and its reply came garbled or not at all. When the
     server can be asked, the job is confirmed (exit 0); else it is uncertain (exit 11,
     never 3): in both cases its id is printed and its record kept."""
@@ -82,8 +85,7 @@ def test_garbled_or_dropped_reply_keeps_the_job(emulator_factory, invoke, config
     [pid] = result.stdout.split()
     record = Ledger(ledger_path).get(pid)
     assert record is not None
-    assert record["status"] in (("pending", "running", "success") if confirmed
-                                else ("submitting",))
+    assert record["status"] in (("pending", "running", "success") if confirmed else ("submitting",))
     a.faults.clear()
     a.wait_idle(timeout=10)
     assert server_ids(a) == [pid]
@@ -91,12 +93,13 @@ def test_garbled_or_dropped_reply_keeps_the_job(emulator_factory, invoke, config
     assert Ledger(ledger_path).get(pid)["status"] == "success"
 
 
-def test_config_error_writes_nothing(emulator, invoke, config_path, wf, ledger_path,
-                                     monkeypatch):
+def test_config_error_writes_nothing(emulator, invoke, config_path, wf, ledger_path, monkeypatch):
     """Point 3: a server whose secret is unset fails before anything is written."""
     monkeypatch.delenv("COMFYCTL_TEST_UNSET_PW", raising=False)
-    config_path.write_text(f'[servers.a]\nurl = "{emulator.url}"\nusername = "u"\n'
-                           'password = "${COMFYCTL_TEST_UNSET_PW}"\n')
+    config_path.write_text(
+        f'[servers.a]\nurl = "{emulator.url}"\nusername = "u"\n'
+        'password = "${COMFYCTL_TEST_UNSET_PW}"\n'
+    )
     result = invoke("submit", wf, "-s", "a")
     assert result.exit_code == ExitCode.USAGE
     assert "COMFYCTL_TEST_UNSET_PW" in result.stderr
@@ -105,8 +108,9 @@ def test_config_error_writes_nothing(emulator, invoke, config_path, wf, ledger_p
     assert server_ids(emulator) == []
 
 
-def test_frozen_server_prints_the_id_and_settles_later(emulator_factory, run_comfyctl,
-                                                       config_path, wf, ledger_path):
+def test_frozen_server_prints_the_id_and_settles_later(
+    emulator_factory, run_comfyctl, config_path, wf, ledger_path
+):
     """Point 4, as a real process: a server that takes the job and never answers. The id
     is on stdout (so `submit | watch -` follows it), the outcome is called uncertain, the
     record is kept and settled by the next command that reaches the server."""
@@ -119,15 +123,17 @@ def test_frozen_server_prints_the_id_and_settles_later(emulator_factory, run_com
     [pid] = submitted.stdout.split()
     assert Ledger(ledger_path).get(pid)["status"] == "submitting"
     a.faults.clear()
-    watched = run_comfyctl("watch", "-", "--poll-interval", "0.2", "--timeout", "30",
-                           input=submitted.stdout)
+    watched = run_comfyctl(
+        "watch", "-", "--poll-interval", "0.2", "--timeout", "30", input=submitted.stdout
+    )
     assert watched.returncode == 0, watched.stderr
     assert Ledger(ledger_path).get(pid)["status"] == "success"
     assert server_ids(a) == [pid]
 
 
-def test_uncertain_submit_the_server_never_got_is_settled_lost(emulator_factory, invoke,
-                                                                config_path, wf, ledger_path):
+def test_uncertain_submit_the_server_never_got_is_settled_lost(
+    emulator_factory, invoke, config_path, wf, ledger_path
+):
     """The other end of point 4: asked later, the server does not know the job, so the
     record is settled (not left 'submitting' forever) and the job never ran twice."""
     a = emulator_factory()
@@ -145,15 +151,27 @@ def test_uncertain_submit_the_server_never_got_is_settled_lost(emulator_factory,
 
 
 @pytest.mark.parametrize("how", ["submit-wait", "history"])
-def test_failed_download_exits_1_naming_the_file_and_the_reason(emulator, invoke, wf,
-                                                                tmp_path, ledger_path, how):
+def test_failed_download_exits_1_naming_the_file_and_the_reason(
+    emulator, invoke, wf, tmp_path, ledger_path, how
+):
     """Point 8: a /view answered 400 is a server error for that file, not "unreachable",
     and the command exits 1."""
     emulator.faults.output_filename = "../outside.png"  # ComfyUI's /view refuses '..' (400)
     out = tmp_path / "out"
     if how == "submit-wait":
-        result = invoke("submit", wf, "-s", emulator.url, "--wait", "--download", str(out),
-                        "--poll-interval", "0.2", "--timeout", "30")
+        result = invoke(
+            "submit",
+            wf,
+            "-s",
+            emulator.url,
+            "--wait",
+            "--download",
+            str(out),
+            "--poll-interval",
+            "0.2",
+            "--timeout",
+            "30",
+        )
     else:
         pid = invoke("submit", wf, "-s", emulator.url).stdout.strip()
         emulator.wait_idle(timeout=10)
@@ -176,8 +194,9 @@ def gone_from_queue(emu, prompt_id: str) -> bool:
 
     for _ in range(100):
         queue = requests.get(emu.url + "/queue", timeout=5).json()
-        if prompt_id not in [item[1] for key in ("queue_running", "queue_pending")
-                             for item in queue[key]]:
+        if prompt_id not in [
+            item[1] for key in ("queue_running", "queue_pending") for item in queue[key]
+        ]:
             return True
         time.sleep(0.05)
     return False
@@ -189,8 +208,9 @@ def fail_over(invoke, a, b, wf_path: Path, ledger_path: Path, pending: bool) -> 
     b.faults.stall_at_percent = 50.0
     slow = json.dumps(slow_graph(steps=10, seconds=0.01))
     wf_path.write_text(slow)
-    ids = invoke("submit", str(wf_path), "-s", "b", "--count", "2" if pending else "1",
-                 "--vary-seed").stdout.split()
+    ids = invoke(
+        "submit", str(wf_path), "-s", "b", "--count", "2" if pending else "1", "--vary-seed"
+    ).stdout.split()
     original = ids[-1]
     b.faults.http_hang = True
     result = invoke("recover", "--resubmit", "--to", "a", "--server-timeout", "1", "--nl")
@@ -204,7 +224,8 @@ def fail_over(invoke, a, b, wf_path: Path, ledger_path: Path, pending: bool) -> 
 @pytest.mark.parametrize("reach", ["detect-stuck", "history", "watch", "debug-tasks"])
 @pytest.mark.parametrize("pending", [False, True], ids=["running", "pending"])
 def test_superseded_job_is_cancelled_when_its_server_is_reached_again(
-        emulator_factory, invoke, config_path, tmp_path, ledger_path, reach, pending):
+    emulator_factory, invoke, config_path, tmp_path, ledger_path, reach, pending
+):
     a, b = emulator_factory(), emulator_factory()
     configure(config_path, timeout=2.0, a=a.url, b=b.url)
     original, copy = fail_over(invoke, a, b, tmp_path / "slow.json", ledger_path, pending)
@@ -226,8 +247,9 @@ def test_superseded_job_is_cancelled_when_its_server_is_reached_again(
     assert single["status"] == "cancelled" and single["error"]["type"] == "superseded"
 
 
-def test_superseded_job_that_ran_anyway_says_so_once(emulator_factory, invoke, config_path,
-                                                     tmp_path, ledger_path):
+def test_superseded_job_that_ran_anyway_says_so_once(
+    emulator_factory, invoke, config_path, tmp_path, ledger_path
+):
     """If the original finished before any command reached its server again, its record
     says it ran (no 'lost' error beside a success), with a warning naming the copy."""
     a, b = emulator_factory(), emulator_factory()
@@ -240,8 +262,9 @@ def test_superseded_job_that_ran_anyway_says_so_once(emulator_factory, invoke, c
     assert record["status"] == "success" and record["error"] is None
     assert record["superseded_by"] == copy
     assert any(copy in w and "both ran" in w for w in record["warnings"])
-    assert invoke("history", original, "--json").stdout == \
-        invoke("history", original, "--json").stdout  # settled once: nothing changes
+    assert (
+        invoke("history", original, "--json").stdout == invoke("history", original, "--json").stdout
+    )  # settled once: nothing changes
 
 
 # -- point 6: cancel by a short id ---------------------------------------------------------
@@ -259,8 +282,7 @@ def test_cancel_by_short_id_interrupts_a_running_job(emulator, invoke, tmp_path,
     assert Ledger(ledger_path).get(pid)["status"] in ("cancelled", "interrupted")
 
 
-def test_cancel_exits_1_when_a_named_job_could_not_be_cancelled(emulator, invoke, wf,
-                                                                ledger_path):
+def test_cancel_exits_1_when_a_named_job_could_not_be_cancelled(emulator, invoke, wf, ledger_path):
     pid = invoke("submit", wf, "-s", emulator.url).stdout.strip()
     emulator.wait_idle(timeout=10)
     assert invoke("watch", pid).exit_code == 0
@@ -274,8 +296,9 @@ def test_cancel_exits_1_when_a_named_job_could_not_be_cancelled(emulator, invoke
 
 @pytest.mark.parametrize("jobs_api", [False, True], ids=["classic", "jobs-api"])
 @pytest.mark.parametrize("notice", ["recover", "watch"])
-def test_start_and_end_are_the_servers_times(emulator_factory, invoke, wf, ledger_path,
-                                             jobs_api, notice):
+def test_start_and_end_are_the_servers_times(
+    emulator_factory, invoke, wf, ledger_path, jobs_api, notice
+):
     """Noticed late (the job ran while nobody watched), the record still says when the
     server ran it: execution_start and execution_success from the server's history."""
     import requests
@@ -287,15 +310,19 @@ def test_start_and_end_are_the_servers_times(emulator_factory, invoke, wf, ledge
     path.write_text(json.dumps(slow_graph(steps=10, seconds=0.03)))
     pid = invoke("submit", wf, "-s", emu.url).stdout.strip()
     emu.wait_idle(timeout=10)
-    messages = dict(requests.get(f"{emu.url}/history/{pid}", timeout=5).json()[pid]
-                    ["status"]["messages"])
-    expected = server_timing(None, messages["execution_start"]["timestamp"],
-                             messages["execution_success"]["timestamp"])
+    messages = dict(
+        requests.get(f"{emu.url}/history/{pid}", timeout=5).json()[pid]["status"]["messages"]
+    )
+    expected = server_timing(
+        None, messages["execution_start"]["timestamp"], messages["execution_success"]["timestamp"]
+    )
     assert invoke(notice, *([] if notice == "recover" else [pid])).exit_code == 0
     record = Ledger(ledger_path).get(pid)
     assert record["status"] == "success"
-    assert (record["started_at"], record["finished_at"]) == \
-        (expected["started_at"], expected["finished_at"])
+    assert (record["started_at"], record["finished_at"]) == (
+        expected["started_at"],
+        expected["finished_at"],
+    )
 
 
 # -- point 9: pipes and streams ------------------------------------------------------------
@@ -308,32 +335,52 @@ def many_records(ledger_path: Path, count: int = 300, status: str = "success") -
     ids = []
     with Ledger(ledger_path).transaction() as tasks:
         for n in range(count):
-            record = new_record(f"00000000-0000-4000-8000-{n:012d}", "gone",
-                                "http://127.0.0.1:9", f"comfyctl-{n}", None)
+            record = new_record(
+                f"00000000-0000-4000-8000-{n:012d}",
+                "gone",
+                "http://127.0.0.1:9",
+                f"comfyctl-{n}",
+                None,
+            )
             record["status"] = status
-            record["outputs"] = [{"node": "3", "key": "images", "filename": f"f{n}_{i}.png",
-                                  "subfolder": "", "type": "output",
-                                  "url": view_url("http://127.0.0.1:9", f"f{n}_{i}.png", "",
-                                                  "output")} for i in range(5)]
+            record["outputs"] = [
+                {
+                    "node": "3",
+                    "key": "images",
+                    "filename": f"f{n}_{i}.png",
+                    "subfolder": "",
+                    "type": "output",
+                    "url": view_url("http://127.0.0.1:9", f"f{n}_{i}.png", "", "output"),
+                }
+                for i in range(5)
+            ]
             tasks.put(record)
             ids.append(record["prompt_id"])
     return ids
 
 
-@pytest.mark.parametrize("command", ["history --nl", "history --outputs", "history",
-                                     "debug-tasks", "watch - --json"])
+@pytest.mark.parametrize(
+    "command", ["history --nl", "history --outputs", "history", "debug-tasks", "watch - --json"]
+)
 def test_a_closed_stdout_ends_the_command_quietly(ledger_path, tmp_path, command):
     import subprocess
     import sys
 
     ids = many_records(ledger_path, status="running" if command == "debug-tasks" else "success")
     (tmp_path / "ids").write_text("\n".join(ids) + "\n")
-    line = (f"{sys.executable} -m comfyctl {command} --server-timeout 0.5 < {tmp_path / 'ids'}"
-            if command == "debug-tasks" else
-            f"{sys.executable} -m comfyctl {command} < {tmp_path / 'ids'}")
-    script = f"{line} | head -1; echo \"exit=${{PIPESTATUS[0]}}\" >&2"
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).parents[1])
+    line = (
+        f"{sys.executable} -m comfyctl {command} --server-timeout 0.5 < {tmp_path / 'ids'}"
+        if command == "debug-tasks"
+        else f"{sys.executable} -m comfyctl {command} < {tmp_path / 'ids'}"
+    )
+    script = f'{line} | head -1; echo "exit=${{PIPESTATUS[0]}}" >&2'
+    proc = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
+    )
     assert len(proc.stdout.splitlines()) == 1
     # Nothing on stderr; 141 as for any program SIGPIPE stops (0 when the whole output fit
     # in the pipe before head left, as a table printed in one write may).
@@ -346,9 +393,13 @@ def test_a_closed_stdin_is_a_clear_usage_error(command):
     import subprocess
     import sys
 
-    proc = subprocess.run(["bash", "-c", f"{sys.executable} -m comfyctl {command} <&-"],
-                          capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).parents[1])
+    proc = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m comfyctl {command} <&-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
+    )
     assert proc.returncode == ExitCode.USAGE, proc.stderr
     assert "stdin is closed" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -371,7 +422,7 @@ def test_a_corrupt_record_line_is_exit_7_not_hidden(ledger_path, invoke, corrupt
     else:  # a line cut off before its submit time
         start = raw.index(f'"{ids[1]}":')
         end = raw.index("\n", start)
-        raw = raw[:start] + raw[start:start + 60] + ",\n" + raw[end + 1:]
+        raw = raw[:start] + raw[start : start + 60] + ",\n" + raw[end + 1 :]
     ledger_path.write_text(raw)
     broken = ids[0] if corruption == "status-42" else ids[1]
     for args in (("history",), ("history", "--json"), ("history", broken)):
@@ -386,8 +437,7 @@ def test_a_missing_config_named_by_the_environment_is_an_error(invoke, monkeypat
     assert "nonexistent.toml" in result.stderr
 
 
-def test_a_label_given_twice_with_two_values_is_a_usage_error(invoke, emulator, wf,
-                                                              ledger_path):
+def test_a_label_given_twice_with_two_values_is_a_usage_error(invoke, emulator, wf, ledger_path):
     result = invoke("submit", wf, "-s", emulator.url, "--label", "k=1", "--label", "k=2")
     assert result.exit_code == ExitCode.USAGE and "twice" in result.stderr
     assert len(Ledger(ledger_path).load()) == 0
@@ -426,9 +476,11 @@ FAULTS = {
     "http-500": {"http_status": 500},  # a proxy's error page, before ComfyUI sees it
     "truncated-json": {"malformed_json": True},  # after the handler: the job is queued
     "login-page": {"wrong_content_type": True},
-    **{f"{mode}-{scope}": {"reply": mode, "reply_routes": routes}
-       for mode in ("drop", "garble", "freeze")
-       for scope, routes in (("prompt", ("POST /prompt",)), ("all", ()))},
+    **{
+        f"{mode}-{scope}": {"reply": mode, "reply_routes": routes}
+        for mode in ("drop", "garble", "freeze")
+        for scope, routes in (("prompt", ("POST /prompt",)), ("all", ()))
+    },
 }
 
 
@@ -438,8 +490,9 @@ def server_jobs(emu) -> list[tuple[str, dict]]:
 
     queue = requests.get(emu.url + "/queue", timeout=10).json()
     history = requests.get(emu.url + "/history", timeout=10).json()
-    items = [(item[1], item[2]) for key in ("queue_running", "queue_pending")
-             for item in queue[key]]
+    items = [
+        (item[1], item[2]) for key in ("queue_running", "queue_pending") for item in queue[key]
+    ]
     return items + [(pid, entry["prompt"][2]) for pid, entry in history.items()]
 
 
@@ -449,7 +502,8 @@ def two_servers(emulator_factory):
 
 
 def test_property_each_job_runs_at_most_once_and_every_printed_id_is_kept(
-        two_servers, invoke, tmp_path):
+    two_servers, invoke, tmp_path
+):
     """For any faults on one or both servers during `submit -s a -s b --count N`: the
     union of the servers' queues and histories holds each job at most once (copies differ
     by seed), every job a server holds is in the ledger, and every id printed is in it."""
@@ -459,10 +513,16 @@ def test_property_each_job_runs_at_most_once_and_every_printed_id_is_kept(
     emus = dict(zip("ab", two_servers, strict=True))
     runs = iter(range(10**6))
 
-    @settings(max_examples=20, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(faults=st.tuples(st.sampled_from(sorted(FAULTS)), st.sampled_from(sorted(FAULTS))),
-           count=st.integers(min_value=1, max_value=3))
+    @settings(
+        max_examples=20,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        faults=st.tuples(st.sampled_from(sorted(FAULTS)), st.sampled_from(sorted(FAULTS))),
+        count=st.integers(min_value=1, max_value=3),
+    )
     def check(faults: tuple[str, str], count: int) -> None:
         run = next(runs)
         config = tmp_path / f"config{run}.toml"
@@ -476,9 +536,21 @@ def test_property_each_job_runs_at_most_once_and_every_printed_id_is_kept(
             for field, value in (FAULTS[fault] or {}).items():
                 setattr(emu.faults, field, value)
         configure(config, timeout=0.5, **urls)
-        result = invoke("--config", str(config), "--ledger", str(ledger), "submit",
-                        str(tmp_path / "wf.json"), "-s", "a", "-s", "b", "--count", str(count),
-                        "--vary-seed")
+        result = invoke(
+            "--config",
+            str(config),
+            "--ledger",
+            str(ledger),
+            "submit",
+            str(tmp_path / "wf.json"),
+            "-s",
+            "a",
+            "-s",
+            "b",
+            "--count",
+            str(count),
+            "--vary-seed",
+        )
         assert "Traceback" not in result.stderr
         for emu in emus.values():
             emu.faults.clear()  # frozen and hanging requests now go through
@@ -490,8 +562,12 @@ def test_property_each_job_runs_at_most_once_and_every_printed_id_is_kept(
         assert len(seeds) == len(set(seeds)), (faults, count, held)  # never twice
         assert {pid for pid, _ in held} <= set(records), (faults, count)  # never lost
         assert set(result.stdout.split()) <= set(records)
-        assert result.exit_code in (0, ExitCode.UNREACHABLE, ExitCode.UNCERTAIN,
-                                    ExitCode.SERVER_ERROR), (faults, result.stderr)
+        assert result.exit_code in (
+            0,
+            ExitCode.UNREACHABLE,
+            ExitCode.UNCERTAIN,
+            ExitCode.SERVER_ERROR,
+        ), (faults, result.stderr)
 
     (tmp_path / "wf.json").write_text(json.dumps(slow_graph(steps=1, seconds=0.01)))
     check()

@@ -23,9 +23,14 @@ LONG = slow_graph(steps=40, seconds=0.2)  # 8 s
 
 
 def comfyctl(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "comfyctl", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ))
+    return subprocess.Popen(
+        [sys.executable, "-m", "comfyctl", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
 
 
 def events(stdout: str) -> list[dict]:
@@ -33,8 +38,11 @@ def events(stdout: str) -> list[dict]:
 
 
 def percents(evs: list[dict], after: str = "") -> list[float]:
-    return [e["progress"]["percent"] for e in evs
-            if e.get("event") == "progress" and e["at"] > after and e.get("progress")]
+    return [
+        e["progress"]["percent"]
+        for e in evs
+        if e.get("event") == "progress" and e["at"] > after and e.get("progress")
+    ]
 
 
 def submit(invoke, tmp_path: Path, url: str) -> str:
@@ -80,8 +88,7 @@ def both_follow_to_the_end(first: subprocess.Popen[str], pid: str) -> None:
 def submit_wait(tmp_path: Path, url: str) -> tuple[subprocess.Popen[str], str]:
     wf = tmp_path / "long.json"
     wf.write_text(json.dumps(LONG))
-    waiting = comfyctl("submit", str(wf), "-s", url, "--wait", "--json", "--poll-interval",
-                       "0.5")
+    waiting = comfyctl("submit", str(wf), "-s", url, "--wait", "--json", "--poll-interval", "0.5")
     assert waiting.stdout is not None
     return waiting, json.loads(waiting.stdout.readline())["prompt_id"]
 
@@ -96,8 +103,9 @@ def test_two_watchers_both_see_progress_to_the_end(emulator, tmp_path, ledger_pa
     assert live_holder(leases_for(Ledger(ledger_path)), listen_lease(pid)) is None
 
 
-def test_sigkill_of_the_holder_hands_over_and_the_end_is_kept(emulator, tmp_path,
-                                                              ledger_path, invoke):
+def test_sigkill_of_the_holder_hands_over_and_the_end_is_kept(
+    emulator, tmp_path, ledger_path, invoke
+):
     pid = submit(invoke, tmp_path, emulator.url)
     first = comfyctl("watch", pid, "--json", "--poll-interval", "0.5")
     holder = wait_for_holder(ledger_path, pid)
@@ -134,17 +142,22 @@ def test_sigkill_of_submit_wait_hands_over_to_watch(emulator, tmp_path, ledger_p
     assert events(out)[-1]["status"] == "success"
 
 
-def test_detect_stuck_never_listens_to_a_job_a_watcher_holds(emulator, tmp_path, ledger_path,
-                                                             invoke):
+def test_detect_stuck_never_listens_to_a_job_a_watcher_holds(
+    emulator, tmp_path, ledger_path, invoke
+):
     g = slow_graph(steps=400, seconds=0.02)  # 52.25% after ~4 s, then it hangs
     g["2"]["inputs"].update(stall_at_step=210, stall_seconds=3600.0)
     wf = tmp_path / "stall.json"
     wf.write_text(json.dumps(g))
     pid = invoke("submit", str(wf), "-s", emulator.url).stdout.strip()
     out_file = (tmp_path / "watch.out").open("w+")  # 400 events: more than a pipe holds
-    watcher = subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid, "--json",
-                                "--poll-interval", "0.5"], cwd=REPO, stdout=out_file,
-                               stderr=subprocess.DEVNULL, text=True)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "comfyctl", "watch", pid, "--json", "--poll-interval", "0.5"],
+        cwd=REPO,
+        stdout=out_file,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     wait_for_holder(ledger_path, pid)
     deadline = time.monotonic() + 30
     while (Ledger(ledger_path).get(pid)["progress"] or {}).get("percent") != 52.25:

@@ -31,8 +31,13 @@ Host = Callable[..., subprocess.CompletedProcess[str]]
 def host_env(tmp_path: Path, n: int, url: str) -> dict[str, str]:
     home = tmp_path / f"host{n}"
     home.mkdir(exist_ok=True)
-    env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
-           "XDG_CONFIG_HOME": str(home / "config"), "COMFYCTL_CONFIG": str(home / "c.toml")}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "COMFYCTL_CONFIG": str(home / "c.toml"),
+    }
     env.pop("COMFYCTL_LEDGER", None)
     if n == 1:
         env["COMFYCTL_LEDGER"] = url
@@ -49,15 +54,27 @@ def hosts(postgres_ledger: str, tmp_path: Path) -> dict[int, dict[str, str]]:
 
 
 def on(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "comfyctl", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "comfyctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "comfyctl", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "comfyctl", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def workflow(tmp_path: Path, steps: int = 2, seconds: float = 0.01) -> str:
@@ -76,8 +93,9 @@ def records(url: str) -> dict[str, dict[str, Any]]:
     return {r["prompt_id"]: r for r in open_store(url).load().values()}
 
 
-def test_host_2_watches_cancels_and_shows_jobs_submitted_on_host_1(hosts, emulator, tmp_path,
-                                                                   postgres_ledger):
+def test_host_2_watches_cancels_and_shows_jobs_submitted_on_host_1(
+    hosts, emulator, tmp_path, postgres_ledger
+):
     quick = on(hosts[1], "submit", workflow(tmp_path), "-s", emulator.url)
     assert quick.returncode == 0, quick.stderr
     (pid,) = quick.stdout.split()
@@ -96,17 +114,26 @@ def test_host_2_watches_cancels_and_shows_jobs_submitted_on_host_1(hosts, emulat
     assert records(postgres_ledger)[slow_pid]["status"] in ("cancelled", "interrupted")
     # Host 1 sees what host 2 did.
     listed = on(hosts[1], "history", "--json")
-    assert {t["prompt_id"]: t["status"] for t in json.loads(listed.stdout)["tasks"]}[pid] \
-        == "success"
+    assert {t["prompt_id"]: t["status"] for t in json.loads(listed.stdout)["tasks"]}[
+        pid
+    ] == "success"
     assert not (tmp_path / "host2" / "data").exists()  # host 2 kept nothing on its disk
 
 
 @pytest.mark.faults
-def test_lost_jobs_are_resubmitted_once_when_two_hosts_recover_at_once(hosts, emulator,
-                                                                      tmp_path,
-                                                                      postgres_ledger):
-    out = on(hosts[1], "submit", workflow(tmp_path, 200, 0.05), "-s", emulator.url,
-             "--count", "6", "--vary-seed")
+def test_lost_jobs_are_resubmitted_once_when_two_hosts_recover_at_once(
+    hosts, emulator, tmp_path, postgres_ledger
+):
+    out = on(
+        hosts[1],
+        "submit",
+        workflow(tmp_path, 200, 0.05),
+        "-s",
+        emulator.url,
+        "--count",
+        "6",
+        "--vary-seed",
+    )
     assert out.returncode == 0, out.stderr
     lost = out.stdout.split()
     emulator.restart()  # the server forgets every job
@@ -125,16 +152,18 @@ def test_lost_jobs_are_resubmitted_once_when_two_hosts_recover_at_once(hosts, em
         assert ledger[pid]["superseded_by"] == children[0]["prompt_id"]
     received = server_ids(emulator.url)
     assert len(received) == len(set(received)) == len(lost)
-    assert set(received) == {r["prompt_id"] for r in ledger.values()
-                             if r.get("resubmitted_from")}
+    assert set(received) == {r["prompt_id"] for r in ledger.values() if r.get("resubmitted_from")}
 
 
 @pytest.mark.faults
-def test_eight_processes_on_two_hosts_submitting_at_once(hosts, emulator, tmp_path,
-                                                         postgres_ledger, fault_counts):
+def test_eight_processes_on_two_hosts_submitting_at_once(
+    hosts, emulator, tmp_path, postgres_ledger, fault_counts
+):
     wf = workflow(tmp_path)
-    procs = [start(hosts[1 + n % 2], "submit", wf, "-s", emulator.url, "--count", "3",
-                   "--vary-seed") for n in range(8)]
+    procs = [
+        start(hosts[1 + n % 2], "submit", wf, "-s", emulator.url, "--count", "3", "--vary-seed")
+        for n in range(8)
+    ]
     printed = []
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=120)
@@ -149,14 +178,16 @@ def test_eight_processes_on_two_hosts_submitting_at_once(hosts, emulator, tmp_pa
 
 
 @pytest.mark.faults
-def test_sigkill_of_submit_leaves_no_ghost_and_no_duplicate(hosts, emulator, tmp_path,
-                                                            postgres_ledger, fault_counts):
+def test_sigkill_of_submit_leaves_no_ghost_and_no_duplicate(
+    hosts, emulator, tmp_path, postgres_ledger, fault_counts
+):
     rng = random.Random(5)
     wf = workflow(tmp_path, 1, 0.001)
     trials = 20
     for trial in range(trials):
-        proc = start(hosts[1 + trial % 2], "submit", wf, "-s", emulator.url, "--count", "3",
-                     "--vary-seed")
+        proc = start(
+            hosts[1 + trial % 2], "submit", wf, "-s", emulator.url, "--count", "3", "--vary-seed"
+        )
         time.sleep(rng.uniform(0.2, 0.8))
         proc.send_signal(signal.SIGKILL)
         stdout, _ = proc.communicate()
@@ -189,8 +220,7 @@ def test_servers_shows_the_database_ledger_with_the_password_masked(hosts, postg
 
 
 @pytest.mark.parametrize("problem", ["wrong-password", "nobody-listening", "no-database"])
-def test_an_unusable_database_is_one_sentence_and_exit_7(hosts, postgres_ledger, problem,
-                                                         tmp_path):
+def test_an_unusable_database_is_one_sentence_and_exit_7(hosts, postgres_ledger, problem, tmp_path):
     import socket
 
     base, _, name = postgres_ledger.rpartition("/")
@@ -216,10 +246,18 @@ def test_an_unusable_database_is_one_sentence_and_exit_7(hosts, postgres_ledger,
 
 
 def test_without_psycopg_the_error_names_the_extra_to_install(hosts):
-    code = ("import sys; sys.modules['psycopg'] = None; sys.argv = ['comfyctl', 'history'];"
-            "from comfyctl.cli import main; main()")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=hosts[1], cwd=REPO, timeout=60)
+    code = (
+        "import sys; sys.modules['psycopg'] = None; sys.argv = ['comfyctl', 'history'];"
+        "from comfyctl.cli import main; main()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=hosts[1],
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 7
     assert "pip install 'comfyctl[postgres]'" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -52,9 +52,14 @@ def every_kind(url: str, prompt_id: str = PID) -> list[Observation]:
         Observation("progress", prompt_id, url, at=AT, value=3, max=10, node="4"),
         Observation("output", prompt_id, url, at=AT, node="9", outputs=IMAGES["9"]),
         Observation("finished", prompt_id, url, at=AT, outcome=SUCCESS, outputs=IMAGES),
-        Observation("finished", prompt_id, url, at=AT, outcome=ERROR,
-                    error={"type": "RuntimeError", "message": "x", "node_id": "4",
-                           "node_type": "K"}),
+        Observation(
+            "finished",
+            prompt_id,
+            url,
+            at=AT,
+            outcome=ERROR,
+            error={"type": "RuntimeError", "message": "x", "node_id": "4", "node_type": "K"},
+        ),
         Observation("finished", prompt_id, url, at=AT, outcome=INTERRUPTED),
         Observation("cancelled", prompt_id, url, at=AT),
         Observation("lost", prompt_id, url, at=AT),
@@ -68,16 +73,18 @@ def every_kind(url: str, prompt_id: str = PID) -> list[Observation]:
 
 @pytest.mark.parametrize("status", [SUBMITTING, PENDING, RUNNING, LOST])
 @pytest.mark.parametrize("obs", every_kind(B), ids=lambda o: f"{o.kind}-{o.outcome}")
-def test_observation_from_another_server_never_changes_a_record(status: str,
-                                                                obs: Observation) -> None:
+def test_observation_from_another_server_never_changes_a_record(
+    status: str, obs: Observation
+) -> None:
     rec = record(status=status)
     before = copy.deepcopy(rec)
     assert apply(rec, obs) is False
     assert rec == before
 
 
-@pytest.mark.parametrize("obs", every_kind(A, prompt_id="another-job"),
-                         ids=lambda o: f"{o.kind}-{o.outcome}")
+@pytest.mark.parametrize(
+    "obs", every_kind(A, prompt_id="another-job"), ids=lambda o: f"{o.kind}-{o.outcome}"
+)
 def test_observation_about_another_job_never_changes_a_record(obs: Observation) -> None:
     rec = record(status=RUNNING)
     before = copy.deepcopy(rec)
@@ -91,14 +98,16 @@ def test_same_host_other_prefix_is_another_server() -> None:
     assert apply(rec, obs) is False and rec["status"] == SUBMITTING
 
 
-STEPS = st.lists(st.tuples(st.sampled_from([A, B]), st.integers(0, len(every_kind(A)) - 1)),
-                 max_size=25)
+STEPS = st.lists(
+    st.tuples(st.sampled_from([A, B]), st.integers(0, len(every_kind(A)) - 1)), max_size=25
+)
 
 
 @settings(max_examples=200, deadline=None, database=None)
 @given(steps=STEPS)
 def test_foreign_observations_interleaved_anywhere_change_nothing(
-        steps: list[tuple[str, int]]) -> None:
+    steps: list[tuple[str, int]],
+) -> None:
     """Folding a mixed stream equals folding only the bound server's part of it."""
     mixed = record()
     own_only = copy.deepcopy(mixed)
@@ -152,8 +161,20 @@ def test_lifecycle_to_success() -> None:
     assert apply(rec, Observation("running", PID, A, at="2026-11-30T12:00:01.000+00:00"))
     assert rec["status"] == RUNNING and rec["started_at"] == "2026-11-30T12:00:01.000+00:00"
     apply(rec, Observation("progress", PID, A, at=AT, value=5, max=10, node="2"))
-    assert apply(rec, Observation("finished", PID, A, at="2026-11-30T12:00:09.000+00:00",
-                                  outcome=SUCCESS, outputs=IMAGES)) is True
+    assert (
+        apply(
+            rec,
+            Observation(
+                "finished",
+                PID,
+                A,
+                at="2026-11-30T12:00:09.000+00:00",
+                outcome=SUCCESS,
+                outputs=IMAGES,
+            ),
+        )
+        is True
+    )
     assert rec["status"] == SUCCESS
     assert rec["finished_at"] == "2026-11-30T12:00:09.000+00:00"
     assert rec["started_at"] == "2026-11-30T12:00:01.000+00:00"
@@ -175,13 +196,25 @@ def test_error_outcome_keeps_the_error() -> None:
 
 def test_progress_percent_and_history_with_server_name() -> None:
     rec = record(status=PENDING)
-    assert apply(rec, Observation("progress", PID, A, at=AT, value=209, max=400, node="3"),
-                 server_name="gpu-one") is True
+    assert (
+        apply(
+            rec,
+            Observation("progress", PID, A, at=AT, value=209, max=400, node="3"),
+            server_name="gpu-one",
+        )
+        is True
+    )
     assert rec["status"] == RUNNING
-    assert rec["progress"] == {"value": 209, "max": 400, "percent": 52.25, "node": "3",
-                               "updated_at": AT}
-    assert rec["progress_history"] == [{"at": AT, "value": 209, "max": 400, "node": "3",
-                                         "server": "gpu-one"}]
+    assert rec["progress"] == {
+        "value": 209,
+        "max": 400,
+        "percent": 52.25,
+        "node": "3",
+        "updated_at": AT,
+    }
+    assert rec["progress_history"] == [
+        {"at": AT, "value": 209, "max": 400, "node": "3", "server": "gpu-one"}
+    ]
     apply(rec, Observation("progress", PID, A, at=AT, value=1, max=3, node="3"))
     assert rec["progress"]["percent"] == 33.33
     assert rec["progress_history"][-1]["server"] == "gpu1"  # the record's own server name
@@ -215,11 +248,16 @@ def test_progress_without_a_usable_max_is_no_progress(value: Any, maximum: Any) 
 # -- outputs -------------------------------------------------------------------------------
 
 MIXED_OUTPUTS = {
-    "9": {"images": [{"filename": "img 1&2.png", "subfolder": "run/ä", "type": "output"}],
-          "animated": [False]},
-    "12": {"gifs": [{"filename": "clip.mp4", "subfolder": "", "type": "output",
-                     "format": "video/h264-mp4"}],
-           "text": ["not a file"]},
+    "9": {
+        "images": [{"filename": "img 1&2.png", "subfolder": "run/ä", "type": "output"}],
+        "animated": [False],
+    },
+    "12": {
+        "gifs": [
+            {"filename": "clip.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4"}
+        ],
+        "text": ["not a file"],
+    },
     "15": {"audio": [{"filename": "voice.flac", "subfolder": "a", "type": "temp"}]},
     "20": {"images": [{"filename": "b.png", "subfolder": None, "type": None}]},
 }
@@ -228,25 +266,41 @@ MIXED_OUTPUTS = {
 def test_outputs_are_flattened_from_every_list_key() -> None:
     files = flatten_outputs(A, MIXED_OUTPUTS)
     assert [(f["node"], f["key"], f["filename"]) for f in files] == [
-        ("9", "images", "img 1&2.png"), ("12", "gifs", "clip.mp4"),
-        ("15", "audio", "voice.flac"), ("20", "images", "b.png")]
+        ("9", "images", "img 1&2.png"),
+        ("12", "gifs", "clip.mp4"),
+        ("15", "audio", "voice.flac"),
+        ("20", "images", "b.png"),
+    ]
     assert files[3]["subfolder"] == "" and files[3]["type"] == "output"
 
 
 def test_output_urls_are_on_the_records_own_server_and_url_encoded() -> None:
     rec = record(url="https://gpu1.test/comfy", status=RUNNING)
-    apply(rec, Observation("finished", PID, "https://gpu1.test/comfy", at=AT, outcome=SUCCESS,
-                           outputs=MIXED_OUTPUTS))
+    apply(
+        rec,
+        Observation(
+            "finished",
+            PID,
+            "https://gpu1.test/comfy",
+            at=AT,
+            outcome=SUCCESS,
+            outputs=MIXED_OUTPUTS,
+        ),
+    )
     assert len(rec["outputs"]) == 4
     for out in rec["outputs"]:
         parts = urlsplit(out["url"])
         assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://gpu1.test/comfy/view"
         assert parse_qs(parts.query, keep_blank_values=True) == {
-            "filename": [out["filename"]], "subfolder": [out["subfolder"]], "type": [out["type"]]}
+            "filename": [out["filename"]],
+            "subfolder": [out["subfolder"]],
+            "type": [out["type"]],
+        }
     first = rec["outputs"][0]["url"]
     assert " " not in first and "&2" not in first and "/ä" not in first
-    assert first == ("https://gpu1.test/comfy/view?filename=img+1%262.png"
-                     "&subfolder=run%2F%C3%A4&type=output")
+    assert first == (
+        "https://gpu1.test/comfy/view?filename=img+1%262.png&subfolder=run%2F%C3%A4&type=output"
+    )
 
 
 def test_view_url() -> None:
@@ -256,8 +310,7 @@ def test_view_url() -> None:
 def test_outputs_from_websocket_and_history_are_not_duplicated() -> None:
     rec = record(status=RUNNING)
     assert apply(rec, Observation("output", PID, A, at=AT, node="9", outputs=IMAGES["9"]))
-    assert apply(rec, Observation("output", PID, A, at=AT, node="9", outputs=IMAGES["9"])) \
-        is False
+    assert apply(rec, Observation("output", PID, A, at=AT, node="9", outputs=IMAGES["9"])) is False
     apply(rec, Observation("finished", PID, A, at=AT, outcome=SUCCESS, outputs=IMAGES))
     assert [o["filename"] for o in rec["outputs"]] == ["a.png"]
     assert rec["outputs"][0]["url"].startswith(f"{A}/view?")
@@ -272,8 +325,12 @@ def test_repeating_the_same_progress_does_not_make_it_fresh() -> None:
     """A re-attached watcher hears the current node and step again; a stall must stay old."""
     url = "http://gpu1:8188"
     rec = new_record("p", "gpu1", url, "c", None)
-    apply(rec, Observation("progress", "p", url, value=4, max=20, node="2",
-                           at="2026-01-01T00:00:00.000+00:00"))
+    apply(
+        rec,
+        Observation(
+            "progress", "p", url, value=4, max=20, node="2", at="2026-01-01T00:00:00.000+00:00"
+        ),
+    )
     stamp = rec["progress"]["updated_at"]
     assert not apply(rec, Observation("progress", "p", url, value=4, max=20, node="2"))
     assert not apply(rec, Observation("executing", "p", url, node="2"))

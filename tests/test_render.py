@@ -10,8 +10,12 @@ from comfyctl.render import LiveArea, table
 
 
 def job(n: int, status: str, percent: float = 0.0) -> dict:
-    return {"prompt_id": f"{n:08d}-0000", "server": "gpu1", "status": status,
-            "progress": {"percent": percent, "node": "2"}}
+    return {
+        "prompt_id": f"{n:08d}-0000",
+        "server": "gpu1",
+        "status": status,
+        "progress": {"percent": percent, "node": "2"},
+    }
 
 
 def last_frame(stream: io.StringIO) -> list[str]:
@@ -45,13 +49,17 @@ def test_finished_jobs_leave_the_area_and_lines_print_above_it() -> None:
 def test_every_line_is_cut_to_the_width_and_colour_does_not_count(width: int) -> None:
     area = LiveArea(io.StringIO(), color=True)
     for status in ("running", "pending", "submitting"):
-        record = {"prompt_id": "3f2c9a1e-0000", "server": "a-very-long-server-name-indeed",
-                  "status": status, "progress": {"percent": 52.25, "node": "12345678"}}
+        record = {
+            "prompt_id": "3f2c9a1e-0000",
+            "server": "a-very-long-server-name-indeed",
+            "status": status,
+            "progress": {"percent": 52.25, "node": "12345678"},
+        }
         area.positions[record["prompt_id"]] = 3
         line = area.line(record, width)
         visible = line.replace("\x1b[36m", "").replace("\x1b[0m", "")
         assert len(visible) <= width - 1
-        assert visible.startswith("a-very-long-ser~"[:width - 1])
+        assert visible.startswith("a-very-long-ser~"[: width - 1])
         if width >= 60:
             assert ("\x1b[36mrunning" in line) == (status == "running")  # coloured status
     area.server_state("a-very-long-server-name-indeed", False, "refused")

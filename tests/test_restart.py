@@ -17,11 +17,16 @@ def stamp(seconds_ago: float) -> str:
     return (datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)).isoformat()
 
 
-def job(pid: str, number: int | None = None, submitted_ago: float = 60.0,
-        acked_ago: float = 59.0) -> dict:
+def job(
+    pid: str, number: int | None = None, submitted_ago: float = 60.0, acked_ago: float = 59.0
+) -> dict:
     rec = new_record(pid, "gpu1", URL, "c", None)
-    rec.update(status="pending", number=number, submitted_at=stamp(submitted_ago),
-               updated_at=stamp(acked_ago))
+    rec.update(
+        status="pending",
+        number=number,
+        submitted_at=stamp(submitted_ago),
+        updated_at=stamp(acked_ago),
+    )
     return rec
 
 
@@ -66,11 +71,23 @@ def test_debug_tasks_names_lost_only_on_proof() -> None:
     spec = ServerSpec(name="gpu1", url=URL)
     seen = job("seen")
     mark_alive(seen, ServerLog(SEEN, [BOOT]))
-    restarted = Probe(latency_ms=1.0, version="0.3.64", running=[], pending=[],
-                      unknown=["seen"], log=ServerLog("2026-12-01T10:07:05", [REBOOT]))
+    restarted = Probe(
+        latency_ms=1.0,
+        version="0.3.64",
+        running=[],
+        pending=[],
+        unknown=["seen"],
+        log=ServerLog("2026-12-01T10:07:05", [REBOOT]),
+    )
     (anomaly,) = _server_anomalies(spec, restarted, [seen], [seen])
     assert anomaly["kind"] == "lost-in-restart" and REBOOT in anomaly["detail"]
-    deleted = Probe(latency_ms=1.0, version="0.3.64", running=[], pending=[],
-                    unknown=["seen"], log=ServerLog("2026-12-01T10:09:00", [BOOT]))
+    deleted = Probe(
+        latency_ms=1.0,
+        version="0.3.64",
+        running=[],
+        pending=[],
+        unknown=["seen"],
+        log=ServerLog("2026-12-01T10:09:00", [BOOT]),
+    )
     (anomaly,) = _server_anomalies(spec, deleted, [seen], [seen])
     assert anomaly["kind"] == "unknown-to-server" and "not lost in a restart" in anomaly["detail"]

@@ -23,11 +23,21 @@ SRC = Path(comfyctl.__file__).resolve().parents[1]
 STORES = ["json", "postgres"]
 
 
-def rec(prompt_id: str, status: str = "pending", server: str = "http://gpu1:8188",
-        at: str | None = None, **fields: Any) -> dict[str, Any]:
-    return {"prompt_id": prompt_id, "server": server.split("://")[1], "server_url": server,
-            "status": status, "submitted_at": at or f"2026-01-01T00:00:{prompt_id[-2:]}.000Z",
-            **fields}
+def rec(
+    prompt_id: str,
+    status: str = "pending",
+    server: str = "http://gpu1:8188",
+    at: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    return {
+        "prompt_id": prompt_id,
+        "server": server.split("://")[1],
+        "server_url": server,
+        "status": status,
+        "submitted_at": at or f"2026-01-01T00:00:{prompt_id[-2:]}.000Z",
+        **fields,
+    }
 
 
 @pytest.fixture(params=STORES)
@@ -84,8 +94,13 @@ def test_a_transaction_that_raises_changes_nothing(store: Store) -> None:
 
 
 def test_find_by_full_id_and_unique_prefix(store: Store) -> None:
-    put_all(store, rec("abcd1111-01", "success"), rec("abcd2222-02", "success"),
-            *(rec(f"zz{i:04d}-{i:02d}", "error") for i in range(12)), rec("live0000-03"))
+    put_all(
+        store,
+        rec("abcd1111-01", "success"),
+        rec("abcd2222-02", "success"),
+        *(rec(f"zz{i:04d}-{i:02d}", "error") for i in range(12)),
+        rec("live0000-03"),
+    )
     view = store.load()
     assert view.find("abcd1111-01")["prompt_id"] == "abcd1111-01"
     assert view.find("abcd1")["prompt_id"] == "abcd1111-01"  # in history, by prefix
@@ -96,42 +111,73 @@ def test_find_by_full_id_and_unique_prefix(store: Store) -> None:
         view.find("abc")  # shorter than 4: never a prefix
     with pytest.raises(TaskNotFound):
         view.find("nothing-like-it")
-    assert [r["prompt_id"] for r in view.find_all(["abcd2", "abcd2222-02", "live"])] == \
-        ["abcd2222-02", "live0000-03"]
+    assert [r["prompt_id"] for r in view.find_all(["abcd2", "abcd2222-02", "live"])] == [
+        "abcd2222-02",
+        "live0000-03",
+    ]
 
 
 def test_select_by_status_and_server(store: Store) -> None:
     gpu2 = "http://gpu2:8188"
-    put_all(store, *(rec(f"s{i:04d}-{i:02d}", ("success", "running", "error")[i % 3],
-                         server=gpu2 if i % 2 else "http://gpu1:8188") for i in range(30)))
+    put_all(
+        store,
+        *(
+            rec(
+                f"s{i:04d}-{i:02d}",
+                ("success", "running", "error")[i % 3],
+                server=gpu2 if i % 2 else "http://gpu1:8188",
+            )
+            for i in range(30)
+        ),
+    )
     view = store.load()
     running = view.select(statuses={"running"})
-    assert sorted(r["prompt_id"] for r in running) == [f"s{i:04d}-{i:02d}"
-                                                      for i in range(30) if i % 3 == 1]
+    assert sorted(r["prompt_id"] for r in running) == [
+        f"s{i:04d}-{i:02d}" for i in range(30) if i % 3 == 1
+    ]
     on_gpu2 = view.select(statuses={"success", "error"}, server_urls={gpu2})
-    assert {r["prompt_id"] for r in on_gpu2} == {f"s{i:04d}-{i:02d}" for i in range(30)
-                                                 if i % 3 != 1 and i % 2}
+    assert {r["prompt_id"] for r in on_gpu2} == {
+        f"s{i:04d}-{i:02d}" for i in range(30) if i % 3 != 1 and i % 2
+    }
     assert len(view.select()) == 30 == len(view.values()) == len(view)
     assert view.select(statuses={"cancelled"}) == []
 
 
 def test_unsettled_is_unfinished_and_lost_until_its_server_was_asked(store: Store) -> None:
     asked = {"original": "cancelled on its server"}
-    put_all(store, rec("u-pend-01"), rec("u-subm-02", "submitting"), rec("u-done-03", "success"),
-            rec("u-lost-04", "lost"), rec("u-lost-05", "lost", superseded_by="u-pend-01"),
-            rec("u-lost-06", "lost", superseded_by="u-pend-01", recovered=asked),
-            rec("u-fail-07", "error"), rec("u-canc-08", "cancelled"))
-    assert {r["prompt_id"] for r in store.load().unsettled()} == \
-        {"u-pend-01", "u-subm-02", "u-lost-04", "u-lost-05"}
+    put_all(
+        store,
+        rec("u-pend-01"),
+        rec("u-subm-02", "submitting"),
+        rec("u-done-03", "success"),
+        rec("u-lost-04", "lost"),
+        rec("u-lost-05", "lost", superseded_by="u-pend-01"),
+        rec("u-lost-06", "lost", superseded_by="u-pend-01", recovered=asked),
+        rec("u-fail-07", "error"),
+        rec("u-canc-08", "cancelled"),
+    )
+    assert {r["prompt_id"] for r in store.load().unsettled()} == {
+        "u-pend-01",
+        "u-subm-02",
+        "u-lost-04",
+        "u-lost-05",
+    }
 
 
 def test_newest_first_pages_across_history(store: Store) -> None:
-    records = [rec(f"n{i:04d}-xx", "success" if i % 4 else "running",
-                   at=f"2026-01-{1 + i % 28:02d}T{i % 24:02d}:00:00.{i:03d}Z") for i in range(60)]
+    records = [
+        rec(
+            f"n{i:04d}-xx",
+            "success" if i % 4 else "running",
+            at=f"2026-01-{1 + i % 28:02d}T{i % 24:02d}:00:00.{i:03d}Z",
+        )
+        for i in range(60)
+    ]
     put_all(store, *records[:30])
     put_all(store, *records[30:])
-    expected = [r["prompt_id"] for r in sorted(records, key=lambda r: r["submitted_at"],
-                                               reverse=True)]
+    expected = [
+        r["prompt_id"] for r in sorted(records, key=lambda r: r["submitted_at"], reverse=True)
+    ]
     view = store.load()
     assert list(view.newest_first()) == expected
     page = [r["prompt_id"] for _, r in zip(range(7), store.load().newest(), strict=False)]
@@ -261,14 +307,22 @@ elif what == "lease":
 
 
 def run_children(spec: str, what: str, count: int = 8) -> list[str]:
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(SRC), spec, str(n), what],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for n in range(count)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(SRC), spec, str(n), what],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(count)
+    ]
     outs = []
     try:
         for proc in procs:
-            assert proc.stdout is not None and proc.stdout.readline() == "ready\n", \
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n", (
                 proc.stderr.read() if proc.stderr else ""
+            )
         for proc in procs:  # released together
             assert proc.stdin is not None
             proc.stdin.write("go\n")

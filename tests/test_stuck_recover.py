@@ -33,8 +33,9 @@ def findings(result) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_stall_at_52_25_is_reported_after_the_threshold_not_before(invoke, emulator, tmp_path,
-                                                                   ledger_path):
+def test_stall_at_52_25_is_reported_after_the_threshold_not_before(
+    invoke, emulator, tmp_path, ledger_path
+):
     emulator.faults.stall_at_percent = 52.25
     (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=400, seconds=0.001))
     # A watcher records progress into the ledger, then goes away.
@@ -52,8 +53,9 @@ def test_stall_at_52_25_is_reported_after_the_threshold_not_before(invoke, emula
     assert "52.25%" in finding["detail"] and finding["server_url"] == emulator.url
 
 
-def test_sample_decides_stalls_when_nobody_recorded_progress(invoke, emulator, tmp_path,
-                                                             ledger_path):
+def test_sample_decides_stalls_when_nobody_recorded_progress(
+    invoke, emulator, tmp_path, ledger_path
+):
     emulator.faults.stall_at_percent = 52.25
     (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=400, seconds=0.001))
     time.sleep(1.0)
@@ -64,12 +66,15 @@ def test_sample_decides_stalls_when_nobody_recorded_progress(invoke, emulator, t
     emulator.faults.stall_at_percent = None
 
 
-def test_killed_watcher_finished_unnoticed_then_recovered_once(emulator, tmp_path, ledger_path,
-                                                               invoke):
+def test_killed_watcher_finished_unnoticed_then_recovered_once(
+    emulator, tmp_path, ledger_path, invoke
+):
     (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=30, seconds=0.05))
-    watcher = subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid,
-                                "--poll-interval", "0.3"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "comfyctl", "watch", pid, "--poll-interval", "0.3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(0.8)
     os.kill(watcher.pid, signal.SIGKILL)
     watcher.wait()
@@ -84,14 +89,16 @@ def test_killed_watcher_finished_unnoticed_then_recovered_once(emulator, tmp_pat
     assert action["action"] == "record-success" and action["resolved"]
     record = Ledger(ledger_path).get(pid)
     assert record["status"] == "success" and record["recovered"]["how"] == "finished-unnoticed"
-    assert record["outputs"] and all(o["url"].startswith(emulator.url + "/view?")
-                                     for o in record["outputs"])
+    assert record["outputs"] and all(
+        o["url"].startswith(emulator.url + "/view?") for o in record["outputs"]
+    )
     again = invoke("recover", "--nl")
     assert again.exit_code == 0 and again.stdout == ""
 
 
-def test_restart_lost_resubmitted_exactly_once_by_concurrent_recovers(emulator, tmp_path,
-                                                                      ledger_path, invoke):
+def test_restart_lost_resubmitted_exactly_once_by_concurrent_recovers(
+    emulator, tmp_path, ledger_path, invoke
+):
     (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.05))
     time.sleep(0.3)
     emulator.restart()
@@ -99,9 +106,15 @@ def test_restart_lost_resubmitted_exactly_once_by_concurrent_recovers(emulator, 
     assert detected.exit_code == 6
     assert findings(detected)[0]["condition"] == "lost"
     assert findings(detected)[0]["detail"].endswith("it restarted")  # the evidence is named
-    procs = [subprocess.Popen([sys.executable, "-m", "comfyctl", "recover", "--resubmit",
-                               "--nl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "comfyctl", "recover", "--resubmit", "--nl"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     ledger = Ledger(ledger_path).load()
@@ -114,16 +127,20 @@ def test_restart_lost_resubmitted_exactly_once_by_concurrent_recovers(emulator, 
     assert old["status"] == "lost"
     # The server really got exactly one new job (the old one died with the restart).
     queue = requests.get(emulator.url + "/queue", timeout=5).json()
-    assert [item[1] for item in queue["queue_running"] + queue["queue_pending"]] == \
-        [child["prompt_id"]]
+    assert [item[1] for item in queue["queue_running"] + queue["queue_pending"]] == [
+        child["prompt_id"]
+    ]
     third = invoke("recover", "--resubmit", "--nl")
     assert third.exit_code == 0
-    assert len([r for r in Ledger(ledger_path).load().values()
-                if r.get("resubmitted_from") == pid]) == 1
+    assert (
+        len([r for r in Ledger(ledger_path).load().values() if r.get("resubmitted_from") == pid])
+        == 1
+    )
 
 
-def test_healthy_server_recovered_while_hanging_one_is_left_alone(emulator_factory, tmp_path,
-                                                                  ledger_path, invoke):
+def test_healthy_server_recovered_while_hanging_one_is_left_alone(
+    emulator_factory, tmp_path, ledger_path, invoke
+):
     a, b = emulator_factory(), emulator_factory()
     a_ids = submit(invoke, tmp_path, a.url, graph(steps=2, seconds=0.01), count=2)
     b_ids = submit(invoke, tmp_path, b.url, graph(steps=2, seconds=0.01), count=2)
@@ -145,8 +162,9 @@ def test_healthy_server_recovered_while_hanging_one_is_left_alone(emulator_facto
         assert Ledger(ledger_path).get(pid) == before_b[pid]
 
 
-def test_error_at_node_is_failed_unnoticed_with_the_servers_message(emulator, tmp_path,
-                                                                   ledger_path, invoke):
+def test_error_at_node_is_failed_unnoticed_with_the_servers_message(
+    emulator, tmp_path, ledger_path, invoke
+):
     emulator.faults.error_at_node = "2"
     (pid,) = submit(invoke, tmp_path, emulator.url)
     emulator.wait_idle(timeout=10)
@@ -197,15 +215,17 @@ def test_lost_job_fails_over_with_to(emulator_factory, tmp_path, ledger_path, in
     assert ledger[pid]["server_url"] == a.url  # the old binding never changes
 
 
-def test_interrupt_stalled_cancels_on_its_own_server(emulator_factory, tmp_path, ledger_path,
-                                                     invoke):
+def test_interrupt_stalled_cancels_on_its_own_server(
+    emulator_factory, tmp_path, ledger_path, invoke
+):
     a, b = emulator_factory(), emulator_factory()
     a.faults.stall_at_percent = 52.25
     (stalled,) = submit(invoke, tmp_path, a.url, graph(steps=400, seconds=0.001))
     (busy,) = submit(invoke, tmp_path, b.url, graph(steps=200, seconds=0.05))
     time.sleep(1.0)
-    result = invoke("recover", "--sample", "1", "--stall-after", "1000",
-                    "--interrupt-stalled", "--nl")
+    result = invoke(
+        "recover", "--sample", "1", "--stall-after", "1000", "--interrupt-stalled", "--nl"
+    )
     actions = {a["prompt_id"]: a for a in findings(result)}
     assert actions[stalled]["action"] == "interrupt" and actions[stalled]["resolved"]
     assert busy not in actions
@@ -229,8 +249,7 @@ def test_queued_too_long_only_with_max_queue_age(emulator, tmp_path, invoke):
     assert "position 1" in finding["detail"]
 
 
-def test_a_job_watch_marked_lost_is_resubmitted_by_recover(emulator, tmp_path, ledger_path,
-                                                           invoke):
+def test_a_job_watch_marked_lost_is_resubmitted_by_recover(emulator, tmp_path, ledger_path, invoke):
     (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=100, seconds=0.05))
     threading.Timer(0.6, emulator.restart).start()
     assert invoke("watch", pid, "--poll-interval", "0.3", "--timeout", "20").exit_code == 1
@@ -245,19 +264,23 @@ def test_a_job_watch_marked_lost_is_resubmitted_by_recover(emulator, tmp_path, l
     assert invoke("detect-stuck", "--nl").stdout.count('"lost"') == 0
 
 
-def test_a_progressing_job_whose_watcher_died_is_not_called_stalled(emulator, tmp_path,
-                                                                    ledger_path, invoke):
+def test_a_progressing_job_whose_watcher_died_is_not_called_stalled(
+    emulator, tmp_path, ledger_path, invoke
+):
     (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.05))
     watched = invoke("watch", pid, "--timeout", "1", "--poll-interval", "0.3")
     assert watched.exit_code == 5 and Ledger(ledger_path).get(pid)["progress"]
     time.sleep(2.5)  # the recorded progress is now older than the threshold
     result = invoke("detect-stuck", "--stall-after", "2", "--confirm", "1.5", "--nl")
     assert result.exit_code == 0, result.stdout  # its listen heard it move
-    assert Ledger(ledger_path).get(pid)["probe"]["since"] > \
-        Ledger(ledger_path).get(pid)["progress"]["updated_at"]  # and recorded that
+    assert (
+        Ledger(ledger_path).get(pid)["probe"]["since"]
+        > Ledger(ledger_path).get(pid)["progress"]["updated_at"]
+    )  # and recorded that
     time.sleep(2.5)
-    trusting = invoke("detect-stuck", "--stall-after", "2", "--listen", "0", "--confirm", "0",
-                      "--nl")
+    trusting = invoke(
+        "detect-stuck", "--stall-after", "2", "--listen", "0", "--confirm", "0", "--nl"
+    )
     assert trusting.exit_code == 6  # without listening, the last recorded movement decides
 
 
@@ -270,8 +293,9 @@ def test_a_job_nobody_recorded_is_not_stalled_from_its_age_alone(emulator, tmp_p
 
 
 @pytest.mark.parametrize("jobs_api", [False, True], ids=["classic", "jobs-api"])
-def test_an_interrupt_by_someone_else_is_recorded_as_interrupted(emulator_factory, tmp_path,
-                                                                 ledger_path, invoke, jobs_api):
+def test_an_interrupt_by_someone_else_is_recorded_as_interrupted(
+    emulator_factory, tmp_path, ledger_path, invoke, jobs_api
+):
     """Both API generations give the same status for a run interrupted on the server."""
     emu = emulator_factory(jobs_api=jobs_api)
     (pid,) = submit(invoke, tmp_path, emu.url, graph(steps=200, seconds=0.05))

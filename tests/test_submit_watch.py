@@ -50,13 +50,29 @@ def test_submit_prints_only_the_id_and_binds_the_job(invoke, emulator, workflow,
 
 
 @pytest.mark.parametrize("jobs_api", [False, True], ids=["classic", "jobs-api"])
-def test_ten_jobs_over_two_servers(invoke, emulator_factory, workflow, ledger_path, tmp_path,
-                                   jobs_api):
+def test_ten_jobs_over_two_servers(
+    invoke, emulator_factory, workflow, ledger_path, tmp_path, jobs_api
+):
     a, b = emulator_factory(jobs_api=jobs_api), emulator_factory(jobs_api=jobs_api)
     out = tmp_path / "out"
-    result = invoke("submit", workflow(quick_graph(steps=3, seconds=0.02)), "-s", a.url,
-                    "-s", b.url, "--count", "10", "--vary-seed", "--wait", "--download", str(out),
-                    "--poll-interval", "0.5", "--timeout", "60")
+    result = invoke(
+        "submit",
+        workflow(quick_graph(steps=3, seconds=0.02)),
+        "-s",
+        a.url,
+        "-s",
+        b.url,
+        "--count",
+        "10",
+        "--vary-seed",
+        "--wait",
+        "--download",
+        str(out),
+        "--poll-interval",
+        "0.5",
+        "--timeout",
+        "60",
+    )
     assert result.exit_code == 0, result.stderr
     ids = [line.split("\t")[0] for line in result.stdout.splitlines()]
     submitted = ids[:10]
@@ -80,8 +96,7 @@ def test_ten_jobs_over_two_servers(invoke, emulator_factory, workflow, ledger_pa
     assert len(names) > len(set(names))
 
 
-def test_rejected_workflow_is_recorded_with_node_errors(invoke, emulator, workflow,
-                                                         ledger_path):
+def test_rejected_workflow_is_recorded_with_node_errors(invoke, emulator, workflow, ledger_path):
     graph = quick_graph()
     del graph["2"]["inputs"]["steps"]
     result = invoke("submit", workflow(graph), "-s", emulator.url)
@@ -94,8 +109,17 @@ def test_rejected_workflow_is_recorded_with_node_errors(invoke, emulator, workfl
 
 
 def test_failed_job_exits_1_with_the_servers_message(invoke, emulator, workflow, ledger_path):
-    result = invoke("submit", workflow(failing_graph()), "-s", emulator.url, "--wait",
-                    "--poll-interval", "0.5", "--timeout", "30")
+    result = invoke(
+        "submit",
+        workflow(failing_graph()),
+        "-s",
+        emulator.url,
+        "--wait",
+        "--poll-interval",
+        "0.5",
+        "--timeout",
+        "30",
+    )
     assert result.exit_code == 1
     (record,) = records(ledger_path).values()
     assert record["status"] == "error"
@@ -110,8 +134,7 @@ def test_watch_unknown_id_exits_4(invoke):
 
 
 def test_watch_timeout_exits_5_naming_running_jobs(invoke, emulator, workflow):
-    submitted = invoke("submit", workflow(quick_graph(steps=200, seconds=0.1)), "-s",
-                       emulator.url)
+    submitted = invoke("submit", workflow(quick_graph(steps=200, seconds=0.1)), "-s", emulator.url)
     pid = submitted.stdout.strip()
     result = invoke("watch", pid, "--timeout", "1", "--poll-interval", "0.3")
     assert result.exit_code == 5
@@ -119,8 +142,9 @@ def test_watch_timeout_exits_5_naming_running_jobs(invoke, emulator, workflow):
 
 
 def test_job_finished_before_watch_is_reported_at_once(invoke, emulator, workflow, ledger_path):
-    pid = invoke("submit", workflow(quick_graph(steps=2, seconds=0.01)), "-s",
-                 emulator.url).stdout.strip()
+    pid = invoke(
+        "submit", workflow(quick_graph(steps=2, seconds=0.01)), "-s", emulator.url
+    ).stdout.strip()
     emulator.wait_idle(timeout=10)
     started = time.monotonic()
     result = invoke("watch", pid, "--json", "--poll-interval", "5")
@@ -133,18 +157,29 @@ def test_job_finished_before_watch_is_reported_at_once(invoke, emulator, workflo
 
 def test_stall_is_reported_and_fail_on_stall_exits_6(invoke, emulator, workflow):
     emulator.faults.stall_at_percent = 52.25
-    pid = invoke("submit", workflow(quick_graph(steps=400, seconds=0.001)), "-s",
-                 emulator.url).stdout.strip()
-    result = invoke("watch", pid, "--stall-timeout", "1", "--fail-on-stall",
-                    "--poll-interval", "0.3", "--timeout", "30")
+    pid = invoke(
+        "submit", workflow(quick_graph(steps=400, seconds=0.001)), "-s", emulator.url
+    ).stdout.strip()
+    result = invoke(
+        "watch",
+        pid,
+        "--stall-timeout",
+        "1",
+        "--fail-on-stall",
+        "--poll-interval",
+        "0.3",
+        "--timeout",
+        "30",
+    )
     assert result.exit_code == 6
     assert "52.25%" in result.stdout
     assert pid in result.stderr
 
 
 def test_restart_mid_run_marks_the_job_lost(invoke, emulator, workflow, ledger_path):
-    pid = invoke("submit", workflow(quick_graph(steps=100, seconds=0.05)), "-s",
-                 emulator.url).stdout.strip()
+    pid = invoke(
+        "submit", workflow(quick_graph(steps=100, seconds=0.05)), "-s", emulator.url
+    ).stdout.strip()
     threading.Timer(0.8, emulator.restart).start()
     result = invoke("watch", pid, "--poll-interval", "0.3", "--timeout", "30")
     assert result.exit_code == 1
@@ -153,16 +188,28 @@ def test_restart_mid_run_marks_the_job_lost(invoke, emulator, workflow, ledger_p
     assert "restarted" in record["error"]["message"]
 
 
-def test_hostile_output_names_never_escape_the_download_dir(invoke, emulator, workflow,
-                                                            tmp_path):
+def test_hostile_output_names_never_escape_the_download_dir(invoke, emulator, workflow, tmp_path):
     out = tmp_path / "dl" / "out"
-    for name, subfolder in (("../../evil.png", ""), ("/tmp/abs-evil.png", "../../.."),
-                            ("a\\..\\..\\b.png", "..\\..")):
+    for name, subfolder in (
+        ("../../evil.png", ""),
+        ("/tmp/abs-evil.png", "../../.."),
+        ("a\\..\\..\\b.png", "..\\.."),
+    ):
         emulator.faults.output_filename = name
         emulator.faults.output_subfolder = subfolder
-        result = invoke("submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s",
-                        emulator.url, "--wait", "--download", str(out), "--poll-interval",
-                        "0.3", "--timeout", "30")
+        result = invoke(
+            "submit",
+            workflow(quick_graph(steps=1, seconds=0.01)),
+            "-s",
+            emulator.url,
+            "--wait",
+            "--download",
+            str(out),
+            "--poll-interval",
+            "0.3",
+            "--timeout",
+            "30",
+        )
         # A real ComfyUI /view refuses such names, so the download is reported as failed.
         assert result.exit_code == 1, result.stderr
         assert "download" in result.stderr and "failed" in result.stderr
@@ -183,9 +230,17 @@ def test_download_keeps_hostile_names_inside_the_dir(tmp_path):
     responses.get(url + "/view", body=b"\x89PNG-bytes")
     names = ["../../evil.png", "/etc/passwd", "a\\..\\..\\b.png", "nul\x00byte.png", ".."]
     subfolders = ["", "../../..", "..\\..", "/abs", "x/../.."]
-    outputs = flatten_outputs(url, {"9": {"images": [
-        {"filename": name, "subfolder": sub, "type": "output"}
-        for name, sub in zip(names, subfolders, strict=True)]}})
+    outputs = flatten_outputs(
+        url,
+        {
+            "9": {
+                "images": [
+                    {"filename": name, "subfolder": sub, "type": "output"}
+                    for name, sub in zip(names, subfolders, strict=True)
+                ]
+            }
+        },
+    )
     record = {"server": "../gpu:1", "outputs": outputs}
     root = tmp_path / "dl"
     results = download_outputs(ServerClient(ServerSpec("x", url)), record, root)
@@ -198,8 +253,10 @@ def test_download_keeps_hostile_names_inside_the_dir(tmp_path):
 
 def test_submit_pipe_watch_as_real_processes(emulator, workflow, ledger_path):
     wf = workflow(quick_graph(steps=3, seconds=0.02))
-    cmd = (f"{sys.executable} -m comfyctl submit {wf} -s {emulator.url} --count 2 | "
-           f"{sys.executable} -m comfyctl watch - --json --poll-interval 0.5 --timeout 60")
+    cmd = (
+        f"{sys.executable} -m comfyctl submit {wf} -s {emulator.url} --count 2 | "
+        f"{sys.executable} -m comfyctl watch - --json --poll-interval 0.5 --timeout 60"
+    )
     proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr
     finals = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -213,10 +270,26 @@ def test_two_watchers_on_one_server_each_see_their_own_progress(invoke, emulator
     wf = workflow(quick_graph(steps=40, seconds=0.1))
     first = invoke("submit", wf, "-s", emulator.url).stdout.strip()
     second = invoke("submit", wf, "-s", emulator.url).stdout.strip()
-    procs = [subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid, "--json",
-                               "--poll-interval", "5", "--timeout", "60"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for pid in (first, second)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "comfyctl",
+                "watch",
+                pid,
+                "--json",
+                "--poll-interval",
+                "5",
+                "--timeout",
+                "60",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pid in (first, second)
+    ]
     for pid, proc in zip((first, second), procs, strict=True):
         stdout, stderr = proc.communicate(timeout=90)
         assert proc.returncode == 0, stderr
@@ -229,11 +302,26 @@ def test_two_watchers_on_one_server_each_see_their_own_progress(invoke, emulator
 def test_ctrl_c_exits_130_naming_what_still_runs_where(emulator, workflow, ledger_path):
     from comfyctl.lease import leases_for, listen_lease, live_holder
 
-    pid = subprocess.run([sys.executable, "-m", "comfyctl", "submit",
-                          workflow(quick_graph(steps=200, seconds=0.05)), "-s", emulator.url],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    proc = subprocess.Popen([sys.executable, "-m", "comfyctl", "watch", pid],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "comfyctl",
+            "submit",
+            workflow(quick_graph(steps=200, seconds=0.05)),
+            "-s",
+            emulator.url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfyctl", "watch", pid],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     leases, deadline = leases_for(Ledger(ledger_path)), time.monotonic() + 20
     while live_holder(leases, listen_lease(pid)) is None:  # it is following the job now
         assert time.monotonic() < deadline and proc.poll() is None
@@ -245,11 +333,13 @@ def test_ctrl_c_exits_130_naming_what_still_runs_where(emulator, workflow, ledge
     assert "Traceback" not in stderr
 
 
-def test_unreachable_servers_are_skipped_and_none_reachable_exits_3(invoke, emulator, workflow,
-                                                                   ledger_path):
+def test_unreachable_servers_are_skipped_and_none_reachable_exits_3(
+    invoke, emulator, workflow, ledger_path
+):
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
-    result = invoke("submit", workflow(), "-s", dead, "-s", emulator.url, "--count", "3",
-                    "--vary-seed", "--nl")
+    result = invoke(
+        "submit", workflow(), "-s", dead, "-s", emulator.url, "--count", "3", "--vary-seed", "--nl"
+    )
     assert result.exit_code == 0, result.stderr
     jobs = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(jobs) == 3 and {j["server_url"] for j in jobs} == {emulator.url}
@@ -259,10 +349,17 @@ def test_unreachable_servers_are_skipped_and_none_reachable_exits_3(invoke, emul
     assert set(records(ledger_path)) == {j["prompt_id"] for j in jobs}  # no ghost records
 
 
-def test_set_overrides_an_input_and_rejects_unknown_ones(invoke, emulator, workflow,
-                                                         ledger_path):
-    result = invoke("submit", workflow(), "-s", emulator.url, "--set", "2.steps=3",
-                    "--set", "3.filename_prefix=custom")
+def test_set_overrides_an_input_and_rejects_unknown_ones(invoke, emulator, workflow, ledger_path):
+    result = invoke(
+        "submit",
+        workflow(),
+        "-s",
+        emulator.url,
+        "--set",
+        "2.steps=3",
+        "--set",
+        "3.filename_prefix=custom",
+    )
     assert result.exit_code == 0, result.stderr
     record = records(ledger_path)[result.stdout.strip()]
     stored = Ledger(ledger_path).load_workflow(record["workflow"])
@@ -281,13 +378,19 @@ def test_demo_runs_end_to_end_as_a_real_process(run_comfyctl):
 
 
 def test_wait_without_json_prints_plain_lines(invoke, emulator, workflow):
-    result = invoke("submit", workflow(quick_graph(steps=2, seconds=0.01)), "-s", emulator.url,
-                    "--wait", "--poll-interval", "0.3")
+    result = invoke(
+        "submit",
+        workflow(quick_graph(steps=2, seconds=0.01)),
+        "-s",
+        emulator.url,
+        "--wait",
+        "--poll-interval",
+        "0.3",
+    )
     assert result.exit_code == 0, result.stderr
     pid, *states = result.stdout.splitlines()
     assert not any(line.startswith("{") for line in result.stdout.splitlines())
-    assert states and states[-1].split("\t")[:3] == [pid, emulator.url.split("://")[1],
-                                                     "success"]
+    assert states and states[-1].split("\t")[:3] == [pid, emulator.url.split("://")[1], "success"]
 
 
 def test_stall_timeout_without_websocket_is_a_usage_error(invoke, emulator, workflow):
@@ -296,16 +399,17 @@ def test_stall_timeout_without_websocket_is_a_usage_error(invoke, emulator, work
     assert result.exit_code == 2 and "WebSocket" in result.stderr
 
 
-def test_short_ids_and_submit_json_lines_work_everywhere(invoke, emulator, workflow,
-                                                         ledger_path):
-    submitted = invoke("submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s",
-                       emulator.url, "--nl")
+def test_short_ids_and_submit_json_lines_work_everywhere(invoke, emulator, workflow, ledger_path):
+    submitted = invoke(
+        "submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s", emulator.url, "--nl"
+    )
     pid = json.loads(submitted.stdout)["prompt_id"]
     emulator.wait_idle(timeout=10)
     piped = invoke("watch", "-", "--json", input=submitted.stdout)  # submit --nl | watch -
     assert piped.exit_code == 0, piped.stderr
-    document = invoke("submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s",
-                      emulator.url, "--json")
+    document = invoke(
+        "submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s", emulator.url, "--json"
+    )
     doc_pid = json.loads(document.stdout)["jobs"][0]["prompt_id"]
     emulator.wait_idle(timeout=10)
     piped = invoke("watch", "-", "--json", input=document.stdout)  # submit --json | watch -
@@ -320,8 +424,16 @@ def test_short_ids_and_submit_json_lines_work_everywhere(invoke, emulator, workf
 
 
 def test_verbose_says_what_happens_on_stderr(emulator, workflow, run_comfyctl):
-    proc = run_comfyctl("-v", "submit", workflow(quick_graph(steps=1, seconds=0.01)), "-s",
-                        emulator.url, "--wait", "--poll-interval", "0.3")
+    proc = run_comfyctl(
+        "-v",
+        "submit",
+        workflow(quick_graph(steps=1, seconds=0.01)),
+        "-s",
+        emulator.url,
+        "--wait",
+        "--poll-interval",
+        "0.3",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "sending" in proc.stderr and "following 1 job(s)" in proc.stderr
     assert "comfyctl:" not in proc.stdout  # logging never goes to stdout

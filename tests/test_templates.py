@@ -89,8 +89,7 @@ def test_template_converts_or_names_what_is_missing(server, name) -> None:
     for node in converted.prompt.values():
         assert node["class_type"] in info
     provide_files(emu, converted.prompt)
-    response = requests.post(emu.url + "/prompt", json={"prompt": converted.prompt},
-                             timeout=10)
+    response = requests.post(emu.url + "/prompt", json={"prompt": converted.prompt}, timeout=10)
     if response.status_code == 400:
         # A template newer than the server may pick an option (a CLIPLoader type) that
         # ComfyUI 0.3.64 does not list: refused as value_not_in_list on a fixed list, the
@@ -123,7 +122,8 @@ def stand_ins(workflow: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
                 "input": {"required": {i["name"]: [i.get("type", "*")] for i in linked}},
                 "input_order": {"required": [i["name"] for i in linked]},
                 "output": [o.get("type", "*") for o in node.get("outputs") or []],
-                "display_name": kind}
+                "display_name": kind,
+            }
     return specs
 
 

@@ -27,26 +27,33 @@ def listeners() -> set[str]:
 
 
 def test_listeners_follow_the_head_of_the_queue_and_hear_every_job(
-        emulator: Emulator, invoke, tmp_path: Path, ledger_path: Path) -> None:
+    emulator: Emulator, invoke, tmp_path: Path, ledger_path: Path
+) -> None:
     jobs = LISTEN_AHEAD + 3
     workflow = tmp_path / "wf.json"
     workflow.write_text(json.dumps(slow_graph(steps=3, seconds=0.1)))
     emulator.faults.stall_at_percent = 0  # the first job holds at its first step
-    result = invoke("submit", str(workflow), "-s", emulator.url, "--count", str(jobs),
-                    "--vary-seed")
+    result = invoke(
+        "submit", str(workflow), "-s", emulator.url, "--count", str(jobs), "--vary-seed"
+    )
     ids = result.stdout.split()
     assert len(ids) == jobs
     app = AppContext(ledger_path=ledger_path)
     records = [app.ledger.get(pid) for pid in ids]
     events: list[TrackerEvent] = []
-    tracker = Tracker(app.ledger, [r for r in records if r is not None],
-                      app.client_for_record, WatchOptions(poll_interval=0.2), events.append)
+    tracker = Tracker(
+        app.ledger,
+        [r for r in records if r is not None],
+        app.client_for_record,
+        WatchOptions(poll_interval=0.2),
+        events.append,
+    )
     before = listeners()
     thread = threading.Thread(target=tracker.run, daemon=True)
     thread.start()
     # The first job runs (held at its first step) and the next LISTEN_AHEAD are listened
     # to while they wait; the rest are not (all of them would be there from the start).
-    head = set(ids[:LISTEN_AHEAD + 1])
+    head = set(ids[: LISTEN_AHEAD + 1])
     wait_until(lambda: listeners() - before >= head)
     assert tracker.records[ids[0]]["status"] == "running"
     assert listeners() - before == head
@@ -54,7 +61,6 @@ def test_listeners_follow_the_head_of_the_queue_and_hear_every_job(
     emulator.faults.stall_at_percent = None
     thread.join(60)
     assert not thread.is_alive()
-    assert {pid: r["status"] for pid, r in tracker.records.items()} == dict.fromkeys(
-        ids, "success")
+    assert {pid: r["status"] for pid, r in tracker.records.items()} == dict.fromkeys(ids, "success")
     heard = {e.record["prompt_id"] for e in events if e.kind == "progress" and e.record}
     assert heard == set(ids)  # listened to in time: progress comes over the socket only

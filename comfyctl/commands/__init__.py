@@ -40,8 +40,12 @@ INDEX = Path(__file__).with_name("index.json")
 def index_entry(command: click.Command) -> dict[str, Any]:
     """What listing a command needs, as ``index.json`` keeps it (Click reads only the
     first paragraph of the help for a command list)."""
-    return {"help": (command.help or "").partition("\n\n")[0], "short_help": command.short_help,
-            "hidden": command.hidden, "deprecated": command.deprecated}
+    return {
+        "help": (command.help or "").partition("\n\n")[0],
+        "short_help": command.short_help,
+        "hidden": command.hidden,
+        "deprecated": command.deprecated,
+    }
 
 
 class LazyGroup(click.Group):
@@ -73,13 +77,15 @@ class LazyGroup(click.Group):
         with self._from_index():
             return super().shell_complete(ctx, incomplete)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]
-                        ) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         try:
             return super().resolve_command(ctx, args)
         except click.NoSuchCommand as exc:  # Click suggests only from the commands loaded
-            raise click.NoSuchCommand(exc.command_name, possibilities=self.list_commands(ctx),
-                                      ctx=ctx) from None
+            raise click.NoSuchCommand(
+                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
 
     @contextmanager
     def _from_index(self) -> Iterator[None]:
@@ -100,6 +106,10 @@ class LazyGroup(click.Group):
         entry = self._index.get(name)
         if not isinstance(entry, dict):
             return None
-        return click.Command(name, help=entry.get("help"), short_help=entry.get("short_help"),
-                             hidden=bool(entry.get("hidden")),
-                             deprecated=entry.get("deprecated") or False)
+        return click.Command(
+            name,
+            help=entry.get("help"),
+            short_help=entry.get("short_help"),
+            hidden=bool(entry.get("hidden")),
+            deprecated=entry.get("deprecated") or False,
+        )

@@ -13,20 +13,35 @@ from comfyctl.ledger import Ledger
 from comfyctl.options import output_format
 
 DEMO_WORKFLOW: dict[str, dict[str, Any]] = {
-    "1": {"class_type": "EmptyImage",
-          "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 3355443}},
-    "2": {"class_type": "SlowProgress",
-          "inputs": {"image": ["1", 0], "steps": 20, "seconds_per_step": 0.1, "seed": 0}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 3355443},
+    },
+    "2": {
+        "class_type": "SlowProgress",
+        "inputs": {"image": ["1", 0], "steps": 20, "seconds_per_step": 0.1, "seed": 0},
+    },
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "demo"}},
 }
 
 
 @click.command("demo")
-@click.option("--jobs", type=click.IntRange(1, 50), default=6, show_default=True, metavar="N",
-              help="How many jobs to spread over the two emulated servers.")
-@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True,
-              metavar="N",
-              help="Sampling steps per job (0.1 s each on the emulator).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 50),
+    default=6,
+    show_default=True,
+    metavar="N",
+    help="How many jobs to spread over the two emulated servers.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    metavar="N",
+    help="Sampling steps per job (0.1 s each on the emulator).",
+)
 @output_format("json", "nl")
 @click.pass_obj
 def command(app: AppContext, jobs: int, steps: int, fmt: str) -> None:
@@ -45,8 +60,10 @@ def command(app: AppContext, jobs: int, steps: int, fmt: str) -> None:
     try:
         from comfyctl.emulator import Emulator
     except ImportError:
-        raise UsageProblem("The demo needs the emulator extra.",
-                           "Install it with: pip install 'comfyctl[emulator]'.") from None
+        raise UsageProblem(
+            "The demo needs the emulator extra.",
+            "Install it with: pip install 'comfyctl[emulator]'.",
+        ) from None
     from comfyctl.commands.history import print_records
     from comfyctl.config import ServerSpec
     from comfyctl.submission import Submitter
@@ -60,31 +77,48 @@ def command(app: AppContext, jobs: int, steps: int, fmt: str) -> None:
             app._ledger = Ledger(Path(tmp) / "ledger.json")
         emulators = [Emulator(output_dir=str(Path(tmp) / f"out{i}")).start() for i in (1, 2)]
         try:
-            specs = [ServerSpec(name=f"emulator-{i}", url=emu.url, configured=False)
-                     for i, emu in enumerate(emulators, 1)]
+            specs = [
+                ServerSpec(name=f"emulator-{i}", url=emu.url, configured=False)
+                for i, emu in enumerate(emulators, 1)
+            ]
             for spec in specs:
                 click.echo(f"comfyctl: started {spec.name} at {spec.url}", err=True)
             submitter = Submitter(app.ledger, app.client)
-            graph = {**DEMO_WORKFLOW, "2": {**DEMO_WORKFLOW["2"], "inputs": {
-                **DEMO_WORKFLOW["2"]["inputs"], "steps": steps}}}
+            graph = {
+                **DEMO_WORKFLOW,
+                "2": {
+                    **DEMO_WORKFLOW["2"],
+                    "inputs": {**DEMO_WORKFLOW["2"]["inputs"], "steps": steps},
+                },
+            }
             records = []
             for n in range(jobs):
                 spec = specs[n % 2]
-                job = {**graph, "2": {**graph["2"], "inputs": {**graph["2"]["inputs"],
-                                                                  "seed": n}}}
+                job = {**graph, "2": {**graph["2"], "inputs": {**graph["2"]["inputs"], "seed": n}}}
                 records.append(submitter.submit(job, spec, {"demo": str(n)}).record)
-                click.echo(f"comfyctl: submitted {records[-1]['prompt_id']} to {spec.name}",
-                           err=True)
-            follow(app, records, FollowOptions(timeout=300, stall_timeout=None,
-                                               fail_on_stall=False, poll_interval=1.0,
-                                               download_dir=None, overwrite=False,
-                                               no_websocket=False,
-                                               fmt="text" if fmt == "table" else "stderr"))
+                click.echo(
+                    f"comfyctl: submitted {records[-1]['prompt_id']} to {spec.name}", err=True
+                )
+            follow(
+                app,
+                records,
+                FollowOptions(
+                    timeout=300,
+                    stall_timeout=None,
+                    fail_on_stall=False,
+                    poll_interval=1.0,
+                    download_dir=None,
+                    overwrite=False,
+                    no_websocket=False,
+                    fmt="text" if fmt == "table" else "stderr",
+                ),
+            )
             ids = {r["prompt_id"] for r in records}
             final = [r for r in app.ledger.load().values() if r["prompt_id"] in ids]
             click.echo("", err=True)
-            print_records(app, sorted(final, key=lambda r: r["submitted_at"], reverse=True),
-                          fmt, single=False)
+            print_records(
+                app, sorted(final, key=lambda r: r["submitted_at"], reverse=True), fmt, single=False
+            )
         finally:
             for emu in emulators:
                 emu.stop()

@@ -45,14 +45,28 @@ class FollowOptions:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], fmt: str) -> FollowOptions:
-        names = ("timeout", "stall_timeout", "fail_on_stall", "poll_interval",
-                 "download_dir", "overwrite", "no_websocket", "exec_command", "exec_timeout",
-                 "webhooks")
+        names = (
+            "timeout",
+            "stall_timeout",
+            "fail_on_stall",
+            "poll_interval",
+            "download_dir",
+            "overwrite",
+            "no_websocket",
+            "exec_command",
+            "exec_timeout",
+            "webhooks",
+        )
         return cls(**{n: params[n] for n in names}, fmt=fmt)
 
 
-def make_notifier(app: AppContext, exec_command: str | None, exec_timeout: float,
-                  webhooks: tuple[str, ...], report: Callable[[str], None]) -> Notifier:
+def make_notifier(
+    app: AppContext,
+    exec_command: str | None,
+    exec_timeout: float,
+    webhooks: tuple[str, ...],
+    report: Callable[[str], None],
+) -> Notifier:
     """The hooks of one run: --exec, --webhook URLs (signed with COMFYCTL_WEBHOOK_SECRET or
     the config's webhook_secret) and the webhooks the config names."""
     from comfyctl.hooks import HookOptions, Notifier, Webhook
@@ -61,9 +75,12 @@ def make_notifier(app: AppContext, exec_command: str | None, exec_timeout: float
     for url in webhooks:
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
             raise UsageProblem(f"--webhook needs an http(s) URL, not {url[:40]!r}.")
-    options = HookOptions(exec_command=exec_command, exec_timeout=exec_timeout,
-                          webhook_retry_for=exec_timeout,
-                          webhooks=[Webhook(url, secret) for url in webhooks])
+    options = HookOptions(
+        exec_command=exec_command,
+        exec_timeout=exec_timeout,
+        webhook_retry_for=exec_timeout,
+        webhooks=[Webhook(url, secret) for url in webhooks],
+    )
     return Notifier(app.ledger, options, app.webhooks_for, report)
 
 
@@ -78,8 +95,10 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     from comfyctl.tracker import Tracker, TrackerEvent, WatchOptions
 
     if opts.no_websocket and opts.stall_timeout:
-        raise UsageProblem("--stall-timeout needs progress, which only the WebSocket gives.",
-                           "Drop --no-websocket, or use 'comfyctl detect-stuck' later.")
+        raise UsageProblem(
+            "--stall-timeout needs progress, which only the WebSocket gives.",
+            "Drop --no-websocket, or use 'comfyctl detect-stuck' later.",
+        )
     settle_submitting(app.ledger, app.client_for_record, records)
     # Plain lines only when stderr is no terminal or one without cursor movement.
     live = LiveArea(sys.stderr, app.color) if live_area_wanted(sys.stderr) else None
@@ -105,8 +124,7 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         record = event.record
         if event.kind == "queued":  # for the live area only: not a state change
             if live is not None and record is not None:
-                live.queue_position(record, None if event.position is None
-                                    else event.position + 1)
+                live.queue_position(record, None if event.position is None else event.position + 1)
             return
         if opts.fmt == "json":
             emit(event_json(event.kind, record, event.server, event.detail))
@@ -121,16 +139,23 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
             tell(f"server {event.server} is {event.detail}")
         if event.kind == "server" and live is not None and event.server is not None:
             detail = event.detail or ""
-            live.server_state(event.server, not detail.startswith("unreachable"),
-                              detail.removeprefix("unreachable (").removesuffix(")"))
+            live.server_state(
+                event.server,
+                not detail.startswith("unreachable"),
+                detail.removeprefix("unreachable (").removesuffix(")"),
+            )
         if record is not None and live is not None:
             live.update(record, force=event.kind == "state")
         if event.kind == "stalled" and record is not None:
             stalled.append(record)
             if opts.fail_on_stall:
                 raise _StallExit
-        if event.kind == "state" and record is not None and record["status"] == SUCCESS \
-                and opts.download_dir:
+        if (
+            event.kind == "state"
+            and record is not None
+            and record["status"] == SUCCESS
+            and opts.download_dir
+        ):
             failed = download_all(app, [record], Path(opts.download_dir), opts.overwrite, tell)
             if failed is not None:
                 failed_downloads.append(failed)
@@ -144,42 +169,58 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         for record in records:
             live.update(record)  # pending jobs show from the start, not at their first event
     tracker = Tracker(
-        app.ledger, [r for r in records if r["status"] not in TERMINAL], app.client_for_record,
-        WatchOptions(poll_interval=opts.poll_interval, timeout=opts.timeout,
-                     stall_timeout=opts.stall_timeout, use_websocket=not opts.no_websocket),
-        on_event, notifier.finished,
+        app.ledger,
+        [r for r in records if r["status"] not in TERMINAL],
+        app.client_for_record,
+        WatchOptions(
+            poll_interval=opts.poll_interval,
+            timeout=opts.timeout,
+            stall_timeout=opts.stall_timeout,
+            use_websocket=not opts.no_websocket,
+        ),
+        on_event,
+        notifier.finished,
     )
     try:
         tracker.run()
     except TimeoutError:
         raise WaitTimeout(f"Timed out; {_unfinished(tracker.active())}.") from None
     except _StallExit:
-        raise ProblemsFound(f"Stalled: {_where(stalled)}.",
-                            "Inspect with 'comfyctl history ID' or cancel it.") from None
+        raise ProblemsFound(
+            f"Stalled: {_where(stalled)}.", "Inspect with 'comfyctl history ID' or cancel it."
+        ) from None
     except KeyboardInterrupt:
         # Ctrl-C does not wait out the hooks: a running --exec command goes on in its own
         # session, an unfinished webhook delivery is dropped after a moment.
         notifier.close(timeout=2.0)
-        raise Interrupted(f"Interrupted; {_unfinished(tracker.active())}.",
-                          "Resume with 'comfyctl watch'.") from None
+        raise Interrupted(
+            f"Interrupted; {_unfinished(tracker.active())}.", "Resume with 'comfyctl watch'."
+        ) from None
     finally:
         notifier.close()  # the hooks of jobs that ended still run to their own end
         if live is not None:
             live.close()
     failed = [r for r in records if r["status"] in FAILED]
     if failed:
-        raise TaskFailed(f"{len(failed)} of {len(records)} job(s) did not succeed: "
-                         f"{_where(failed, with_status=True)}.")
+        raise TaskFailed(
+            f"{len(failed)} of {len(records)} job(s) did not succeed: "
+            f"{_where(failed, with_status=True)}."
+        )
     if failed_downloads:
-        raise failed_downloads[0] if len(failed_downloads) == 1 else TaskFailed(
-            f"Downloads failed for {len(failed_downloads)} job(s); see above.")
+        raise (
+            failed_downloads[0]
+            if len(failed_downloads) == 1
+            else TaskFailed(f"Downloads failed for {len(failed_downloads)} job(s); see above.")
+        )
 
 
 def _where(records: list[Record], with_status: bool = False) -> str:
     if not records:
         return "none"
-    parts = [f"{r['prompt_id']} on {r['server']}" + (f" ({r['status']})" if with_status else "")
-             for r in records[:10]]
+    parts = [
+        f"{r['prompt_id']} on {r['server']}" + (f" ({r['status']})" if with_status else "")
+        for r in records[:10]
+    ]
     more = f" and {len(records) - 10} more" if len(records) > 10 else ""
     return ", ".join(parts) + more
 

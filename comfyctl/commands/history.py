@@ -51,36 +51,75 @@ def parse_since(text: str) -> datetime:
         return datetime.now(timezone.utc) - parse_duration(text)
     moment = parse_time(text)
     if moment is None:
-        raise UsageProblem(f"--since {text!r} is neither a duration nor a date.",
-                           "Use e.g. 2h, 7d or 2026-11-30T12:00.")
+        raise UsageProblem(
+            f"--since {text!r} is neither a duration nor a date.",
+            "Use e.g. 2h, 7d or 2026-11-30T12:00.",
+        )
     return moment
 
 
 @click.command("history", short_help="List jobs newest first, or show one in full.")
 @click.argument("prompt_id", required=False, shell_complete=complete_prompt_ids)
 @server_option("Only jobs bound to this server (repeatable).")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
-              help="Only jobs with this status (repeatable).")
-@click.option("--since", metavar="DURATION|DATE",
-              help="Only jobs submitted since then (e.g. 2h, 7d, 2026-11-30).")
-@click.option("--label", "label_filters", multiple=True, metavar="KEY=VALUE",
-              help="Only jobs carrying this label (repeatable: all must match).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(STATUSES),
+    help="Only jobs with this status (repeatable).",
+)
+@click.option(
+    "--since",
+    metavar="DURATION|DATE",
+    help="Only jobs submitted since then (e.g. 2h, 7d, 2026-11-30).",
+)
+@click.option(
+    "--label",
+    "label_filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only jobs carrying this label (repeatable: all must match).",
+)
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N jobs.")
 @output_format("json", "nl", "csv")
-@click.option("--outputs", "list_outputs", is_flag=True,
-              help="Print output URLs, one per line (each on its job's own server).")
-@click.option("--download", "download_dir", type=click.Path(file_okay=False), metavar="DIR",
-              help="Save the selected jobs' outputs to DIR/<server>/<subfolder>/<file>.")
+@click.option(
+    "--outputs",
+    "list_outputs",
+    is_flag=True,
+    help="Print output URLs, one per line (each on its job's own server).",
+)
+@click.option(
+    "--download",
+    "download_dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Save the selected jobs' outputs to DIR/<server>/<subfolder>/<file>.",
+)
 @click.option("--overwrite", is_flag=True, help="With --download, replace existing files.")
-@click.option("--refresh/--no-refresh", default=None,
-              help="Ask each job's bound server first (default: on for one id, off for lists).")
+@click.option(
+    "--refresh/--no-refresh",
+    default=None,
+    help="Ask each job's bound server first (default: on for one id, off for lists).",
+)
 @click.option("--prune", is_flag=True, help="Remove old finished records (needs --older-than).")
 @click.option("--older-than", metavar="DURATION", help="With --prune: records older than this.")
 @click.pass_obj
-def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
-            statuses: tuple[str, ...], since: str | None, label_filters: tuple[str, ...],
-            limit: int | None, fmt: str, list_outputs: bool, download_dir: str | None,
-            overwrite: bool, refresh: bool | None, prune: bool, older_than: str | None) -> None:
+def command(
+    app: AppContext,
+    prompt_id: str | None,
+    servers: tuple[str, ...],
+    statuses: tuple[str, ...],
+    since: str | None,
+    label_filters: tuple[str, ...],
+    limit: int | None,
+    fmt: str,
+    list_outputs: bool,
+    download_dir: str | None,
+    overwrite: bool,
+    refresh: bool | None,
+    prune: bool,
+    older_than: str | None,
+) -> None:
     """List jobs from the ledger, newest first, or show one job in full.
 
     Without an id: a table of jobs (short id, server, status, progress, submitted,
@@ -96,14 +135,18 @@ def command(app: AppContext, prompt_id: str | None, servers: tuple[str, ...],
     """
     if prune:
         if prompt_id or servers or since or label_filters or limit:
-            raise UsageProblem("--prune selects by --older-than and --status only.",
-                               "Drop the other filters (nothing was removed).")
+            raise UsageProblem(
+                "--prune selects by --older-than and --status only.",
+                "Drop the other filters (nothing was removed).",
+            )
         return _prune(app, older_than, statuses, fmt)
     if older_than:
         raise UsageProblem("--older-than only goes with --prune.")
     if list_outputs and fmt != "table":
-        raise UsageProblem(f"--outputs prints plain URLs; it does not go with --{fmt}.",
-                           "Each record's outputs[].url has them in JSON.")
+        raise UsageProblem(
+            f"--outputs prints plain URLs; it does not go with --{fmt}.",
+            "Each record's outputs[].url has them in JSON.",
+        )
     ledger = app.ledger.load()
     if refresh is not False:  # --no-refresh: the ledger only, no server is asked
         _settle_orphans(app, ledger)
@@ -149,9 +192,15 @@ def _settle_orphans(app: AppContext, ledger: Records) -> None:
     settle_submitting(app.ledger, app.client_for_record, submitting)
 
 
-def select(app: AppContext, ledger: Records, servers: tuple[str, ...],
-           statuses: tuple[str, ...], since: str | None, label_filters: tuple[str, ...],
-           limit: int | None = None) -> list[Record]:
+def select(
+    app: AppContext,
+    ledger: Records,
+    servers: tuple[str, ...],
+    statuses: tuple[str, ...],
+    since: str | None,
+    label_filters: tuple[str, ...],
+    limit: int | None = None,
+) -> list[Record]:
     """Matching records, newest first. Records are parsed in that order only until
     ``limit`` is reached, so a small page of a huge ledger stays cheap."""
     urls = {spec.url for spec in app.servers(servers)} if servers else None
@@ -173,29 +222,40 @@ def select(app: AppContext, ledger: Records, servers: tuple[str, ...],
     for record in candidates:
         if cutoff is not None and (record.get("submitted_at") or "") < cutoff:
             break  # newest first: everything after this is older still
-        if (urls is None or record["server_url"] in urls or record["server"] in names) \
-                and (not statuses or record["status"] in statuses) \
-                and all((record.get("labels") or {}).get(k) == v for k, v in labels):
+        if (
+            (urls is None or record["server_url"] in urls or record["server"] in names)
+            and (not statuses or record["status"] in statuses)
+            and all((record.get("labels") or {}).get(k) == v for k, v in labels)
+        ):
             found.append(record)
             if limit is not None and len(found) >= limit:
                 break
     return found
 
 
-def refresh_records(app: AppContext, records: list[Record],
-                    finished_too: bool = False) -> list[Record]:
+def refresh_records(
+    app: AppContext, records: list[Record], finished_too: bool = False
+) -> list[Record]:
     """Ask each job's bound server about it (comfyctl.jobs.refresh); servers that do not
     answer are named on stderr."""
     from comfyctl.jobs import refresh
 
-    return refresh(app.ledger, records, app.client_for_record,
-                   lambda message: click.echo(f"comfyctl: {message}", err=True), finished_too)
+    return refresh(
+        app.ledger,
+        records,
+        app.client_for_record,
+        lambda message: click.echo(f"comfyctl: {message}", err=True),
+        finished_too,
+    )
 
 
 def print_records(app: AppContext, records: list[Record], fmt: str, single: bool) -> None:
     if fmt == "json":
-        doc: Any = record_json(records[0]) if single else list_document(
-            RECORD_SCHEMA, "tasks", [record_json(r) for r in records])
+        doc: Any = (
+            record_json(records[0])
+            if single
+            else list_document(RECORD_SCHEMA, "tasks", [record_json(r) for r in records])
+        )
         click.echo(json.dumps(doc, indent=2))
     elif fmt == "nl":
         for record in records:
@@ -213,22 +273,37 @@ def print_records(app: AppContext, records: list[Record], fmt: str, single: bool
 
 def _detail(record: Record) -> str:
     lines = []
-    for key in ("prompt_id", "server", "server_url", "status", "number", "submitted_at",
-                "started_at", "finished_at", "resubmitted_from", "superseded_by", "workflow"):
+    for key in (
+        "prompt_id",
+        "server",
+        "server_url",
+        "status",
+        "number",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "resubmitted_from",
+        "superseded_by",
+        "workflow",
+    ):
         if record.get(key) is not None:
             lines.append(f"{key + ':':<17} {record[key]}")
     progress = record.get("progress")
     if progress:
-        lines.append(f"{'progress:':<17} {progress.get('percent', 0):.2f}% "
-                     f"({progress.get('value')}/{progress.get('max')}, node {progress.get('node')},"
-                     f" at {progress.get('updated_at')})")
+        lines.append(
+            f"{'progress:':<17} {progress.get('percent', 0):.2f}% "
+            f"({progress.get('value')}/{progress.get('max')}, node {progress.get('node')},"
+            f" at {progress.get('updated_at')})"
+        )
     if record.get("labels"):
-        lines.append(f"{'labels:':<17} " + ", ".join(f"{k}={v}" for k, v in
-                                                      sorted(record["labels"].items())))
+        lines.append(
+            f"{'labels:':<17} " + ", ".join(f"{k}={v}" for k, v in sorted(record["labels"].items()))
+        )
     if record.get("error"):
         err = record["error"]
-        where = f" at node {err.get('node_id')} ({err.get('node_type')})" if err.get("node_id") \
-            else ""
+        where = (
+            f" at node {err.get('node_id')} ({err.get('node_type')})" if err.get("node_id") else ""
+        )
         lines.append(f"{'error:':<17} {err.get('type')}: {err.get('message')}{where}")
     for warning in record.get("warnings") or []:
         lines.append(f"{'warning:':<17} {warning}")
@@ -237,14 +312,24 @@ def _detail(record: Record) -> str:
     for message in record.get("server_messages") or []:
         if isinstance(message, list) and len(message) == 2 and isinstance(message[1], dict):
             stamp = message[1].get("timestamp")
-            when = (datetime.fromtimestamp(stamp / 1000, timezone.utc).isoformat(
-                timespec="milliseconds") if isinstance(stamp, (int, float)) else "-")
+            when = (
+                datetime.fromtimestamp(stamp / 1000, timezone.utc).isoformat(
+                    timespec="milliseconds"
+                )
+                if isinstance(stamp, (int, float))
+                else "-"
+            )
             lines.append(f"{'server message:':<17} {when} {message[0]}")
     return "\n".join(lines)
 
 
-def download_all(app: AppContext, records: list[Record], root: Path, overwrite: bool,
-                 tell: Callable[[str], None] | None = None) -> DownloadFailed | None:
+def download_all(
+    app: AppContext,
+    records: list[Record],
+    root: Path,
+    overwrite: bool,
+    tell: Callable[[str], None] | None = None,
+) -> DownloadFailed | None:
     """Save the records' outputs, saying what happened to each file on stderr (through
     ``tell``, e.g. above watch's live area). Returns what failed (the caller raises it once
     its output is printed: exit 1)."""
@@ -278,12 +363,12 @@ def download_all(app: AppContext, records: list[Record], root: Path, overwrite: 
     return DownloadFailed(failures) if failures else None
 
 
-def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...],
-           fmt: str) -> None:
+def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...], fmt: str) -> None:
     if not older_than:
         raise UsageProblem("--prune needs --older-than DURATION (e.g. 30d).")
     cutoff = (datetime.now(timezone.utc) - parse_duration(older_than)).isoformat(
-        timespec="milliseconds")
+        timespec="milliseconds"
+    )
     wanted = set(statuses) or set(TERMINAL)
     removed = []
     with app.ledger.transaction() as tasks:
@@ -299,5 +384,7 @@ def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...],
             click.echo(record["prompt_id"])
     else:  # the records removed, as the list would have shown them
         print_records(app, removed, fmt, single=False)
-    click.echo(f"comfyctl: pruned {len(removed)} record(s) and {len(workflows)} stored "
-               "workflow(s).", err=True)
+    click.echo(
+        f"comfyctl: pruned {len(removed)} record(s) and {len(workflows)} stored workflow(s).",
+        err=True,
+    )

@@ -17,13 +17,24 @@ from comfyctl.options import output_format, server_option
 @click.command("metrics", short_help="Print Prometheus metrics for servers and jobs.")
 @server_option("Only this server and the jobs bound to it (repeatable).")
 @detection_tuning
-@click.option("--textfile", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
-              help="Write the metrics to PATH atomically instead of stdout (for "
-                   "node_exporter's textfile collector: a *.prom file in its directory).")
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Write the metrics to PATH atomically instead of stdout (for "
+    "node_exporter's textfile collector: a *.prom file in its directory).",
+)
 @output_format("json", default="prometheus")
 @click.pass_obj
-def command(app: AppContext, /, servers: tuple[str, ...], deadline: float,
-            textfile: Path | None, fmt: str, **tuning: Any) -> None:
+def command(
+    app: AppContext,
+    /,
+    servers: tuple[str, ...],
+    deadline: float,
+    textfile: Path | None,
+    fmt: str,
+    **tuning: Any,
+) -> None:
     """Print Prometheus metrics about every server and the jobs bound to it.
 
     Per server: reachability (comfyctl_server_up), probe latency, the queue as the
@@ -49,8 +60,16 @@ def command(app: AppContext, /, servers: tuple[str, ...], deadline: float,
     app.timeout = deadline
     only = {s.url for s in app.servers(servers)} if servers else None
     records = list(app.ledger.load().values())
-    families = collect(app.config, records, app.ledger, app.client, app.spec_for_record,
-                       app.client_for_record, detect_options(deadline, **tuning), only)
+    families = collect(
+        app.config,
+        records,
+        app.ledger,
+        app.client,
+        app.spec_for_record,
+        app.client_for_record,
+        detect_options(deadline, **tuning),
+        only,
+    )
     if fmt == "json":
         click.echo(json.dumps(metrics_json(families), indent=2))
         return

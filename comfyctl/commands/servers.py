@@ -36,18 +36,37 @@ def command(app: AppContext, fmt: str) -> None:
             click.echo(json.dumps({**SERVER_SCHEMA, **server}))
         return
     if fmt == "json":
-        click.echo(json.dumps({**SERVERS_SCHEMA, **paths,
-                               "webhook": "set" if config.webhook else None,
-                               "servers": servers}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    **SERVERS_SCHEMA,
+                    **paths,
+                    "webhook": "set" if config.webhook else None,
+                    "servers": servers,
+                },
+                indent=2,
+            )
+        )
         return
     for key, value in paths.items():
         click.echo(f"comfyctl: {key}: {value or '-'}", err=True)
     if not servers:
-        click.echo(f"comfyctl: no servers configured; add [servers.NAME] url = \"http://...\" to "
-                   f"{app.config_path or default_config_path()}.", err=True)
+        click.echo(
+            f'comfyctl: no servers configured; add [servers.NAME] url = "http://..." to '
+            f"{app.config_path or default_config_path()}.",
+            err=True,
+        )
         return
-    rows = [[s["name"] + (" *" if s["name"] == default else ""), s["url"],
-             "yes" if s["basic_auth"] else "-", s["token"] or "-",
-             ",".join(s["headers"]) or "-", str(s["verify"]), f"{s['timeout']:g}s"]
-            for s in servers]
+    rows = [
+        [
+            s["name"] + (" *" if s["name"] == default else ""),
+            s["url"],
+            "yes" if s["basic_auth"] else "-",
+            s["token"] or "-",
+            ",".join(s["headers"]) or "-",
+            str(s["verify"]),
+            f"{s['timeout']:g}s",
+        ]
+        for s in servers
+    ]
     click.echo(table(("name", "url", "basic auth", "token", "headers", "verify", "timeout"), rows))

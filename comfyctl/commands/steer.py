@@ -19,15 +19,24 @@ from comfyctl.render import CANCEL_SCHEMA, human_age, list_document, short_id, t
 
 
 @click.command("cancel", short_help="Cancel jobs on their own server, safely.")
-@click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...]",
-                shell_complete=complete_prompt_ids)
-@click.option("--all-pending", is_flag=True,
-              help="Cancel every job the ledger has as pending (never interrupts a running one).")
+@click.argument(
+    "prompt_ids", nargs=-1, metavar="[PROMPT_ID ...]", shell_complete=complete_prompt_ids
+)
+@click.option(
+    "--all-pending",
+    is_flag=True,
+    help="Cancel every job the ledger has as pending (never interrupts a running one).",
+)
 @server_option("With --all-pending: only jobs bound to this server (repeatable).")
 @output_format("json", "nl")
 @click.pass_obj
-def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bool,
-                   servers: tuple[str, ...], fmt: str) -> None:
+def cancel_command(
+    app: AppContext,
+    prompt_ids: tuple[str, ...],
+    all_pending: bool,
+    servers: tuple[str, ...],
+    fmt: str,
+) -> None:
     """Cancel jobs on their own bound server, the safest way that server allows.
 
     The jobs-API cancel where the server has it; else the job is deleted from the
@@ -52,8 +61,9 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
     results: list[dict[str, Any]] = []
     for target in targets:
         # Only a job named may be interrupted; --all-pending never interrupts.
-        done = cancel(app.ledger, target, app.client_for_record,
-                      allow_interrupt=target["prompt_id"] in named)
+        done = cancel(
+            app.ledger, target, app.client_for_record, allow_interrupt=target["prompt_id"] in named
+        )
         results.append(_report(done.record, done.what, fmt))
         if done.error is not None:
             unreachable.append(done.error)
@@ -64,15 +74,24 @@ def cancel_command(app: AppContext, prompt_ids: tuple[str, ...], all_pending: bo
     if unreachable:
         raise unreachable[0]
     if not_cancelled:
-        raise TaskFailed(f"{len(not_cancelled)} of the {len(named)} job(s) named could not be "
-                         "cancelled: " + ", ".join(f"{r['prompt_id']} ({r['status']})"
-                                                   for r in not_cancelled[:10]) + ".")
+        raise TaskFailed(
+            f"{len(not_cancelled)} of the {len(named)} job(s) named could not be "
+            "cancelled: "
+            + ", ".join(f"{r['prompt_id']} ({r['status']})" for r in not_cancelled[:10])
+            + "."
+        )
 
 
 def _report(record: dict[str, Any], what: str, fmt: str) -> dict[str, Any]:
     """One job's result: printed at once as a line (table, --nl), kept for --json."""
-    item = {**CANCEL_SCHEMA, "prompt_id": record["prompt_id"], "server": record["server"],
-            "server_url": record["server_url"], "status": record["status"], "result": what}
+    item = {
+        **CANCEL_SCHEMA,
+        "prompt_id": record["prompt_id"],
+        "server": record["server"],
+        "server_url": record["server_url"],
+        "status": record["status"],
+        "result": what,
+    }
     if fmt == "nl":
         click.echo(json.dumps(item))
     elif fmt == "table":
@@ -82,12 +101,12 @@ def _report(record: dict[str, Any], what: str, fmt: str) -> dict[str, Any]:
 
 @click.command("debug-tasks", short_help="Show servers, active jobs and anomalies.")
 @server_option("Only this server (repeatable).")
-@server_timeout_option(5.0, "Bound on each server's probe; slower servers show as "
-                            "unreachable (timeout).")
+@server_timeout_option(
+    5.0, "Bound on each server's probe; slower servers show as unreachable (timeout)."
+)
 @output_format("json")
 @click.pass_obj
-def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float,
-                  fmt: str) -> None:
+def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float, fmt: str) -> None:
     """Show the whole fleet: servers, active jobs and anything odd.
 
     Per server (configured ones plus any the ledger binds jobs to): reachable or not
@@ -110,33 +129,85 @@ def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float,
     app.timeout = deadline
     only = {s.url for s in app.servers(servers)} if servers else None
     reap_servers(app.ledger, app.client_for_record, originals(app.ledger, only), deadline)
-    report = fleet_report(app.config, list(app.ledger.load().values()), app.client,
-                          app.spec_for_record, deadline + 0.5, only)
+    report = fleet_report(
+        app.config,
+        list(app.ledger.load().values()),
+        app.client,
+        app.spec_for_record,
+        deadline + 0.5,
+        only,
+    )
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
         return
-    rows = [[s["name"], s["url"], "yes" if s["reachable"] else f"no ({s['reason']})",
-             f"{s['latency_ms']:.0f}ms" if s["latency_ms"] is not None else "-",
-             s["version"] or "-", _pair(s["server_running"], s["server_pending"]),
-             ", ".join(f"{k}={v}" for k, v in sorted(s["ledger_counts"].items())) or "-",
-             (f"{short_id(s['oldest_active'])} ({human_age(s['oldest_active_age_s'])})"
-              if s["oldest_active"] else "-")] for s in report["servers"]]
-    click.echo(table(("server", "url", "reachable", "latency", "version", "run/pend",
-                      "ledger", "oldest active"), rows))
+    rows = [
+        [
+            s["name"],
+            s["url"],
+            "yes" if s["reachable"] else f"no ({s['reason']})",
+            f"{s['latency_ms']:.0f}ms" if s["latency_ms"] is not None else "-",
+            s["version"] or "-",
+            _pair(s["server_running"], s["server_pending"]),
+            ", ".join(f"{k}={v}" for k, v in sorted(s["ledger_counts"].items())) or "-",
+            (
+                f"{short_id(s['oldest_active'])} ({human_age(s['oldest_active_age_s'])})"
+                if s["oldest_active"]
+                else "-"
+            ),
+        ]
+        for s in report["servers"]
+    ]
+    click.echo(
+        table(
+            (
+                "server",
+                "url",
+                "reachable",
+                "latency",
+                "version",
+                "run/pend",
+                "ledger",
+                "oldest active",
+            ),
+            rows,
+        )
+    )
     if report["jobs"]:
         click.echo()
-        click.echo(table(("prompt_id", "server", "ledger", "server says", "progress", "node",
-                          "progress age", "queue pos"),
-                         [[j["prompt_id"], j["server"], j["status"], j["server_status"] or "-",
-                           f"{j['percent']:.2f}%" if j["percent"] is not None else "-",
-                           j["node"] or "-", human_age(j["progress_age_s"]),
-                           "-" if j["queue_position"] is None else str(j["queue_position"])]
-                          for j in report["jobs"]]))
+        click.echo(
+            table(
+                (
+                    "prompt_id",
+                    "server",
+                    "ledger",
+                    "server says",
+                    "progress",
+                    "node",
+                    "progress age",
+                    "queue pos",
+                ),
+                [
+                    [
+                        j["prompt_id"],
+                        j["server"],
+                        j["status"],
+                        j["server_status"] or "-",
+                        f"{j['percent']:.2f}%" if j["percent"] is not None else "-",
+                        j["node"] or "-",
+                        human_age(j["progress_age_s"]),
+                        "-" if j["queue_position"] is None else str(j["queue_position"]),
+                    ]
+                    for j in report["jobs"]
+                ],
+            )
+        )
     click.echo()
     if report["anomalies"]:
         for anomaly in report["anomalies"]:
-            click.echo(f"ANOMALY {anomaly['kind']}: {anomaly['detail']}"
-                       + (f" [{anomaly['prompt_id']}]" if anomaly["prompt_id"] else ""))
+            click.echo(
+                f"ANOMALY {anomaly['kind']}: {anomaly['detail']}"
+                + (f" [{anomaly['prompt_id']}]" if anomaly["prompt_id"] else "")
+            )
     else:
         click.echo("No anomalies.")
 

@@ -28,9 +28,11 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
         if not sep or not key.strip():
             raise UsageProblem(f"--label {value!r} is not KEY=VALUE.")
         if key.strip() in labels and labels[key.strip()] != val:
-            raise UsageProblem(f"--label {key.strip()} is given twice "
-                               f"({labels[key.strip()]!r} and {val!r}); a job has one value "
-                               "per label.")
+            raise UsageProblem(
+                f"--label {key.strip()} is given twice "
+                f"({labels[key.strip()]!r} and {val!r}); a job has one value "
+                "per label."
+            )
         labels[key.strip()] = val
     return labels
 
@@ -38,26 +40,56 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
 @click.command("submit", short_help="Submit a workflow, binding each job to its server.")
 @click.argument("workflow", metavar="WORKFLOW", type=click.Path(allow_dash=True, dir_okay=False))
 @set_option
-@click.option("--count", "-n", type=click.IntRange(min=1, max=10000), default=1,
-              show_default=True, metavar="N",
-              help="Submit this many copies, each with its own prompt_id.")
-@click.option("--vary-seed", is_flag=True,
-              help="Give each copy a new random value for every seed/noise_seed input.")
-@server_option("Server name or URL (repeatable). With several, each job goes to the reachable "
-               "server with the shortest queue (ties: the order given).")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
-              help="Store a label with the job (repeatable); filter on it in history.")
+@click.option(
+    "--count",
+    "-n",
+    type=click.IntRange(min=1, max=10000),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Submit this many copies, each with its own prompt_id.",
+)
+@click.option(
+    "--vary-seed",
+    is_flag=True,
+    help="Give each copy a new random value for every seed/noise_seed input.",
+)
+@server_option(
+    "Server name or URL (repeatable). With several, each job goes to the reachable "
+    "server with the shortest queue (ties: the order given)."
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Store a label with the job (repeatable); filter on it in history.",
+)
 @output_format("json", "nl", default="text", stream="--wait")
 @click.option("--wait", is_flag=True, help="Then follow the jobs exactly as 'watch' does.")
-@click.option("--check", is_flag=True,
-              help="Only check the workflow against each server (as 'validate' does), then "
-                   "stop: nothing is uploaded or queued.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only check the workflow against each server (as 'validate' does), then "
+    "stop: nothing is uploaded or queued.",
+)
 @watch_options
 @hook_options
 @click.pass_obj
-def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count: int,
-            vary_seed: bool, servers: tuple[str, ...], labels: tuple[str, ...],
-            fmt: str, wait: bool, check: bool, **params: Any) -> None:
+def command(
+    app: AppContext,
+    /,
+    workflow: str,
+    overrides: tuple[str, ...],
+    count: int,
+    vary_seed: bool,
+    servers: tuple[str, ...],
+    labels: tuple[str, ...],
+    fmt: str,
+    wait: bool,
+    check: bool,
+    **params: Any,
+) -> None:
     """Submit a workflow, binding each job to the server that runs it.
 
     WORKFLOW is a file in ComfyUI API format ({node_id: {class_type, inputs}}), or as
@@ -86,8 +118,9 @@ def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count
         run_checks(preparer, specs, fmt != "text")
         return
     submitter = Submitter(app.ledger, app.client)
-    queue_len: dict[str, int | None] = (submitter.queue_lengths(specs) if len(specs) > 1
-                                        else {specs[0].url: 0})
+    queue_len: dict[str, int | None] = (
+        submitter.queue_lengths(specs) if len(specs) > 1 else {specs[0].url: 0}
+    )
     if all(v is None for v in queue_len.values()):
         raise ServerUnreachable(", ".join(s.name for s in specs), "no server answered")
     rng = random.SystemRandom()
@@ -108,8 +141,9 @@ def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count
                         warned.add(spec.url)
                         echo_warnings(prepared.warnings, spec.name)
                     job_graph = vary_seeds(prepared.graph, rng) if vary_seed else prepared.graph
-                    result = submitter.submit(job_graph, spec, label_map,
-                                              inputs=[f.as_record() for f in prepared.files])
+                    result = submitter.submit(
+                        job_graph, spec, label_map, inputs=[f.as_record() for f in prepared.files]
+                    )
                 except ServerUnreachable as exc:  # certainly never sent: another server may take it
                     if len(specs) == 1:
                         raise
@@ -141,23 +175,28 @@ def command(app: AppContext, /, workflow: str, overrides: tuple[str, ...], count
                 click.echo(record["prompt_id"])  # echo flushes: the id is out before any waiting
     finally:
         if fmt == "json" and not wait:  # one document, with what was sent, also on error
-            click.echo(json.dumps(list_document(SUBMIT_SCHEMA, "jobs",
-                                                [_submitted_json(r) for r in submitted]),
-                                  indent=2))
+            click.echo(
+                json.dumps(
+                    list_document(SUBMIT_SCHEMA, "jobs", [_submitted_json(r) for r in submitted]),
+                    indent=2,
+                )
+            )
 
     from comfyctl.restart import note_submitted
 
     with contextlib.suppress(ComfyctlError):  # a missing mark only weakens restart proof
         note_submitted(app.ledger, submitted, app.client_for_record)
     if wait:
-        follow(app, submitted,
-               FollowOptions.from_params(params, "text" if fmt == "text" else "json"))
+        follow(
+            app, submitted, FollowOptions.from_params(params, "text" if fmt == "text" else "json")
+        )
     if uncertain:
         if len(uncertain) == 1 and len(submitted) == count:
             raise uncertain[0]
-        raise SubmitUncertain(", ".join(dict.fromkeys(e.server for e in uncertain)),
-                              f"{len(uncertain)} job(s); {len(submitted)} of {count} "
-                              "submitted in all")
+        raise SubmitUncertain(
+            ", ".join(dict.fromkeys(e.server for e in uncertain)),
+            f"{len(uncertain)} job(s); {len(submitted)} of {count} submitted in all",
+        )
 
 
 def _explain_rejection(exc: WorkflowRejected) -> None:
@@ -168,6 +207,12 @@ def _explain_rejection(exc: WorkflowRejected) -> None:
 
 
 def _submitted_json(record: dict[str, Any]) -> dict[str, Any]:
-    return {**SUBMIT_SCHEMA, "prompt_id": record["prompt_id"], "server": record["server"],
-            "server_url": record["server_url"], "status": record["status"],
-            "number": record["number"], "labels": record["labels"]}
+    return {
+        **SUBMIT_SCHEMA,
+        "prompt_id": record["prompt_id"],
+        "server": record["server"],
+        "server_url": record["server_url"],
+        "status": record["status"],
+        "number": record["number"],
+        "labels": record["labels"],
+    }

@@ -13,14 +13,14 @@ from comfyctl.records import ACTIVE
 
 
 @click.command("watch")
-@click.argument("prompt_ids", nargs=-1, metavar="[PROMPT_ID ...|-]",
-                shell_complete=complete_prompt_ids)
+@click.argument(
+    "prompt_ids", nargs=-1, metavar="[PROMPT_ID ...|-]", shell_complete=complete_prompt_ids
+)
 @watch_options
 @hook_options
 @output_format("json", "nl", default="text", stream=True)
 @click.pass_obj
-def command(app: AppContext, /, prompt_ids: tuple[str, ...], fmt: str,
-            **params: object) -> None:
+def command(app: AppContext, /, prompt_ids: tuple[str, ...], fmt: str, **params: object) -> None:
     """Follow jobs to the end, each on its own bound server.
 
     Progress comes over each job's WebSocket (connected as the client_id it was
@@ -68,8 +68,11 @@ def _ids_from_stdin(text: str) -> list[str]:
         if isinstance(doc, dict):
             items = next((v for k, v in doc.items() if k in ("jobs", "tasks")), None)
             if isinstance(items, list):
-                return [i["prompt_id"] for i in items
-                        if isinstance(i, dict) and isinstance(i.get("prompt_id"), str)]
+                return [
+                    i["prompt_id"]
+                    for i in items
+                    if isinstance(i, dict) and isinstance(i.get("prompt_id"), str)
+                ]
             if isinstance(doc.get("prompt_id"), str):  # 'history ID --json'
                 return [doc["prompt_id"]]
     return [_id_from_line(line) for line in text.splitlines() if line.strip()]

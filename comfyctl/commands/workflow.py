@@ -20,11 +20,15 @@ if TYPE_CHECKING:
 MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
 
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="NODE.INPUT=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="NODE.INPUT=VALUE",
     help="Override one input (repeatable). VALUE is JSON when it parses, else text; @PATH "
-         "uploads a local file to the job's server and uses the name it gets there (@@ for "
-         "a literal @). An input the workflow left out may be set when the server declares "
-         "it.")
+    "uploads a local file to the job's server and uses the name it gets there (@@ for "
+    "a literal @). An input the workflow left out may be set when the server declares "
+    "it.",
+)
 
 
 def read_workflow(source: str) -> Workflow:
@@ -40,19 +44,22 @@ def read_workflow(source: str) -> Workflow:
     except OSError as exc:
         raise WorkflowInvalid(f"Cannot read {source}: {exc.strerror or exc}.") from None
     if len(raw) > MAX_WORKFLOW_BYTES:
-        raise WorkflowInvalid(f"{source} is larger than {MAX_WORKFLOW_BYTES >> 20} MiB; "
-                              "that is not a workflow.")
+        raise WorkflowInvalid(
+            f"{source} is larger than {MAX_WORKFLOW_BYTES >> 20} MiB; that is not a workflow."
+        )
     return parse_any_workflow(raw, "stdin" if source == "-" else source)
 
 
-def make_preparer(app: AppContext, source: str, overrides: tuple[str, ...],
-                  upload: bool) -> Preparer:
+def make_preparer(
+    app: AppContext, source: str, overrides: tuple[str, ...], upload: bool
+) -> Preparer:
     from comfyctl.inputs import parse_assignment
     from comfyctl.prepare import Preparer
 
     assignments = [parse_assignment(text) for text in overrides]
-    return Preparer(read_workflow(source), assignments, app.object_info,
-                    app.uploader() if upload else None)
+    return Preparer(
+        read_workflow(source), assignments, app.object_info, app.uploader() if upload else None
+    )
 
 
 def echo_warnings(warnings: list[str], server: str) -> None:
@@ -70,8 +77,14 @@ def run_checks(preparer: Preparer, specs: list[ServerSpec], as_json: bool) -> No
         prepared, problems = check_for_server(preparer, spec)
         echo_warnings(prepared.warnings, spec.name)
         total += len(problems)
-        reports.append({"server": spec.name, "server_url": spec.url, "ok": not problems,
-                        "problems": [p.as_json() for p in problems]})
+        reports.append(
+            {
+                "server": spec.name,
+                "server_url": spec.url,
+                "ok": not problems,
+                "problems": [p.as_json() for p in problems],
+            }
+        )
         if not as_json:
             for problem in problems:
                 prefix = f"{spec.name}: " if len(specs) > 1 else ""
@@ -80,11 +93,14 @@ def run_checks(preparer: Preparer, specs: list[ServerSpec], as_json: bool) -> No
         click.echo(json.dumps({**VALIDATION_SCHEMA, "ok": not total, "servers": reports}))
     if total:
         where = ", ".join(r["server"] for r in reports if not r["ok"])
-        raise WorkflowProblems(f"{total} problem{'s' if total > 1 else ''} on {where}.",
-                               [r for r in reports if not r["ok"]])
+        raise WorkflowProblems(
+            f"{total} problem{'s' if total > 1 else ''} on {where}.",
+            [r for r in reports if not r["ok"]],
+        )
     if not as_json:
-        click.echo(f"comfyctl: the workflow is valid on {', '.join(s.name for s in specs)}.",
-                   err=True)
+        click.echo(
+            f"comfyctl: the workflow is valid on {', '.join(s.name for s in specs)}.", err=True
+        )
 
 
 @click.command("validate", short_help="Check a workflow against a server before queueing it.")
@@ -93,8 +109,9 @@ def run_checks(preparer: Preparer, specs: list[ServerSpec], as_json: bool) -> No
 @set_option
 @output_format("json")
 @click.pass_obj
-def validate_command(app: AppContext, workflow: str, servers: tuple[str, ...],
-                     overrides: tuple[str, ...], fmt: str) -> None:
+def validate_command(
+    app: AppContext, workflow: str, servers: tuple[str, ...], overrides: tuple[str, ...], fmt: str
+) -> None:
     """Check WORKFLOW (API or UI format) against a server's current /object_info.
 
     Names every problem in one run, one line each on stdout: node types the server
@@ -118,8 +135,9 @@ def validate_command(app: AppContext, workflow: str, servers: tuple[str, ...],
 @server_option("The server whose node set the conversion uses (one).")
 @click.option("--compact", is_flag=True, help="One line of JSON instead of indented JSON.")
 @click.pass_obj
-def convert_command(app: AppContext, workflow: str, servers: tuple[str, ...],
-                    compact: bool) -> None:
+def convert_command(
+    app: AppContext, workflow: str, servers: tuple[str, ...], compact: bool
+) -> None:
     """Convert a workflow saved by the ComfyUI web UI to API format, on stdout.
 
     The conversion is the web UI's own (widget values in the server's input order,

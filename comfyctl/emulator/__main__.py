@@ -115,8 +115,9 @@ def fault_switches() -> dict[str, FaultSwitch]:
     switches = {}
     for spec in dataclasses.fields(Faults):
         name = spec.name.replace("_", "-")
-        switches[name] = FaultSwitch(name, spec.name, _kind(hints[spec.name]),
-                                     docs.get(spec.name, ""))
+        switches[name] = FaultSwitch(
+            name, spec.name, _kind(hints[spec.name]), docs.get(spec.name, "")
+        )
     return switches
 
 
@@ -128,8 +129,11 @@ def _find(switches: dict[str, FaultSwitch], name: str) -> FaultSwitch:
     if len(having) == 1:
         return switches[having[0]]
     words = {word: s for s in switches for word in s.split("-")}
-    close = having or difflib.get_close_matches(name, switches, n=3) or [
-        words[w] for w in difflib.get_close_matches(name, words, n=3)]
+    close = (
+        having
+        or difflib.get_close_matches(name, switches, n=3)
+        or [words[w] for w in difflib.get_close_matches(name, words, n=3)]
+    )
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise ValueError(f"unknown fault {name!r}{hint} (see --help for the list)")
 
@@ -153,11 +157,16 @@ def _faults_epilog() -> str:
     for switch in fault_switches().values():
         lines.append(f"  {switch.metavar}")
         if switch.help:
-            lines += textwrap.wrap(switch.help, 76, initial_indent="      ",
-                                   subsequent_indent="      ")
-    lines += ["", "signals: SIGHUP restarts the server (queue, history and sockets lost, as",
-              "a real restart); SIGUSR1 drops every WebSocket; SIGINT or SIGTERM stops it.",
-              "", "example: python -m comfyctl.emulator --port 8188 --fault http-status=502"]
+            lines += textwrap.wrap(
+                switch.help, 76, initial_indent="      ", subsequent_indent="      "
+            )
+    lines += [
+        "",
+        "signals: SIGHUP restarts the server (queue, history and sockets lost, as",
+        "a real restart); SIGUSR1 drops every WebSocket; SIGINT or SIGTERM stops it.",
+        "",
+        "example: python -m comfyctl.emulator --port 8188 --fault http-status=502",
+    ]
     return "\n".join(lines)
 
 
@@ -178,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         "--output-dir", default=None, help="output folder (default: a temporary one)"
     )
     parser.add_argument(
-        "--fault", action="append", default=[], metavar="NAME[=VALUE]",
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
         help="switch a fault mode on (see the list below); repeat for several",
     )
     args = parser.parse_args(argv)
@@ -219,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
             if restart.is_set():
                 restart.clear()
                 emulator.restart()
-                print("restarted: queue, history and WebSockets lost, outputs kept",
-                      file=sys.stderr, flush=True)
+                print(
+                    "restarted: queue, history and WebSockets lost, outputs kept",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if drop.is_set():
                 drop.clear()
                 emulator.drop_websockets()

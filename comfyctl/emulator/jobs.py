@@ -124,9 +124,7 @@ def outputs_summary(outputs: dict[str, Any]) -> tuple[int, dict[str, Any] | None
             normalized = _normalize_item(item)
             if normalized is None:
                 if media_type == "text" and preview is None and text_raw is None:
-                    value = (
-                        (item[0] if item else "") if isinstance(item, tuple) else str(item)
-                    )
+                    value = (item[0] if item else "") if isinstance(item, tuple) else str(item)
                     text_preview: dict[str, Any] = {"content": value[:_TEXT_PREVIEW_MAX]}
                     if len(value) > _TEXT_PREVIEW_MAX:
                         text_preview["truncated"] = True

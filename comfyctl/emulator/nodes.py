@@ -304,8 +304,10 @@ _CLIP_TYPES = [
 ]  # fmt: skip
 _TEST_MODULE = "custom_nodes.comfyctl_test_nodes"
 #: The seed and sampling inputs KSampler and KSamplerAdvanced share, in their order.
-_SEED = ["INT", {"default": 0, "min": 0, "max": 18446744073709551615,
-                 "control_after_generate": True}]
+_SEED = [
+    "INT",
+    {"default": 0, "min": 0, "max": 18446744073709551615, "control_after_generate": True},
+]
 _SAMPLING: dict[str, list[Any]] = {
     "steps": ["INT", {"default": 20, "min": 1, "max": 10000}],
     "cfg": ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}],
@@ -682,8 +684,7 @@ CATALOGUE: dict[str, NodeSpec] = {
                 run=_passes("model"),
                 required={
                     "model": ["MODEL"],
-                    "shift": ["FLOAT", {"default": shift, "min": 0.0, "max": 100.0,
-                                        "step": 0.01}],
+                    "shift": ["FLOAT", {"default": shift, "min": 0.0, "max": 100.0, "step": 0.01}],
                 },
                 outputs=("MODEL",),
             )
@@ -728,16 +729,21 @@ def folder_files(source: FolderFiles, folders: Directories) -> list[str]:
         except OSError:
             return []
         if source.content_types:
-            names = [n for n in names if (mimetypes.guess_type(n, strict=False)[0] or "")
-                     .split("/")[0] in source.content_types]
+            names = [
+                n
+                for n in names
+                if (mimetypes.guess_type(n, strict=False)[0] or "").split("/")[0]
+                in source.content_types
+            ]
         return sorted(names)
     root = folders.models / source.folder
     found = []
     for dirpath, _, files in os.walk(root, followlinks=True):
         for name in files:
             if name.endswith(MODEL_EXTENSIONS):
-                found.append(os.path.relpath(os.path.join(dirpath, name), root)
-                             .replace(os.sep, "/"))
+                found.append(
+                    os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+                )
     return sorted(found) + list(source.extra)
 
 

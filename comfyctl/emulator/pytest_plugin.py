@@ -55,7 +55,9 @@ def pytest_configure(config: Any) -> None:
         return
     # A module object, because pytest finds a plugin's fixtures among its attributes.
     fixtures = types.ModuleType(_FIXTURES)
-    for name, func in (("emulator", emulator_fixture),
-                       ("emulator_factory", emulator_factory_fixture)):
+    for name, func in (
+        ("emulator", emulator_fixture),
+        ("emulator_factory", emulator_factory_fixture),
+    ):
         setattr(fixtures, name, pytest.fixture(func, name=name))
     config.pluginmanager.register(fixtures, _FIXTURES)

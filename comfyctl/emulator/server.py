@@ -84,7 +84,7 @@ async def _drip(request: web.Request, response: web.Response, delay: float) -> w
     stream.content_length = len(body)
     await stream.prepare(request)
     for start in range(0, len(body), 8):
-        await stream.write(body[start:start + 8])
+        await stream.write(body[start : start + 8])
         await asyncio.sleep(delay)
     await stream.write_eof()
     return stream
@@ -149,8 +149,15 @@ class _State:
 class ComfyServer:
     """One emulated ComfyUI server on an already-bound listening socket."""
 
-    def __init__(self, *, faults: Faults, jobs_api: bool, dirs: Directories, host: str,
-                 max_upload_size: int = MAX_UPLOAD_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        faults: Faults,
+        jobs_api: bool,
+        dirs: Directories,
+        host: str,
+        max_upload_size: int = MAX_UPLOAD_SIZE,
+    ) -> None:
         self.faults = faults
         self.max_upload_size = max_upload_size  # --max-upload-size (MB) * 1024 * 1024
         self.feature_flags = {**SERVER_FEATURES, "max_upload_size": max_upload_size}
@@ -386,14 +393,21 @@ class ComfyServer:
                     status=status, text=_proxy_error_page(status), content_type="text/html"
                 )
         response = await handler(request)
-        if faults.reply is not None and request.path not in WS_PATHS \
-                and _route_matches(request, faults.reply_routes):
+        if (
+            faults.reply is not None
+            and request.path not in WS_PATHS
+            and _route_matches(request, faults.reply_routes)
+        ):
             return await self._spoil_reply(request, response, faults.reply)
         is_json = isinstance(response, web.Response) and response.content_type == "application/json"
         if faults.wrong_content_type and is_json:
             return web.Response(status=200, text=_LOGIN_PAGE, content_type="text/html")
-        if faults.slow_drip and is_json and isinstance(response, web.Response) \
-                and isinstance(response.body, (bytes, bytearray)):
+        if (
+            faults.slow_drip
+            and is_json
+            and isinstance(response, web.Response)
+            and isinstance(response.body, (bytes, bytearray))
+        ):
             return await _drip(request, response, faults.slow_drip)
         if (
             faults.malformed_json
@@ -417,8 +431,9 @@ class ComfyServer:
         self._frozen = False
         return True
 
-    async def _spoil_reply(self, request: web.Request, response: web.StreamResponse,
-                           mode: str) -> web.StreamResponse:
+    async def _spoil_reply(
+        self, request: web.Request, response: web.StreamResponse, mode: str
+    ) -> web.StreamResponse:
         """The request was handled (a prompt is queued); its reply goes wrong."""
         if mode == "garble":
             return web.Response(status=200, text=_LOGIN_PAGE, content_type="text/html")
@@ -551,9 +566,9 @@ class ComfyServer:
             prompt_id = str(json_data.get("prompt_id", uuid.uuid4()))
 
         partial: Any = json_data.get("partial_execution_targets")
-        valid, problem, outputs, node_errors = validate_prompt(prompt, partial,
-                                                               newest=self.jobs_api,
-                                                               dirs=self.dirs)
+        valid, problem, outputs, node_errors = validate_prompt(
+            prompt, partial, newest=self.jobs_api, dirs=self.dirs
+        )
         extra_data = json_data["extra_data"] if "extra_data" in json_data else {}  # noqa: SIM401
         if "client_id" in json_data:
             extra_data["client_id"] = json_data["client_id"]
@@ -606,8 +621,9 @@ class ComfyServer:
         return web.Response(status=200)
 
     async def logs_raw(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"entries": list(self.state.logs),
-                                  "size": {"cols": 80, "rows": 24}})
+        return web.json_response(
+            {"entries": list(self.state.logs), "size": {"cols": 80, "rows": 24}}
+        )
 
     async def logs_text(self, request: web.Request) -> web.StreamResponse:
         return web.json_response("".join(e["t"] + " - " + e["m"] for e in self.state.logs))

@@ -204,30 +204,40 @@ def _validate_node(
             if isinstance(input_type, list) and listed and value not in input_type:
                 # Long lists (scanned model files) are summarised, as ComfyUI does.
                 long_list = len(input_type) > 20
-                list_info = f"(list of length {len(input_type)})" if long_list \
-                    else str(input_type)
+                list_info = f"(list of length {len(input_type)})" if long_list else str(input_type)
                 errors.append(
                     _error(
                         "value_not_in_list",
                         "Value not in list",
                         f"{name}: '{value}' not in {list_info}",
-                        {"input_name": name, "input_config": None if long_list else config,
-                         "received_value": value},
+                        {
+                            "input_name": name,
+                            "input_config": None if long_list else config,
+                            "received_value": value,
+                        },
                     )
                 )
                 continue
 
     wanted = {name: inputs[name] for name in spec.validate_args if name in inputs}
-    if spec.validate_inputs is not None and dirs is not None and len(wanted) == len(
-        spec.validate_args
-    ) and not any(isinstance(v, list) for v in wanted.values()):
+    if (
+        spec.validate_inputs is not None
+        and dirs is not None
+        and len(wanted) == len(spec.validate_args)
+        and not any(isinstance(v, list) for v in wanted.values())
+    ):
         verdict = spec.validate_inputs(wanted, dirs)
         if verdict is not True:
             for name in wanted:
                 details = name if verdict is False else f"{name} - {verdict}"
-                errors.append(_error("custom_validation_failed",
-                                     "Custom validation failed for node", details,
-                                     {"input_name": name}))
+                errors.append(
+                    _error(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        details,
+                        {"input_name": name},
+                    )
+                )
 
     previous = validated.get(unique_id, (True, [], unique_id))
     result = (

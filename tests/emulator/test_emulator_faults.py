@@ -296,8 +296,7 @@ def test_console_log_like_app_logger(fast_emulator: Emulator) -> None:
     _run(emu)
     after = [e["m"] for e in get_json(emu, "/internal/logs/raw")["entries"]]
     assert after[-2] == "got prompt\n" and after[-1].startswith("Prompt executed in ")
-    assert requests.get(emu.url + "/api/internal/logs/raw", timeout=HTTP_TIMEOUT).status_code \
-        == 404
+    assert requests.get(emu.url + "/api/internal/logs/raw", timeout=HTTP_TIMEOUT).status_code == 404
     for _ in range(300):
         requests.post(emu.url + "/prompt", json={}, timeout=HTTP_TIMEOUT)  # 400, still logged
     full = get_json(emu, "/internal/logs/raw")["entries"]

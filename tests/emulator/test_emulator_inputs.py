@@ -14,8 +14,12 @@ from comfyctl.emulator.images import encode_png
 
 
 def upload(emu: Emulator, name: str, content: bytes, **fields: str) -> requests.Response:
-    return requests.post(emu.url + "/upload/image", files={"image": (name, content)},
-                         data=fields, timeout=HTTP_TIMEOUT)
+    return requests.post(
+        emu.url + "/upload/image",
+        files={"image": (name, content)},
+        data=fields,
+        timeout=HTTP_TIMEOUT,
+    )
 
 
 def load_and_save(image: str) -> dict[str, Any]:
@@ -27,8 +31,11 @@ def load_and_save(image: str) -> dict[str, Any]:
 
 def test_same_content_is_reused_and_not_rewritten(emulator: Emulator) -> None:
     png = encode_png(2, 2, (1, 2, 3))
-    assert upload(emulator, "a.png", png).json() == {"name": "a.png", "subfolder": "",
-                                                      "type": "input"}
+    assert upload(emulator, "a.png", png).json() == {
+        "name": "a.png",
+        "subfolder": "",
+        "type": "input",
+    }
     stamp = (emulator.input_dir / "a.png").stat().st_mtime_ns
     again = upload(emulator, "a.png", png).json()
     assert again["name"] == "a.png"
@@ -52,8 +59,9 @@ def test_subfolder_and_types(emulator: Emulator) -> None:
     assert upload(emulator, "t.png", b"x", type="temp").json()["type"] == "temp"
     assert upload(emulator, "e.png", b"x", subfolder="../..").status_code == 400
     assert upload(emulator, "e.png", b"x", type="nonsense").status_code == 500
-    no_file = requests.post(emulator.url + "/upload/image", data={"image": "text"},
-                            timeout=HTTP_TIMEOUT)
+    no_file = requests.post(
+        emulator.url + "/upload/image", data={"image": "text"}, timeout=HTTP_TIMEOUT
+    )
     assert no_file.status_code == 400
 
 
@@ -76,14 +84,20 @@ def test_load_image_lists_images_only(emulator: Emulator) -> None:
 
 
 def test_missing_input_file_fails_custom_validation(emulator: Emulator) -> None:
-    reply = requests.post(emulator.url + "/prompt", json={"prompt": load_and_save("in.png")},
-                          timeout=HTTP_TIMEOUT)
+    reply = requests.post(
+        emulator.url + "/prompt", json={"prompt": load_and_save("in.png")}, timeout=HTTP_TIMEOUT
+    )
     assert reply.status_code == 400
     body = reply.json()
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
-    assert body["node_errors"]["1"]["errors"] == [{
-        "type": "custom_validation_failed", "message": "Custom validation failed for node",
-        "details": "image - Invalid image file: in.png", "extra_info": {"input_name": "image"}}]
+    assert body["node_errors"]["1"]["errors"] == [
+        {
+            "type": "custom_validation_failed",
+            "message": "Custom validation failed for node",
+            "details": "image - Invalid image file: in.png",
+            "extra_info": {"input_name": "image"},
+        }
+    ]
 
 
 def test_uploaded_file_in_subfolder_validates_and_runs(emulator: Emulator) -> None:
@@ -99,19 +113,34 @@ def test_combo_value_not_in_list(emulator: Emulator) -> None:
     graph = {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "nope.ckpt"}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a", "clip": ["4", 1]}},
-        "5": {"class_type": "EmptyLatentImage",
-              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": 1, "steps": 1, "cfg": 7.0, "sampler_name": "euler_x", "scheduler": "normal",
-            "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["6", 0],
-            "latent_image": ["5", 0]}},
+        "5": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1},
+        },
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": 1,
+                "steps": 1,
+                "cfg": 7.0,
+                "sampler_name": "euler_x",
+                "scheduler": "normal",
+                "denoise": 1.0,
+                "model": ["4", 0],
+                "positive": ["6", 0],
+                "negative": ["6", 0],
+                "latent_image": ["5", 0],
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "t"}},
     }
     reply = requests.post(emulator.url + "/prompt", json={"prompt": graph}, timeout=HTTP_TIMEOUT)
     errors = reply.json()["node_errors"]
-    assert errors["4"]["errors"][0]["details"] == \
-        "ckpt_name: 'nope.ckpt' not in ['emulator.safetensors']"
+    assert (
+        errors["4"]["errors"][0]["details"]
+        == "ckpt_name: 'nope.ckpt' not in ['emulator.safetensors']"
+    )
     sampler = errors["3"]["errors"][0]
     assert sampler["type"] == "value_not_in_list"
     assert sampler["details"] == "sampler_name: 'euler_x' not in (list of length 27)"
@@ -119,5 +148,7 @@ def test_combo_value_not_in_list(emulator: Emulator) -> None:
     (emulator.models_dir / "checkpoints" / "sub").mkdir()
     (emulator.models_dir / "checkpoints" / "sub" / "nope.ckpt").touch()
     listed = get_json(emulator, "/object_info/CheckpointLoaderSimple")
-    assert listed["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == \
-        ["emulator.safetensors", "sub/nope.ckpt"]
+    assert listed["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == [
+        "emulator.safetensors",
+        "sub/nope.ckpt",
+    ]

@@ -308,15 +308,25 @@ def test_same_client_id_twice_follows_server_py(
     assert get_json(emu, f"/history/{second}")[second]["status"]["completed"] is True
 
 
-@pytest.mark.parametrize(("summary", "sockets"), [
-    ("ws_full_run_summary.json",
-     {"submitter": "ws_full_run_submitter.json", "observer": "ws_full_run_observer.json"}),
-    ("ws_queue_interrupt_summary.json",
-     {"submitter": "ws_queue_interrupt_submitter.json",
-      "observer": "ws_queue_interrupt_observer.json"}),
-])
+@pytest.mark.parametrize(
+    ("summary", "sockets"),
+    [
+        (
+            "ws_full_run_summary.json",
+            {"submitter": "ws_full_run_submitter.json", "observer": "ws_full_run_observer.json"},
+        ),
+        (
+            "ws_queue_interrupt_summary.json",
+            {
+                "submitter": "ws_queue_interrupt_submitter.json",
+                "observer": "ws_queue_interrupt_observer.json",
+            },
+        ),
+    ],
+)
 def test_summary_captures_agree_with_the_replayed_socket_captures(
-        summary: str, sockets: dict[str, str]) -> None:
+    summary: str, sockets: dict[str, str]
+) -> None:
     """The summary files are compact views of the per-socket captures replayed above (same
     messages, same order, same timestamps), so replaying those covers them too; and in the
     interleaved timeline each socket's frames keep that order."""
@@ -326,8 +336,14 @@ def test_summary_captures_agree_with_the_replayed_socket_captures(
         compact = [c for c in data[role] if not c["type"].startswith("<")]  # e.g. <close_frame>
         assert [c["type"] for c in compact] == [f["msg"]["type"] for f in frames]
         assert [c["t"] for c in compact] == [f["t"] for f in frames]
-        src = next(s for s in {e.get("src") for e in data["interleaved_timeline"]}
-                   if s and s.startswith("ws:") and s.endswith(role))
-        timeline = [e["msg"]["type"] for e in data["interleaved_timeline"]
-                    if e.get("src") == src and e.get("kind") == "text"]
+        src = next(
+            s
+            for s in {e.get("src") for e in data["interleaved_timeline"]}
+            if s and s.startswith("ws:") and s.endswith(role)
+        )
+        timeline = [
+            e["msg"]["type"]
+            for e in data["interleaved_timeline"]
+            if e.get("src") == src and e.get("kind") == "text"
+        ]
         assert timeline == [f["msg"]["type"] for f in frames]
