@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 
 import requests
 
+from comfyctl.backoff import Backoff
 from comfyctl.config import ServerSpec
 from comfyctl.errors import (
     AccessDenied,
@@ -37,7 +38,7 @@ from comfyctl.errors import (
     SubmitUncertain,
     WorkflowRejected,
 )
-from comfyctl.events import from_history_entry, from_job
+from comfyctl.events import from_history_entry, from_job, prompt_extra
 from comfyctl.records import Observation
 
 log = logging.getLogger("comfyctl.client")
@@ -131,7 +132,7 @@ class ServerClient:
         are retried with backoff; a timeout is not (a hanging server stays hanging).
         """
         read_timeout = timeout if timeout is not None else self.spec.timeout
-        attempt = 0
+        attempt, backoff = 0, Backoff(0.4, 3.2)
         while True:
             try:
                 resp = self.session.request(
@@ -156,7 +157,7 @@ class ServerClient:
                 )
                 if again and attempt < retries:
                     attempt += 1
-                    time.sleep(0.2 * 2**attempt)
+                    time.sleep(backoff.wait())
                     continue
                 raise error from None
             except _SlowBody:
@@ -164,7 +165,7 @@ class ServerClient:
             log.debug("%s %s%s -> %s", method, self.url, path, resp.status_code)
             if resp.status_code in RETRY_STATUSES and attempt < retries:
                 attempt += 1
-                time.sleep(0.2 * 2**attempt)
+                time.sleep(backoff.wait())
                 continue
             return resp
 
@@ -275,8 +276,7 @@ class ServerClient:
                 return item.prompt_id
         for prompt_id, entry in self.history(max_items=RECENT_HISTORY).items():
             prompt = entry.get("prompt") if isinstance(entry, dict) else None
-            extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
-            if isinstance(extra, dict) and extra.get("client_id") == client_id:
+            if prompt_extra(prompt).get("client_id") == client_id:
                 return str(prompt_id)
         return None
 
@@ -665,7 +665,6 @@ def _queue_items(raw: Any) -> list[QueueItem]:
     items = []
     for entry in raw if isinstance(raw, list) else []:
         if isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[1], str):
-            extra = entry[3] if len(entry) > 3 and isinstance(entry[3], dict) else {}
             number = entry[0] if isinstance(entry[0], (int, float)) else 0
-            items.append(QueueItem(int(number), entry[1], extra.get("client_id")))
+            items.append(QueueItem(int(number), entry[1], prompt_extra(entry).get("client_id")))
     return items

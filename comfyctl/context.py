@@ -65,6 +65,10 @@ class AppContext:
             )
         return self._ledger
 
+    def use_ledger(self, location: Path | str) -> None:
+        """From now on, the store at ``location`` (the demo's throwaway ledger)."""
+        self.ledger_path, self._ledger = location, None
+
     @property
     def object_info(self) -> ObjectInfoCache:
         """Each server's /object_info, cached per server and version (COMFYCTL_CACHE_DIR)."""

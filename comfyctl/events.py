@@ -43,11 +43,15 @@ def from_ws_message(msg: dict[str, Any], server_url: str, prompt_id: str) -> Obs
         return Observation(what, prompt_id, server_url, source="ws", **fields)
 
     if kind == "execution_start":
-        return make("running")
+        return make("running", timing=server_timing(None, data.get("timestamp"), None))
+    if kind == "execution_success":
+        # Not "finished": it is the whole outcome only to a socket that heard the run from
+        # its start (outputs came in the executed messages before it); the tracker decides.
+        return make("succeeded", timing=server_timing(None, None, data.get("timestamp")))
     if kind == "executing":
         node = data.get("node")
-        # node None is ComfyUI's "done" signal (also after errors); the outcome comes
-        # from /history, so it is reported as its own kind for the tracker to fetch.
+        # node None is ComfyUI's "done" signal (also after errors): when execution_success
+        # could not settle the job, the tracker fetches the outcome from /history.
         return make("executing", node=str(node)) if node is not None else make("done")
     if kind == "progress":
         value, maximum = data.get("value"), data.get("max")
@@ -87,11 +91,24 @@ def interrupt_summary(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def messages_by_name(status: Any) -> dict[str, Any]:
+    """A finished job's execution messages (``status.messages``: [name, data] pairs, in
+    /history entries and the jobs API alike) by name."""
+    messages = status.get("messages") if isinstance(status, dict) else None
+    return {m[0]: m[1] for m in messages or [] if isinstance(m, list) and len(m) == 2}
+
+
+def prompt_extra(prompt: Any) -> dict[str, Any]:
+    """The extra_data (client_id, create_time) of a queued or finished prompt, which
+    ComfyUI stores as [number, prompt_id, graph, extra_data, outputs_to_execute]."""
+    extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
+    return extra if isinstance(extra, dict) else {}
+
+
 def from_history_entry(entry: dict[str, Any], server_url: str, prompt_id: str) -> Observation:
     """A /history/{id} entry (present only once the job has finished)."""
     status = entry.get("status") or {}
-    messages = status.get("messages") or []
-    names = {m[0]: m[1] for m in messages if isinstance(m, list) and len(m) == 2}
+    names = messages_by_name(status)
     outcome, error = SUCCESS, None
     if "execution_error" in names:
         outcome, error = ERROR, error_summary(names["execution_error"] or {})
@@ -99,11 +116,9 @@ def from_history_entry(entry: dict[str, Any], server_url: str, prompt_id: str) -
         outcome, error = INTERRUPTED, interrupt_summary(names["execution_interrupted"] or {})
     elif status.get("status_str") == "error" or status.get("completed") is False:
         outcome, error = ERROR, job_error("error", "The server recorded an error.")
-    prompt = entry.get("prompt")
-    extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
     ends = [names.get(n) for n in ("execution_success", "execution_error", "execution_interrupted")]
     timing = server_timing(
-        (extra or {}).get("create_time") if isinstance(extra, dict) else None,
+        prompt_extra(entry.get("prompt")).get("create_time"),
         (names.get("execution_start") or {}).get("timestamp"),
         next((e.get("timestamp") for e in ends if isinstance(e, dict)), None),
     )
@@ -154,9 +169,7 @@ def _from_job(job: dict[str, Any], server_url: str) -> Observation:
     if status == "cancelled":
         # The jobs API calls an interrupted run "cancelled"; its detail keeps the history
         # messages, which tell it apart the way the classic /history path does.
-        status_info = job.get("execution_status")
-        messages = status_info.get("messages") if isinstance(status_info, dict) else None
-        names = {m[0]: m[1] for m in messages or [] if isinstance(m, list) and len(m) == 2}
+        names = messages_by_name(job.get("execution_status"))
         if "execution_interrupted" in names:
             return Observation(
                 "finished",

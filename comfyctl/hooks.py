@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from comfyctl import __version__
+from comfyctl.backoff import Backoff
 from comfyctl.records import TERMINAL, now_iso
 from comfyctl.render import record_json
 from comfyctl.store import Record, Store
@@ -229,7 +230,7 @@ class Notifier:
         if hook.secret:
             headers["X-Comfyctl-Signature"] = signature(hook.secret, body)
         end = time.monotonic() + self.options.webhook_retry_for
-        delay, attempt = 0.5, 0
+        backoff, attempt = Backoff(0.5, 10.0), 0
         while True:
             attempt += 1
             try:
@@ -254,17 +255,20 @@ class Notifier:
                         f"{hook.name} refused {record['prompt_id']} ({reason}); not retried"
                     )
                     return
-            if time.monotonic() + delay > end or self._stop.is_set():
+            if time.monotonic() + backoff.upcoming > end or self._stop.is_set():
                 self.report(
                     f"{hook.name} failed for {record['prompt_id']} after {attempt} "
                     f"attempt(s) ({reason}); given up"
                 )
                 return
             log.info(
-                "%s: %s (%s); retrying in %.1fs", hook.name, record["prompt_id"], reason, delay
+                "%s: %s (%s); retrying in %.1fs",
+                hook.name,
+                record["prompt_id"],
+                reason,
+                backoff.upcoming,
             )
-            self._stop.wait(delay)
-            delay = min(delay * 2, 10.0)
+            self._stop.wait(backoff.wait())
 
 
 def _exit_text(code: int) -> str:

@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from comfyctl.backoff import Backoff
 from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, UsageProblem
 from comfyctl.records import STATUSES
 from comfyctl.store import MIN_PREFIX, Lease, Record, RecordsBase, is_settled
@@ -464,7 +465,7 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                delay = 0.002
+                backoff = Backoff(0.002, 0.05)
                 while True:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -472,8 +473,7 @@ class Ledger:
                     except BlockingIOError:
                         if time.monotonic() >= deadline:
                             raise LedgerLocked(self.path, self.lock_timeout) from None
-                        time.sleep(delay)
-                        delay = min(delay * 2, 0.05)
+                        time.sleep(backoff.wait())
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the flock

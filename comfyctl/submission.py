@@ -247,12 +247,9 @@ class Submitter:
 
 def rejection_summary(exc: WorkflowRejected) -> dict[str, Any]:
     return {
-        "type": exc.error.get("type") or "rejected",
-        "message": exc.error.get("message") or exc.message,
+        **job_error(exc.error.get("type") or "rejected", exc.error.get("message") or exc.message),
         "details": exc.error.get("details") or None,
         "node_errors": _by_node(node_error_lines(exc.node_errors)),
-        "node_id": None,
-        "node_type": None,
     }
 
 

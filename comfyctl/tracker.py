@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfyctl.backoff import Backoff
 from comfyctl.client import ServerClient
 from comfyctl.errors import ComfyctlError, ServerError
 from comfyctl.events import from_ws_message
@@ -37,6 +38,7 @@ from comfyctl.records import (
     PENDING,
     RUNNING,
     SUBMITTING,
+    SUCCESS,
     TERMINAL,
     Observation,
     age_seconds,
@@ -425,22 +427,22 @@ class Tracker:
         the socket drops); while another process holds it, follow the job through what
         that process writes to the store, and take over when it is gone."""
         name = listen_lease(prompt_id)
-        backoff, last_claim = 0.5, 0.0
+        backoff, last_claim = Backoff(0.5, 10.0), 0.0
         try:
             while not (self.stop.is_set() or job_stop.is_set()):
                 if not self._held.get(prompt_id):
-                    self._observe(prompt_id)
+                    # Claimed first: the usual watcher holds every lease, and then never
+                    # needs to read the store for what someone else heard.
                     if self.options.use_websocket and time.monotonic() - last_claim >= CLAIM_EVERY:
                         last_claim = time.monotonic()
                         self._try_claim(prompt_id, name)
                     if not self._held.get(prompt_id):
+                        self._observe(prompt_id)
                         self.stop.wait(OBSERVE_EVERY)
                         continue
                 if self._listen(state, prompt_id, client_id, job_stop):
-                    backoff = 0.5
-                else:
-                    backoff = min(backoff * 2, 10.0)
-                self.stop.wait(backoff)
+                    backoff.reset()
+                self.stop.wait(backoff.wait())
         finally:
             if self._held.pop(prompt_id, False):
                 release_quietly(self.leases, name, self.owner)
@@ -495,6 +497,9 @@ class Tracker:
         log.info("listening for %s on %s as its client_id", prompt_id, state.name)
         sock.settimeout(0.5)
         heard = time.monotonic()
+        # Once this connection heard execution_start it hears every output too, so
+        # execution_success alone is the whole outcome (no /history read per job).
+        heard_start, start_timing = False, None
         try:
             while not (self.stop.is_set() or job_stop.is_set()) and self._held.get(prompt_id):
                 try:
@@ -522,8 +527,25 @@ class Tracker:
                     if isinstance(msg, dict)
                     else None
                 )
-                if obs is not None:
-                    self.inbox.put(obs)
+                if obs is None:
+                    continue
+                if obs.kind == "running":
+                    heard_start, start_timing = True, obs.timing
+                elif obs.kind == "succeeded":
+                    if not heard_start:  # outputs came before this connection: ask /history
+                        obs = Observation("done", prompt_id, state.client.url, source="ws")
+                    else:
+                        timing = {**(obs.timing or {}), **(start_timing or {})}
+                        timing["finished_at"] = (obs.timing or {}).get("finished_at")
+                        obs = Observation(
+                            "finished",
+                            prompt_id,
+                            state.client.url,
+                            source="ws",
+                            outcome=SUCCESS,
+                            timing=timing if any(timing.values()) else None,
+                        )
+                self.inbox.put(obs)
         except (OSError, websocket.WebSocketException) as exc:
             log.debug("socket for %s dropped: %s", prompt_id, type(exc).__name__)
         finally:

@@ -801,13 +801,21 @@ def test_full_run_over_the_websocket_then_history() -> None:
         if obs is not None
     )
     for msg, obs in zip(ws_messages(socket), observations, strict=True):
-        if msg["type"] in ("status", "progress_state", "execution_cached", "execution_success"):
+        if msg["type"] in ("status", "progress_state", "execution_cached"):
             assert obs is None, msg
+    # execution_success is an outcome only to the tracker, which knows whether its socket
+    # heard the run from execution_start; folded as it comes, it changes nothing.
+    (success,) = [o for o in observations if o is not None and o.kind == "succeeded"]
+    assert success.timing and success.timing["finished_at"]
 
     record = fold(fresh_record(pid), observations)
-    assert record["status"] == RUNNING  # the WebSocket's "done" is not an outcome
+    assert record["status"] == RUNNING  # neither "succeeded" nor "done" is an outcome
     assert record["progress"]["percent"] == 100.0
     assert [o["filename"] for o in record["outputs"]] == ["comfyctl_quick_00007_.png"]
+    from_ws = fold(
+        copy.deepcopy(record),
+        [Observation("finished", pid, URL, outcome=SUCCESS, timing=success.timing)],
+    )
 
     entry = capture("http_get_history_finished.json")["response"]["body"][pid]
     finished = from_history_entry(entry, URL, pid)
@@ -815,6 +823,10 @@ def test_full_run_over_the_websocket_then_history() -> None:
     apply(record, finished)
     assert record["status"] == SUCCESS
     assert len(record["outputs"]) == 1  # the same file from WS and /history, once
+    # The socket alone (start to success) gives what /history gives: outcome, outputs and
+    # the server's start and end times.
+    assert from_ws["status"] == SUCCESS and from_ws["outputs"] == record["outputs"]
+    assert from_ws["server_timing"]["finished_at"] == record["server_timing"]["finished_at"]
     assert (
         record["outputs"][0]["url"]
         == f"{URL}/view?filename=comfyctl_quick_00007_.png&subfolder=&type=output"

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import requests
 import responses
 from workflows import slow_graph
 
@@ -153,6 +154,41 @@ def test_job_finished_before_watch_is_reported_at_once(invoke, emulator, workflo
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[-1]["status"] == "success" and events[-1]["outputs"]
     assert records(ledger_path)[pid]["status"] == "success"
+
+
+def test_a_socket_that_heard_the_whole_run_settles_it_without_asking_history(
+    invoke, emulator, workflow, ledger_path
+):
+    # execution_success after execution_start on one connection is the whole outcome:
+    # outputs came in executed messages, times in the messages' timestamps.
+    emulator.faults.stall_at_percent = 0  # the first job holds the queue until watch listens
+    first, pid = invoke("submit", workflow(), "-s", emulator.url, "--count", "2").stdout.split()
+    threading.Timer(1.5, setattr, (emulator.faults, "stall_at_percent", None)).start()
+    result = invoke("watch", pid, "--json", "--poll-interval", "30")
+    assert result.exit_code == 0, result.stderr
+    record = records(ledger_path)[pid]
+    assert record["status"] == "success" and len(record["outputs"]) == 1
+    assert record["server_timing"]["started_at"] and record["server_timing"]["finished_at"]
+    assert emulator.requests[f"GET /history/{pid}"] == 0, dict(emulator.requests)
+
+
+def test_a_socket_that_joined_mid_run_takes_the_outcome_from_history(
+    invoke, emulator, workflow, ledger_path
+):
+    # Connected after execution_start, the socket may have missed outputs: /history says.
+    emulator.faults.stall_at_percent = 50
+    pid = invoke("submit", workflow(), "-s", emulator.url).stdout.strip()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # running: its execution_start went to nobody
+        if requests.get(f"{emulator.url}/queue", timeout=5).json()["queue_running"]:
+            break
+        time.sleep(0.02)
+    threading.Timer(1.5, setattr, (emulator.faults, "stall_at_percent", None)).start()
+    result = invoke("watch", pid, "--json", "--poll-interval", "30")
+    assert result.exit_code == 0, result.stderr
+    assert records(ledger_path)[pid]["status"] == "success"
+    assert records(ledger_path)[pid]["outputs"]
+    assert emulator.requests[f"GET /history/{pid}"] >= 1
 
 
 def test_stall_is_reported_and_fail_on_stall_exits_6(invoke, emulator, workflow):

@@ -9,7 +9,6 @@ import click
 from comfyctl.commands.follow import FollowOptions, follow
 from comfyctl.context import AppContext
 from comfyctl.errors import UsageProblem
-from comfyctl.ledger import Ledger
 from comfyctl.options import output_format
 
 DEMO_WORKFLOW: dict[str, dict[str, Any]] = {
@@ -74,7 +73,7 @@ def command(app: AppContext, jobs: int, steps: int, fmt: str) -> None:
     with tempfile.TemporaryDirectory(prefix="comfyctl-demo-", ignore_cleanup_errors=True) as tmp:
         # Only an explicit --ledger is used: a COMFYCTL_LEDGER set for real work is not.
         if given != click.core.ParameterSource.COMMANDLINE:
-            app._ledger = Ledger(Path(tmp) / "ledger.json")
+            app.use_ledger(Path(tmp) / "ledger.json")
         emulators = [Emulator(output_dir=str(Path(tmp) / f"out{i}")).start() for i in (1, 2)]
         try:
             specs = [

@@ -78,6 +78,8 @@ class Emulator:
             max_upload_size=max_upload_size,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Every HTTP request answered, as "METHOD /path" (no /api prefix), counted.
+        self.requests = self._server.requests
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False

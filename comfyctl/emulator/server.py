@@ -22,6 +22,7 @@ UUID (``invalid_prompt_id``); unknown classes answer ``missing_node_type``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -166,6 +167,9 @@ class ComfyServer:
         self.host = host
         self.port = 0
         self.state = _State(self)
+        #: Every HTTP request answered, as "METHOD /path" (no /api prefix, no query): what
+        #: a client asked, for tests of how much it asks.
+        self.requests: collections.Counter[str] = collections.Counter()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._open_ws: dict[web.WebSocketResponse, web.Request] = {}
@@ -376,6 +380,8 @@ class ComfyServer:
     async def _fault_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         faults = self.faults
         if request.path not in WS_PATHS:
+            path = request.path[4:] if request.path.startswith("/api/") else request.path
+            self.requests[f"{request.method} {path}"] += 1
             if self._frozen and not await self._thawed():
                 if request.transport is not None:
                     request.transport.abort()
