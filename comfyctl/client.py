@@ -569,7 +569,7 @@ class ServerClient:
             elif isinstance(self.spec.verify, str):
                 sslopt = {"ca_certs": self.spec.verify}
         try:
-            return websocket.create_connection(
+            ws = websocket.create_connection(
                 self.ws_url(client_id),
                 header=headers,
                 sslopt=sslopt,
@@ -579,6 +579,8 @@ class ServerClient:
                 skip_utf8_validation=True,
                 class_=_websocket_class(),
             )
+            ws.sock = _ReadAhead(ws.sock)  # type: ignore[assignment]  # after the handshake
+            return ws
         except ssl.SSLError:
             raise ServerUnreachable(self.spec.name, "tls") from None
         except (OSError, websocket.WebSocketException) as exc:
@@ -659,6 +661,35 @@ def _causes(exc: BaseException) -> list[BaseException]:
         found.append(item)
         stack += [getattr(item, "reason", None), item.__cause__, item.__context__, *item.args]
     return found
+
+
+class _ReadAhead:
+    """A WebSocket's TCP or TLS socket, read up to 64 KiB at a time. websocket-client asks
+    for each frame's header and payload separately: a burst of small progress frames would
+    otherwise cost several system calls (each a hand-off of the GIL) per frame.
+    ``pending()`` says how much is read but not yet handed out, as ``ssl.SSLSocket`` does,
+    so a reader that waits in ``select`` knows to read on first."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._data, self._at = b"", 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at >= len(self._data):
+            data = self._sock.recv(max(size, 65536))
+            if not data:
+                return b""
+            self._data, self._at = data, 0
+        piece = self._data[self._at : self._at + size]
+        self._at += len(piece)
+        return piece
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._data) - self._at + (inner() if inner else 0)
+
+    def __getattr__(self, name: str) -> Any:  # send, settimeout, fileno, close, ...
+        return getattr(self._sock, name)
 
 
 def _queue_items(raw: Any) -> list[QueueItem]:

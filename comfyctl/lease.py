@@ -9,8 +9,8 @@ listens and writes what it hears to the store; every other process follows the j
 through the store and takes the lease over when the holder's expires (a crash) or when
 the holder, on this host, is no longer alive (found at once, without waiting for expiry).
 
-The lease calls are the store contract's (``claim_lease``, ``renew_lease``,
-``release_lease``, ``lease``; see ``store.py``).
+The lease calls are the store contract's (``claim_leases``, ``release_leases``, ``lease``;
+see ``store.py``): a watcher of many jobs claims, renews and releases them in one call.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from comfyctl.errors import ComfyctlError
@@ -29,11 +30,9 @@ RENEW_EVERY = 1.5
 
 
 class LeaseStore(Protocol):
-    def claim_lease(self, name: str, owner: str, ttl: float) -> bool: ...
+    def claim_leases(self, names: Collection[str], owner: str, ttl: float) -> set[str]: ...
 
-    def renew_lease(self, name: str, owner: str, ttl: float) -> bool: ...
-
-    def release_lease(self, name: str, owner: str) -> bool: ...
+    def release_leases(self, names: Collection[str], owner: str) -> set[str]: ...
 
     def lease(self, name: str) -> Any: ...
 
@@ -70,13 +69,19 @@ def leases_for(ledger: Any) -> LeaseStore:
 
 def claim(store: LeaseStore, name: str, owner: str, ttl: float = TTL) -> bool:
     """Take the lease if it is free, expired, ours, or held by a dead process here."""
-    if store.claim_lease(name, owner, ttl):
-        return True
-    held = store.lease(name)
-    if held is not None and holder_gone(held.owner):
-        store.release_lease(name, held.owner)
-        return store.claim_lease(name, owner, ttl)
-    return False
+    return name in claim_all(store, [name], owner, ttl)
+
+
+def claim_all(store: LeaseStore, names: Collection[str], owner: str, ttl: float = TTL) -> set[str]:
+    """``claim`` for many leases in one store call (plus one per lease someone else holds,
+    to see whether its holder is a dead process on this host)."""
+    won = store.claim_leases(names, owner, ttl)
+    for name in set(names) - won:
+        held = store.lease(name)
+        if held is not None and holder_gone(held.owner):
+            store.release_leases([name], held.owner)
+            won |= store.claim_leases([name], owner, ttl)
+    return won
 
 
 def live_holder(store: LeaseStore, name: str) -> str | None:
@@ -87,7 +92,7 @@ def live_holder(store: LeaseStore, name: str) -> str | None:
     return str(held.owner)
 
 
-def release_quietly(store: LeaseStore, name: str, owner: str) -> None:
-    """Give a lease up on the way out; a failure only delays the next holder by ``TTL``."""
+def release_quietly(store: LeaseStore, names: Collection[str], owner: str) -> None:
+    """Give leases up on the way out; a failure only delays the next holder by ``TTL``."""
     with contextlib.suppress(ComfyctlError, OSError):
-        store.release_lease(name, owner)
+        store.release_leases(names, owner)

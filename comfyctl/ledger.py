@@ -67,6 +67,11 @@ def _stamp(record: Record) -> str:
 
 def _read_json(path: Path, missing_ok: bool = False) -> Any:
     """A file parsed strictly; LedgerCorrupt naming it when it is not JSON."""
+    raw = _read_bytes(path, missing_ok)
+    return None if raw is None else _parse_json(path, raw)
+
+
+def _read_bytes(path: Path, missing_ok: bool = False) -> bytes | None:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -79,6 +84,10 @@ def _read_json(path: Path, missing_ok: bool = False) -> Any:
         raise LedgerCorrupt(path, exc.strerror or str(exc)) from None
     if not raw.strip():
         raise LedgerCorrupt(path, "it is empty")
+    return raw
+
+
+def _parse_json(path: Path, raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -87,21 +96,61 @@ def _read_json(path: Path, missing_ok: bool = False) -> Any:
         raise LedgerCorrupt(path, "it is nested too deeply") from None
 
 
-def _tasks_document(head: dict[str, Any], tasks: dict[str, Record]) -> bytes:
-    """``head`` then ``"tasks"``, one record per line: grep-, diff- and jq-friendly."""
+def _tasks_document(
+    head: dict[str, Any], tasks: dict[str, Record], known: dict[str, str] | None = None
+) -> bytes:
+    """``head`` then ``"tasks"``, one record per line: grep-, diff- and jq-friendly.
+    ``known``: records' text as read, for those unchanged since (only changes are encoded)."""
+    known = known or {}
     start = json.dumps(head)[:-1] + (', "tasks": {' if head else '{"tasks": {')
     lines = [
-        json.dumps(pid) + ":" + json.dumps(rec, separators=(",", ":")) for pid, rec in tasks.items()
+        json.dumps(pid) + ":" + (known.get(pid) or json.dumps(rec, separators=(",", ":")))
+        for pid, rec in tasks.items()
     ]
     return (start + ("\n" + ",\n".join(lines) + "\n" if lines else "") + "}}\n").encode()
+
+
+_TASKS_OPEN = ', "tasks": {'
+
+
+def _parse_by_line(raw: bytes) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """A document in the layout ``_tasks_document`` writes, parsed a record per line, with
+    each record's text kept for the next write; None for any other layout (a file a person
+    reformatted), which is then parsed whole."""
+    try:
+        lines = raw.decode().split("\n")
+        while lines and not lines[-1]:
+            lines.pop()
+        if len(lines) < 2 or not lines[0].endswith(_TASKS_OPEN) or lines[-1] != "}}":
+            return None
+        doc = json.loads(lines[0][: -len(_TASKS_OPEN)] + "}")
+        tasks: dict[str, Any] = {}
+        texts: dict[str, str] = {}
+        for line in lines[1:-1]:
+            end = line.find('":', 1)
+            key = line[1:end]
+            if not line.startswith('"') or end < 0 or "\\" in key or '"' in key:
+                return None
+            text = line[end + 2 :].removesuffix(",")
+            tasks[key] = json.loads(text)
+            texts[key] = text
+    except ValueError:  # also UnicodeDecodeError; then parsed whole, and judged there
+        return None
+    if not isinstance(doc, dict):
+        return None
+    doc["tasks"] = tasks
+    return doc, texts
 
 
 class _Live:
     """The live document as read: its records and everything else it holds."""
 
-    def __init__(self, doc: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, doc: dict[str, Any] | None = None, texts: dict[str, str] | None = None
+    ) -> None:
         doc = doc or {}
         self.tasks: dict[str, Record] = doc.get("tasks", {})
+        self.texts = texts or {}  # each record's JSON text as read (_parse_by_line)
         self.version: int = doc.get("schema_version", SCHEMA_VERSION)
         self.changes: int = doc.get("changes", 0)
         self.history: str | None = doc.get("history")
@@ -115,7 +164,7 @@ class _Live:
             "history": self.history,
             "history_last": self.history_last,
         }
-        return _tasks_document(head, self.tasks)
+        return _tasks_document(head, self.tasks, self.texts)
 
 
 class _History:
@@ -389,7 +438,7 @@ class Ledger:
             if lock_timeout is not None
             else (_seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT)
         )
-        self._thread_lock = threading.RLock()
+        self._thread_locks: dict[Path, threading.RLock] = {}  # per lock file
 
     def describe(self) -> str:
         return str(self.path)
@@ -413,9 +462,11 @@ class Ledger:
     # -- reading ------------------------------------------------------------------------
 
     def _read_live(self) -> _Live:
-        doc = _read_json(self.path, missing_ok=True)
-        if doc is None:
+        raw = _read_bytes(self.path, missing_ok=True)
+        if raw is None:
             return _Live()
+        by_line = _parse_by_line(raw)
+        doc, texts = by_line if by_line is not None else (_parse_json(self.path, raw), {})
         if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), dict):
             raise LedgerCorrupt(self.path, "it is not a comfyctl ledger")
         version = doc.get("schema_version")
@@ -431,7 +482,7 @@ class Ledger:
             )
         for key, record in doc["tasks"].items():
             _check_record(self.path, key, record)
-        live = _Live(doc)
+        live = _Live(doc, texts)
         live.version = version
         return live
 
@@ -460,10 +511,17 @@ class Ledger:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the cross-process lock (bounded wait, then LedgerLocked)."""
+        with self._flocked(self.lock_path):
+            yield
+
+    @contextlib.contextmanager
+    def _flocked(self, lock_path: Path) -> Iterator[None]:
+        """Hold ``lock_path``'s flock: this process's threads queue on a thread lock first
+        (flock does not order them), other processes are waited for a bounded time."""
         deadline = time.monotonic() + self.lock_timeout
-        with self._thread_lock:
+        with self._thread_locks.setdefault(lock_path, threading.RLock()):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 backoff = Backoff(0.002, 0.05)
                 while True:
@@ -522,8 +580,10 @@ class Ledger:
         ]
         moving = {pid: records.pop(pid) for pid in settled} if len(settled) >= self.move_at else {}
         live.tasks = records
+        # What was put is encoded again; what was not is written as it was read.
+        live.texts = {pid: t for pid, t in live.texts.items() if pid not in tasks._puts}
         live.changes += 1
-        self._clear_temp_files(self.path.parent, f".{self.path.name}.")
+        self._clear_temp_files(self.path.parent, f".{self.path.name}.", exact=True)
         if edits or moving:
             self._write_history(tasks._history, live, edits, moving)
         atomic_write(self.path, live.document())
@@ -604,12 +664,17 @@ class Ledger:
                         path.unlink()
 
     @staticmethod
-    def _clear_temp_files(folder: Path, prefix: str) -> None:
-        # Writes happen only under the lock: a temp file seen now is a killed writer's.
+    def _clear_temp_files(folder: Path, prefix: str, exact: bool = False) -> None:
+        # Written only under the lock: a temp file of these seen now is a killed writer's.
+        # ``exact``: only atomic_write's names for ``prefix`` itself (then 8 random
+        # characters): the leases file beside the ledger is written under its own lock.
         if not folder.is_dir():
             return
         for stale in folder.iterdir():
-            if stale.name.startswith(prefix) and stale.name.endswith(".tmp"):
+            name = stale.name
+            if not (name.startswith(prefix) and name.endswith(".tmp")):
+                continue
+            if not exact or "." not in name[len(prefix) : -len(".tmp")]:
                 stale.unlink(missing_ok=True)
 
     # -- migrations ---------------------------------------------------------------------
@@ -624,6 +689,7 @@ class Ledger:
     def _migrate_locked(self, live: _Live) -> None:
         backup = self.path.with_name(f"{self.path.name}.schema-{live.version}.bak")
         atomic_write(backup, self.path.read_bytes())
+        live.texts = {}  # a migration may change any record: all are encoded anew
         for step in MIGRATIONS[live.version - 1 :]:
             step(self, live)
             live.version += 1
@@ -651,40 +717,38 @@ class Ledger:
             if isinstance(v, dict) and isinstance(v.get("expires_at"), (int, float))
         }
 
-    def _leases(self, change: Callable[[dict[str, dict[str, Any]], float], bool]) -> bool:
-        # A file of its own: leases are renewed every few seconds, records change rarely.
-        with self.locked():
+    def _leases(self, change: Callable[[dict[str, dict[str, Any]], float], set[str]]) -> set[str]:
+        # A file and a lock of their own: leases are renewed every few seconds and must not
+        # wait for record transactions. Not fsynced: after a crash a lease is at worst
+        # missing, which only lets the next holder in sooner (a dead holder's would expire).
+        with self._flocked(self.leases_path.with_name(self.leases_path.name + ".lock")):
             now = time.time()
             leases = {k: v for k, v in self._read_leases().items() if v["expires_at"] > now}
             done = change(leases, now)
             if done:
+                document = {"schema": "comfyctl.leases", "schema_version": 1, "leases": leases}
                 atomic_write(
                     self.leases_path,
-                    json.dumps(
-                        {"schema": "comfyctl.leases", "schema_version": 1, "leases": leases},
-                        separators=(",", ":"),
-                    ).encode(),
+                    json.dumps(document, separators=(",", ":")).encode(),
+                    durable=False,
                 )
             return done
 
-    def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
-        def claim(leases: dict[str, dict[str, Any]], now: float) -> bool:
-            held = leases.get(name)
-            if held is not None and held.get("owner") != owner:
-                return False
-            leases[name] = {"owner": owner, "expires_at": now + ttl}
-            return True
+    def claim_leases(self, names: Collection[str], owner: str, ttl: float) -> set[str]:
+        def claim(leases: dict[str, dict[str, Any]], now: float) -> set[str]:
+            won = {n for n in names if leases.get(n, {}).get("owner", owner) == owner}
+            for name in won:
+                leases[name] = {"owner": owner, "expires_at": now + ttl}
+            return won
 
         return self._leases(claim)
 
-    renew_lease = claim_lease  # the same rule: the owner's, or free (expired and untaken)
-
-    def release_lease(self, name: str, owner: str) -> bool:
-        def release(leases: dict[str, dict[str, Any]], now: float) -> bool:
-            if leases.get(name, {}).get("owner") != owner:
-                return False
-            del leases[name]
-            return True
+    def release_leases(self, names: Collection[str], owner: str) -> set[str]:
+        def release(leases: dict[str, dict[str, Any]], now: float) -> set[str]:
+            mine = {n for n in names if leases.get(n, {}).get("owner") == owner}
+            for name in mine:
+                del leases[name]
+            return mine
 
         return self._leases(release)
 
@@ -833,9 +897,11 @@ def _seconds(text: str) -> float:
     return value
 
 
-def atomic_write(path: Path, data: bytes | list[bytes | memoryview], mode: int = 0o600) -> None:
+def atomic_write(
+    path: Path, data: bytes | list[bytes | memoryview], mode: int = 0o600, durable: bool = True
+) -> None:
     """Write ``data`` (bytes, or pieces) to ``path`` so that readers see the old or the new
-    file, never a mix."""
+    file, never a mix; ``durable``: on disk (fsynced) before it returns."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -843,13 +909,16 @@ def atomic_write(path: Path, data: bytes | list[bytes | memoryview], mode: int =
             for piece in [data] if isinstance(data, bytes) else data:
                 handle.write(piece)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -386,29 +386,29 @@ class PostgresStore:
 
     # -- leases -------------------------------------------------------------------------
 
-    def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
+    def claim_leases(self, names: Collection[str], owner: str, ttl: float) -> set[str]:
         # One statement: of claims racing on one name, the row lock lets exactly one win.
-        return (
-            self._one(
-                "INSERT INTO comfyctl_leases AS l (name, owner, expires_at) "
-                "VALUES (%s, %s, now() + %s * interval '1 second') ON CONFLICT (name) DO UPDATE "
-                "SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at "
-                "WHERE l.owner = EXCLUDED.owner OR l.expires_at <= now() RETURNING 1",
-                (name, owner, ttl),
-            )
-            is not None
+        # Names sorted, so two batches that overlap lock their rows in the same order.
+        return self._names(
+            "INSERT INTO comfyctl_leases AS l (name, owner, expires_at) "
+            "SELECT unnest(%s::text[]), %s, now() + %s * interval '1 second' "
+            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, "
+            "expires_at = EXCLUDED.expires_at "
+            "WHERE l.owner = EXCLUDED.owner OR l.expires_at <= now() RETURNING name",
+            (sorted(set(names)), owner, ttl),
         )
 
-    renew_lease = claim_lease  # the same rule: the owner's, or free (expired and untaken)
-
-    def release_lease(self, name: str, owner: str) -> bool:
-        return (
-            self._one(
-                "DELETE FROM comfyctl_leases WHERE name = %s AND owner = %s RETURNING 1",
-                (name, owner),
-            )
-            is not None
+    def release_leases(self, names: Collection[str], owner: str) -> set[str]:
+        return self._names(
+            "DELETE FROM comfyctl_leases WHERE name = ANY(%s) AND owner = %s RETURNING name",
+            (sorted(set(names)), owner),
         )
+
+    def _names(self, sql: str, params: Any) -> set[str]:
+        if not params[0]:
+            return set()
+        with self._lock, self._errors():
+            return {row[0] for row in self._connection().execute(sql, params).fetchall()}
 
     def lease(self, name: str) -> Lease | None:
         with self._lock, self._errors():

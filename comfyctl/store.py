@@ -120,17 +120,14 @@ class Store(Protocol):
         """Remove stored workflows not in ``referenced`` and not used for ``min_age``
         seconds (a submit stores its workflow before its record); returns the removed."""
 
-    def claim_lease(self, name: str, owner: str, ttl: float) -> bool:
-        """Take lease ``name`` for ``ttl`` seconds if it is free, expired or already
-        ``owner``'s. True when ``owner`` now holds it. Atomic: of processes claiming at
-        once, exactly one succeeds."""
+    def claim_leases(self, names: Collection[str], owner: str, ttl: float) -> set[str]:
+        """Take (or renew: the same rule) each lease in ``names`` for ``ttl`` seconds from
+        now if it is free, expired or already ``owner``'s; returns the names ``owner`` now
+        holds. One call for many leases (a watcher renews all of its own at once). Atomic
+        per name: of processes claiming one at once, exactly one gets it."""
 
-    def renew_lease(self, name: str, owner: str, ttl: float) -> bool:
-        """Extend ``owner``'s lease by ``ttl`` from now. False (and nothing changed) when
-        someone else holds it; an expired lease nobody took is ``owner``'s again."""
-
-    def release_lease(self, name: str, owner: str) -> bool:
-        """Give the lease up; False when ``owner`` did not hold it."""
+    def release_leases(self, names: Collection[str], owner: str) -> set[str]:
+        """Give up those of ``names`` that ``owner`` holds; returns them."""
 
     def lease(self, name: str) -> Lease | None:
         """The unexpired holder of ``name``, or None."""

@@ -25,7 +25,7 @@ from comfyctl.events import from_ws_message
 from comfyctl.fanout import fan_out
 from comfyctl.inputs import Uploader, place_inputs
 from comfyctl.jobs import by_server
-from comfyctl.lease import TTL, claim, leases_for, listen_lease, new_owner, release_quietly
+from comfyctl.lease import TTL, claim_all, leases_for, listen_lease, new_owner, release_quietly
 from comfyctl.records import (
     ACTIVE,
     PENDING,
@@ -388,12 +388,17 @@ def detect(
     # Listen only to jobs nobody listens to, holding their lease meanwhile: a watcher
     # connecting as the job while we listen would lose its socket when ours closes. A
     # job another process listens to is judged from what that process records.
-    probing = [
-        r
-        for r in running
-        if seconds > 0
-        and claim(leases, listen_lease(r["prompt_id"]), owner, seconds + opts.confirm + TTL)
-    ]
+    won = (
+        claim_all(
+            leases,
+            [listen_lease(r["prompt_id"]) for r in running],
+            owner,
+            seconds + opts.confirm + TTL,
+        )
+        if seconds > 0 and running
+        else set()
+    )
+    probing = [r for r in running if listen_lease(r["prompt_id"]) in won]
     try:
         heard = listen(probing, client_for, seconds) if probing else {}
         samples = {pid: h.moved for pid, h in heard.items()} if opts.sample > 0 else {}
@@ -415,8 +420,7 @@ def detect(
                     _note_probe(record, confirmed, ledger, notes)
             findings = judge(samples)
     finally:
-        for record in probing:
-            release_quietly(leases, listen_lease(record["prompt_id"]), owner)
+        release_quietly(leases, won, owner)
     _judge_unknown(findings, rounds, tasks)
     _store(ledger, notes)
     servers = {url: (a.error.reason if a.error else None) for url, a in answers.items()}

@@ -1,8 +1,9 @@
 """Following many jobs on many servers at once.
 
-One worker thread per server polls that server's status for its own jobs only; one
-socket thread per job listens as that job's client_id. Both turn what they hear into
-observations on one queue; the tracker (in the caller's thread) folds them into the
+Per server, one thread polls that server's status for its own jobs only, and one listen
+loop keeps a WebSocket per job (as the job's client_id: ComfyUI sends a job's events only
+there) and reads whichever has a frame. Both turn what they hear into observations on one
+queue; the tracker (in the caller's thread) folds them into the
 records with ``records.apply``, hands changes to a callback for display, and writes
 the ledger in batches (progress at most once per ``flush_interval``, state changes at
 once). A server that hangs or refuses only ever stalls its own worker.
@@ -15,6 +16,7 @@ import copy
 import json
 import logging
 import queue
+import selectors
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from comfyctl.events import from_ws_message
 from comfyctl.lease import (
     RENEW_EVERY,
     TTL,
-    claim,
+    claim_all,
     leases_for,
     listen_lease,
     new_owner,
@@ -63,6 +65,7 @@ SOCKET_SILENCE = 10.0
 LISTEN_AHEAD = 4
 OBSERVE_EVERY = 0.25  # how often a follower looks at the store (the holder writes every ~1 s)
 CLAIM_EVERY = 1.0  # how often a follower tries to take the lease over
+ANNOUNCE_WITHIN = 0.1  # an ended job is written and told about at most this much later
 
 
 @dataclass
@@ -92,6 +95,7 @@ class _ServerState:
     name: str
     prompt_ids: set[str] = field(default_factory=set)
     fetch: queue.Queue[str] = field(default_factory=queue.Queue)
+    joining: queue.Queue[_Listening] = field(default_factory=queue.Queue)  # for _listen_loop
     reachable: bool | None = None
     log: ServerLog | None = None  # the server's log, read when it did not know a job
 
@@ -120,6 +124,8 @@ class Tracker:
         self._unknown_count: dict[str, int] = {}
         self._positions: dict[str, int | None] = {}
         self._job_stops: dict[str, threading.Event] = {}
+        self._ended: list[Record] = []  # ended, not yet on disk nor announced
+        self._ended_at = 0.0
         self._threads: list[threading.Thread] = []
         self.leases = leases_for(ledger)
         self.owner = new_owner("watch")
@@ -132,6 +138,10 @@ class Tracker:
             self.servers[url].prompt_ids.add(record["prompt_id"])
 
     # -- public --------------------------------------------------------------------------
+
+    def listened(self) -> set[str]:
+        """The unfinished jobs given to a listen loop (see _start_listeners)."""
+        return {pid for pid, ended in list(self._job_stops.items()) if not ended.is_set()}
 
     def active(self) -> list[Record]:
         return [r for r in self.records.values() if r["status"] not in TERMINAL]
@@ -150,6 +160,8 @@ class Tracker:
                 if item is not None:
                     self._handle(item)
                 now = time.monotonic()
+                if self._ended and (self.inbox.empty() or now - self._ended_at >= ANNOUNCE_WITHIN):
+                    self._announce()
                 if now - last_flush >= interval:
                     self.flush()
                     last_flush = time.monotonic()
@@ -158,12 +170,26 @@ class Tracker:
                     interval = max(self.options.flush_interval, 10 * (last_flush - now))
                 self._check_stalls()
                 if deadline is not None and now >= deadline:
+                    self._announce()
                     raise TimeoutError
+            self._announce()
         finally:
             self.stop.set()
             with contextlib.suppress(Exception):
                 self.flush()
         return self.records
+
+    def _announce(self) -> None:
+        """Tell about the jobs that ended, once they are on disk: one write for all that
+        ended within ANNOUNCE_WITHIN of each other, not one per job."""
+        if not self._ended:
+            return
+        self.flush()
+        ended, self._ended, self._ended_at = self._ended, [], 0.0
+        for record in ended:
+            if self.on_finished is not None:
+                self.on_finished(record)
+            self.on_event(TrackerEvent("state", record))
 
     def flush(self) -> None:
         """Write what was observed since the last flush, re-applied to the ledger's records
@@ -230,9 +256,9 @@ class Tracker:
             self._start_listeners(record["server_url"])
             if record["status"] in TERMINAL:
                 self._job_stops.get(obs.prompt_id, threading.Event()).set()
-                self.flush()  # a finished job is on disk before anyone is told
-                if self.on_finished is not None:
-                    self.on_finished(record)
+                self._ended.append(record)  # told about once it is on disk: _announce
+                self._ended_at = self._ended_at or time.monotonic()
+                return
             self.on_event(TrackerEvent("state", record))
         else:
             self._stalled.discard(obs.prompt_id)
@@ -319,6 +345,7 @@ class Tracker:
         for url, state in self.servers.items():
             self._spawn(self._server_worker, state, name=f"poll {url}")
             self._spawn(self._history_fetcher, state, name=f"fetch {url}")
+            self._spawn(self._listen_loop, state, name=f"listen {url}")
         self._start_listeners()
         if self.options.use_websocket:
             self._spawn(self._renewer, name="leases")
@@ -347,14 +374,8 @@ class Tracker:
                 if prompt_id in self._job_stops or prompt_id in later:
                     continue
                 job_stop = self._job_stops.setdefault(prompt_id, threading.Event())
-                self._spawn(
-                    self._socket_worker,
-                    state,
-                    prompt_id,
-                    record["client_id"],
-                    job_stop,
-                    name=f"ws {prompt_id}",
-                )
+                log.debug("to listen for %s (%s)", prompt_id, record["status"])
+                state.joining.put(_Listening(prompt_id, record["client_id"], job_stop))
 
     def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -420,140 +441,224 @@ class Tracker:
                     break
                 self.stop.wait(delay)
 
-    def _socket_worker(
-        self, state: _ServerState, prompt_id: str, client_id: str, job_stop: threading.Event
-    ) -> None:
-        """Hold the job's lease and listen as its client_id (reconnecting with backoff when
-        the socket drops); while another process holds it, follow the job through what
-        that process writes to the store, and take over when it is gone."""
-        name = listen_lease(prompt_id)
-        backoff, last_claim = Backoff(0.5, 10.0), 0.0
+    def _listen_loop(self, state: _ServerState) -> None:
+        """Every job of one server this tracker listens to, in one thread: claims their
+        leases, keeps one WebSocket per held job (as its client_id, reconnecting with
+        backoff when it drops) and reads whichever has a frame; jobs another process holds
+        are followed through what that process writes to the store, and taken over when
+        it is gone. One thread per server: a server that hangs stalls only its own jobs,
+        and frames are read without a thread switch per frame."""
+        selector = selectors.DefaultSelector()
+        jobs: dict[str, _Listening] = {}
+        last_look = [0.0]
         try:
-            while not (self.stop.is_set() or job_stop.is_set()):
-                if not self._held.get(prompt_id):
-                    # Claimed first: the usual watcher holds every lease, and then never
-                    # needs to read the store for what someone else heard.
-                    if self.options.use_websocket and time.monotonic() - last_claim >= CLAIM_EVERY:
-                        last_claim = time.monotonic()
-                        self._try_claim(prompt_id, name)
-                    if not self._held.get(prompt_id):
-                        self._observe(prompt_id)
-                        self.stop.wait(OBSERVE_EVERY)
-                        continue
-                if self._listen(state, prompt_id, client_id, job_stop):
-                    backoff.reset()
-                self.stop.wait(backoff.wait())
-        finally:
-            if self._held.pop(prompt_id, False):
-                release_quietly(self.leases, name, self.owner)
-
-    def _try_claim(self, prompt_id: str, name: str) -> None:
-        try:
-            taken = claim(self.leases, name, self.owner)
-        except ComfyctlError as exc:  # e.g. LedgerLocked: try again later
-            log.debug("lease %s: %s", name, exc)
-            return
-        if taken:
-            log.info("holding the lease of %s (%s)", prompt_id, self.owner)
-            self._held[prompt_id] = True
-
-    def _renewer(self) -> None:
-        """Keep every lease this tracker holds alive; a lease someone else took (we were
-        too slow to renew) is given up, so two processes never listen to one job."""
-        while not self.stop.wait(RENEW_EVERY):
-            for prompt_id in [p for p, held in list(self._held.items()) if held]:
+            while not self.stop.is_set():
                 try:
-                    kept = self.leases.renew_lease(listen_lease(prompt_id), self.owner, TTL)
-                except ComfyctlError as exc:
-                    log.debug("renewing the lease of %s: %s", prompt_id, exc)
-                    continue
-                if not kept:
-                    log.info("lost the lease of %s to another process", prompt_id)
-                    self._held[prompt_id] = False
+                    self._listen_round(state, selector, jobs, last_look)
+                except Exception as exc:  # a bug must not silently deafen this server's jobs
+                    log.warning("listening on %s failed: %r", state.name, exc)
+                    self.stop.wait(1.0)
+        finally:
+            self._let_go(selector, list(jobs.values()))
+            selector.close()
 
-    def _observe(self, prompt_id: str) -> None:
-        """One look at the store: hand a change the holder wrote to the loop."""
+    def _listen_round(
+        self,
+        state: _ServerState,
+        selector: selectors.BaseSelector,
+        jobs: dict[str, _Listening],
+        last_look: list[float],
+    ) -> None:
+        while not state.joining.empty():
+            job = state.joining.get()
+            jobs[job.prompt_id] = job
+        ended = [job for job in jobs.values() if job.stop.is_set()]
+        for job in ended:
+            del jobs[job.prompt_id]
+        self._let_go(selector, ended)
+        now = time.monotonic()
+        due = [
+            job.prompt_id
+            for job in jobs.values()
+            if not self._held.get(job.prompt_id) and now - job.last_claim >= CLAIM_EVERY
+        ]
+        if due and self.options.use_websocket:
+            for pid in due:
+                jobs[pid].last_claim = now
+            self._claim(due)
+        following = [pid for pid in jobs if not self._held.get(pid)]
+        if following and now - last_look[0] >= OBSERVE_EVERY:
+            last_look[0] = now
+            self._observe(following)
+        for job in jobs.values():
+            self._keep_connected(state, selector, job, now)
+        if not selector.get_map():
+            self.stop.wait(OBSERVE_EVERY if following else 0.1)
+            return
+        for key, _ in selector.select(timeout=0.1):
+            self._read(state, selector, key.data)
+
+    def _keep_connected(
+        self, state: _ServerState, selector: selectors.BaseSelector, job: _Listening, now: float
+    ) -> None:
+        held = self._held.get(job.prompt_id)
+        if job.sock is not None:
+            # A socket of this client_id opened elsewhere (an older comfyctl, a holder that
+            # lost its lease late) takes the events, and its closing makes the server forget
+            # ours: a running job whose socket stays quiet gets a fresh connection (the
+            # server re-sends its current node).
+            silent = (
+                now - job.heard > SOCKET_SILENCE
+                and self.records[job.prompt_id]["status"] == RUNNING
+            )
+            if not held or silent:
+                self._hang_up(selector, job)
+                job.next_connect = now + job.backoff.wait()
+            return
+        if not held or now < job.next_connect:
+            return
         try:
-            stored = self.ledger.get(prompt_id)
-        except ComfyctlError:
+            job.sock = state.client.connect_ws(job.client_id)
+        except ServerError:
+            job.next_connect = now + job.backoff.wait()
             return
-        if stored is None:
-            return
-        view = _followed_view(stored)
-        if view != self._seen.get(prompt_id):
-            self._seen[prompt_id] = view
-            self.inbox.put(_Followed(stored))
+        log.info("listening for %s on %s as its client_id", job.prompt_id, state.name)
+        job.backoff.reset()
+        job.heard, job.heard_start, job.start_timing = time.monotonic(), False, None
+        job.sock.settimeout(0.5)  # only a frame split across packets waits, and not long
+        selector.register(job.sock.sock, selectors.EVENT_READ, job)
 
-    def _listen(
-        self, state: _ServerState, prompt_id: str, client_id: str, job_stop: threading.Event
-    ) -> bool:
-        """One connection, while we hold the lease. False when it could not be made."""
+    def _read(self, state: _ServerState, selector: selectors.BaseSelector, job: _Listening) -> None:
+        """Every frame a readable socket has: what it read ahead (client._ReadAhead), or an
+        SSL socket decrypted, select does not see."""
         import websocket
 
+        while job.sock is not None:
+            try:
+                frame = job.sock.recv()
+            except websocket.WebSocketTimeoutException:
+                return
+            except (OSError, websocket.WebSocketException) as exc:
+                log.debug("socket for %s dropped: %s", job.prompt_id, type(exc).__name__)
+                self._hang_up(selector, job)
+                job.next_connect = time.monotonic() + job.backoff.wait()
+                return
+            job.heard = time.monotonic()
+            if isinstance(frame, str):  # not a binary preview
+                self._heard(state, job, frame)
+            pending = getattr(job.sock.sock, "pending", None) if job.sock else None
+            if not (pending and pending()):
+                return
+
+    def _heard(self, state: _ServerState, job: _Listening, frame: str) -> None:
         try:
-            sock = state.client.connect_ws(client_id)
-        except ServerError:
-            return False
-        log.info("listening for %s on %s as its client_id", prompt_id, state.name)
-        sock.settimeout(0.5)
-        heard = time.monotonic()
-        # Once this connection heard execution_start it hears every output too, so
-        # execution_success alone is the whole outcome (no /history read per job).
-        heard_start, start_timing = False, None
-        try:
-            while not (self.stop.is_set() or job_stop.is_set()) and self._held.get(prompt_id):
-                try:
-                    frame = sock.recv()
-                except websocket.WebSocketTimeoutException:
-                    # A socket of this client_id opened elsewhere (an older comfyctl, a
-                    # holder that lost its lease late) takes the events, and its closing
-                    # makes the server forget ours: a running job whose socket stays quiet
-                    # gets a fresh connection (the server re-sends its current node).
-                    if (
-                        time.monotonic() - heard > SOCKET_SILENCE
-                        and self.records[prompt_id]["status"] == RUNNING
-                    ):
-                        break
-                    continue
-                heard = time.monotonic()
-                if not isinstance(frame, str):
-                    continue  # binary preview frames
-                try:
-                    msg = json.loads(frame)
-                except ValueError:
-                    continue
-                obs = (
-                    from_ws_message(msg, state.client.url, prompt_id)
-                    if isinstance(msg, dict)
-                    else None
+            msg = json.loads(frame)
+        except ValueError:
+            return
+        obs = (
+            from_ws_message(msg, state.client.url, job.prompt_id) if isinstance(msg, dict) else None
+        )
+        if obs is None:
+            return
+        if obs.kind == "running":
+            # From execution_start on, this connection hears every output too, so
+            # execution_success alone is the whole outcome (no /history read per job).
+            job.heard_start, job.start_timing = True, obs.timing
+        elif obs.kind == "succeeded":
+            if not job.heard_start:  # outputs came before this connection: ask /history
+                obs = Observation("done", job.prompt_id, state.client.url, source="ws")
+            else:
+                timing = {**(obs.timing or {}), **(job.start_timing or {})}
+                timing["finished_at"] = (obs.timing or {}).get("finished_at")
+                obs = Observation(
+                    "finished",
+                    job.prompt_id,
+                    state.client.url,
+                    source="ws",
+                    outcome=SUCCESS,
+                    timing=timing if any(timing.values()) else None,
                 )
-                if obs is None:
-                    continue
-                if obs.kind == "running":
-                    heard_start, start_timing = True, obs.timing
-                elif obs.kind == "succeeded":
-                    if not heard_start:  # outputs came before this connection: ask /history
-                        obs = Observation("done", prompt_id, state.client.url, source="ws")
-                    else:
-                        timing = {**(obs.timing or {}), **(start_timing or {})}
-                        timing["finished_at"] = (obs.timing or {}).get("finished_at")
-                        obs = Observation(
-                            "finished",
-                            prompt_id,
-                            state.client.url,
-                            source="ws",
-                            outcome=SUCCESS,
-                            timing=timing if any(timing.values()) else None,
-                        )
-                self.inbox.put(obs)
-        except (OSError, websocket.WebSocketException) as exc:
-            log.debug("socket for %s dropped: %s", prompt_id, type(exc).__name__)
-        finally:
-            # Closed before the lease goes: the server must forget this socket before the
-            # next holder connects, or its cleanup would forget the next one's.
-            with contextlib.suppress(Exception):
-                sock.close()
-        return True
+        self.inbox.put(obs)
+
+    def _hang_up(self, selector: selectors.BaseSelector, job: _Listening) -> None:
+        if job.sock is None:
+            return
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            selector.unregister(job.sock.sock)
+        with contextlib.suppress(Exception):
+            job.sock.close()
+        job.sock = None
+
+    def _let_go(self, selector: selectors.BaseSelector, jobs: list[_Listening]) -> None:
+        """Close the jobs' sockets, then give up their leases in one call. Closed first:
+        the server must forget a socket before the next holder connects, or its cleanup
+        would forget the next one's."""
+        for job in jobs:
+            self._hang_up(selector, job)
+        held = [job.prompt_id for job in jobs if self._held.pop(job.prompt_id, False)]
+        if held:
+            release_quietly(self.leases, [listen_lease(pid) for pid in held], self.owner)
+
+    def _claim(self, prompt_ids: list[str]) -> None:
+        try:
+            won = claim_all(self.leases, [listen_lease(pid) for pid in prompt_ids], self.owner)
+        except ComfyctlError as exc:  # e.g. LedgerLocked: try again later
+            log.debug("leases: %s", exc)
+            return
+        for pid in prompt_ids:
+            if listen_lease(pid) in won:
+                log.info("holding the lease of %s (%s)", pid, self.owner)
+                self._held[pid] = True
+
+    def _renewer(self) -> None:
+        """Keep every lease this tracker holds alive, all in one store call; a lease
+        someone else took (we were too slow to renew) is given up, so two processes never
+        listen to one job."""
+        while not self.stop.wait(RENEW_EVERY):
+            held = [pid for pid, mine in list(self._held.items()) if mine]
+            if not held:
+                continue
+            try:
+                kept = self.leases.claim_leases([listen_lease(p) for p in held], self.owner, TTL)
+            except ComfyctlError as exc:
+                log.debug("renewing leases: %s", exc)
+                continue
+            for pid in held:
+                if listen_lease(pid) not in kept and self._held.get(pid):
+                    log.info("lost the lease of %s to another process", pid)
+                    self._held[pid] = False
+
+    def _observe(self, prompt_ids: list[str]) -> None:
+        """One look at the store for the jobs another process listens to: hand on what
+        its holder wrote."""
+        try:
+            records = self.ledger.load()
+            found = [(pid, records.get(pid)) for pid in prompt_ids]
+        except ComfyctlError:
+            return
+        for pid, stored in found:
+            if stored is None:
+                continue
+            view = _followed_view(stored)
+            if view != self._seen.get(pid):
+                self._seen[pid] = view
+                self.inbox.put(_Followed(stored))
+
+
+@dataclass
+class _Listening:
+    """A job a server's listen loop looks after, and its socket while we hold its lease."""
+
+    prompt_id: str
+    client_id: str
+    stop: threading.Event  # set when the job ended
+    sock: Any = None
+    next_connect: float = 0.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.5, 10.0))
+    last_claim: float = float("-inf")
+    heard: float = 0.0
+    heard_start: bool = False  # this connection heard execution_start
+    start_timing: dict[str, str | None] | None = None
 
 
 class _Followed:

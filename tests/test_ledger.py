@@ -142,6 +142,8 @@ def test_a_write_clears_temp_files_of_killed_writers_only(ledger_path: Path) -> 
         folder / ".other.json.abc.tmp",
         folder / f"{ledger_path.name}.bak",
         folder / f".{ledger_path.name}.lock",
+        # The leases file is written under its own lock: its temp file may be in flight.
+        folder / f".{ledger_path.name}.leases.json.w0rk1ng.tmp",
     ]
     for path in [stale, *others]:
         path.write_text("x")

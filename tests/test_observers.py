@@ -183,15 +183,16 @@ def test_a_lease_is_one_holders_and_a_dead_holders_is_taken_over(ledger_path):
     name = listen_lease("job")
     mine, other = new_owner("a"), new_owner("b")
     assert claim(leases, name, mine) and not claim(leases, name, other)
-    assert leases.renew_lease(name, mine, 5) and not leases.renew_lease(name, other, 5)
+    assert leases.claim_leases([name], mine, 5) == {name}  # renewed
+    assert not leases.claim_leases([name], other, 5)
     assert live_holder(leases, name) == mine
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     ghost = mine.replace(f":{os.getpid()}:", f":{dead.pid}:")
-    assert leases.release_lease(name, mine) and claim(leases, name, ghost)
+    assert leases.release_leases([name], mine) == {name} and claim(leases, name, ghost)
     assert live_holder(leases, name) is None  # its process is gone
     assert claim(leases, name, other) and live_holder(leases, name) == other
-    assert not leases.release_lease(name, mine) and leases.release_lease(name, other)
-    assert leases.claim_lease(name, mine, 0.05)
+    assert not leases.release_leases([name], mine) and leases.release_leases([name], other)
+    assert leases.claim_leases([name], mine, 0.05)
     time.sleep(0.1)
     assert leases.lease(name) is None and claim(leases, name, other)  # expired

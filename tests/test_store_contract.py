@@ -239,28 +239,39 @@ def test_workflows_by_content(store: Store) -> None:
 
 def test_leases_have_one_holder_until_released_or_expired(store: Store) -> None:
     assert store.lease("job-1") is None
-    assert store.claim_lease("job-1", "host1:100", ttl=60)
-    assert not store.claim_lease("job-1", "host2:200", ttl=60)
+    assert store.claim_leases(["job-1"], "host1:100", ttl=60) == {"job-1"}
+    assert store.claim_leases(["job-1"], "host2:200", ttl=60) == set()
     held = store.lease("job-1")
     assert held is not None and held.owner == "host1:100" and held.name == "job-1"
-    assert store.renew_lease("job-1", "host1:100", ttl=120)
-    assert not store.renew_lease("job-1", "host2:200", ttl=60)
+    assert store.claim_leases(["job-1"], "host1:100", ttl=120) == {"job-1"}  # renewed
+    assert store.claim_leases(["job-1"], "host2:200", ttl=60) == set()
     renewed = store.lease("job-1")
     assert renewed is not None and renewed.expires_at > held.expires_at
-    assert not store.release_lease("job-1", "host2:200")
-    assert store.release_lease("job-1", "host1:100")
+    assert store.release_leases(["job-1"], "host2:200") == set()
+    assert store.release_leases(["job-1"], "host1:100") == {"job-1"}
     assert store.lease("job-1") is None
-    assert store.claim_lease("job-1", "host2:200", ttl=60)
+    assert store.claim_leases(["job-1"], "host2:200", ttl=60) == {"job-1"}
     # An expired lease (ttl 0: expired at once) may be taken by anyone.
-    assert store.claim_lease("job-2", "host1:100", ttl=0)
+    assert store.claim_leases(["job-2"], "host1:100", ttl=0) == {"job-2"}
     assert store.lease("job-2") is None
-    assert store.claim_lease("job-2", "host2:200", ttl=60)
+    assert store.claim_leases(["job-2"], "host2:200", ttl=60) == {"job-2"}
     assert store.lease("job-2").owner == "host2:200"  # type: ignore[union-attr]
     assert store.lease("job-1").owner == "host2:200"  # type: ignore[union-attr]
 
 
+def test_many_leases_are_claimed_renewed_and_released_in_one_call(store: Store) -> None:
+    assert store.claim_leases(["b", "a"], "host2:200", ttl=60) == {"a", "b"}
+    # Of a batch, the free ones and the caller's own are taken, the others' are not.
+    assert store.claim_leases(["a", "b", "c", "c"], "host1:100", ttl=60) == {"c"}
+    assert store.claim_leases(["a", "b", "c"], "host2:200", ttl=60) == {"a", "b"}
+    assert store.release_leases(["a", "b", "c"], "host2:200") == {"a", "b"}
+    assert store.lease("a") is None and store.lease("c").owner == "host1:100"  # type: ignore[union-attr]
+    assert store.claim_leases([], "host1:100", ttl=60) == set()
+    assert store.release_leases([], "host1:100") == set()
+
+
 def test_leases_survive_record_transactions(store: Store) -> None:
-    assert store.claim_lease("watch:x", "me", ttl=60)
+    assert store.claim_leases(["watch:x"], "me", ttl=60)
     put_all(store, *(rec(f"l{i:04d}-{i:02d}", "success") for i in range(10)))
     assert store.lease("watch:x") is not None
 
@@ -302,7 +313,7 @@ elif what == "claim":
             won = True
     print("won" if won else "lost")
 elif what == "lease":
-    print("won" if store.claim_lease("the-socket", me, 60) else "lost")
+    print("won" if store.claim_leases(["the-socket"], me, 60) else "lost")
 """
 
 

@@ -162,7 +162,7 @@ def test_a_socket_that_heard_the_whole_run_settles_it_without_asking_history(
     # execution_success after execution_start on one connection is the whole outcome:
     # outputs came in executed messages, times in the messages' timestamps.
     emulator.faults.stall_at_percent = 0  # the first job holds the queue until watch listens
-    first, pid = invoke("submit", workflow(), "-s", emulator.url, "--count", "2").stdout.split()
+    _blocker, pid = invoke("submit", workflow(), "-s", emulator.url, "--count", "2").stdout.split()
     threading.Timer(1.5, setattr, (emulator.faults, "stall_at_percent", None)).start()
     result = invoke("watch", pid, "--json", "--poll-interval", "30")
     assert result.exit_code == 0, result.stderr

@@ -22,10 +22,6 @@ def wait_until(predicate, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def listeners() -> set[str]:
-    return {t.name.removeprefix("ws ") for t in threading.enumerate() if t.name.startswith("ws ")}
-
-
 def test_listeners_follow_the_head_of_the_queue_and_hear_every_job(
     emulator: Emulator, invoke, tmp_path: Path, ledger_path: Path
 ) -> None:
@@ -48,15 +44,18 @@ def test_listeners_follow_the_head_of_the_queue_and_hear_every_job(
         WatchOptions(poll_interval=0.2),
         events.append,
     )
-    before = listeners()
     thread = threading.Thread(target=tracker.run, daemon=True)
     thread.start()
     # The first job runs (held at its first step) and the next LISTEN_AHEAD are listened
     # to while they wait; the rest are not (all of them would be there from the start).
     head = set(ids[: LISTEN_AHEAD + 1])
-    wait_until(lambda: listeners() - before >= head)
+    wait_until(lambda: tracker.listened() >= head)
     assert tracker.records[ids[0]]["status"] == "running"
-    assert listeners() - before == head
+    assert tracker.listened() == head
+    # One listen loop for the server, not a thread per job.
+    names = [t.name for t in threading.enumerate()]
+    assert names.count(f"listen {emulator.url}") == 1
+    assert not [n for n in names if n.startswith("ws ")]
 
     emulator.faults.stall_at_percent = None
     thread.join(60)
