@@ -401,6 +401,14 @@ def bench_postgres(jobs: int, size: int, runs: int) -> None:
                 f"{hist * 1000:.0f} ms",
                 "whole process (target <= 300 ms)",
             )
+            # The floor under that figure: starting Python and importing the driver.
+            floor = median_wall([sys.executable, "-c", "import psycopg"], runs)
+            bare = median_wall([sys.executable, "-c", "pass"], runs)
+            report(
+                "  the floor: python -c 'import psycopg'",
+                f"{floor * 1000:.0f} ms",
+                f"python -c pass: {bare * 1000:.0f} ms",
+            )
             rss = peak_rss_mb(["history", "--limit", "20"], env)
             report(
                 f"PostgreSQL store: history --limit 20 over {size} records: peak RSS",

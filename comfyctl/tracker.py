@@ -65,7 +65,7 @@ SOCKET_SILENCE = 10.0
 LISTEN_AHEAD = 4
 OBSERVE_EVERY = 0.25  # how often a follower looks at the store (the holder writes every ~1 s)
 CLAIM_EVERY = 1.0  # how often a follower tries to take the lease over
-ANNOUNCE_WITHIN = 0.1  # an ended job is written and told about at most this much later
+ANNOUNCE_WITHIN = 0.25  # an ended job is written and told about at most this much later
 
 
 @dataclass
@@ -125,6 +125,10 @@ class Tracker:
         self._positions: dict[str, int | None] = {}
         self._job_stops: dict[str, threading.Event] = {}
         self._ended: list[Record] = []  # ended, not yet on disk nor announced
+        self._open = {r["prompt_id"] for r in records if r["status"] not in TERMINAL}
+        self._releasing: set[str] = set()  # leases of ended jobs, given up by _renewer
+        self._releasing_lock = threading.Lock()
+        self._last_stall_check = 0.0
         self._ended_at = 0.0
         self._threads: list[threading.Thread] = []
         self.leases = leases_for(ledger)
@@ -146,13 +150,18 @@ class Tracker:
     def active(self) -> list[Record]:
         return [r for r in self.records.values() if r["status"] not in TERMINAL]
 
+    def _ended_now(self, record: Record) -> None:
+        """A job turned terminal: its listener stops, the loop's count of open ones drops."""
+        self._open.discard(record["prompt_id"])
+        self._job_stops.get(record["prompt_id"], threading.Event()).set()
+
     def run(self) -> dict[str, Record]:
         """Follow until every job is terminal. Raises TimeoutError when ``timeout`` passes."""
         deadline = time.monotonic() + self.options.timeout if self.options.timeout else None
         try:
             self._start_threads()
             last_flush, interval = time.monotonic(), self.options.flush_interval
-            while self.active():
+            while self._open:
                 try:
                     item = self.inbox.get(timeout=0.2)
                 except queue.Empty:
@@ -177,6 +186,7 @@ class Tracker:
             self.stop.set()
             with contextlib.suppress(Exception):
                 self.flush()
+            self._release_ended()  # their sockets are closed already
         return self.records
 
     def _announce(self) -> None:
@@ -255,7 +265,7 @@ class Tracker:
             self._stalled.discard(obs.prompt_id)
             self._start_listeners(record["server_url"])
             if record["status"] in TERMINAL:
-                self._job_stops.get(obs.prompt_id, threading.Event()).set()
+                self._ended_now(record)
                 self._ended.append(record)  # told about once it is on disk: _announce
                 self._ended_at = self._ended_at or time.monotonic()
                 return
@@ -287,7 +297,7 @@ class Tracker:
         if record["status"] != before:
             self._start_listeners(record["server_url"])
             if record["status"] in TERMINAL:
-                self._job_stops.get(record["prompt_id"], threading.Event()).set()
+                self._ended_now(record)
                 if self.on_finished is not None:
                     self.on_finished(record)
             self.on_event(TrackerEvent("state", record))
@@ -320,8 +330,9 @@ class Tracker:
 
     def _check_stalls(self) -> None:
         limit = self.options.stall_timeout
-        if not limit:
+        if not limit or time.monotonic() - self._last_stall_check < 0.5:
             return
+        self._last_stall_check = time.monotonic()
         for record in self.active():
             if record["status"] != RUNNING or record["prompt_id"] in self._stalled:
                 continue
@@ -346,9 +357,12 @@ class Tracker:
             self._spawn(self._server_worker, state, name=f"poll {url}")
             self._spawn(self._history_fetcher, state, name=f"fetch {url}")
             self._spawn(self._listen_loop, state, name=f"listen {url}")
-        self._start_listeners()
         if self.options.use_websocket:
+            # Every job's lease at once, in one store call: the listen loops then need
+            # none (a job near the end of a queue is listened to once it nears its head).
+            self._claim(sorted(self._open))
             self._spawn(self._renewer, name="leases")
+        self._start_listeners()
 
     def _start_listeners(self, server_url: str | None = None) -> None:
         """Per job a listener (the lease holder's socket, or a follower of what the holder
@@ -459,7 +473,7 @@ class Tracker:
                     log.warning("listening on %s failed: %r", state.name, exc)
                     self.stop.wait(1.0)
         finally:
-            self._let_go(selector, list(jobs.values()))
+            self._let_go(selector, list(jobs.values()), now=True)
             selector.close()
 
     def _listen_round(
@@ -495,8 +509,11 @@ class Tracker:
         if not selector.get_map():
             self.stop.wait(OBSERVE_EVERY if following else 0.1)
             return
-        for key, _ in selector.select(timeout=0.1):
-            self._read(state, selector, key.data)
+        # Frames for a while, then the bookkeeping above again (not once per frame).
+        until = now + 0.05
+        while (left := until - time.monotonic()) > 0 and selector.get_map():
+            for key, _ in selector.select(timeout=left):
+                self._read(state, selector, key.data)
 
     def _keep_connected(
         self, state: _ServerState, selector: selectors.BaseSelector, job: _Listening, now: float
@@ -589,15 +606,31 @@ class Tracker:
             job.sock.close()
         job.sock = None
 
-    def _let_go(self, selector: selectors.BaseSelector, jobs: list[_Listening]) -> None:
-        """Close the jobs' sockets, then give up their leases in one call. Closed first:
-        the server must forget a socket before the next holder connects, or its cleanup
-        would forget the next one's."""
+    def _let_go(
+        self, selector: selectors.BaseSelector, jobs: list[_Listening], now: bool = False
+    ) -> None:
+        """Close the jobs' sockets, then give up their leases: ``now``, or with the next
+        renewal (one store call for all that ended meanwhile; nobody needs an ended job's
+        lease). Closed first: the server must forget a socket before the next holder
+        connects, or its cleanup would forget the next one's."""
         for job in jobs:
             self._hang_up(selector, job)
-        held = [job.prompt_id for job in jobs if self._held.pop(job.prompt_id, False)]
-        if held:
-            release_quietly(self.leases, [listen_lease(pid) for pid in held], self.owner)
+        held = {listen_lease(j.prompt_id) for j in jobs if self._held.pop(j.prompt_id, False)}
+        if now and held:
+            release_quietly(self.leases, held, self.owner)
+        else:
+            self._release_later(held)
+
+    def _release_later(self, names: set[str]) -> None:
+        """Leases to give up with the next renewal (see _release_ended)."""
+        with self._releasing_lock:
+            self._releasing |= names
+
+    def _release_ended(self) -> None:
+        with self._releasing_lock:
+            names, self._releasing = self._releasing, set()
+        if names:
+            release_quietly(self.leases, names, self.owner)
 
     def _claim(self, prompt_ids: list[str]) -> None:
         try:
@@ -615,6 +648,7 @@ class Tracker:
         someone else took (we were too slow to renew) is given up, so two processes never
         listen to one job."""
         while not self.stop.wait(RENEW_EVERY):
+            self._release_ended()
             held = [pid for pid, mine in list(self._held.items()) if mine]
             if not held:
                 continue
