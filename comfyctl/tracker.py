@@ -150,11 +150,6 @@ class Tracker:
     def active(self) -> list[Record]:
         return [r for r in self.records.values() if r["status"] not in TERMINAL]
 
-    def _ended_now(self, record: Record) -> None:
-        """A job turned terminal: its listener stops, the loop's count of open ones drops."""
-        self._open.discard(record["prompt_id"])
-        self._job_stops.get(record["prompt_id"], threading.Event()).set()
-
     def run(self) -> dict[str, Record]:
         """Follow until every job is terminal. Raises TimeoutError when ``timeout`` passes."""
         deadline = time.monotonic() + self.options.timeout if self.options.timeout else None
@@ -170,12 +165,13 @@ class Tracker:
                     self._handle(item)
                 now = time.monotonic()
                 if self._ended and (self.inbox.empty() or now - self._ended_at >= ANNOUNCE_WITHIN):
-                    self._announce()
-                if now - last_flush >= interval:
+                    self._announce()  # progress pending is written with them
+                    last_flush = time.monotonic()
+                elif now - last_flush >= interval:
                     self.flush()
                     last_flush = time.monotonic()
                     # Progress writes cost at most ~10% of the time, however big the
-                    # ledger (state changes are still written at once).
+                    # ledger (ended jobs are written within ANNOUNCE_WITHIN regardless).
                     interval = max(self.options.flush_interval, 10 * (last_flush - now))
                 self._check_stalls()
                 if deadline is not None and now >= deadline:
@@ -273,6 +269,11 @@ class Tracker:
         else:
             self._stalled.discard(obs.prompt_id)
             self.on_event(TrackerEvent("progress", record))
+
+    def _ended_now(self, record: Record) -> None:
+        """A job turned terminal: its listener stops, the loop's count of open ones drops."""
+        self._open.discard(record["prompt_id"])
+        self._job_stops.get(record["prompt_id"], threading.Event()).set()
 
     def _follow(self, stored: Record) -> None:
         """Take what the lease holder wrote (never going back: a stale copy of a job we

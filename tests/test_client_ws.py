@@ -91,3 +91,22 @@ def test_text_frames_decode_and_invalid_utf8_is_a_websocket_error() -> None:
     finally:
         sock.close()
     thread.join(5)
+
+
+def test_a_burst_of_frames_is_read_ahead_and_said_to_be_pending() -> None:
+    # Frames that came in one packet sit read ahead in comfyctl's buffer, where select()
+    # cannot see them: pending() must say so, frame after frame, until the last.
+    frames = [f'{{"type": "progress", "data": {{"value": {i}}}}}'.encode() for i in range(50)]
+    url, _, thread = handshake_recorder(b"".join(text_frame(f) for f in frames))
+    sock = ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5)
+    try:
+        first = sock.recv()
+        assert first == frames[0].decode()
+        pendings = []
+        for frame in frames[1:]:
+            pendings.append(sock.sock.pending())
+            assert sock.recv() == frame.decode()
+        assert all(pendings) and sock.sock.pending() == 0
+    finally:
+        sock.close()
+    thread.join(5)
