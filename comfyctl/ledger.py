@@ -35,9 +35,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from comfyctl.backoff import Backoff
-from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, UsageProblem
-from comfyctl.records import STATUSES
-from comfyctl.store import MIN_PREFIX, Lease, Record, RecordsBase, is_settled
+from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from comfyctl.store import (
+    MIN_PREFIX,
+    Lease,
+    Record,
+    RecordsBase,
+    check_record,
+    is_settled,
+    resolve_lock_timeout,
+)
 
 __all__ = ["MIN_PREFIX", "SCHEMA_NAME", "SCHEMA_VERSION", "Ledger", "Record", "atomic_write"]
 
@@ -49,16 +56,6 @@ MOVE_AT = 32  # settled records gathered in the live file before they move to hi
 RECENT = 600.0  # seconds a settled record stays live (hooks claim it, history shows it)
 _T = TypeVar("_T")
 RETIRED_GRACE = 3600.0  # seconds a replaced history file stays for readers that hold it
-
-
-def _check_record(path: Path | str, key: str, record: Any) -> None:
-    if not isinstance(record, dict) or record.get("prompt_id") != key:
-        raise LedgerCorrupt(path, f"the record under {key!r} is not a task record")
-    # What every command relies on; anything else would be shown or acted on wrongly.
-    if "status" in record and record["status"] not in STATUSES:
-        raise LedgerCorrupt(
-            path, f"the record {key!r} has no known status ({record.get('status')!r})"
-        )
 
 
 def _stamp(record: Record) -> str:
@@ -207,7 +204,7 @@ class _History:
             if not isinstance(tasks, dict):
                 raise LedgerCorrupt(path, "it is not a comfyctl history segment")
             for key, record in tasks.items():
-                _check_record(path, key, record)
+                check_record(path, key, record)
             self._segments[name] = tasks
         return self._segments[name]
 
@@ -432,12 +429,7 @@ class Ledger:
     ) -> None:
         self.path = Path(path)
         self.segment_size, self.move_at = segment_size, move_at
-        env_timeout = os.environ.get("COMFYCTL_LOCK_TIMEOUT")
-        self.lock_timeout = (
-            lock_timeout
-            if lock_timeout is not None
-            else (_seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT)
-        )
+        self.lock_timeout = resolve_lock_timeout(lock_timeout, DEFAULT_LOCK_TIMEOUT)
         self._thread_locks: dict[Path, threading.RLock] = {}  # per lock file
 
     def describe(self) -> str:
@@ -481,7 +473,7 @@ class Ledger:
                 "comfyctl; upgrade comfyctl to use it",
             )
         for key, record in doc["tasks"].items():
-            _check_record(self.path, key, record)
+            check_record(self.path, key, record)
         live = _Live(doc, texts)
         live.version = version
         return live
@@ -885,16 +877,6 @@ def _schema1_to_2(store: Ledger, live: _Live) -> None:
 # Migrations as data: MIGRATIONS[n - 1] turns schema n into n + 1 (recorded by the
 # document's schema_version; the old file is kept as <ledger>.schema-<n>.bak).
 MIGRATIONS: list[Callable[[Ledger, _Live], None]] = [_schema1_to_2]
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:  # also rejects NaN, with which the wait would never end
-        raise UsageProblem(f"COMFYCTL_LOCK_TIMEOUT={text!r} is not a number of seconds.")
-    return value
 
 
 def atomic_write(

@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnavailable
-from comfyctl.store import Lease, Record, RecordsBase, mask_url
+from comfyctl.store import Lease, Record, RecordsBase, check_record, mask_url, resolve_lock_timeout
 
 if TYPE_CHECKING:
     import psycopg
@@ -93,11 +93,9 @@ class PgRecords(RecordsBase):
             return self._conn.execute(sql, params).fetchall()
 
     def _records(self, sql: str, params: Any = ()) -> list[Record]:
-        from comfyctl.ledger import _check_record
-
         out = []
         for (record,) in self._rows(sql, params):
-            _check_record(self.store.describe(), str(record.get("prompt_id")), record)
+            check_record(self.store.describe(), str(record.get("prompt_id")), record)
             out.append(self._cache.setdefault(record["prompt_id"], record))
         return out
 
@@ -205,15 +203,8 @@ class PostgresStore:
     """The PostgreSQL store (see the module docstring)."""
 
     def __init__(self, url: str, lock_timeout: float | None = None) -> None:
-        from comfyctl.ledger import _seconds
-
         self.url = url
-        env_timeout = os.environ.get("COMFYCTL_LOCK_TIMEOUT")
-        self.lock_timeout = (
-            lock_timeout
-            if lock_timeout is not None
-            else (_seconds(env_timeout) if env_timeout else DEFAULT_LOCK_TIMEOUT)
-        )
+        self.lock_timeout = resolve_lock_timeout(lock_timeout, DEFAULT_LOCK_TIMEOUT)
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()  # one connection: one user at a time
 

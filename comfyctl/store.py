@@ -17,13 +17,15 @@ Guarantees common to every store:
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, overload, runtime_checkable
 
-from comfyctl.errors import TaskNotFound, UsageProblem
+from comfyctl.errors import LedgerCorrupt, TaskNotFound, UsageProblem
+from comfyctl.records import STATUSES
 
 Record = dict[str, Any]
 MIN_PREFIX = 4
@@ -181,6 +183,34 @@ class RecordsBase(Mapping[str, Record]):
         from comfyctl.records import ACTIVE, LOST
 
         return [r for r in self.select(statuses={*ACTIVE, LOST}) if not is_settled(r)]
+
+
+def resolve_lock_timeout(given: float | None, default: float) -> float:
+    """How long a store waits for its lock: as given, else COMFYCTL_LOCK_TIMEOUT, else
+    the store's default."""
+    if given is not None:
+        return given
+    text = os.environ.get("COMFYCTL_LOCK_TIMEOUT")
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # also rejects NaN, with which the wait would never end
+        raise UsageProblem(f"COMFYCTL_LOCK_TIMEOUT={text!r} is not a number of seconds.")
+    return value
+
+
+def check_record(where: Path | str, key: str, record: Any) -> None:
+    """A record read from a store is one every command can rely on, else LedgerCorrupt."""
+    if not isinstance(record, dict) or record.get("prompt_id") != key:
+        raise LedgerCorrupt(where, f"the record under {key!r} is not a task record")
+    # What every command relies on; anything else would be shown or acted on wrongly.
+    if "status" in record and record["status"] not in STATUSES:
+        raise LedgerCorrupt(
+            where, f"the record {key!r} has no known status ({record.get('status')!r})"
+        )
 
 
 def is_settled(record: Record) -> bool:
