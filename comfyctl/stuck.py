@@ -153,17 +153,17 @@ class Heard:
 def classify(
     record: Record,
     obs: Observation | None,
-    unreachable: str | None,
+    failure: str | None,
     opts: DetectOptions,
     sampled_progress: bool | None = None,
 ) -> Finding | None:
-    """What is wrong with one active job, judged from its own server's answer only."""
-    if unreachable is not None:
+    """What is wrong with one active job, judged from its own server's answer only
+    (``failure``: what the server did instead of answering, e.g. "did not answer
+    (timeout)")."""
+    if failure is not None:
         if record["status"] == LOST_STATUS:
             return None  # nothing to learn about it while its server is down
-        return Finding(
-            record, UNREACHABLE, f"server {record['server']} is unreachable ({unreachable})"
-        )
+        return Finding(record, UNREACHABLE, f"server {record['server']} {failure}")
     assert obs is not None
     if record["status"] == LOST_STATUS and obs.kind != "unknown" and obs.kind != "finished":
         return None  # the server knows it again: the next watch or refresh revives it
@@ -377,8 +377,10 @@ def detect(
             answer = answers[url]
             for record in group:
                 obs = answer.value.observations.get(record["prompt_id"]) if answer.value else None
-                reason = answer.error.reason if answer.error else None
-                finding = classify(record, obs, reason, opts, samples.get(record["prompt_id"]))
+                # What the server did, in the error's own words ("answered with an error
+                # (http 502)", "is unreachable (refused)").
+                failure = f"{answer.error.what} ({answer.error.reason})" if answer.error else None
+                finding = classify(record, obs, failure, opts, samples.get(record["prompt_id"]))
                 if finding is not None:
                     found.append(finding)
         return found

@@ -76,13 +76,22 @@ def fault_foreign_ids(a, b_ids):
 
 # fault -> (condition of A's finished-unnoticed job, detail fragment)
 FAULTS = {
-    "refused": (fault_refused, "unreachable", "refused"),
-    "hang": (fault_hang, "unreachable", "timeout"),
-    "slow-drip": (fault_slow_drip, "unreachable", "timeout"),
-    "500": (fault_500, "unreachable", "http 500"),
-    "502-html": (fault_502_html, "unreachable", "http 502"),
-    "truncated-json": (fault_truncated_json, "unreachable", "malformed JSON"),
-    "wrong-content-type": (fault_wrong_content_type, "unreachable", "malformed JSON"),
+    # The condition says the job cannot be judged; the detail says what the server did.
+    "refused": (fault_refused, "unreachable", "is unreachable (refused)"),
+    "hang": (fault_hang, "unreachable", "did not answer (timeout)"),
+    "slow-drip": (fault_slow_drip, "unreachable", "did not answer (timeout)"),
+    "500": (fault_500, "unreachable", "answered with an error (http 500)"),
+    "502-html": (fault_502_html, "unreachable", "answered with an error (http 502)"),
+    "truncated-json": (
+        fault_truncated_json,
+        "unreachable",
+        "would not send (malformed JSON reply)",
+    ),
+    "wrong-content-type": (
+        fault_wrong_content_type,
+        "unreachable",
+        "would not send (malformed JSON reply)",
+    ),
     "foreign-ids": (fault_foreign_ids, "finished-unnoticed", "successfully"),
 }
 
