@@ -131,6 +131,7 @@ def fleet_report(
                 )
     anomalies += _binding_anomalies(config, records)
     anomalies += _slow_jobs(records)
+    anomalies += _ran_twice(records)
     return {**REPORT_SCHEMA, "servers": servers, "jobs": jobs, "anomalies": anomalies}
 
 
@@ -253,6 +254,30 @@ def _binding_anomalies(config: Config, records: list[Record]) -> list[dict[str, 
                     "server": name,
                     "prompt_id": record["prompt_id"],
                     "detail": f"bound to {name} ({url}), which is no longer configured",
+                }
+            )
+    return found
+
+
+RAN_TWICE_SHOWN = 7 * 86400  # how long after its end a job that ran twice is shown
+
+
+def _ran_twice(records: list[Record]) -> list[dict[str, Any]]:
+    """Resubmitted jobs whose original ran to its end anyway (supersede: the server was
+    unreachable, not gone); shown for a week after the original ended."""
+    found = []
+    for record in records:
+        ended = age_seconds(record.get("finished_at"))
+        if (record.get("recovered") or {}).get("original") == "ran" and (
+            ended is None or ended < RAN_TWICE_SHOWN
+        ):
+            found.append(
+                {
+                    "kind": "ran-twice",
+                    "server": record["server"],
+                    "prompt_id": record["prompt_id"],
+                    "detail": f"ran to its end ({record['status']}) on {record['server']} "
+                    f"although it had been resubmitted as {record['superseded_by']}",
                 }
             )
     return found

@@ -265,6 +265,10 @@ def test_superseded_job_that_ran_anyway_says_so_once(
     assert (
         invoke("history", original, "--json").stdout == invoke("history", original, "--json").stdout
     )  # settled once: nothing changes
+    # The one thing comfyctl exists to prevent happened: debug-tasks says so.
+    report = json.loads(invoke("debug-tasks", "--json").stdout)
+    (anomaly,) = [a for a in report["anomalies"] if a["kind"] == "ran-twice"]
+    assert anomaly["prompt_id"] == original and copy in anomaly["detail"]
 
 
 # -- point 6: cancel by a short id ---------------------------------------------------------

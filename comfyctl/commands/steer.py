@@ -116,7 +116,8 @@ def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float, fm
     a server no longer configured or whose URL changed, jobs their server does not
     know (lost-in-restart only with proof, see 'detect-stuck'), jobs comfyctl did
     not submit that run while ours wait (foreign-job-blocking), jobs running
-    unusually long. All servers are probed at once, each bounded by --server-timeout.
+    unusually long, resubmitted jobs whose original ran anyway (ran-twice, shown for a
+    week). All servers are probed at once, each bounded by --server-timeout.
 
     \b
     Examples:
