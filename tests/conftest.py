@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,12 @@ FAULT_COUNTS = pytest.StashKey[dict]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[FAULT_COUNTS] = {}
+    # A shell without job control starts `pytest ... &` (a second suite, a busy loop
+    # beside it) with SIGINT ignored, and an ignored signal stays ignored through fork
+    # and exec: every comfyctl the tests start would then ignore the Ctrl-C the tests
+    # send, and wait for its jobs instead. A caught one is reset to the default on exec.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -335,6 +335,16 @@ def test_two_watchers_on_one_server_each_see_their_own_progress(invoke, emulator
         assert {e["prompt_id"] for e in events} == {pid}
 
 
+def test_a_process_the_suite_starts_hears_ctrl_c() -> None:
+    # The Ctrl-C tests (here, test_hooks, test_live_view) send SIGINT to a comfyctl they
+    # start. Had the suite been started with SIGINT ignored (`pytest &` in a shell without
+    # job control), that comfyctl would ignore it too and they would wait out their
+    # timeouts; conftest.pytest_configure restores it.
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "True", "SIGINT is ignored in processes the tests start"
+
+
 def test_ctrl_c_exits_130_naming_what_still_runs_where(emulator, workflow, ledger_path):
     from comfyctl.lease import leases_for, listen_lease, live_holder
 
