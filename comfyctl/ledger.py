@@ -152,6 +152,7 @@ class _Live:
         self.changes: int = doc.get("changes", 0)
         self.history: str | None = doc.get("history")
         self.history_last: str = doc.get("history_last", "")
+        self.raw: bytes | None = None  # the file as read, kept only while it awaits migration
 
     def document(self) -> bytes:
         head = {
@@ -455,8 +456,9 @@ class Ledger:
 
     def _read_live(self) -> _Live:
         raw = _read_bytes(self.path, missing_ok=True)
-        if raw is None:
-            return _Live()
+        return _Live() if raw is None else self._parse_live(raw)
+
+    def _parse_live(self, raw: bytes) -> _Live:
         by_line = _parse_by_line(raw)
         doc, texts = by_line if by_line is not None else (_parse_json(self.path, raw), {})
         if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), dict):
@@ -476,6 +478,8 @@ class Ledger:
             check_record(self.path, key, record)
         live = _Live(doc, texts)
         live.version = version
+        if version < SCHEMA_VERSION:
+            live.raw = raw  # the migration's backup, and proof that it is still the file
         return live
 
     def _read_history_file(self, path: Path) -> Any:
@@ -488,8 +492,7 @@ class Ledger:
         """A read-only view of the committed records, read without the lock."""
         live = self._read_live()
         if live.version < SCHEMA_VERSION:
-            self.migrate()
-            live = self._read_live()
+            live = self._migrated(live)
         return _Retrying(self, live)
 
     def get(self, prompt_id: str) -> Record | None:
@@ -541,8 +544,7 @@ class Ledger:
     def _current_locked(self) -> _Live:
         live = self._read_live()
         if live.version < SCHEMA_VERSION:
-            self._migrate_locked(live)
-            live = self._read_live()
+            self._migrate_locked(live)  # what it wrote is ``live``: not read back
         return live
 
     def _commit(self, tasks: Tasks) -> None:
@@ -586,9 +588,11 @@ class Ledger:
         live: _Live,
         edits: dict[str, dict[str, Record | None]],
         moving: dict[str, Record],
+        known: dict[str, str] | None = None,
     ) -> None:
         """New segment files for the changed ones (and the tail that takes ``moving``),
-        then a new manifest; the caller's rename of the live file commits them."""
+        then a new manifest; the caller's rename of the live file commits them.
+        ``known``: records' text as read, for those unchanged since (see _tasks_document)."""
         manifest = history.manifest
         entries: list[dict[str, Any]] = list(manifest["segments"])
         size = self.segment_size
@@ -612,11 +616,11 @@ class Ledger:
                     records[pid] = record
             ordered = sorted(records.items(), key=lambda item: _stamp(item[1]))
             for start in range(0, len(ordered), size):
-                kept.append(self._write_segment(seq, dict(ordered[start : start + size])))
+                kept.append(self._write_segment(seq, dict(ordered[start : start + size]), known))
                 seq += 1
         ordered = sorted(moving.items(), key=lambda item: _stamp(item[1]))
         for start in range(0, len(ordered), size):
-            kept.append(self._write_segment(seq, dict(ordered[start : start + size])))
+            kept.append(self._write_segment(seq, dict(ordered[start : start + size]), known))
             seq += 1
         if live.history:
             retired.append(live.history)
@@ -641,10 +645,12 @@ class Ledger:
         live.history = name
         live.history_last = max((e["last"] for e in kept), default="")
 
-    def _write_segment(self, seq: int, records: dict[str, Record]) -> dict[str, Any]:
+    def _write_segment(
+        self, seq: int, records: dict[str, Record], known: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         name = f"segment-{seq:06d}.json"
         head = {"schema": "comfyctl.ledger-segment", "schema_version": SCHEMA_VERSION}
-        atomic_write(self.history_dir / name, _tasks_document(head, records))
+        atomic_write(self.history_dir / name, _tasks_document(head, records, known))
         return _entry(name, records)
 
     def _collect_garbage(self, referenced: set[str], now: float) -> None:
@@ -673,19 +679,34 @@ class Ledger:
 
     def migrate(self) -> None:
         """Bring an older ledger up to this schema (under the lock; a backup is kept)."""
+        self._migrated(None)
+
+    def _migrated(self, seen: _Live | None) -> _Live:
+        """The live document brought up to this schema, under the lock. ``seen``: the old
+        one as read without the lock, used when the file is still byte for byte what it
+        was (a big old ledger is parsed once, not again under the lock)."""
         with self.locked():
-            live = self._read_live()
+            raw = _read_bytes(self.path, missing_ok=True)
+            if seen is not None and seen.raw is not None and seen.raw == raw:
+                live = seen
+            else:  # changed meanwhile (another process may have migrated it already)
+                live = _Live() if raw is None else self._parse_live(raw)
             if live.version < SCHEMA_VERSION:
                 self._migrate_locked(live)
+            return live
 
     def _migrate_locked(self, live: _Live) -> None:
+        """Each step in turn, on ``live`` (read under the lock); then written, and ``live``
+        is what is on disk. A step that changes a record drops its text from
+        ``live.texts`` (the record's JSON as read, written again as it was otherwise)."""
         backup = self.path.with_name(f"{self.path.name}.schema-{live.version}.bak")
-        atomic_write(backup, self.path.read_bytes())
-        live.texts = {}  # a migration may change any record: all are encoded anew
+        atomic_write(backup, live.raw if live.raw is not None else self.path.read_bytes())
         for step in MIGRATIONS[live.version - 1 :]:
             step(self, live)
             live.version += 1
+        live.texts = {pid: t for pid, t in live.texts.items() if pid in live.tasks}
         atomic_write(self.path, live.document())
+        live.raw = None
 
     # -- leases -------------------------------------------------------------------------
 
@@ -867,11 +888,12 @@ class _Retrying(Tasks):
 
 
 def _schema1_to_2(store: Ledger, live: _Live) -> None:
-    """Schema 1 kept every record in one file: settled ones move to history segments."""
+    """Schema 1 kept every record in one file: settled ones move to history segments
+    (no record changes: each is written as the text it was read from)."""
     settled = {pid: r for pid, r in live.tasks.items() if is_settled(r)}
     live.tasks = {pid: r for pid, r in live.tasks.items() if pid not in settled}
     if settled:
-        store._write_history(_History(store, None), live, {}, settled)
+        store._write_history(_History(store, None), live, {}, settled, live.texts)
 
 
 # Migrations as data: MIGRATIONS[n - 1] turns schema n into n + 1 (recorded by the
