@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import stat
 import subprocess
 import sys
@@ -284,54 +285,60 @@ def test_eight_processes_writing_fifty_records_each_end_with_400(ledger_path: Pa
         assert prompt_id == f"w{rec['writer']}-{rec['i']:02d}"
 
 
-KILLED_WRITER = r"""
+KILLED_WRITERS = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
 from comfyctl.ledger import Ledger
-# Small segments: finished records move to history (new segments, manifests) all the time.
-ledger = Ledger(sys.argv[2], lock_timeout=60, segment_size=20, move_at=3)
-tag, pad = sys.argv[3], "x" * int(sys.argv[4])
-os.write(1, b"ready\n")
-i = 0
-while True:
-    prompt_id = f"{tag}-{i}"
-    with ledger.transaction() as tasks:
-        tasks.put({"prompt_id": prompt_id, "i": i, "pad": pad,
-                   "status": "success" if i % 2 else "pending"})
-    os.write(1, (prompt_id + "\n").encode())  # acknowledged: the transaction has returned
-    i += 1
+# Imported once; each trial's writer is a fork of this process (a few ms, where a fresh
+# interpreter takes ~100 ms), told "tag pad" on stdin, and killed by the test.
+for line in sys.stdin:
+    tag, pad_length = line.split()
+    writer = os.fork()
+    if writer == 0:
+        try:
+            # Small segments: finished records move to history (new segments, manifests).
+            ledger = Ledger(sys.argv[2], lock_timeout=60, segment_size=20, move_at=3)
+            pad = "x" * int(pad_length)
+            os.write(1, f"ready {os.getpid()}\n".encode())
+            i = 0
+            while True:
+                prompt_id = f"{tag}-{i}"
+                with ledger.transaction() as tasks:
+                    tasks.put({"prompt_id": prompt_id, "i": i, "pad": pad,
+                               "status": "success" if i % 2 else "pending"})
+                os.write(1, (prompt_id + "\n").encode())  # acknowledged: it has returned
+                i += 1
+        finally:  # a writer that fails never goes on as a second forker
+            os._exit(1)
+    _, status = os.waitpid(writer, 0)
+    os.write(1, f"reaped {status}\n".encode())  # after every line the writer wrote
 """
 
 
 @pytest.mark.faults
 def test_sigkill_never_corrupts_nor_loses_acknowledged_records(
-    ledger_path: Path, fault_counts: dict
+    ledger_path: Path, fault_counts: dict, request: pytest.FixtureRequest
 ) -> None:
     rng = random.Random(0xC0FFEE)
     acknowledged: dict[str, tuple[int, int]] = {}  # prompt_id -> (i, pad length)
     started = time.monotonic()
+    forker = child(KILLED_WRITERS, str(ledger_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    request.addfinalizer(forker.kill)  # should an assertion end the test early
+    assert forker.stdin is not None and forker.stdout is not None
     for trial in range(100):
         pad = rng.choice((0, 50, 500, 5000))
-        proc = child(
-            KILLED_WRITER,
-            str(ledger_path),
-            f"t{trial}",
-            str(pad),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        try:
-            line = proc.stdout.readline()
-            assert line == b"ready\n", proc.stderr.read().decode()
-            time.sleep(rng.uniform(0.0, 0.05))  # the random moment of the kill
-        finally:
-            proc.kill()  # SIGKILL
-            proc.wait()
-        acked_now = proc.stdout.read().decode().split()
-        proc.stdout.close()
-        proc.stderr.close()
-        assert proc.returncode == -9
+        forker.stdin.write(f"t{trial} {pad}\n".encode())
+        forker.stdin.flush()
+        ready = forker.stdout.readline().split()
+        assert ready[:1] == [b"ready"], ready
+        time.sleep(rng.uniform(0.0, 0.05))  # the random moment of the kill
+        os.kill(int(ready[1]), signal.SIGKILL)
+        acked_now = []
+        while not (line := forker.stdout.readline().decode()).startswith("reaped"):
+            assert line, "the forking child died"
+            acked_now.append(line.strip())
+        status = int(line.split()[1])
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         for prompt_id in acked_now:
             acknowledged[prompt_id] = (int(prompt_id.split("-")[1]), pad)
 
@@ -353,6 +360,8 @@ def test_sigkill_never_corrupts_nor_loses_acknowledged_records(
                 "pad": "x" * pad,
                 "status": "success" if i % 2 else "pending",
             }
+    forker.stdin.close()
+    assert forker.wait(timeout=10) == 0
     assert acknowledged, "no child ever acknowledged a write: the test proved nothing"
     read_document(ledger_path)
     # Killed writers leave temp files behind; the next write under the lock clears them.
