@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -389,11 +388,46 @@ class ServerClient:
         return found
 
     def _each(self, ask: Callable[[str], T], ids: list[str]) -> list[T]:
-        """``ask`` for each id, a few at a time (read-only requests to this one server)."""
+        """``ask`` for each id, a few at a time (read-only requests to this one server); the
+        first failure in ``ids`` order is raised.
+
+        Daemon threads, not a ThreadPoolExecutor: Python joins an executor's workers at
+        exit, so a server hanging mid-read would keep comfyctl up after Ctrl-C (or after
+        the end) for the rest of its read timeout."""
         if len(ids) <= 1:
             return [ask(pid) for pid in ids]
-        with ThreadPoolExecutor(max_workers=min(PER_SERVER_REQUESTS, len(ids))) as pool:
-            return list(pool.map(ask, ids))
+        answers: dict[int, T] = {}
+        failures: dict[int, BaseException] = {}
+        todo = iter(enumerate(ids))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    item = next(todo, None)
+                    if item is None or failures:
+                        return
+                index, prompt_id = item
+                try:
+                    answer = ask(prompt_id)
+                except BaseException as exc:  # raised in the caller's thread below
+                    with lock:
+                        failures[index] = exc
+                    return
+                with lock:
+                    answers[index] = answer
+
+        workers = [
+            threading.Thread(target=work, daemon=True, name=f"read {self.spec.name}")
+            for _ in range(min(PER_SERVER_REQUESTS, len(ids)))
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if failures:
+            raise failures[min(failures)]
+        return [answers[index] for index in range(len(ids))]
 
     def _snapshot_jobs(self, wanted: list[str]) -> dict[str, Observation]:
         """Jobs API: the single-job route for a few ids; for more, one unfiltered listing

@@ -379,6 +379,46 @@ def test_ctrl_c_exits_130_naming_what_still_runs_where(emulator, workflow, ledge
     assert "Traceback" not in stderr
 
 
+HANGING_READS = r"""
+import sys, threading, time
+from comfyctl.client import ServerClient
+from comfyctl.config import ServerSpec
+client = ServerClient(ServerSpec("hangs", sys.argv[1], timeout=60))
+print("ready", flush=True)
+sys.stdin.readline()  # the server hangs from now on
+# A poller (a daemon thread, as the tracker's are) reads two jobs' history side by side,
+# as snapshot() does for the ids the queue did not hold.
+each = client._each
+threading.Thread(target=each, args=(client.history_entry, ["a", "b"]), daemon=True).start()
+time.sleep(0.5)
+raise SystemExit(130)  # what Ctrl-C ends in, with the reads still hanging
+"""
+
+
+def test_a_hanging_servers_reads_do_not_hold_up_the_exit(emulator):
+    # Before: client._each used a ThreadPoolExecutor, whose workers Python joins at exit,
+    # so watch stayed up after Ctrl-C (or its end) for the rest of a 60 s read timeout.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HANGING_READS, emulator.url],
+        cwd=Path(__file__).resolve().parents[1],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        emulator.faults.http_hang = True
+        _, stderr = proc.communicate("go\n", timeout=20)  # far less than the 60 s
+        assert proc.returncode == 130, stderr
+        assert emulator.requests["GET /history/a"] == emulator.requests["GET /history/b"] == 1, (
+            dict(emulator.requests)
+        )
+    finally:
+        proc.kill()
+        emulator.faults.http_hang = False
+
+
 def test_unreachable_servers_are_skipped_and_none_reachable_exits_3(
     invoke, emulator, workflow, ledger_path
 ):
