@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import click
 
 from comfyctl import __version__
 from comfyctl.commands import LazyGroup
-from comfyctl.errors import ComfyctlError, ExitCode, UsageProblem
+from comfyctl.errors import ComfyctlError, ExitCode, TerminateSignal, UsageProblem
 
 EXIT_CODES_HELP = """\b
 Exit codes: 0 ok · 1 task failed/cancelled/unrecovered or general error ·
@@ -25,7 +26,8 @@ Exit codes: 0 ok · 1 task failed/cancelled/unrecovered or general error ·
 5 timeout · 6 problems found (detect-stuck, --fail-on-stall) ·
 7 ledger corrupt, locked or unreachable · 8 access denied · 9 server error ·
 10 bad reply from a server · 11 submit uncertain (id printed; do not resubmit) ·
-130 interrupted (Ctrl-C) · 141 stdout closed by its reader (e.g. | head)."""
+130 interrupted (Ctrl-C) · 141 stdout closed by its reader (e.g. | head) ·
+143 terminated (SIGTERM)."""
 
 
 class CliError(click.ClickException):
@@ -76,6 +78,9 @@ class ComfyctlGroup(LazyGroup):
         except ComfyctlError as exc:
             _show_traceback(ctx)
             raise CliError(str(exc), int(exc.exit_code)) from None
+        except TerminateSignal:
+            _show_traceback(ctx)
+            raise CliError("Terminated.", ExitCode.TERMINATED) from None
         except KeyboardInterrupt:
             _show_traceback(ctx)
             raise CliError("Interrupted.", ExitCode.INTERRUPTED) from None
@@ -171,4 +176,11 @@ def cli(
 
 
 def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    # SIGTERM ends a command as Ctrl-C does; one its parent ignores stays ignored.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     cli.main(args=args, prog_name=prog_name or "comfyctl")
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise TerminateSignal()

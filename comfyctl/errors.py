@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     BAD_REPLY = 10  # the server answered, but not as ComfyUI does (a proxy's page, ...)
     UNCERTAIN = 11  # a job may or may not be queued; its id is printed and kept
     INTERRUPTED = 130  # Ctrl-C
+    TERMINATED = 143  # SIGTERM (kill): ended as Ctrl-C ends it
     BROKEN_PIPE = 141  # stdout's reader went away (| head): ended quietly, as SIGPIPE would
 
 
@@ -195,6 +196,17 @@ class Interrupted(ComfyctlError):
     """Ctrl-C during a long wait; the message says what is still running where."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class Terminated(Interrupted):
+    """SIGTERM during a long wait (see TerminateSignal)."""
+
+    exit_code = ExitCode.TERMINATED
+
+
+class TerminateSignal(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so that everything Ctrl-C cleans up (leases,
+    pending ledger writes, hooks) is cleaned up the same way."""
 
 
 class ProblemsFound(ComfyctlError):

@@ -345,7 +345,16 @@ def test_a_process_the_suite_starts_hears_ctrl_c() -> None:
     assert result.stdout.strip() == "True", "SIGINT is ignored in processes the tests start"
 
 
-def test_ctrl_c_exits_130_naming_what_still_runs_where(emulator, workflow, ledger_path):
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, "Terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_exits_130_naming_what_still_runs_where(
+    emulator, workflow, ledger_path, signum, code, word
+):
+    # SIGTERM (kill, a script stopping its `comfyctl watch &`, whose SIGINT a shell ignores)
+    # ends it the same way: the lease given up, what still runs named, 128 + 15.
     from comfyctl.lease import leases_for, listen_lease, live_holder
 
     pid = subprocess.run(
@@ -372,11 +381,13 @@ def test_ctrl_c_exits_130_naming_what_still_runs_where(emulator, workflow, ledge
     while live_holder(leases, listen_lease(pid)) is None:  # it is following the job now
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 130
+    assert proc.returncode == code, stderr
+    assert f"Error: {word};" in stderr, stderr
     assert pid in stderr and emulator.url.split("://")[1] in stderr
     assert "Traceback" not in stderr
+    assert live_holder(leases, listen_lease(pid)) is None  # given up on the way out
 
 
 HANGING_READS = r"""

@@ -18,6 +18,8 @@ from comfyctl.errors import (
     Interrupted,
     ProblemsFound,
     TaskFailed,
+    Terminated,
+    TerminateSignal,
     UsageProblem,
     WaitTimeout,
 )
@@ -189,12 +191,13 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         raise ProblemsFound(
             f"Stalled: {_where(stalled)}.", "Inspect with 'comfyctl history ID' or cancel it."
         ) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as signal_:
         # Ctrl-C does not wait out the hooks: a running --exec command goes on in its own
         # session, an unfinished webhook delivery is dropped after a moment.
         notifier.close(timeout=2.0)
-        raise Interrupted(
-            f"Interrupted; {_unfinished(tracker.active())}.", "Resume with 'comfyctl watch'."
+        error = Terminated if isinstance(signal_, TerminateSignal) else Interrupted
+        raise error(
+            f"{error.__name__}; {_unfinished(tracker.active())}.", "Resume with 'comfyctl watch'."
         ) from None
     finally:
         notifier.close()  # the hooks of jobs that ended still run to their own end
