@@ -475,6 +475,7 @@ class Tracker:
                     self.stop.wait(1.0)
         finally:
             self._let_go(selector, list(jobs.values()), now=True)
+            self._release_ended()  # what this loop let go of after the tracker's last call
             selector.close()
 
     def _listen_round(
