@@ -379,27 +379,32 @@ class PostgresStore:
 
     def claim_leases(self, names: Collection[str], owner: str, ttl: float) -> set[str]:
         # One statement: of claims racing on one name, the row lock lets exactly one win.
-        # Names sorted, so two batches that overlap lock their rows in the same order.
-        return self._names(
+        return self._lease_rows(
             "INSERT INTO comfyctl_leases AS l (name, owner, expires_at) "
             "SELECT unnest(%s::text[]), %s, now() + %s * interval '1 second' "
             "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, "
             "expires_at = EXCLUDED.expires_at "
             "WHERE l.owner = EXCLUDED.owner OR l.expires_at <= now() RETURNING name",
-            (sorted(set(names)), owner, ttl),
+            names,
+            owner,
+            ttl,
         )
 
     def release_leases(self, names: Collection[str], owner: str) -> set[str]:
-        return self._names(
+        return self._lease_rows(
             "DELETE FROM comfyctl_leases WHERE name = ANY(%s) AND owner = %s RETURNING name",
-            (sorted(set(names)), owner),
+            names,
+            owner,
         )
 
-    def _names(self, sql: str, params: Any) -> set[str]:
-        if not params[0]:
+    def _lease_rows(self, sql: str, names: Collection[str], *params: Any) -> set[str]:
+        """The names ``sql`` (its first parameter: the names) returned. Names sorted, so
+        two batches that overlap lock their rows in the same order."""
+        if not names:
             return set()
         with self._lock, self._errors():
-            return {row[0] for row in self._connection().execute(sql, params).fetchall()}
+            rows = self._connection().execute(sql, (sorted(set(names)), *params)).fetchall()
+        return {row[0] for row in rows}
 
     def lease(self, name: str) -> Lease | None:
         with self._lock, self._errors():

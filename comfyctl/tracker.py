@@ -95,7 +95,12 @@ class _ServerState:
     name: str
     prompt_ids: set[str] = field(default_factory=set)
     fetch: queue.Queue[str] = field(default_factory=queue.Queue)
-    joining: queue.Queue[_Listening] = field(default_factory=queue.Queue)  # for _listen_loop
+    # The listen loop's own (Tracker._listen_loop): jobs handed to it, the ones it looks
+    # after, its sockets' selector, when it last read the store for the jobs it follows.
+    joining: queue.Queue[_Listening] = field(default_factory=queue.Queue)
+    listening: dict[str, _Listening] = field(default_factory=dict)
+    selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    last_look: float = 0.0
     reachable: bool | None = None
     log: ServerLog | None = None  # the server's log, read when it did not know a job
 
@@ -463,35 +468,27 @@ class Tracker:
         are followed through what that process writes to the store, and taken over when
         it is gone. One thread per server: a server that hangs stalls only its own jobs,
         and frames are read without a thread switch per frame."""
-        selector = selectors.DefaultSelector()
-        jobs: dict[str, _Listening] = {}
-        last_look = [0.0]
         try:
             while not self.stop.is_set():
                 try:
-                    self._listen_round(state, selector, jobs, last_look)
+                    self._listen_round(state)
                 except Exception as exc:  # a bug must not silently deafen this server's jobs
                     log.warning("listening on %s failed: %r", state.name, exc)
                     self.stop.wait(1.0)
         finally:
-            self._let_go(selector, list(jobs.values()), now=True)
+            self._let_go(state, list(state.listening.values()), now=True)
             self._release_ended()  # what this loop let go of after the tracker's last call
-            selector.close()
+            state.selector.close()
 
-    def _listen_round(
-        self,
-        state: _ServerState,
-        selector: selectors.BaseSelector,
-        jobs: dict[str, _Listening],
-        last_look: list[float],
-    ) -> None:
+    def _listen_round(self, state: _ServerState) -> None:
+        jobs, selector = state.listening, state.selector
         while not state.joining.empty():
             job = state.joining.get()
             jobs[job.prompt_id] = job
         ended = [job for job in jobs.values() if job.stop.is_set()]
         for job in ended:
             del jobs[job.prompt_id]
-        self._let_go(selector, ended)
+        self._let_go(state, ended)
         now = time.monotonic()
         due = [
             job.prompt_id
@@ -503,11 +500,11 @@ class Tracker:
                 jobs[pid].last_claim = now
             self._claim(due)
         following = [pid for pid in jobs if not self._held.get(pid)]
-        if following and now - last_look[0] >= OBSERVE_EVERY:
-            last_look[0] = now
+        if following and now - state.last_look >= OBSERVE_EVERY:
+            state.last_look = now
             self._observe(following)
         for job in jobs.values():
-            self._keep_connected(state, selector, job, now)
+            self._keep_connected(state, job, now)
         if not selector.get_map():
             self.stop.wait(OBSERVE_EVERY if following else 0.1)
             return
@@ -515,11 +512,9 @@ class Tracker:
         until = now + 0.05
         while (left := until - time.monotonic()) > 0 and selector.get_map():
             for key, _ in selector.select(timeout=left):
-                self._read(state, selector, key.data)
+                self._read(state, key.data)
 
-    def _keep_connected(
-        self, state: _ServerState, selector: selectors.BaseSelector, job: _Listening, now: float
-    ) -> None:
+    def _keep_connected(self, state: _ServerState, job: _Listening, now: float) -> None:
         held = self._held.get(job.prompt_id)
         if job.sock is not None:
             # A socket of this client_id opened elsewhere (an older comfyctl, a holder that
@@ -531,7 +526,7 @@ class Tracker:
                 and self.records[job.prompt_id]["status"] == RUNNING
             )
             if not held or silent:
-                self._hang_up(selector, job)
+                self._hang_up(state, job)
                 job.next_connect = now + job.backoff.wait()
             return
         if not held or now < job.next_connect:
@@ -545,9 +540,9 @@ class Tracker:
         job.backoff.reset()
         job.heard, job.heard_start, job.start_timing = time.monotonic(), False, None
         job.sock.settimeout(0.5)  # only a frame split across packets waits, and not long
-        selector.register(job.sock.sock, selectors.EVENT_READ, job)
+        state.selector.register(job.sock.sock, selectors.EVENT_READ, job)
 
-    def _read(self, state: _ServerState, selector: selectors.BaseSelector, job: _Listening) -> None:
+    def _read(self, state: _ServerState, job: _Listening) -> None:
         """Every frame a readable socket has: what it read ahead (client._ReadAhead), or an
         SSL socket decrypted, select does not see."""
         import websocket
@@ -559,7 +554,7 @@ class Tracker:
                 return
             except (OSError, websocket.WebSocketException) as exc:
                 log.debug("socket for %s dropped: %s", job.prompt_id, type(exc).__name__)
-                self._hang_up(selector, job)
+                self._hang_up(state, job)
                 job.next_connect = time.monotonic() + job.backoff.wait()
                 return
             job.heard = time.monotonic()
@@ -587,8 +582,11 @@ class Tracker:
             if not job.heard_start:  # outputs came before this connection: ask /history
                 obs = Observation("done", job.prompt_id, state.client.url, source="ws")
             else:
-                timing = {**(obs.timing or {}), **(job.start_timing or {})}
-                timing["finished_at"] = (obs.timing or {}).get("finished_at")
+                timing = {
+                    "created_at": None,
+                    "started_at": (job.start_timing or {}).get("started_at"),
+                    "finished_at": (obs.timing or {}).get("finished_at"),
+                }
                 obs = Observation(
                     "finished",
                     job.prompt_id,
@@ -599,24 +597,22 @@ class Tracker:
                 )
         self.inbox.put(obs)
 
-    def _hang_up(self, selector: selectors.BaseSelector, job: _Listening) -> None:
+    def _hang_up(self, state: _ServerState, job: _Listening) -> None:
         if job.sock is None:
             return
         with contextlib.suppress(KeyError, ValueError, OSError):
-            selector.unregister(job.sock.sock)
+            state.selector.unregister(job.sock.sock)
         with contextlib.suppress(Exception):
             job.sock.close()
         job.sock = None
 
-    def _let_go(
-        self, selector: selectors.BaseSelector, jobs: list[_Listening], now: bool = False
-    ) -> None:
+    def _let_go(self, state: _ServerState, jobs: list[_Listening], now: bool = False) -> None:
         """Close the jobs' sockets, then give up their leases: ``now``, or with the next
         renewal (one store call for all that ended meanwhile; nobody needs an ended job's
         lease). Closed first: the server must forget a socket before the next holder
         connects, or its cleanup would forget the next one's."""
         for job in jobs:
-            self._hang_up(selector, job)
+            self._hang_up(state, job)
         held = {listen_lease(j.prompt_id) for j in jobs if self._held.pop(j.prompt_id, False)}
         if now and held:
             release_quietly(self.leases, held, self.owner)
