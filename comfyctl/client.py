@@ -1,4 +1,4 @@
-"""Talking to one ComfyUI server: HTTP through requests, WebSocket through websocket-client.
+"""Talking to one ComfyUI server: HTTP through requests, WebSockets through ``comfyctl.ws``.
 
 One ``ServerClient`` per bound server. Every call about a job goes through the client
 of that job's server, so a request about job J can only reach J's server. Auth headers,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import os
 import re
 import socket
 import ssl
@@ -24,6 +25,7 @@ from urllib.parse import quote, urlencode
 
 import requests
 
+from comfyctl import ws
 from comfyctl.backoff import Backoff
 from comfyctl.config import ServerSpec
 from comfyctl.errors import (
@@ -588,54 +590,48 @@ class ServerClient:
         base = "wss" + self.url[5:] if self.url.startswith("https") else "ws" + self.url[4:]
         return f"{base}/ws?{urlencode(self._params({'clientId': client_id}))}"
 
-    def connect_ws(self, client_id: str, timeout: float | None = None) -> Any:
-        """A WebSocket connected as ``client_id`` (ComfyUI sends a job's events only there)."""
-        import websocket  # imported here: keeps it off the --help and completion path
-
-        headers = [f"{k}: {v}" for k, v in self.spec.headers.items()]
+    def connect_ws(self, client_id: str, timeout: float | None = None) -> ws.WebSocket:
+        """A WebSocket connected as ``client_id`` (ComfyUI sends a job's events only there),
+        with the auth, TLS settings and proxy of this server's HTTP requests."""
+        headers = {"User-Agent": "comfyctl", **self.spec.headers}
         if self.spec.username is not None:
             raw = f"{self.spec.username}:{self.spec.password or ''}".encode()
-            headers.append("Authorization: Basic " + base64.b64encode(raw).decode())
-        sslopt: dict[str, Any] = {}
-        if self.url.startswith("https"):
-            if self.spec.verify is False:
-                sslopt = {"cert_reqs": ssl.CERT_NONE, "check_hostname": False}
-            elif isinstance(self.spec.verify, str):
-                sslopt = {"ca_certs": self.spec.verify}
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
         try:
-            ws = websocket.create_connection(
+            return ws.connect(
                 self.ws_url(client_id),
-                header=headers,
-                sslopt=sslopt,
-                timeout=timeout or self.spec.connect_timeout,
-                suppress_origin=True,
-                enable_multithread=True,
-                skip_utf8_validation=True,
-                class_=_websocket_class(),
+                headers,
+                timeout or self.spec.connect_timeout,
+                self._tls_context if self.url.startswith("https") else None,
+                self._proxy,
             )
-            ws.sock = _ReadAhead(ws.sock)  # type: ignore[assignment]  # after the handshake
-            return ws
         except ssl.SSLError:
             raise ServerUnreachable(self.spec.name, "tls") from None
-        except (OSError, websocket.WebSocketException) as exc:
+        except ws.WebSocketError as exc:
+            raise ServerUnreachable(self.spec.name, f"websocket: {exc.reason}") from None
+        except OSError as exc:
             raise ServerUnreachable(self.spec.name, f"websocket: {type(exc).__name__}") from None
 
+    @functools.cached_property
+    def _tls_context(self) -> ssl.SSLContext:
+        """The WebSocket's TLS settings, as requests applies ``verify`` to HTTP."""
+        context = ssl.create_default_context()
+        if self.spec.verify is False:
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        elif isinstance(self.spec.verify, str):
+            where = self.spec.verify
+            context.load_verify_locations(
+                capath=where if os.path.isdir(where) else None,
+                cafile=None if os.path.isdir(where) else where,
+            )
+        return context
 
-@functools.cache
-def _websocket_class() -> type[Any]:
-    """websocket-client's WebSocket without its UTF-8 check of text frames: a Python loop
-    over every byte, half of the CPU ``watch`` spent. Python's own decoder still rejects
-    invalid text, raised as the check would have (the socket is then dropped)."""
-    import websocket
-
-    class WebSocket(websocket.WebSocket):
-        def recv(self) -> str | bytes:
-            try:
-                return super().recv()
-            except UnicodeDecodeError as exc:
-                raise websocket.WebSocketPayloadException(f"cannot decode: {exc}") from None
-
-    return WebSocket
+    @functools.cached_property
+    def _proxy(self) -> str | None:
+        """The proxy requests would use for this server (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)."""
+        proxies = requests.utils.get_environ_proxies(self.url)
+        scheme = "https" if self.url.startswith("https") else "http"
+        return proxies.get(scheme) or proxies.get("all")
 
 
 class _SlowBody(Exception):
@@ -695,35 +691,6 @@ def _causes(exc: BaseException) -> list[BaseException]:
         found.append(item)
         stack += [getattr(item, "reason", None), item.__cause__, item.__context__, *item.args]
     return found
-
-
-class _ReadAhead:
-    """A WebSocket's TCP or TLS socket, read up to 64 KiB at a time. websocket-client asks
-    for each frame's header and payload separately: a burst of small progress frames would
-    otherwise cost several system calls (each a hand-off of the GIL) per frame.
-    ``pending()`` says how much is read but not yet handed out, as ``ssl.SSLSocket`` does,
-    so a reader that waits in ``select`` knows to read on first."""
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._data, self._at = b"", 0
-
-    def recv(self, size: int) -> bytes:
-        if self._at >= len(self._data):
-            data = self._sock.recv(max(size, 65536))
-            if not data:
-                return b""
-            self._data, self._at = data, 0
-        piece = self._data[self._at : self._at + size]
-        self._at += len(piece)
-        return piece
-
-    def pending(self) -> int:
-        inner = getattr(self._sock, "pending", None)
-        return len(self._data) - self._at + (inner() if inner else 0)
-
-    def __getattr__(self, name: str) -> Any:  # send, settimeout, fileno, close, ...
-        return getattr(self._sock, name)
 
 
 def _queue_items(raw: Any) -> list[QueueItem]:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from comfyctl.backoff import Backoff
 from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked
@@ -93,18 +93,24 @@ def _parse_json(path: Path, raw: bytes) -> Any:
         raise LedgerCorrupt(path, "it is nested too deeply") from None
 
 
-def _tasks_document(
-    head: dict[str, Any], tasks: dict[str, Record], known: dict[str, str] | None = None
-) -> bytes:
-    """``head`` then ``"tasks"``, one record per line: grep-, diff- and jq-friendly.
-    ``known``: records' text as read, for those unchanged since (only changes are encoded)."""
-    known = known or {}
+def _tasks_document(head: dict[str, Any], texts: dict[str, str]) -> bytes:
+    """``head`` then ``"tasks"``, one record (its JSON text) per line: grep-, diff- and
+    jq-friendly."""
     start = json.dumps(head)[:-1] + (', "tasks": {' if head else '{"tasks": {')
-    lines = [
-        json.dumps(pid) + ":" + (known.get(pid) or json.dumps(rec, separators=(",", ":")))
-        for pid, rec in tasks.items()
-    ]
+    lines = [json.dumps(pid) + ":" + text for pid, text in texts.items()]
     return (start + ("\n" + ",\n".join(lines) + "\n" if lines else "") + "}}\n").encode()
+
+
+def _record_text(record: Record) -> str:
+    return json.dumps(record, separators=(",", ":"))
+
+
+def _settled_at(record: Record) -> str | None:
+    """When a settled record settled (what decides when it moves to history); None for one
+    that is not settled."""
+    if not is_settled(record):
+        return None
+    return str(record.get("updated_at") or record.get("finished_at") or "")
 
 
 _TASKS_OPEN = ', "tasks": {'
@@ -140,19 +146,54 @@ def _parse_by_line(raw: bytes) -> tuple[dict[str, Any], dict[str, str]] | None:
 
 
 class _Live:
-    """The live document as read: its records and everything else it holds."""
+    """The live document as one view sees it. Each record is kept as its JSON text and
+    parsed when asked for (a transaction touching two jobs parses two), beside when it
+    settled, which is all a commit needs to know of the others. Written back, a record
+    nobody put is its text as read."""
 
     def __init__(
         self, doc: dict[str, Any] | None = None, texts: dict[str, str] | None = None
     ) -> None:
         doc = doc or {}
-        self.tasks: dict[str, Record] = doc.get("tasks", {})
-        self.texts = texts or {}  # each record's JSON text as read (_parse_by_line)
+        texts = texts or {}  # each record's JSON text as read (_parse_by_line)
+        self.parsed: dict[str, Record] = dict(doc.get("tasks", {}))  # handed out so far
+        self.texts = {pid: texts.get(pid) or _record_text(r) for pid, r in self.parsed.items()}
+        self.settled_at = {pid: _settled_at(r) for pid, r in self.parsed.items()}
         self.version: int = doc.get("schema_version", SCHEMA_VERSION)
         self.changes: int = doc.get("changes", 0)
         self.history: str | None = doc.get("history")
         self.history_last: str = doc.get("history_last", "")
         self.raw: bytes | None = None  # the file as read, kept only while it awaits migration
+
+    def copy(self) -> _Live:
+        """A view of the same document with nothing parsed yet (records handed out by
+        one view are its own to change)."""
+        other = _Live()
+        other.texts, other.settled_at = dict(self.texts), dict(self.settled_at)
+        other.version, other.changes = self.version, self.changes
+        other.history, other.history_last = self.history, self.history_last
+        return other
+
+    def record(self, prompt_id: str) -> Record | None:
+        record = self.parsed.get(prompt_id)
+        if record is None and prompt_id in self.texts:
+            record = self.parsed[prompt_id] = json.loads(self.texts[prompt_id])
+        return record
+
+    def records(self) -> dict[str, Record]:
+        return {pid: self.record(pid) for pid in self.texts}  # type: ignore[misc]
+
+    def put(self, record: Record) -> None:
+        pid = record["prompt_id"]
+        self.parsed[pid], self.texts[pid] = record, _record_text(record)
+        self.settled_at[pid] = _settled_at(record)
+
+    def pop(self, prompt_id: str) -> tuple[Record, str]:
+        record = self.record(prompt_id)
+        assert record is not None
+        self.parsed.pop(prompt_id)
+        del self.settled_at[prompt_id]
+        return record, self.texts.pop(prompt_id)
 
     def document(self) -> bytes:
         head = {
@@ -162,7 +203,7 @@ class _Live:
             "history": self.history,
             "history_last": self.history_last,
         }
-        return _tasks_document(head, self.tasks, self.texts)
+        return _tasks_document(head, self.texts)
 
 
 class _History:
@@ -253,7 +294,7 @@ class Tasks(RecordsBase):
     def _lookup(self, prompt_id: str) -> Record | None:
         if prompt_id in self._removed:
             return None
-        record = self._puts.get(prompt_id) or self._live.tasks.get(prompt_id)
+        record = self._puts.get(prompt_id) or self._live.record(prompt_id)
         return record if record is not None else self._from_history(prompt_id)
 
     def __getitem__(self, prompt_id: str) -> Record:
@@ -272,9 +313,13 @@ class Tasks(RecordsBase):
         return len(self.values())
 
     def _current_live(self) -> dict[str, Record]:
-        live = {pid: r for pid, r in self._live.tasks.items() if pid not in self._removed}
+        live = {pid: r for pid, r in self._live.records().items() if pid not in self._removed}
         live.update(self._puts)
         return live
+
+    def _current_ids(self) -> list[str]:
+        ids = [pid for pid in self._live.texts if pid not in self._removed]
+        return ids + [pid for pid in self._puts if pid not in self._live.texts]
 
     def _from_history(self, prompt_id: str) -> Record | None:
         if self._live.history is None:
@@ -287,7 +332,7 @@ class Tasks(RecordsBase):
         return None
 
     def _ids_with_prefix(self, prefix: str) -> list[str]:
-        ids = [pid for pid in self._current_live() if pid.startswith(prefix)]
+        ids = [pid for pid in self._current_ids() if pid.startswith(prefix)]
         if self._live.history is not None:
             escaped = json.dumps(prefix)[:-1]  # an opening quote, no closing one
             for entry in self._history.containing(escaped):
@@ -358,7 +403,7 @@ class Tasks(RecordsBase):
     def put(self, record: Record) -> None:
         self._check_writable()
         pid = record["prompt_id"]
-        if pid not in self._live.tasks and pid not in self._origin and pid not in self._puts:
+        if pid not in self._live.texts and pid not in self._origin and pid not in self._puts:
             self._locate(pid, _stamp(record))
         self._puts[pid] = record
         self._removed.discard(pid)
@@ -418,6 +463,18 @@ def _entry(name: str, records: dict[str, Record]) -> dict[str, Any]:
     }
 
 
+class _Seen(NamedTuple):
+    """The live file as this process last read or wrote it."""
+
+    key: tuple[int, int, int]
+    head: bytes  # its first line: the document's head, with the change counter
+    live: _Live  # copied for each view
+
+
+def _file_key(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 class Ledger:
     """The JSON store (see the module docstring)."""
 
@@ -432,6 +489,7 @@ class Ledger:
         self.segment_size, self.move_at = segment_size, move_at
         self.lock_timeout = resolve_lock_timeout(lock_timeout, DEFAULT_LOCK_TIMEOUT)
         self._thread_locks: dict[Path, threading.RLock] = {}  # per lock file
+        self._seen: _Seen | None = None  # the live file as last read or written (_read_live)
 
     def describe(self) -> str:
         return str(self.path)
@@ -455,8 +513,36 @@ class Ledger:
     # -- reading ------------------------------------------------------------------------
 
     def _read_live(self) -> _Live:
-        raw = _read_bytes(self.path, missing_ok=True)
-        return _Live() if raw is None else self._parse_live(raw)
+        """The live document. When the file is still the one this process last read or
+        wrote (same inode, size, modification time and first line, which holds the
+        change counter every commit raises), that reading is reused: nothing is parsed."""
+        seen = self._seen
+        try:
+            with open(self.path, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                if seen is not None and seen.key == _file_key(stat):
+                    head = handle.read(len(seen.head))
+                    if head == seen.head:
+                        return seen.live.copy()
+                    raw = head + handle.read()
+                else:
+                    raw = handle.read()
+        except FileNotFoundError:
+            return _Live()
+        except IsADirectoryError:
+            raise LedgerCorrupt(self.path, "it is a directory") from None
+        except OSError as exc:
+            raise LedgerCorrupt(self.path, exc.strerror or str(exc)) from None
+        if not raw.strip():
+            raise LedgerCorrupt(self.path, "it is empty")
+        live = self._parse_live(raw)
+        self._remember(live, stat, raw)
+        return live
+
+    def _remember(self, live: _Live, stat: os.stat_result, raw: bytes) -> None:
+        head = raw[: raw.find(b"\n") + 1]
+        if live.version == SCHEMA_VERSION and 0 < len(head) <= 4096:
+            self._seen = _Seen(_file_key(stat), head, live.copy())
 
     def _parse_live(self, raw: bytes) -> _Live:
         by_line = _parse_by_line(raw)
@@ -549,38 +635,35 @@ class Ledger:
 
     def _commit(self, tasks: Tasks) -> None:
         live = tasks._live
-        records = dict(live.tasks)
         edits: dict[str, dict[str, Record | None]] = {}  # segment -> id -> record or removal
         for pid in tasks._removed:
-            if pid in records:
-                del records[pid]
+            if pid in live.texts:
+                live.pop(pid)
             elif pid in tasks._origin:
                 edits.setdefault(tasks._origin[pid], {})[pid] = None
         for pid, record in tasks._puts.items():
             origin = tasks._origin.get(pid)
-            if origin is not None and pid not in records:
+            if origin is not None and pid not in live.texts:
                 edits.setdefault(origin, {})[pid] = record if is_settled(record) else None
                 if not is_settled(record):
-                    records[pid] = record
+                    live.put(record)
             else:
-                records[pid] = record
+                live.put(record)  # encoded again; what was not put is written as read
         cutoff = (datetime.now(timezone.utc) - timedelta(seconds=RECENT)).isoformat(
             timespec="milliseconds"
         )
-        settled = [
-            pid
-            for pid, r in records.items()
-            if is_settled(r) and (r.get("updated_at") or r.get("finished_at") or "") < cutoff
-        ]
-        moving = {pid: records.pop(pid) for pid in settled} if len(settled) >= self.move_at else {}
-        live.tasks = records
-        # What was put is encoded again; what was not is written as it was read.
-        live.texts = {pid: t for pid, t in live.texts.items() if pid not in tasks._puts}
+        settled = [pid for pid, at in live.settled_at.items() if at is not None and at < cutoff]
+        moving, known = {}, {}
+        if len(settled) >= self.move_at:
+            for pid in settled:
+                moving[pid], known[pid] = live.pop(pid)
         live.changes += 1
         self._clear_temp_files(self.path.parent, f".{self.path.name}.", exact=True)
         if edits or moving:
-            self._write_history(tasks._history, live, edits, moving)
-        atomic_write(self.path, live.document())
+            self._write_history(tasks._history, live, edits, moving, known)
+        document = live.document()
+        atomic_write(self.path, document)
+        self._remember(live, os.stat(self.path), document)  # ours: the lock is still held
 
     def _write_history(
         self,
@@ -650,7 +733,9 @@ class Ledger:
     ) -> dict[str, Any]:
         name = f"segment-{seq:06d}.json"
         head = {"schema": "comfyctl.ledger-segment", "schema_version": SCHEMA_VERSION}
-        atomic_write(self.history_dir / name, _tasks_document(head, records, known))
+        known = known or {}
+        texts = {pid: known.get(pid) or _record_text(r) for pid, r in records.items()}
+        atomic_write(self.history_dir / name, _tasks_document(head, texts))
         return _entry(name, records)
 
     def _collect_garbage(self, referenced: set[str], now: float) -> None:
@@ -697,14 +782,13 @@ class Ledger:
 
     def _migrate_locked(self, live: _Live) -> None:
         """Each step in turn, on ``live`` (read under the lock); then written, and ``live``
-        is what is on disk. A step that changes a record drops its text from
-        ``live.texts`` (the record's JSON as read, written again as it was otherwise)."""
+        is what is on disk. A step changes records through ``live.put`` and ``live.pop``
+        (a record it does not change is written as the text it was read from)."""
         backup = self.path.with_name(f"{self.path.name}.schema-{live.version}.bak")
         atomic_write(backup, live.raw if live.raw is not None else self.path.read_bytes())
         for step in MIGRATIONS[live.version - 1 :]:
             step(self, live)
             live.version += 1
-        live.texts = {pid: t for pid, t in live.texts.items() if pid in live.tasks}
         atomic_write(self.path, live.document())
         live.raw = None
 
@@ -890,10 +974,11 @@ class _Retrying(Tasks):
 def _schema1_to_2(store: Ledger, live: _Live) -> None:
     """Schema 1 kept every record in one file: settled ones move to history segments
     (no record changes: each is written as the text it was read from)."""
-    settled = {pid: r for pid, r in live.tasks.items() if is_settled(r)}
-    live.tasks = {pid: r for pid, r in live.tasks.items() if pid not in settled}
+    settled, texts = {}, {}
+    for pid in [pid for pid, at in live.settled_at.items() if at is not None]:
+        settled[pid], texts[pid] = live.pop(pid)
     if settled:
-        store._write_history(_History(store, None), live, {}, settled, live.texts)
+        store._write_history(_History(store, None), live, {}, settled, texts)
 
 
 # Migrations as data: MIGRATIONS[n - 1] turns schema n into n + 1 (recorded by the

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from comfyctl import ws
 from comfyctl.client import QueueItem, ServerClient
 from comfyctl.config import ServerSpec
 from comfyctl.errors import ComfyctlError, ServerError
@@ -541,8 +542,6 @@ def listen(
     """Listen on each job's WebSocket (as its client_id) for up to ``seconds``, stopping
     at the first sign of movement. Only for jobs nobody else listens to: ComfyUI keeps one
     socket per client_id, so connecting takes the events away from any other."""
-    import websocket
-
     heard: dict[str, Heard] = {}
 
     def one(record: Record) -> None:
@@ -557,7 +556,7 @@ def listen(
                 sock.settimeout(max(0.05, end - time.monotonic()))
                 try:
                     frame = sock.recv()
-                except websocket.WebSocketTimeoutException:
+                except TimeoutError:
                     break
                 msg = json.loads(frame) if isinstance(frame, str) else None
                 obs = (
@@ -575,7 +574,7 @@ def listen(
                 result.moved = bool((msg.get("data") or {}).get("prompt_id"))
                 if obs.kind == "progress":
                     result.value, result.max = obs.value, obs.max
-        except (OSError, ValueError, websocket.WebSocketException):
+        except (OSError, ValueError, ws.WebSocketError):
             return
         finally:
             sock.close()

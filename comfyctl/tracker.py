@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from comfyctl import ws
 from comfyctl.backoff import Backoff
 from comfyctl.client import ServerClient
 from comfyctl.errors import ComfyctlError, ServerError
@@ -236,6 +237,10 @@ class Tracker:
             return
         if isinstance(item, _Followed):
             self._follow(item.record)
+            return
+        if isinstance(item, list):  # what one wake-up of a listen loop heard
+            for heard in item:
+                self._handle(heard)
             return
         obs: Observation = item
         record = self.records.get(obs.prompt_id)
@@ -508,11 +513,17 @@ class Tracker:
         if not selector.get_map():
             self.stop.wait(OBSERVE_EVERY if following else 0.1)
             return
-        # Frames for a while, then the bookkeeping above again (not once per frame).
+        # Frames for a while, then the bookkeeping above again (not once per frame); what
+        # one wake-up brought goes to the tracker in one batch.
         until = now + 0.05
         while (left := until - time.monotonic()) > 0 and selector.get_map():
-            for key, _ in selector.select(timeout=left):
-                self._read(state, key.data)
+            batch = [
+                obs
+                for key, _ in selector.select(timeout=left)
+                for obs in self._read(state, key.data)
+            ]
+            if batch:
+                self.inbox.put(batch)
 
     def _keep_connected(self, state: _ServerState, job: _Listening, now: float) -> None:
         held = self._held.get(job.prompt_id)
@@ -541,61 +552,56 @@ class Tracker:
         job.heard, job.heard_start, job.start_timing = time.monotonic(), False, None
         job.sock.settimeout(0.5)  # only a frame split across packets waits, and not long
         state.selector.register(job.sock.sock, selectors.EVENT_READ, job)
+        if job.sock.pending():  # frames that came with the handshake reply
+            self.inbox.put(self._read(state, job))
 
-    def _read(self, state: _ServerState, job: _Listening) -> None:
-        """Every frame a readable socket has: what it read ahead (client._ReadAhead), or an
-        SSL socket decrypted, select does not see."""
-        import websocket
-
-        while job.sock is not None:
-            try:
-                frame = job.sock.recv()
-            except websocket.WebSocketTimeoutException:
-                return
-            except (OSError, websocket.WebSocketException) as exc:
-                log.debug("socket for %s dropped: %s", job.prompt_id, type(exc).__name__)
-                self._hang_up(state, job)
-                job.next_connect = time.monotonic() + job.backoff.wait()
-                return
+    def _read(self, state: _ServerState, job: _Listening) -> list[Observation]:
+        """What the messages a readable socket brought say (all that it holds: one read)."""
+        if job.sock is None:
+            return []
+        try:
+            messages = job.sock.read()
+        except (OSError, ws.WebSocketError) as exc:
+            log.debug("socket for %s dropped: %s", job.prompt_id, type(exc).__name__)
+            self._hang_up(state, job)
+            job.next_connect = time.monotonic() + job.backoff.wait()
+            return []
+        if messages:
             job.heard = time.monotonic()
-            if isinstance(frame, str):  # not a binary preview
-                self._heard(state, job, frame)
-            pending = getattr(job.sock.sock, "pending", None) if job.sock else None
-            if not (pending and pending()):
-                return
+        heard = (self._heard(state, job, m) for m in messages if isinstance(m, str))
+        return [obs for obs in heard if obs is not None]  # binary previews carry none
 
-    def _heard(self, state: _ServerState, job: _Listening, frame: str) -> None:
+    def _heard(self, state: _ServerState, job: _Listening, frame: str) -> Observation | None:
         try:
             msg = json.loads(frame)
         except ValueError:
-            return
+            return None
         obs = (
             from_ws_message(msg, state.client.url, job.prompt_id) if isinstance(msg, dict) else None
         )
         if obs is None:
-            return
+            return None
         if obs.kind == "running":
             # From execution_start on, this connection hears every output too, so
             # execution_success alone is the whole outcome (no /history read per job).
             job.heard_start, job.start_timing = True, obs.timing
         elif obs.kind == "succeeded":
             if not job.heard_start:  # outputs came before this connection: ask /history
-                obs = Observation("done", job.prompt_id, state.client.url, source="ws")
-            else:
-                timing = {
-                    "created_at": None,
-                    "started_at": (job.start_timing or {}).get("started_at"),
-                    "finished_at": (obs.timing or {}).get("finished_at"),
-                }
-                obs = Observation(
-                    "finished",
-                    job.prompt_id,
-                    state.client.url,
-                    source="ws",
-                    outcome=SUCCESS,
-                    timing=timing if any(timing.values()) else None,
-                )
-        self.inbox.put(obs)
+                return Observation("done", job.prompt_id, state.client.url, source="ws")
+            timing = {
+                "created_at": None,
+                "started_at": (job.start_timing or {}).get("started_at"),
+                "finished_at": (obs.timing or {}).get("finished_at"),
+            }
+            return Observation(
+                "finished",
+                job.prompt_id,
+                state.client.url,
+                source="ws",
+                outcome=SUCCESS,
+                timing=timing if any(timing.values()) else None,
+            )
+        return obs
 
     def _hang_up(self, state: _ServerState, job: _Listening) -> None:
         if job.sock is None:
@@ -684,7 +690,7 @@ class _Listening:
     prompt_id: str
     client_id: str
     stop: threading.Event  # set when the job ended
-    sock: Any = None
+    sock: ws.WebSocket | None = None
     next_connect: float = 0.0
     backoff: Backoff = field(default_factory=lambda: Backoff(0.5, 10.0))
     last_claim: float = float("-inf")

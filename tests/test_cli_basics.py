@@ -15,7 +15,14 @@ from comfyctl.cli import cli
 from comfyctl.docgen import subcommands
 
 SRC = Path(comfyctl.__file__).resolve().parents[1]
-HEAVY = ("requests", "websocket", "tabulate", "aiohttp", "urllib3")
+HEAVY = (
+    "requests",
+    "websocket",
+    "tabulate",
+    "aiohttp",
+    "urllib3",
+    "ssl",
+)  # ssl: comfyctl.ws and client
 
 
 def all_commands() -> list[tuple[str, click.Command]]:

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import socket
 import threading
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from comfyctl import ws
 from comfyctl.client import ServerClient
 from comfyctl.config import ServerSpec
+from comfyctl.errors import ServerUnreachable
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def handshake_recorder(then: bytes = b"") -> tuple[str, dict, threading.Thread]:
+_seen_from_client: dict = {}
+
+
+def handshake_recorder(
+    then: bytes = b"", later: bytes = b"", reply_to_client: bool = False
+) -> tuple[str, dict, threading.Thread]:
     """A loopback server that accepts one WebSocket handshake and records it, then sends
-    ``then`` (raw frames)."""
+    ``then`` (raw frames) with its reply and ``later`` a moment after; ``reply_to_client``:
+    records the client's frames (unmasked) in ``_seen_from_client`` until its close."""
     listener = socket.create_server(("127.0.0.1", 0))
     seen: dict = {}
 
@@ -43,11 +53,36 @@ def handshake_recorder(then: bytes = b"") -> tuple[str, dict, threading.Thread]:
                 ).encode()
                 + then
             )
-            conn.recv(1024)  # until the client closes
+            if later:
+                time.sleep(0.2)
+                conn.sendall(later)
+            if reply_to_client:
+                _seen_from_client["frames"] = _client_frames(conn)
+            else:
+                conn.recv(1024)  # until the client closes
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return f"http://127.0.0.1:{listener.getsockname()[1]}/comfy", seen, thread
+
+
+def _client_frames(conn: socket.socket) -> list[tuple[int, bytes]]:
+    """The client's frames, unmasked, up to and with its close frame (every client frame
+    must be masked: an unmasked one fails here)."""
+    frames, data = [], b""
+    while True:
+        while len(data) < 6 or len(data) < 6 + (data[1] & 0x7F):
+            chunk = conn.recv(4096)
+            if not chunk:
+                return frames
+            data += chunk
+        assert data[1] & 0x80, "a client frame must be masked"
+        size = data[1] & 0x7F
+        mask, payload = data[2:6], data[6 : 6 + size]
+        frames.append((data[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(payload))))
+        data = data[6 + size :]
+        if frames[-1][0] == 0x8:
+            return frames
 
 
 def test_websocket_carries_headers_basic_auth_and_token_but_no_origin() -> None:
@@ -70,43 +105,190 @@ def test_websocket_carries_headers_basic_auth_and_token_but_no_origin() -> None:
     assert headers["x-api-key"] == "k-123456"
     expected = base64.b64encode(b"alice:pw-secret").decode()
     assert headers["authorization"] == f"Basic {expected}"
+    assert headers["user-agent"] == "comfyctl"  # as on HTTP
+    assert headers["sec-websocket-version"] == "13"
     assert "origin" not in headers
 
 
-def text_frame(payload: bytes) -> bytes:
-    return bytes([0x81, len(payload)]) + payload  # FIN + text; a server's frames are unmasked
+def text_frame(payload: bytes, opcode: int = 0x1, final: bool = True) -> bytes:
+    """A server's frame (unmasked), with the 7-, 16- or 64-bit length the size needs."""
+    first = (0x80 if final else 0) | opcode
+    if len(payload) < 126:
+        return bytes([first, len(payload)]) + payload
+    if len(payload) < 65536:
+        return bytes([first, 126]) + len(payload).to_bytes(2, "big") + payload
+    return bytes([first, 127]) + len(payload).to_bytes(8, "big") + payload
 
 
-def test_text_frames_decode_and_invalid_utf8_is_a_websocket_error() -> None:
-    import websocket
+def connect(then: bytes = b"", **spec: object) -> tuple[ws.WebSocket, threading.Thread]:
+    url, _, thread = handshake_recorder(then)
+    return ServerClient(ServerSpec(name="gpu1", url=url, **spec)).connect_ws("c", timeout=5), thread
 
+
+def test_text_frames_decode_and_invalid_utf8_is_an_error_after_what_came_before() -> None:
     frames = text_frame('{"type": "progress", "node": "é"}'.encode()) + text_frame(b"\xff\xfe")
-    url, _, thread = handshake_recorder(frames)
-    sock = ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5)
+    sock, thread = connect(frames)
     try:
         assert sock.recv() == '{"type": "progress", "node": "é"}'
-        # As websocket-client's own UTF-8 check (skipped: too slow) would have said.
-        with pytest.raises(websocket.WebSocketPayloadException):
+        with pytest.raises(ws.WebSocketError, match="UTF-8"):
             sock.recv()
     finally:
         sock.close()
     thread.join(5)
 
 
-def test_a_burst_of_frames_is_read_ahead_and_said_to_be_pending() -> None:
-    # Frames that came in one packet sit read ahead in comfyctl's buffer, where select()
-    # cannot see them: pending() must say so, frame after frame, until the last.
+def test_a_burst_of_frames_comes_out_of_one_read() -> None:
+    # Frames that came with the handshake reply sit in comfyctl's buffer, where select()
+    # cannot see them: pending() says so, and one read() hands out every one.
     frames = [f'{{"type": "progress", "data": {{"value": {i}}}}}'.encode() for i in range(50)]
-    url, _, thread = handshake_recorder(b"".join(text_frame(f) for f in frames))
-    sock = ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5)
+    sock, thread = connect(b"".join(text_frame(f) for f in frames))
     try:
-        first = sock.recv()
-        assert first == frames[0].decode()
-        pendings = []
-        for frame in frames[1:]:
-            pendings.append(sock.sock.pending())
-            assert sock.recv() == frame.decode()
-        assert all(pendings) and sock.sock.pending() == 0
+        assert sock.pending()
+        got: list[str | bytes] = []
+        while len(got) < 50:
+            got += sock.read()
+        assert got == [f.decode() for f in frames]
+        assert not sock.pending()
     finally:
         sock.close()
     thread.join(5)
+
+
+def test_long_frames_fragments_and_pings() -> None:
+    big = bytes(range(256)) * 300  # 76,800 bytes: a 64-bit length
+    medium = ("x" * 1000).encode()  # a 16-bit length
+    frames = (
+        text_frame(b"part one, ", final=False)
+        + text_frame(b"ping!", opcode=0x9)  # a control frame between fragments
+        + text_frame(b"part two", opcode=0x0)
+        + text_frame(big, opcode=0x2)
+        + text_frame(medium)
+    )
+    url, _, thread = handshake_recorder(frames, reply_to_client=True)
+    sock = ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5)
+    try:
+        got: list[str | bytes] = []
+        while len(got) < 3:
+            got += sock.read()
+        assert got == ["part one, part two", big, medium.decode()]
+    finally:
+        sock.close()
+    thread.join(5)
+    assert _seen_from_client["frames"][0] == (0xA, b"ping!")  # the pong, unmasked here
+    assert _seen_from_client["frames"][-1][0] == 0x8  # then the close
+
+
+def test_a_frame_split_across_packets_waits_for_its_end() -> None:
+    frame = text_frame(b'{"type": "executing"}')
+    url, _, thread = handshake_recorder(frame[:3], later=frame[3:])
+    sock = ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5)
+    try:
+        got: list[str | bytes] = []
+        while not got:
+            got = sock.read()
+        assert got == ['{"type": "executing"}']
+    finally:
+        sock.close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("frames", "error"),
+    [
+        (text_frame(b"\x03\xe8", opcode=0x8), ws.Closed),
+        (bytes([0x81, 0x80 | 2]) + b"\x00\x00\x00\x00hi", ws.WebSocketError),  # masked
+        (text_frame(b"x", opcode=0x0), ws.WebSocketError),  # a continuation of nothing
+        (text_frame(b"x", opcode=0x3), ws.WebSocketError),  # a reserved opcode
+    ],
+)
+def test_a_closing_or_broken_server_ends_the_read(frames: bytes, error: type) -> None:
+    sock, thread = connect(frames)
+    try:
+        with pytest.raises(error):
+            sock.read()
+    finally:
+        sock.close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", "websocket: http 403"),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: wrong\r\n\r\n",
+            "websocket: bad handshake",
+        ),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "websocket: not an HTTP reply"),
+        (b"", "websocket: connection closed during the handshake"),
+    ],
+)
+def test_a_refused_handshake_is_unreachable_with_its_reason(reply: bytes, reason: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            conn.recv(4096)
+            conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    with pytest.raises(ServerUnreachable) as caught:
+        ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5)
+    assert caught.value.reason == reason
+    thread.join(5)
+
+
+def test_the_websocket_goes_through_the_proxy_http_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    url, seen, thread = handshake_recorder()
+    target = urlsplit(url)
+    proxy = socket.create_server(("127.0.0.1", 0))
+    asked: dict[str, str] = {}
+
+    def tunnel() -> None:
+        conn, _ = proxy.accept()
+        with conn, proxy:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            lines = head.decode().split("\r\n")
+            asked["request"] = lines[0]
+            asked.update(
+                (k.lower(), v.strip()) for k, v in (h.split(":", 1) for h in lines[1:] if h)
+            )
+            upstream = socket.create_connection((target.hostname, target.port))
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            with upstream:
+                pipe = threading.Thread(target=_pump, args=(upstream, conn), daemon=True)
+                pipe.start()
+                _pump(conn, upstream)
+
+    threading.Thread(target=tunnel, daemon=True).start()
+    monkeypatch.setenv("HTTP_PROXY", f"http://bob:pr%40xy@127.0.0.1:{proxy.getsockname()[1]}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    sock = ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5)
+    sock.close()
+    thread.join(5)
+    assert asked["request"] == f"CONNECT 127.0.0.1:{target.port} HTTP/1.1"
+    assert asked["proxy-authorization"] == "Basic " + base64.b64encode(b"bob:pr@xy").decode()
+    assert urlsplit(seen["path"]).path == "/comfy/ws"  # the handshake went through it
+    assert "proxy-authorization" not in seen["headers"]  # the server never sees it
+
+
+def test_no_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    sock, thread = connect()
+    sock.close()
+    thread.join(5)
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)

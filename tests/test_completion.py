@@ -17,7 +17,14 @@ from comfyctl.docgen import COMPLETION_FILES
 from comfyctl.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("requests", "websocket", "tabulate", "urllib3", "aiohttp")
+HEAVY = (
+    "requests",
+    "websocket",
+    "tabulate",
+    "urllib3",
+    "aiohttp",
+    "ssl",
+)  # ssl: comfyctl.ws and client
 ID_COMMANDS = ["watch", "history", "cancel", "detect-stuck", "recover"]
 
 
