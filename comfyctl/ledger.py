@@ -464,15 +464,10 @@ def _entry(name: str, records: dict[str, Record]) -> dict[str, Any]:
 
 
 class _Seen(NamedTuple):
-    """The live file as this process last read or wrote it."""
+    """The live file as this process last read or wrote it, and that reading."""
 
-    key: tuple[int, int, int]
-    head: bytes  # its first line: the document's head, with the change counter
+    raw: bytes
     live: _Live  # copied for each view
-
-
-def _file_key(stat: os.stat_result) -> tuple[int, int, int]:
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 class Ledger:
@@ -513,36 +508,21 @@ class Ledger:
     # -- reading ------------------------------------------------------------------------
 
     def _read_live(self) -> _Live:
-        """The live document. When the file is still the one this process last read or
-        wrote (same inode, size, modification time and first line, which holds the
-        change counter every commit raises), that reading is reused: nothing is parsed."""
-        seen = self._seen
-        try:
-            with open(self.path, "rb") as handle:
-                stat = os.fstat(handle.fileno())
-                if seen is not None and seen.key == _file_key(stat):
-                    head = handle.read(len(seen.head))
-                    if head == seen.head:
-                        return seen.live.copy()
-                    raw = head + handle.read()
-                else:
-                    raw = handle.read()
-        except FileNotFoundError:
+        """The live document. A file byte for byte the one this process last read or
+        wrote is not parsed again: that reading is reused."""
+        raw = _read_bytes(self.path, missing_ok=True)
+        if raw is None:
             return _Live()
-        except IsADirectoryError:
-            raise LedgerCorrupt(self.path, "it is a directory") from None
-        except OSError as exc:
-            raise LedgerCorrupt(self.path, exc.strerror or str(exc)) from None
-        if not raw.strip():
-            raise LedgerCorrupt(self.path, "it is empty")
+        seen = self._seen
+        if seen is not None and seen.raw == raw:
+            return seen.live.copy()
         live = self._parse_live(raw)
-        self._remember(live, stat, raw)
+        self._remember(live, raw)
         return live
 
-    def _remember(self, live: _Live, stat: os.stat_result, raw: bytes) -> None:
-        head = raw[: raw.find(b"\n") + 1]
-        if live.version == SCHEMA_VERSION and 0 < len(head) <= 4096:
-            self._seen = _Seen(_file_key(stat), head, live.copy())
+    def _remember(self, live: _Live, raw: bytes) -> None:
+        if live.version == SCHEMA_VERSION:
+            self._seen = _Seen(raw, live.copy())
 
     def _parse_live(self, raw: bytes) -> _Live:
         by_line = _parse_by_line(raw)
@@ -663,7 +643,7 @@ class Ledger:
             self._write_history(tasks._history, live, edits, moving, known)
         document = live.document()
         atomic_write(self.path, document)
-        self._remember(live, os.stat(self.path), document)  # ours: the lock is still held
+        self._remember(live, document)
 
     def _write_history(
         self,

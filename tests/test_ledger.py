@@ -912,3 +912,44 @@ def test_an_empty_schema_1_ledger_migrates_to_an_empty_one(ledger_path: Path, in
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tasks"] == []
     assert read_document(ledger_path)["schema_version"] == 2
+
+
+def test_a_reading_of_the_live_file_is_reused_only_while_its_bytes_are_the_same(
+    ledger_path: Path,
+) -> None:
+    mine, other = Ledger(ledger_path), Ledger(ledger_path)  # two processes, in effect
+    with mine.transaction() as tasks:
+        for i in range(3):
+            tasks.put(record(f"id-{i}", status="pending"))
+    assert mine.get("id-1")["status"] == "pending"
+    with other.transaction() as tasks:
+        tasks.put({**tasks["id-1"], "status": "running"})
+    assert mine.get("id-1")["status"] == "running"
+    # Edited in place by hand, same size, at once (same inode; same mtime on a coarse clock).
+    edited = ledger_path.read_bytes().replace(b'"status":"running"', b'"status":"success"')
+    ledger_path.write_bytes(edited)
+    assert mine.get("id-1")["status"] == "success"
+    with mine.transaction() as tasks:
+        tasks.put({**tasks["id-0"], "status": "running"})
+    assert read_document(ledger_path)["tasks"]["id-1"]["status"] == "success"
+
+
+def test_a_transaction_parses_only_the_records_it_touches(
+    ledger_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Ledger(ledger_path).transaction() as tasks:
+        for i in range(200):
+            tasks.put(record(f"id-{i}"))
+    ledger = Ledger(ledger_path)
+    assert len(ledger.load()) == 200  # the first reading parses (and checks) them all
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(
+        json, "loads", lambda text, **kw: parsed.append(1) or real_loads(text, **kw)
+    )
+    for step in range(3):
+        with ledger.transaction() as tasks:
+            tasks.put({**tasks["id-7"], "status": "running", "step": step})
+        assert ledger.get("id-9")["status"] == "pending"
+    assert len(parsed) == 6  # id-7 and id-9, three times
+    assert [r["prompt_id"] for r in ledger.load().values()][:3] == ["id-0", "id-1", "id-2"]
