@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import heapq
 import json
@@ -79,7 +80,7 @@ def _read_bytes(path: Path, missing_ok: bool = False) -> bytes | None:
         raise LedgerCorrupt(path, "it is a directory") from None
     except OSError as exc:
         raise LedgerCorrupt(path, exc.strerror or str(exc)) from None
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise LedgerCorrupt(path, "it is empty")
     return raw
 
@@ -97,8 +98,14 @@ def _tasks_document(head: dict[str, Any], texts: dict[str, str]) -> bytes:
     """``head`` then ``"tasks"``, one record (its JSON text) per line: grep-, diff- and
     jq-friendly."""
     start = json.dumps(head)[:-1] + (', "tasks": {' if head else '{"tasks": {')
-    lines = [json.dumps(pid) + ":" + text for pid, text in texts.items()]
-    return (start + ("\n" + ",\n".join(lines) + "\n" if lines else "") + "}}\n").encode()
+    lines = ",\n".join([_key(pid) + text for pid, text in texts.items()])
+    return "".join((start, "\n", lines, "\n}}\n") if lines else (start, "}}\n")).encode()
+
+
+@functools.lru_cache(maxsize=65536)
+def _key(prompt_id: str) -> str:
+    """A record's line start; the same ids are written again with every commit."""
+    return json.dumps(prompt_id) + ":"
 
 
 def _record_text(record: Record) -> str:

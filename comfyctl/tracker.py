@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import heapq
 import json
 import logging
 import queue
@@ -67,6 +68,9 @@ LISTEN_AHEAD = 4
 OBSERVE_EVERY = 0.25  # how often a follower looks at the store (the holder writes every ~1 s)
 CLAIM_EVERY = 1.0  # how often a follower tries to take the lease over
 ANNOUNCE_WITHIN = 0.25  # an ended job is written and told about at most this much later
+# After a read, what comes in this long is read together: a burst of frames costs one
+# wake-up of the loop and of the tracker instead of one per frame.
+READ_GAP = 0.02
 
 
 @dataclass
@@ -115,10 +119,14 @@ class Tracker:
         options: WatchOptions,
         on_event: Callable[[TrackerEvent], None],
         on_finished: Callable[[Record], object] | None = None,
+        on_drained: Callable[[], object] | None = None,
     ) -> None:
         self.ledger = ledger
         # Told once per job that turns terminal, after it is on disk (hooks: comfyctl.hooks).
         self.on_finished = on_finished
+        # Called when everything heard so far is handled: the display flushes its lines
+        # then, once per wake-up rather than once per event.
+        self.on_drained = on_drained
         self.records = {r["prompt_id"]: r for r in records}
         self.options = options
         self.on_event = on_event
@@ -163,14 +171,16 @@ class Tracker:
             self._start_threads()
             last_flush, interval = time.monotonic(), self.options.flush_interval
             while self._open:
+                due = self._ended_at + ANNOUNCE_WITHIN - time.monotonic() if self._ended else 0.2
                 try:
-                    item = self.inbox.get(timeout=0.2)
+                    item = self.inbox.get(timeout=min(0.2, max(due, 0.0)))
                 except queue.Empty:
                     item = None
                 if item is not None:
                     self._handle(item)
                 now = time.monotonic()
-                if self._ended and (self.inbox.empty() or now - self._ended_at >= ANNOUNCE_WITHIN):
+                # Jobs that end near each other share one write (the last one's at once).
+                if self._ended and (not self._open or now - self._ended_at >= ANNOUNCE_WITHIN):
                     self._announce()  # progress pending is written with them
                     last_flush = time.monotonic()
                 elif now - last_flush >= interval:
@@ -180,10 +190,14 @@ class Tracker:
                     # ledger (ended jobs are written within ANNOUNCE_WITHIN regardless).
                     interval = max(self.options.flush_interval, 10 * (last_flush - now))
                 self._check_stalls()
+                if self.on_drained is not None and self.inbox.empty():
+                    self.on_drained()
                 if deadline is not None and now >= deadline:
                     self._announce()
                     raise TimeoutError
             self._announce()
+            if self.on_drained is not None:
+                self.on_drained()
         finally:
             self.stop.set()
             with contextlib.suppress(Exception):
@@ -389,15 +403,17 @@ class Tracker:
                 for pid in state.prompt_ids
                 if self.records[pid]["status"] not in TERMINAL
             ]
-            queued = sorted(
-                (r for r in active if r["status"] == PENDING and r.get("number") is not None),
-                key=_queue_order,
-            )
-            later = {r["prompt_id"] for r in queued[LISTEN_AHEAD:]}
-            for record in sorted(active, key=_queue_order):
+            queued = [r for r in active if r["status"] == PENDING and r.get("number") is not None]
+            waiting = {r["prompt_id"] for r in queued}
+            next_up = {r["prompt_id"] for r in heapq.nsmallest(LISTEN_AHEAD, queued, _queue_order)}
+            new = [
+                r
+                for r in active
+                if r["prompt_id"] not in self._job_stops
+                and (r["prompt_id"] not in waiting or r["prompt_id"] in next_up)
+            ]
+            for record in sorted(new, key=_queue_order):
                 prompt_id = record["prompt_id"]
-                if prompt_id in self._job_stops or prompt_id in later:
-                    continue
                 job_stop = self._job_stops.setdefault(prompt_id, threading.Event())
                 log.debug("to listen for %s (%s)", prompt_id, record["status"])
                 state.joining.put(_Listening(prompt_id, record["client_id"], job_stop))
@@ -524,6 +540,7 @@ class Tracker:
             ]
             if batch:
                 self.inbox.put(batch)
+                time.sleep(READ_GAP)
 
     def _keep_connected(self, state: _ServerState, job: _Listening, now: float) -> None:
         held = self._held.get(job.prompt_id)

@@ -111,7 +111,7 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         if live is not None:
             live.print_above(line, sys.stdout)
         else:
-            click.echo(line)
+            sys.stdout.write(line + "\n")  # flushed once the tracker is drained
 
     def tell(message: str) -> None:
         line = f"comfyctl: {message}"
@@ -182,6 +182,7 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         ),
         on_event,
         notifier.finished,
+        sys.stdout.flush,
     )
     try:
         tracker.run()
