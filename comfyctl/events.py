@@ -7,6 +7,7 @@ server says reaches a record only through ``records.apply``.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,6 +19,26 @@ from comfyctl.records import (
     Observation,
     job_error,
 )
+
+# Messages that say nothing about a job's state (from_ws_message returns None for them):
+# the queue size broadcast, per-node progress (``progress`` says it too), cache hits.
+_SILENT = ("status", "progress_state", "execution_cached")
+_TYPE_AT = len('{"type": "')
+
+
+def from_ws_text(text: str, server_url: str, prompt_id: str) -> Observation | None:
+    """``from_ws_message`` for a text frame as received. ComfyUI writes each message as
+    ``json.dumps({"type": ..., "data": ...})``: a frame whose type can be read off its start
+    and is one of the silent ones is not parsed (they are about half of a run's frames)."""
+    if text.startswith('{"type": "'):
+        end = text.find('"', _TYPE_AT)
+        if text[_TYPE_AT:end] in _SILENT:
+            return None
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        return None
+    return from_ws_message(msg, server_url, prompt_id) if isinstance(msg, dict) else None
 
 
 def from_ws_message(msg: dict[str, Any], server_url: str, prompt_id: str) -> Observation | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import heapq
-import json
 import logging
 import queue
 import selectors
@@ -28,7 +27,7 @@ from comfyctl import ws
 from comfyctl.backoff import Backoff
 from comfyctl.client import ServerClient
 from comfyctl.errors import ComfyctlError, ServerError
-from comfyctl.events import from_ws_message
+from comfyctl.events import from_ws_text
 from comfyctl.lease import (
     RENEW_EVERY,
     TTL,
@@ -70,7 +69,7 @@ CLAIM_EVERY = 1.0  # how often a follower tries to take the lease over
 ANNOUNCE_WITHIN = 0.25  # an ended job is written and told about at most this much later
 # After a read, what comes in this long is read together: a burst of frames costs one
 # wake-up of the loop and of the tracker instead of one per frame.
-READ_GAP = 0.02
+READ_GAP = 0.05
 
 
 @dataclass
@@ -589,13 +588,7 @@ class Tracker:
         return [obs for obs in heard if obs is not None]  # binary previews carry none
 
     def _heard(self, state: _ServerState, job: _Listening, frame: str) -> Observation | None:
-        try:
-            msg = json.loads(frame)
-        except ValueError:
-            return None
-        obs = (
-            from_ws_message(msg, state.client.url, job.prompt_id) if isinstance(msg, dict) else None
-        )
+        obs = from_ws_text(frame, state.client.url, job.prompt_id)
         if obs is None:
             return None
         if obs.kind == "running":

@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,7 +33,7 @@ from comfyctl.errors import (
     SubmitUncertain,
     WorkflowRejected,
 )
-from comfyctl.events import from_history_entry, from_ws_message
+from comfyctl.events import from_history_entry, from_ws_message, from_ws_text
 from comfyctl.ledger import Ledger
 from comfyctl.records import (
     ERROR,
@@ -783,6 +784,29 @@ def fresh_record(prompt_id: str, url: str = URL) -> dict[str, Any]:
     rec = new_record(prompt_id, "gpu1", url, "client-A", None)
     apply(rec, Observation("queued", prompt_id, url, number=1))
     return rec
+
+
+@needs_captures
+@pytest.mark.parametrize("name", sorted(p.name for p in CAPTURES.glob("ws_*.json")))
+def test_a_frame_as_received_says_what_its_message_says(name: str) -> None:
+    # from_ws_text skips parsing frames whose type (read off the text's start) says nothing
+    # about a job: on every real capture it must agree with parsing every frame.
+    sockets = capture(name)
+    for socket in sockets.values() if "received" not in sockets else [sockets]:
+        if not isinstance(socket, dict) or "received" not in socket:
+            continue
+        pid = socket.get("prompt_id") or "?"
+        for msg in ws_messages(socket):
+            as_text = from_ws_text(json.dumps(msg), URL, pid)
+            parsed = from_ws_message(msg, URL, pid)
+            assert (as_text is None) == (parsed is None), msg
+            if parsed is not None:
+                assert replace(as_text, at="") == replace(parsed, at="")  # type: ignore[arg-type]
+    # Another serializer's layout is parsed as usual.
+    msg = {"data": {"value": 1, "max": 4, "prompt_id": "p", "node": "3"}, "type": "progress"}
+    assert from_ws_text(json.dumps(msg), URL, "p").kind == "progress"  # type: ignore[union-attr]
+    assert from_ws_text('{"type": "status", "data": {}}', URL, "p") is None
+    assert from_ws_text("not json", URL, "p") is None
 
 
 @needs_captures
