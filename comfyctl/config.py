@@ -203,7 +203,7 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
     return ServerSpec(
         name=name,
         url=url,
-        headers={str(k): str(secret(v)) for k, v in headers.items()},
+        headers=_headers({str(k): str(secret(v)) for k, v in headers.items()}, where),
         username=username,
         password=password,
         token=secret(merged.get("token")) or None,
@@ -348,3 +348,22 @@ def _looks_like_url(text: str) -> bool:
 def server_name_for_url(url: str) -> str:
     """The name a bare URL is known by in the ledger: its host[:port][/prefix]."""
     return url.split("://", 1)[1]
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+
+
+def _headers(headers: dict[str, str], where: str) -> dict[str, str]:
+    """Headers HTTP can carry; named, never shown, when not (a value may be a secret)."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: {name!r} is not a header name.")
+        if "\r" in value or "\n" in value:
+            raise ConfigError(f"{where}: header {name} contains a line break.")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"{where}: header {name} is not Latin-1 text, which HTTP headers must be."
+            ) from None
+    return headers

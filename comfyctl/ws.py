@@ -49,11 +49,12 @@ def connect(
     """Open ``url`` (ws:// or wss://) with ``headers`` on the upgrade request, through the
     HTTP ``proxy`` (CONNECT) when one is given. ``timeout`` bounds connecting and the
     handshake, then each read. Raises OSError or WebSocketError."""
+    deadline = time.monotonic() + timeout
     parts = urlsplit(url)
     secure = parts.scheme == "wss"
     host, port = parts.hostname or "", parts.port or (443 if secure else 80)
     if proxy:
-        sock = _tunnel(proxy, host, port, timeout)
+        sock = _tunnel(proxy, host, port, timeout, deadline)
     else:
         sock = socket.create_connection((host, port), timeout=timeout)
     try:
@@ -71,8 +72,8 @@ def connect(
             "Sec-WebSocket-Version: 13",
             *(f"{k}: {v}" for k, v in headers.items()),
         ]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        status, reply, rest = _read_head(sock)
+        sock.sendall(_request(lines))
+        status, reply, rest = _read_head(sock, deadline)
         if status != 101:
             raise WebSocketError(f"http {status}")
         accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
@@ -228,8 +229,16 @@ def _frame(opcode: int, payload: bytes) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
 
 
-def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """An HTTP reply's status and headers (names lower-cased), and what came after them."""
+def _request(lines: list[str]) -> bytes:
+    try:
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise WebSocketError("a header is not Latin-1 text") from None
+
+
+def _read_head(sock: socket.socket, deadline: float) -> tuple[int, dict[str, str], bytes]:
+    """An HTTP reply's status and headers (names lower-cased), and what came after them,
+    by ``deadline`` (a server sending a byte at a time does not get to take longer)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(4096)
@@ -238,6 +247,8 @@ def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         data += chunk
         if len(data) > MAX_HEAD:
             raise WebSocketError("handshake reply too long")
+        if time.monotonic() > deadline:
+            raise WebSocketError("handshake too slow")
     head, _, rest = data.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     fields = status_line.split(" ", 2)
@@ -250,7 +261,7 @@ def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(fields[1]), headers, rest
 
 
-def _tunnel(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
+def _tunnel(proxy: str, host: str, port: int, timeout: float, deadline: float) -> socket.socket:
     """A connection to host:port through an HTTP proxy's CONNECT."""
     parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
     if parts.scheme != "http":
@@ -262,8 +273,8 @@ def _tunnel(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
         if parts.username is not None:
             secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             lines.append("Proxy-Authorization: Basic " + base64.b64encode(secret.encode()).decode())
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        status, _, rest = _read_head(sock)
+        sock.sendall(_request(lines))
+        status, _, rest = _read_head(sock, deadline)
         if status != 200 or rest:
             raise WebSocketError(f"proxy answered http {status}")
     except BaseException:

@@ -23,6 +23,15 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _seen_from_client: dict = {}
 
 
+def read_request(conn: socket.socket) -> tuple[str, dict[str, str]]:
+    """An HTTP request's first line and its headers (names lower-cased)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(4096)
+    request_line, *lines = data.split(b"\r\n\r\n")[0].decode().split("\r\n")
+    return request_line, {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in lines)}
+
+
 def handshake_recorder(
     then: bytes = b"", later: bytes = b"", reply_to_client: bool = False
 ) -> tuple[str, dict, threading.Thread]:
@@ -35,15 +44,8 @@ def handshake_recorder(
     def serve() -> None:
         conn, _ = listener.accept()
         with conn, listener:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += conn.recv(4096)
-            head = data.split(b"\r\n\r\n")[0].decode()
-            request_line, *lines = head.split("\r\n")
+            request_line, seen["headers"] = read_request(conn)
             seen["path"] = request_line.split()[1]
-            seen["headers"] = {
-                k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)
-            }
             key = seen["headers"]["sec-websocket-key"]
             accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
             conn.sendall(
@@ -251,14 +253,8 @@ def test_the_websocket_goes_through_the_proxy_http_uses(monkeypatch: pytest.Monk
     def tunnel() -> None:
         conn, _ = proxy.accept()
         with conn, proxy:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(4096)
-            lines = head.decode().split("\r\n")
-            asked["request"] = lines[0]
-            asked.update(
-                (k.lower(), v.strip()) for k, v in (h.split(":", 1) for h in lines[1:] if h)
-            )
+            asked["request"], headers = read_request(conn)
+            asked.update(headers)
             upstream = socket.create_connection((target.hostname, target.port))
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             with upstream:
@@ -292,3 +288,32 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         while data := source.recv(65536):
             sink.sendall(data)
         sink.shutdown(socket.SHUT_WR)
+
+
+def test_a_handshake_reply_dripping_a_byte_at_a_time_is_given_up_at_the_timeout() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn, listener, contextlib.suppress(OSError):
+            conn.recv(4096)
+            while not done.wait(0.05):
+                conn.sendall(b"X")  # every read gets something: no single read times out
+
+    threading.Thread(target=drip, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    started = time.monotonic()
+    with pytest.raises(ServerUnreachable) as caught:
+        ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=0.5)
+    done.set()
+    assert caught.value.reason == "websocket: handshake too slow"
+    assert time.monotonic() - started < 2
+
+
+def test_a_header_that_is_not_latin_1_is_an_error_not_a_crash() -> None:
+    url, _, _ = handshake_recorder()
+    spec = ServerSpec(name="gpu1", url=url, headers={"X-Team": "Ré ☃"})
+    with pytest.raises(ServerUnreachable) as caught:
+        ServerClient(spec).connect_ws("c", timeout=5)
+    assert caught.value.reason == "websocket: a header is not Latin-1 text"

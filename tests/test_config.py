@@ -230,6 +230,9 @@ def test_unknown_keys_are_errors(config_path: Path, invoke, text: str, culprit: 
         ('url = "http://h:1"\ntimeout = "soon"\n', "numbers"),
         ('url = "http://h:1"\nverify = 3\n', "verify"),
         ('url = "http://h:1"\nheaders = "X-A: b"\n', "headers"),
+        ('url = "http://h:1"\nheaders = { "X-Team" = "Ré ☃" }\n', "X-Team.*Latin-1"),
+        ('url = "http://h:1"\nheaders = { "X-A" = "b\\r\\nX-Evil: 1" }\n', "X-A.*line break"),
+        ('url = "http://h:1"\nheaders = { "X A" = "b" }\n', "'X A' is not a header name"),
     ],
     ids=[
         "url-not-a-string",
@@ -238,6 +241,9 @@ def test_unknown_keys_are_errors(config_path: Path, invoke, text: str, culprit: 
         "timeout-text",
         "verify-number",
         "headers-not-a-table",
+        "header-not-latin-1",
+        "header-line-break",
+        "header-name",
     ],
 )
 def test_bad_values_are_config_errors(config_path: Path, body: str, fragment: str) -> None:
