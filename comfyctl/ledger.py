@@ -182,13 +182,10 @@ class _Live:
         return other
 
     def record(self, prompt_id: str) -> Record | None:
-        record = self.parsed.get(prompt_id)
-        if record is None and prompt_id in self.texts:
-            record = self.parsed[prompt_id] = json.loads(self.texts[prompt_id])
-        return record
+        return self._parsed(prompt_id) if prompt_id in self.texts else None
 
     def records(self) -> dict[str, Record]:
-        return {pid: self.record(pid) for pid in self.texts}  # type: ignore[misc]
+        return {pid: self._parsed(pid) for pid in self.texts}
 
     def put(self, record: Record) -> None:
         pid = record["prompt_id"]
@@ -196,11 +193,15 @@ class _Live:
         self.settled_at[pid] = _settled_at(record)
 
     def pop(self, prompt_id: str) -> tuple[Record, str]:
-        record = self.record(prompt_id)
-        assert record is not None
-        self.parsed.pop(prompt_id)
-        del self.settled_at[prompt_id]
+        record = self._parsed(prompt_id)
+        del self.parsed[prompt_id], self.settled_at[prompt_id]
         return record, self.texts.pop(prompt_id)
+
+    def _parsed(self, prompt_id: str) -> Record:
+        record = self.parsed.get(prompt_id)
+        if record is None:
+            record = self.parsed[prompt_id] = json.loads(self.texts[prompt_id])
+        return record
 
     def document(self) -> bytes:
         head = {

@@ -568,8 +568,8 @@ class Tracker:
         job.heard, job.heard_start, job.start_timing = time.monotonic(), False, None
         job.sock.settimeout(0.5)  # only a frame split across packets waits, and not long
         state.selector.register(job.sock.sock, selectors.EVENT_READ, job)
-        if job.sock.pending():  # frames that came with the handshake reply
-            self.inbox.put(self._read(state, job))
+        if job.sock.pending() and (heard := self._read(state, job)):
+            self.inbox.put(heard)  # frames that came with the handshake reply
 
     def _read(self, state: _ServerState, job: _Listening) -> list[Observation]:
         """What the messages a readable socket brought say (all that it holds: one read)."""
