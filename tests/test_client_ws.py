@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -33,16 +36,27 @@ def read_request(conn: socket.socket) -> tuple[str, dict[str, str]]:
 
 
 def handshake_recorder(
-    then: bytes = b"", later: bytes = b"", reply_to_client: bool = False
+    then: bytes = b"",
+    later: bytes = b"",
+    reply_to_client: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[str, dict, threading.Thread]:
     """A loopback server that accepts one WebSocket handshake and records it, then sends
     ``then`` (raw frames) with its reply and ``later`` a moment after; ``reply_to_client``:
-    records the client's frames (unmasked) in ``_seen_from_client`` until its close."""
+    records the client's frames (unmasked) in ``_seen_from_client`` until its close;
+    ``tls``: over TLS (an https:// URL)."""
     listener = socket.create_server(("127.0.0.1", 0))
     seen: dict = {}
 
     def serve() -> None:
         conn, _ = listener.accept()
+        if tls is not None:
+            try:
+                conn = tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):  # the client refused the certificate
+                conn.close()
+                listener.close()
+                return
         with conn, listener:
             request_line, seen["headers"] = read_request(conn)
             seen["path"] = request_line.split()[1]
@@ -65,7 +79,8 @@ def handshake_recorder(
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}/comfy", seen, thread
+    scheme = "https" if tls is not None else "http"
+    return f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/comfy", seen, thread
 
 
 def _client_frames(conn: socket.socket) -> list[tuple[int, bytes]]:
@@ -317,3 +332,57 @@ def test_a_header_that_is_not_latin_1_is_an_error_not_a_crash() -> None:
     with pytest.raises(ServerUnreachable) as caught:
         ServerClient(spec).connect_ws("c", timeout=5)
     assert caught.value.reason == "websocket: a header is not Latin-1 text"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (cert, key), made by the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+    command += " -addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        [*command.split(), "-keyout", key, "-out", cert], check=True, capture_output=True
+    )
+    return cert, key
+
+
+def tls_server(certificate: tuple[str, str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return context
+
+
+@pytest.mark.parametrize("verify", ["the CA bundle", False])
+def test_wss_with_the_configured_verify_reads_a_burst_through_tls(
+    certificate: tuple[str, str], verify: object
+) -> None:
+    # 2,000 frames: several TLS records, some frames split across two of them.
+    frames = [f'{{"type": "progress", "data": {{"value": {i}}}}}'.encode() for i in range(2000)]
+    url, seen, thread = handshake_recorder(
+        b"".join(text_frame(f) for f in frames), tls=tls_server(certificate)
+    )
+    spec = ServerSpec(name="gpu1", url=url, verify=certificate[0] if verify else False)
+    sock = ServerClient(spec).connect_ws("c", timeout=5)
+    try:
+        got: list[str | bytes] = []
+        while len(got) < 2000:
+            got += sock.read()
+        assert got == [f.decode() for f in frames]
+        assert not sock.pending()
+    finally:
+        sock.close()
+    thread.join(5)
+    assert urlsplit(seen["path"]).path == "/comfy/ws"
+
+
+def test_wss_to_a_certificate_nobody_vouches_for_is_unreachable_tls(
+    certificate: tuple[str, str],
+) -> None:
+    url, _, thread = handshake_recorder(tls=tls_server(certificate))
+    with pytest.raises(ServerUnreachable) as caught:
+        ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5)
+    assert caught.value.reason == "tls"
+    thread.join(5)
