@@ -593,7 +593,10 @@ class ServerClient:
     def connect_ws(self, client_id: str, timeout: float | None = None) -> ws.WebSocket:
         """A WebSocket connected as ``client_id`` (ComfyUI sends a job's events only there),
         with the auth, TLS settings and proxy of this server's HTTP requests."""
-        headers = {"User-Agent": "comfyctl", **self.spec.headers}
+        # Merged as requests merges them for HTTP: names match in any case, the configured
+        # headers over comfyctl's, basic auth over a configured Authorization.
+        headers = requests.structures.CaseInsensitiveDict({"User-Agent": "comfyctl"})
+        headers.update(self.spec.headers)
         if self.spec.username is not None:
             raw = f"{self.spec.username}:{self.spec.password or ''}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()

@@ -360,6 +360,8 @@ def _headers(headers: dict[str, str], where: str) -> dict[str, str]:
             raise ConfigError(f"{where}: {name!r} is not a header name.")
         if "\r" in value or "\n" in value:
             raise ConfigError(f"{where}: header {name} contains a line break.")
+        if value[:1].isspace():
+            raise ConfigError(f"{where}: header {name} starts with white space.")
         try:
             value.encode("latin-1")
         except UnicodeEncodeError:

@@ -201,6 +201,9 @@ class Tracker:
             self.stop.set()
             with contextlib.suppress(Exception):
                 self.flush()
+            if self.on_drained is not None:  # lines before the error that ends the run
+                with contextlib.suppress(Exception):
+                    self.on_drained()
             self._release_ended()  # their sockets are closed already
         return self.records
 

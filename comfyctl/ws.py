@@ -18,10 +18,12 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 READ_SIZE = 65536
+MAX_DRAIN = 4 * 1024 * 1024  # read at once before the other sockets get their turn
 MAX_MESSAGE = 256 * 1024 * 1024  # a preview image is a few MB; more is not a ComfyUI server
 MAX_HEAD = 65536  # the handshake reply's header
 TEXT, BINARY, CLOSE, PING, PONG, CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
@@ -41,14 +43,14 @@ class Closed(WebSocketError):
 
 def connect(
     url: str,
-    headers: dict[str, str],
+    headers: Mapping[str, str],
     timeout: float,
     tls: ssl.SSLContext | None = None,
     proxy: str | None = None,
 ) -> WebSocket:
     """Open ``url`` (ws:// or wss://) with ``headers`` on the upgrade request, through the
-    HTTP ``proxy`` (CONNECT) when one is given. ``timeout`` bounds connecting and the
-    handshake, then each read. Raises OSError or WebSocketError."""
+    HTTP ``proxy`` (CONNECT) when one is given. ``timeout`` bounds connecting (TCP, TLS
+    and the handshake, together), then each read. Raises OSError or WebSocketError."""
     deadline = time.monotonic() + timeout
     parts = urlsplit(url)
     secure = parts.scheme == "wss"
@@ -60,6 +62,7 @@ def connect(
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if secure:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock = (tls or ssl.create_default_context()).wrap_socket(sock, server_hostname=host)
         key = base64.b64encode(os.urandom(16)).decode()
         name = f"[{host}]" if ":" in host else host
@@ -83,6 +86,7 @@ def connect(
             or reply.get("sec-websocket-accept") != accept
         ):
             raise WebSocketError("bad handshake")
+        sock.settimeout(timeout)
     except BaseException:
         sock.close()
         raise
@@ -108,9 +112,10 @@ class WebSocket:
         self.sock.settimeout(timeout)
 
     def read(self) -> list[str | bytes]:
-        """Read once (waiting at most the timeout), then every message now complete: text
-        as str, binary as bytes; [] when the read timed out or no message is whole yet.
-        Raises Closed when the server closed, WebSocketError or OSError when it broke."""
+        """Everything the socket holds now (waiting at most the timeout for the first
+        bytes), then every message now complete: text as str, binary as bytes; [] when the
+        read timed out or no message is whole yet. Raises Closed when the server closed,
+        WebSocketError or OSError when it broke."""
         if self._ready:  # read by recv(), not yet handed out
             messages = list(self._ready)
             self._ready.clear()
@@ -120,15 +125,31 @@ class WebSocket:
             return messages
         try:
             data = self.sock.recv(READ_SIZE)
-            # A TLS socket may hold decrypted data that select() does not see.
-            while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-                data += self.sock.recv(READ_SIZE)
         except TimeoutError:
             return []
         if not data:
             raise Closed("connection closed")
-        self._buf += data
+        self._buf += data + self._drain()
         return self._messages()
+
+    def _drain(self) -> bytes:
+        """What else has arrived, read without waiting: a burst bigger than one read (a
+        preview image) or spread over TLS records (one record per recv) is taken whole,
+        not one piece per wake-up of the reader."""
+        pieces, size, timeout = [], 0, self.sock.gettimeout()
+        self.sock.settimeout(0.0)
+        try:
+            while size < MAX_DRAIN:
+                piece = self.sock.recv(READ_SIZE)
+                if not piece:
+                    break  # closed: the next read says so
+                pieces.append(piece)
+                size += len(piece)
+        except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
+            pass  # nothing more for now
+        finally:
+            self.sock.settimeout(timeout)
+        return b"".join(pieces)
 
     def recv(self) -> str | bytes:
         """The next message, waiting at most about the timeout (then TimeoutError)."""
@@ -141,8 +162,9 @@ class WebSocket:
         return self._ready.popleft()
 
     def pending(self) -> bool:
-        """Whether data is buffered that select() will not announce (read it first)."""
-        return bool(self._ready or self._buf or self._broken)
+        """Whether a message (or an error) waits that select() will not announce: read
+        it first. A partial frame does not count: the rest of it will wake select."""
+        return bool(self._ready or self._broken or _frame_bounds(self._buf, 0))
 
     def close(self) -> None:
         """Send the closing frame (best effort: the server may be gone) and close."""
@@ -158,26 +180,10 @@ class WebSocket:
             raise self._broken
         buf, at, messages = self._buf, 0, []
         try:
-            while len(buf) - at >= 2:
-                first, second = buf[at], buf[at + 1]
-                if second & 0x80:
-                    raise WebSocketError("masked frame from the server")
-                size, start = second & 0x7F, at + 2
-                if size == 126:
-                    if len(buf) - at < 4:
-                        break
-                    size, start = int.from_bytes(buf[at + 2 : at + 4], "big"), at + 4
-                elif size == 127:
-                    if len(buf) - at < 10:
-                        break
-                    size, start = int.from_bytes(buf[at + 2 : at + 10], "big"), at + 10
-                if size > MAX_MESSAGE:
-                    raise WebSocketError("frame too large")
-                end = start + size
-                if end > len(buf):
-                    break
+            while bounds := _frame_bounds(buf, at):
+                start, end = bounds
+                message = self._frame_message(buf[at], buf[start:end])
                 at = end
-                message = self._frame_message(first, buf[start:end])
                 if message is not None:
                     messages.append(message)
         except WebSocketError as exc:
@@ -190,12 +196,19 @@ class WebSocket:
     def _frame_message(self, first: int, payload: bytearray) -> str | bytes | None:
         """What one frame completes: a message, or None (a control frame, or a fragment)."""
         opcode, final = first & 0x0F, bool(first & 0x80)
+        if first & 0x70:
+            raise WebSocketError("reserved bits set (no extension was agreed)")
+        if opcode >= CLOSE and (not final or len(payload) > 125):
+            raise WebSocketError("malformed control frame")
         if opcode == PING:
-            self.sock.sendall(_frame(PONG, bytes(payload)))
+            with contextlib.suppress(OSError):  # a dead socket shows at the next read
+                self.sock.sendall(_frame(PONG, bytes(payload)))
             return None
         if opcode == PONG:
             return None
         if opcode == CLOSE:
+            if len(payload) == 1:
+                raise WebSocketError("malformed close frame")
             with contextlib.suppress(OSError):
                 self.sock.sendall(_frame(CLOSE, bytes(payload[:2])))
             raise Closed("closed by the server")
@@ -222,6 +235,25 @@ class WebSocket:
             raise WebSocketError("text frame is not UTF-8") from None
 
 
+def _frame_bounds(buf: bytearray, at: int) -> tuple[int, int] | None:
+    """Where the payload of the frame starting at ``at`` begins and ends, once the whole
+    frame is in ``buf``; None before that."""
+    if len(buf) - at < 2:
+        return None
+    second = buf[at + 1]
+    if second & 0x80:
+        raise WebSocketError("masked frame from the server")
+    size, start = second & 0x7F, at + 2
+    if size >= 126:
+        start += 2 if size == 126 else 8
+        if len(buf) < start:
+            return None
+        size = int.from_bytes(buf[at + 2 : start], "big")
+    if size > MAX_MESSAGE:
+        raise WebSocketError("frame too large")
+    return (start, start + size) if start + size <= len(buf) else None
+
+
 def _frame(opcode: int, payload: bytes) -> bytes:
     """A client frame: final, masked (the protocol requires it of clients), short payload."""
     mask = os.urandom(4)
@@ -241,14 +273,22 @@ def _read_head(sock: socket.socket, deadline: float) -> tuple[int, dict[str, str
     by ``deadline`` (a server sending a byte at a time does not get to take longer)."""
     data = b""
     while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WebSocketError("handshake timed out")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            raise WebSocketError("handshake timed out") from None
         if not chunk:
             raise WebSocketError("connection closed during the handshake")
         data += chunk
         if len(data) > MAX_HEAD:
             raise WebSocketError("handshake reply too long")
-        if time.monotonic() > deadline:
-            raise WebSocketError("handshake too slow")
+    # What TLS decrypted beyond these reads is in the SSL object, where select() cannot see it.
+    while isinstance(sock, ssl.SSLSocket) and sock.pending():
+        data += sock.recv(sock.pending())
     head, _, rest = data.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     fields = status_line.split(" ", 2)

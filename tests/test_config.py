@@ -233,6 +233,7 @@ def test_unknown_keys_are_errors(config_path: Path, invoke, text: str, culprit: 
         ('url = "http://h:1"\nheaders = { "X-Team" = "Ré ☃" }\n', "X-Team.*Latin-1"),
         ('url = "http://h:1"\nheaders = { "X-A" = "b\\r\\nX-Evil: 1" }\n', "X-A.*line break"),
         ('url = "http://h:1"\nheaders = { "X A" = "b" }\n', "'X A' is not a header name"),
+        ('url = "http://h:1"\nheaders = { "X-A" = " b" }\n', "X-A starts with white space"),
     ],
     ids=[
         "url-not-a-string",
@@ -244,6 +245,7 @@ def test_unknown_keys_are_errors(config_path: Path, invoke, text: str, culprit: 
         "header-not-latin-1",
         "header-line-break",
         "header-name",
+        "header-leading-space",
     ],
 )
 def test_bad_values_are_config_errors(config_path: Path, body: str, fragment: str) -> None:

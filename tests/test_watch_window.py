@@ -63,3 +63,35 @@ def test_listeners_follow_the_head_of_the_queue_and_hear_every_job(
     assert {pid: r["status"] for pid, r in tracker.records.items()} == dict.fromkeys(ids, "success")
     heard = {e.record["prompt_id"] for e in events if e.kind == "progress" and e.record}
     assert heard == set(ids)  # listened to in time: progress comes over the socket only
+
+
+def test_what_is_told_before_a_timeout_is_flushed_before_it_is_raised(
+    emulator: Emulator, invoke, tmp_path: Path, ledger_path: Path
+) -> None:
+    # A job that ends just before --timeout is told about by the last announce, after the
+    # loop's last flush: the display must still be flushed before the error shows.
+    from comfyctl.records import SUCCESS, Observation
+
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(slow_graph(steps=50, seconds=0.1)))
+    ids = invoke("submit", str(workflow), "-s", emulator.url, "--count", "2").stdout.split()
+    app = AppContext(ledger_path=ledger_path)
+    calls: list[str] = []
+    tracker = Tracker(
+        app.ledger,
+        [app.ledger.get(pid) for pid in ids],  # type: ignore[misc]
+        app.client_for_record,
+        WatchOptions(poll_interval=30, timeout=0.001, use_websocket=False),
+        lambda event: calls.append(f"{event.kind} {event.record and event.record['status']}"),
+        on_drained=lambda: calls.append("flush"),
+    )
+    # Heard at once; the deadline has passed by the time it is handled.
+    tracker.inbox.put(Observation("finished", ids[1], emulator.url, outcome=SUCCESS))
+    try:
+        tracker.run()
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("the tracker did not time out")
+    assert f"state {SUCCESS}" in calls
+    assert calls[-1] == "flush", calls[-5:]
