@@ -160,6 +160,15 @@ def test_text_frames_decode_and_invalid_utf8_is_an_error_after_what_came_before(
     thread.join(5)
 
 
+def read_all(sock: ws.WebSocket, count: int) -> list[str | bytes]:
+    """``count`` messages, read as they come; then nothing may be left pending."""
+    got: list[str | bytes] = []
+    while len(got) < count:
+        got += sock.read()
+    assert not sock.pending()
+    return got
+
+
 def test_a_burst_of_frames_comes_out_of_one_read() -> None:
     # Frames that came with the handshake reply sit in comfyctl's buffer, where select()
     # cannot see them: pending() says so, and one read() hands out every one.
@@ -167,11 +176,7 @@ def test_a_burst_of_frames_comes_out_of_one_read() -> None:
     sock, thread = connect(b"".join(text_frame(f) for f in frames))
     try:
         assert sock.pending()
-        got: list[str | bytes] = []
-        while len(got) < 50:
-            got += sock.read()
-        assert got == [f.decode() for f in frames]
-        assert not sock.pending()
+        assert read_all(sock, 50) == [f.decode() for f in frames]
     finally:
         sock.close()
     thread.join(5)
@@ -373,11 +378,7 @@ def test_wss_with_the_configured_verify_reads_a_burst_through_tls(
     spec = ServerSpec(name="gpu1", url=url, verify=certificate[0] if verify else False)
     sock = ServerClient(spec).connect_ws("c", timeout=5)
     try:
-        got: list[str | bytes] = []
-        while len(got) < 2000:
-            got += sock.read()
-        assert got == [f.decode() for f in frames]
-        assert not sock.pending()
+        assert read_all(sock, 2000) == [f.decode() for f in frames]
     finally:
         sock.close()
     thread.join(5)
