@@ -129,7 +129,9 @@ class WebSocket:
             return []
         if not data:
             raise Closed("connection closed")
-        self._buf += data + self._drain()
+        # A plain socket gives all it holds up to READ_SIZE; a TLS one a record at a time.
+        more = len(data) == READ_SIZE or isinstance(self.sock, ssl.SSLSocket)
+        self._buf += data + self._drain() if more else data
         return self._messages()
 
     def _drain(self) -> bytes:
