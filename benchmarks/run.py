@@ -126,40 +126,54 @@ def make_ledger(
 
 
 def bench_startup(runs: int) -> None:
+    """Each command once per round, round after round: a machine that slows down for a
+    while slows every one of them (the figures are ratios to ``import click``)."""
     print("start-up", flush=True)
     py = sys.executable
-    base = median_wall([py, "-c", "import click"], runs)
-    report("python -c 'import click'", f"{base * 1000:.0f} ms")
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Path(tmp) / "ledger.json"
         make_ledger(ledger, 1000)
         env = {"COMFYCTL_LEDGER": str(ledger), "COMFYCTL_CONFIG": empty_config(tmp, "none.toml")}
-        helped = median_wall([py, "-m", "comfyctl", "--help"], runs, env)
-        report(
-            "comfyctl --help",
-            f"{helped * 1000:.0f} ms",
-            f"{helped / base:.2f}x import click (target <= 1.5x)",
-        )
-        # TAB after "comfyctl " lists the commands; after "comfyctl watch --", watch's options.
-        for words, cword, what in (
-            ("comfyctl ", 1, "command names"),
-            ("comfyctl watch --", 2, "watch's options"),
-        ):
-            completion = {
+
+        def completing(words: str, cword: int) -> dict[str, str]:
+            # TAB after "comfyctl " lists the commands; after "comfyctl watch --", its options.
+            return {
+                **env,
                 "_COMFYCTL_COMPLETE": "bash_complete",
                 "COMP_WORDS": words,
                 "COMP_CWORD": str(cword),
             }
-            took = median_wall([py, "-m", "comfyctl"], runs, {**env, **completion})
-            report(
-                f"completion: {what}", f"{took * 1000:.0f} ms", f"{took / base:.2f}x import click"
-            )
-        hist = median_wall([py, "-m", "comfyctl", "history", "--limit", "20"], runs, env)
+
+        measures = {
+            "click": ([py, "-c", "import click"], {}),
+            "help": ([py, "-m", "comfyctl", "--help"], env),
+            "names": ([py, "-m", "comfyctl"], completing("comfyctl ", 1)),
+            "options": ([py, "-m", "comfyctl"], completing("comfyctl watch --", 2)),
+            "history": ([py, "-m", "comfyctl", "history", "--limit", "20"], env),
+        }
+        times: dict[str, list[float]] = {name: [] for name in measures}
+        for _ in range(max(runs, 9)):
+            for name, (cmd, cmd_env) in measures.items():
+                times[name].append(median_wall(cmd, 1, cmd_env))
+    took = {name: statistics.median(values) for name, values in times.items()}
+    base = took["click"]
+    report("python -c 'import click'", f"{base * 1000:.0f} ms")
+    report(
+        "comfyctl --help",
+        f"{took['help'] * 1000:.0f} ms",
+        f"{took['help'] / base:.2f}x import click (target <= 1.5x)",
+    )
+    for name, what in (("names", "command names"), ("options", "watch's options")):
         report(
-            "comfyctl history --limit 20 (1k-record ledger)",
-            f"{hist * 1000:.0f} ms",
-            f"{hist / base:.1f}x import click",
+            f"completion: {what}",
+            f"{took[name] * 1000:.0f} ms",
+            f"{took[name] / base:.2f}x import click",
         )
+    report(
+        "comfyctl history --limit 20 (1k-record ledger)",
+        f"{took['history'] * 1000:.0f} ms",
+        f"{took['history'] / base:.1f}x import click",
+    )
 
 
 LEDGER_PROBE = r"""

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 import click
 
-from comfyctl.context import AppContext
 from comfyctl.errors import (
     ComfyctlError,
     Interrupted,
@@ -23,12 +22,11 @@ from comfyctl.errors import (
     UsageProblem,
     WaitTimeout,
 )
-from comfyctl.records import FAILED, RUNNING, SUCCESS, TERMINAL
-from comfyctl.render import LiveArea, event_json, live_area_wanted, state_line
-from comfyctl.store import Record
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported when a job is followed: `watch --<TAB>` needs none
+    from comfyctl.context import AppContext
     from comfyctl.hooks import Notifier
+    from comfyctl.store import Record
 
 
 @dataclass
@@ -93,6 +91,8 @@ class _StallExit(Exception):
 def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     """Watch ``records`` until each is terminal; raise the documented error otherwise."""
     from comfyctl.commands.history import download_all
+    from comfyctl.records import FAILED, SUCCESS, TERMINAL
+    from comfyctl.render import LiveArea, event_json, live_area_wanted, state_line
     from comfyctl.submission import settle_submitting
     from comfyctl.tracker import Tracker, TrackerEvent, WatchOptions
 
@@ -231,6 +231,8 @@ def _where(records: list[Record], with_status: bool = False) -> str:
 
 def _unfinished(records: list[Record]) -> str:
     """What is left, running and queued named apart (a queued job is not running)."""
+    from comfyctl.records import RUNNING
+
     running = [r for r in records if r["status"] == RUNNING]
     waiting = [r for r in records if r["status"] != RUNNING]
     parts = [f"running: {_where(running)}"] if running or not waiting else []

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from comfyctl.commands.follow import FollowOptions, follow
-from comfyctl.context import AppContext
 from comfyctl.errors import UsageProblem
 from comfyctl.options import complete_prompt_ids, hook_options, output_format, watch_options
-from comfyctl.records import ACTIVE
+
+if TYPE_CHECKING:
+    from comfyctl.context import AppContext
 
 
 @click.command("watch")
@@ -50,6 +52,8 @@ def command(app: AppContext, /, prompt_ids: tuple[str, ...], fmt: str, **params:
     elif prompt_ids:  # '-' given, but stdin was empty
         raise UsageProblem("No prompt ids on stdin.", "Pipe ids from 'comfyctl submit'.")
     else:
+        from comfyctl.records import ACTIVE
+
         records = ledger.select(statuses=ACTIVE)
         if not records:
             click.echo("comfyctl: no unfinished jobs in the ledger.", err=True)
