@@ -2,8 +2,9 @@
 
 comfyctl listens on one socket per job (ComfyUI sends a job's events only to its
 client_id), so connecting and reading frames is the hot path of ``watch``. This client
-reads the handshake reply in one go and a socket up to 64 KiB at a time, and parses every
-complete frame in its buffer at once: a burst of progress frames costs one system call.
+reads the handshake reply in one go and, at each read, all that the socket holds, and
+parses every complete frame in its buffer at once: a burst of progress frames costs one
+system call.
 (websocket-client, used before, read the handshake a byte per system call and each frame
 in several.) It sends only what a listener must: pongs and the closing frame.
 """
