@@ -621,12 +621,11 @@ class ServerClient:
         context = ssl.create_default_context()
         if self.spec.verify is False:
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        elif isinstance(self.spec.verify, str):
-            where = self.spec.verify
-            context.load_verify_locations(
-                capath=where if os.path.isdir(where) else None,
-                cafile=None if os.path.isdir(where) else where,
-            )
+        elif isinstance(self.spec.verify, str):  # a CA bundle file, or a folder of them
+            if os.path.isdir(self.spec.verify):
+                context.load_verify_locations(capath=self.spec.verify)
+            else:
+                context.load_verify_locations(cafile=self.spec.verify)
         return context
 
     @functools.cached_property

@@ -130,9 +130,10 @@ class WebSocket:
             return []
         if not data:
             raise Closed("connection closed")
+        self._buf += data
         # A plain socket gives all it holds up to READ_SIZE; a TLS one a record at a time.
-        more = len(data) == READ_SIZE or isinstance(self.sock, ssl.SSLSocket)
-        self._buf += data + self._drain() if more else data
+        if len(data) == READ_SIZE or isinstance(self.sock, ssl.SSLSocket):
+            self._buf += self._drain()
         return self._messages()
 
     def _drain(self) -> bytes:
@@ -167,7 +168,10 @@ class WebSocket:
     def pending(self) -> bool:
         """Whether a message (or an error) waits that select() will not announce: read
         it first. A partial frame does not count: the rest of it will wake select."""
-        return bool(self._ready or self._broken or _frame_bounds(self._buf, 0))
+        try:
+            return bool(self._ready or self._broken or _frame_bounds(self._buf, 0))
+        except WebSocketError:
+            return True  # a broken frame: read() raises it
 
     def close(self) -> None:
         """Send the closing frame (best effort: the server may be gone) and close."""

@@ -485,3 +485,14 @@ def test_websocket_headers_merge_as_http_ones_do() -> None:
     assert seen["names"].count("user-agent") == 1 and seen["names"].count("authorization") == 1
     assert seen["headers"]["user-agent"] == "render-farm/2"  # the configured one wins
     assert seen["headers"]["authorization"].startswith("Basic ")  # basic auth wins, as in requests
+
+
+def test_a_broken_frame_in_the_handshake_reply_is_pending_and_raised_by_read() -> None:
+    sock, thread = connect(bytes([0x81, 0x80 | 2]) + b"\x00\x00\x00\x00hi")  # masked
+    try:
+        assert sock.pending()  # not raised here: the listen loop reads, and read() raises
+        with pytest.raises(ws.WebSocketError, match="masked"):
+            sock.read()
+    finally:
+        sock.close()
+    thread.join(5)
