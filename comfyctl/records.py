@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -33,8 +34,19 @@ PROGRESS_HISTORY_LIMIT = 20
 STALE_SUBMIT_SECONDS = 600.0
 
 
+_this_second: tuple[int, str] = (0, "")
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    """Now in UTC, to the millisecond, as ``datetime.isoformat`` writes it. Every event
+    watch hears is stamped, so the date and time of a second are formatted once."""
+    global _this_second
+    now = time.time()
+    whole = int(now)
+    second = _this_second  # one read: another thread may replace it meanwhile
+    if second[0] != whole:
+        second = _this_second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{int((now - whole) * 1000):03d}+00:00"
 
 
 def parse_time(value: str | None) -> datetime | None:

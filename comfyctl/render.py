@@ -30,6 +30,7 @@ from comfyctl.records import (
     SUCCESS,
     TERMINAL,
     age_seconds,
+    now_iso,
 )
 
 RECORD_SCHEMA = {"schema": "comfyctl.task", "schema_version": 1}
@@ -217,21 +218,16 @@ def state_line(record: dict[str, Any], detail: str | None = None) -> str:
 def event_json(
     kind: str, record: dict[str, Any] | None, server: str | None = None, detail: str | None = None
 ) -> str:
-    payload: dict[str, Any] = {
-        **EVENT_SCHEMA,
-        "event": kind,
-        "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-    }
+    payload: dict[str, Any] = {**EVENT_SCHEMA, "event": kind, "at": now_iso()}
     if record is not None:
-        payload.update(
-            prompt_id=record["prompt_id"],
-            server=record["server"],
-            server_url=record["server_url"],
-            status=record["status"],
-            progress=record.get("progress"),
-        )
+        payload["prompt_id"] = record["prompt_id"]
+        payload["server"] = record["server"]
+        payload["server_url"] = record["server_url"]
+        payload["status"] = record["status"]
+        payload["progress"] = record.get("progress")
         if record["status"] in TERMINAL:
-            payload.update(outputs=record.get("outputs") or [], error=record.get("error"))
+            payload["outputs"] = record.get("outputs") or []
+            payload["error"] = record.get("error")
     elif server is not None:
         payload["server"] = server
     if detail:

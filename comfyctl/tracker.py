@@ -98,7 +98,7 @@ class _ServerState:
     client: ServerClient
     name: str
     prompt_ids: set[str] = field(default_factory=set)
-    fetch: queue.Queue[str] = field(default_factory=queue.Queue)
+    fetch: queue.Queue[str | None] = field(default_factory=queue.Queue)
     # The listen loop's own (Tracker._listen_loop): jobs handed to it, the ones it looks
     # after, its sockets' selector, when it last read the store for the jobs it follows.
     joining: queue.Queue[_Listening] = field(default_factory=queue.Queue)
@@ -189,8 +189,13 @@ class Tracker:
                     # ledger (ended jobs are written within ANNOUNCE_WITHIN regardless).
                     interval = max(self.options.flush_interval, 10 * (last_flush - now))
                 self._check_stalls()
-                if self.on_drained is not None and self.inbox.empty():
-                    self.on_drained()
+                if self.inbox.empty():
+                    if self.on_drained is not None:
+                        self.on_drained()
+                    if item is not None and self._open:
+                        # What the listen loops hear next is handled together: one
+                        # wake-up per READ_GAP, not one per loop that read something.
+                        time.sleep(READ_GAP)
                 if deadline is not None and now >= deadline:
                     self._announce()
                     raise TimeoutError
@@ -199,6 +204,8 @@ class Tracker:
                 self.on_drained()
         finally:
             self.stop.set()
+            for state in self.servers.values():
+                state.fetch.put(None)  # the history fetchers wait for this, not on a timer
             with contextlib.suppress(Exception):
                 self.flush()
             if self.on_drained is not None:  # lines before the error that ends the run
@@ -467,11 +474,7 @@ class Tracker:
 
     def _history_fetcher(self, state: _ServerState) -> None:
         """After a WebSocket end-of-run signal, read the outcome from the history."""
-        while not self.stop.is_set():
-            try:
-                prompt_id = state.fetch.get(timeout=0.2)
-            except queue.Empty:
-                continue
+        while (prompt_id := state.fetch.get()) is not None:  # None: the tracker stopped
             for delay in HISTORY_RETRY_DELAYS:
                 if self.stop.is_set():
                     return

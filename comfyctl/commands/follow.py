@@ -107,11 +107,21 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     stalled: list[Record] = []
     failed_downloads: list[ComfyctlError] = []
 
+    # Lines wait here until the tracker has handled all it heard, then go out in one
+    # write: one system call per wake-up, not per line, even when stdout is unbuffered.
+    waiting: list[str] = []
+
     def emit(line: str) -> None:
         if live is not None:
             live.print_above(line, sys.stdout)
         else:
-            sys.stdout.write(line + "\n")  # flushed once the tracker is drained
+            waiting.append(line)
+
+    def write_waiting() -> None:
+        if waiting:
+            sys.stdout.write("\n".join(waiting) + "\n")
+            waiting.clear()
+        sys.stdout.flush()
 
     def tell(message: str) -> None:
         line = f"comfyctl: {message}"
@@ -167,6 +177,7 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         if record["status"] in TERMINAL:
             on_event(TrackerEvent("state", record))
             notifier.finished(record)  # announced unless someone already did
+    write_waiting()
     if live is not None:
         for record in records:
             live.update(record)  # pending jobs show from the start, not at their first event
@@ -182,7 +193,7 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
         ),
         on_event,
         notifier.finished,
-        sys.stdout.flush,
+        write_waiting,
     )
     try:
         tracker.run()
