@@ -1,12 +1,12 @@
 """Following many jobs on many servers at once.
 
-Per server, one thread polls that server's status for its own jobs only, and one listen
-loop keeps a WebSocket per job (as the job's client_id: ComfyUI sends a job's events only
-there) and reads whichever has a frame. Both turn what they hear into observations on one
-queue; the tracker (in the caller's thread) folds them into the
-records with ``records.apply``, hands changes to a callback for display, and writes
-the ledger in batches (progress at most once per ``flush_interval``, state changes at
-once). A server that hangs or refuses only ever stalls its own worker.
+Per server, one thread polls that server's status for its own jobs only, and one connector
+opens the WebSockets of its jobs (one per job, as the job's client_id: ComfyUI sends a job's
+events only there). One listen loop reads every server's sockets, without ever waiting on
+one. What they hear becomes observations on one queue; the tracker (in the caller's thread)
+folds them into the records with ``records.apply``, hands changes to a callback for
+display, and writes the ledger in batches (progress at most once per ``flush_interval``,
+state changes at once). A server that hangs or refuses only ever stalls its own threads.
 """
 
 from __future__ import annotations
@@ -99,12 +99,16 @@ class _ServerState:
     name: str
     prompt_ids: set[str] = field(default_factory=set)
     fetch: queue.Queue[str | None] = field(default_factory=queue.Queue)
-    # The listen loop's own (Tracker._listen_loop): jobs handed to it, the ones it looks
-    # after, its sockets' selector, when it last read the store for the jobs it follows.
+    # The listen loop's (Tracker._listen_loop, one for all servers): this server's jobs
+    # handed to it and the ones it looks after. Its connector's (Tracker._connector): jobs
+    # to connect, and jobs connected (or not), handed back under ``handoff``.
     joining: queue.Queue[_Listening] = field(default_factory=queue.Queue)
     listening: dict[str, _Listening] = field(default_factory=dict)
-    selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
-    last_look: float = 0.0
+    to_connect: queue.Queue[_Listening | None] = field(default_factory=queue.Queue)
+    connected: queue.Queue[tuple[_Listening, ws.WebSocket | None]] = field(
+        default_factory=queue.Queue
+    )
+    handoff: threading.Lock = field(default_factory=threading.Lock)
     reachable: bool | None = None
     log: ServerLog | None = None  # the server's log, read when it did not know a job
 
@@ -148,6 +152,8 @@ class Tracker:
         self.owner = new_owner("watch")
         self._held: dict[str, bool] = {}  # prompt_id -> we hold its listen lease
         self._seen: dict[str, tuple[Any, ...]] = {}  # what _observe last handed on
+        self._selector = selectors.DefaultSelector()  # the listen loop's sockets
+        self._last_look = 0.0  # when the listen loop last read the store for followers
         for record in records:
             url = record["server_url"]
             if url not in self.servers:
@@ -205,7 +211,8 @@ class Tracker:
         finally:
             self.stop.set()
             for state in self.servers.values():
-                state.fetch.put(None)  # the history fetchers wait for this, not on a timer
+                state.fetch.put(None)  # fetchers and connectors wait for this, not on a timer
+                state.to_connect.put(None)
             with contextlib.suppress(Exception):
                 self.flush()
             if self.on_drained is not None:  # lines before the error that ends the run
@@ -390,7 +397,8 @@ class Tracker:
         for url, state in self.servers.items():
             self._spawn(self._server_worker, state, name=f"poll {url}")
             self._spawn(self._history_fetcher, state, name=f"fetch {url}")
-            self._spawn(self._listen_loop, state, name=f"listen {url}")
+            self._spawn(self._connector, state, name=f"connect {url}")
+        self._spawn(self._listen_loop, name="listen")
         if self.options.use_websocket:
             # Every job's lease at once, in one store call: the listen loops then need
             # none (a job near the end of a queue is listened to once it nears its head).
@@ -487,50 +495,62 @@ class Tracker:
                     break
                 self.stop.wait(delay)
 
-    def _listen_loop(self, state: _ServerState) -> None:
-        """Every job of one server this tracker listens to, in one thread: claims their
+    def _listen_loop(self) -> None:
+        """Every job this tracker listens to, on every server, in one thread: claims their
         leases, keeps one WebSocket per held job (as its client_id, reconnecting with
         backoff when it drops) and reads whichever has a frame; jobs another process holds
         are followed through what that process writes to the store, and taken over when
-        it is gone. One thread per server: a server that hangs stalls only its own jobs,
-        and frames are read without a thread switch per frame."""
+        it is gone. One thread for all servers: what they send at about the same time is
+        one wake-up of this loop and of the tracker, not one per server. It never waits
+        on a server: each server's connector makes its connections (a server slow to
+        answer holds up only its own jobs), and sockets are read without blocking."""
         try:
             while not self.stop.is_set():
                 try:
-                    self._listen_round(state)
-                except Exception as exc:  # a bug must not silently deafen this server's jobs
-                    log.warning("listening on %s failed: %r", state.name, exc)
+                    self._listen_round()
+                except Exception as exc:  # a bug must not silently deafen the jobs
+                    log.warning("listening failed: %r", exc)
                     self.stop.wait(1.0)
         finally:
-            self._let_go(state, list(state.listening.values()), now=True)
+            for state in self.servers.values():
+                self._let_go(list(state.listening.values()), now=True)
+                with state.handoff:  # a connection made after this, its connector closes
+                    while not state.connected.empty():
+                        _close_quietly(state.connected.get()[1])
             self._release_ended()  # what this loop let go of after the tracker's last call
-            state.selector.close()
+            self._selector.close()
 
-    def _listen_round(self, state: _ServerState) -> None:
-        jobs, selector = state.listening, state.selector
-        while not state.joining.empty():
-            job = state.joining.get()
-            jobs[job.prompt_id] = job
-        ended = [job for job in jobs.values() if job.stop.is_set()]
-        for job in ended:
-            del jobs[job.prompt_id]
-        self._let_go(state, ended)
+    def _listen_round(self) -> None:
         now = time.monotonic()
+        for state in self.servers.values():
+            jobs = state.listening
+            while not state.joining.empty():
+                job = state.joining.get()
+                jobs[job.prompt_id] = job
+            while not state.connected.empty():
+                self._take_connection(state, *state.connected.get())
+            ended = [job for job in jobs.values() if job.stop.is_set()]
+            for job in ended:
+                del jobs[job.prompt_id]
+            self._let_go(ended)
+        listened = [job for state in self.servers.values() for job in state.listening.values()]
         due = [
-            job.prompt_id
-            for job in jobs.values()
+            job
+            for job in listened
             if not self._held.get(job.prompt_id) and now - job.last_claim >= CLAIM_EVERY
         ]
         if due and self.options.use_websocket:
-            for pid in due:
-                jobs[pid].last_claim = now
-            self._claim(due)
-        following = [pid for pid in jobs if not self._held.get(pid)]
-        if following and now - state.last_look >= OBSERVE_EVERY:
-            state.last_look = now
+            for job in due:
+                job.last_claim = now
+            self._claim([job.prompt_id for job in due])
+        following = [job.prompt_id for job in listened if not self._held.get(job.prompt_id)]
+        if following and now - self._last_look >= OBSERVE_EVERY:
+            self._last_look = now
             self._observe(following)
-        for job in jobs.values():
-            self._keep_connected(state, job, now)
+        for state in self.servers.values():
+            for job in state.listening.values():
+                self._keep_connected(state, job, now)
+        selector = self._selector
         if not selector.get_map():
             self.stop.wait(OBSERVE_EVERY if following else 0.1)
             return
@@ -539,15 +559,15 @@ class Tracker:
         until = now + 0.05
         while (left := until - time.monotonic()) > 0 and selector.get_map():
             batch = [
-                obs
-                for key, _ in selector.select(timeout=left)
-                for obs in self._read(state, key.data)
+                obs for key, _ in selector.select(timeout=left) for obs in self._read(*key.data)
             ]
             if batch:
                 self.inbox.put(batch)
                 time.sleep(READ_GAP)
 
     def _keep_connected(self, state: _ServerState, job: _Listening, now: float) -> None:
+        if job.connecting:
+            return  # its server's connector has it
         held = self._held.get(job.prompt_id)
         if job.sock is not None:
             # A socket of this client_id opened elsewhere (an older comfyctl, a holder that
@@ -559,21 +579,45 @@ class Tracker:
                 and self.records[job.prompt_id]["status"] == RUNNING
             )
             if not held or silent:
-                self._hang_up(state, job)
+                self._hang_up(job)
                 job.next_connect = now + job.backoff.wait()
             return
-        if not held or now < job.next_connect:
-            return
-        try:
-            job.sock = state.client.connect_ws(job.client_id)
-        except ServerError:
+        if held and now >= job.next_connect:
+            job.connecting = True
+            state.to_connect.put(job)
+
+    def _connector(self, state: _ServerState) -> None:
+        """Connect the jobs the listen loop hands over, for one server (a connection waits
+        for the server's handshake reply, up to its connect timeout)."""
+        while (job := state.to_connect.get()) is not None:  # None: the tracker stopped
+            try:
+                sock: ws.WebSocket | None = state.client.connect_ws(job.client_id)
+            except ServerError:
+                sock = None
+            with state.handoff:
+                if self.stop.is_set():
+                    _close_quietly(sock)  # the listen loop is gone
+                else:
+                    state.connected.put((job, sock))
+
+    def _take_connection(
+        self, state: _ServerState, job: _Listening, sock: ws.WebSocket | None
+    ) -> None:
+        """What the connector made of ``job``'s connection: a socket to read, or a retry."""
+        job.connecting = False
+        now = time.monotonic()
+        if sock is None:
             job.next_connect = now + job.backoff.wait()
             return
+        if job.stop.is_set() or not self._held.get(job.prompt_id):
+            _close_quietly(sock)  # it ended, or its lease went, while connecting
+            return
+        job.sock = sock
         log.info("listening for %s on %s as its client_id", job.prompt_id, state.name)
         job.backoff.reset()
-        job.heard, job.heard_start, job.start_timing = time.monotonic(), False, None
-        job.sock.settimeout(0.5)  # only a frame split across packets waits, and not long
-        state.selector.register(job.sock.sock, selectors.EVENT_READ, job)
+        job.heard, job.heard_start, job.start_timing = now, False, None
+        job.sock.settimeout(0.0)  # a read takes what has arrived: it never waits
+        self._selector.register(job.sock.sock, selectors.EVENT_READ, (state, job))
         if job.sock.pending() and (heard := self._read(state, job)):
             self.inbox.put(heard)  # frames that came with the handshake reply
 
@@ -585,7 +629,7 @@ class Tracker:
             messages = job.sock.read()
         except (OSError, ws.WebSocketError) as exc:
             log.debug("socket for %s dropped: %s", job.prompt_id, type(exc).__name__)
-            self._hang_up(state, job)
+            self._hang_up(job)
             job.next_connect = time.monotonic() + job.backoff.wait()
             return []
         if messages:
@@ -619,22 +663,21 @@ class Tracker:
             )
         return obs
 
-    def _hang_up(self, state: _ServerState, job: _Listening) -> None:
+    def _hang_up(self, job: _Listening) -> None:
         if job.sock is None:
             return
         with contextlib.suppress(KeyError, ValueError, OSError):
-            state.selector.unregister(job.sock.sock)
-        with contextlib.suppress(Exception):
-            job.sock.close()
+            self._selector.unregister(job.sock.sock)
+        _close_quietly(job.sock)
         job.sock = None
 
-    def _let_go(self, state: _ServerState, jobs: list[_Listening], now: bool = False) -> None:
+    def _let_go(self, jobs: list[_Listening], now: bool = False) -> None:
         """Close the jobs' sockets, then give up their leases: ``now``, or with the next
         renewal (one store call for all that ended meanwhile; nobody needs an ended job's
         lease). Closed first: the server must forget a socket before the next holder
         connects, or its cleanup would forget the next one's."""
         for job in jobs:
-            self._hang_up(state, job)
+            self._hang_up(job)
         held = {listen_lease(j.prompt_id) for j in jobs if self._held.pop(j.prompt_id, False)}
         if now and held:
             release_quietly(self.leases, held, self.owner)
@@ -712,6 +755,7 @@ class _Listening:
     last_claim: float = float("-inf")
     heard: float = 0.0
     heard_start: bool = False  # this connection heard execution_start
+    connecting: bool = False  # handed to its server's connector
     start_timing: dict[str, str | None] | None = None
 
 
@@ -732,6 +776,12 @@ _FOLLOWED = (
     "outputs",
     "error",
 )
+
+
+def _close_quietly(sock: ws.WebSocket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            sock.close()
 
 
 def _queue_order(record: Record) -> tuple[bool, float]:

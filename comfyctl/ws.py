@@ -114,9 +114,9 @@ class WebSocket:
 
     def read(self) -> list[str | bytes]:
         """Everything the socket holds now (waiting at most the timeout for the first
-        bytes), then every message now complete: text as str, binary as bytes; [] when the
-        read timed out or no message is whole yet. Raises Closed when the server closed,
-        WebSocketError or OSError when it broke."""
+        bytes; not at all on a non-blocking socket), then every message now complete: text
+        as str, binary as bytes; [] when nothing came in time or no message is whole yet.
+        Raises Closed when the server closed, WebSocketError or OSError when it broke."""
         if self._ready:  # read by recv(), not yet handed out
             messages = list(self._ready)
             self._ready.clear()
@@ -126,8 +126,8 @@ class WebSocket:
             return messages
         try:
             data = self.sock.recv(READ_SIZE)
-        except TimeoutError:
-            return []
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
+            return []  # nothing yet (over TLS: no whole record yet)
         if not data:
             raise Closed("connection closed")
         self._buf += data
@@ -174,9 +174,10 @@ class WebSocket:
             return True  # a broken frame: read() raises it
 
     def close(self) -> None:
-        """Send the closing frame (best effort: the server may be gone) and close."""
+        """Send the closing frame and close. The frame goes only if it can go at once: a
+        server that stopped reading (or is gone) does not hold up the caller."""
         with contextlib.suppress(OSError):
-            self.sock.settimeout(0.5)
+            self.sock.settimeout(0.0)
             self.sock.sendall(_frame(CLOSE, b"\x03\xe8"))  # 1000: normal closure
         self.sock.close()
 

@@ -14,6 +14,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
 from comfyctl import ws
 from comfyctl.client import ServerClient
@@ -496,3 +497,82 @@ def test_a_broken_frame_in_the_handshake_reply_is_pending_and_raised_by_read() -
     finally:
         sock.close()
     thread.join(5)
+
+
+# -- what the environment says (proxies, CA bundle, netrc): read once, for HTTP and WS alike
+
+
+def test_a_ca_bundle_named_by_the_environment_is_trusted_by_websockets_too(
+    certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests trusts REQUESTS_CA_BUNDLE for HTTP; a WebSocket to the same server must too.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certificate[0])
+    url, seen, thread = handshake_recorder(b"", tls=tls_server(certificate))
+    ServerClient(ServerSpec(name="gpu1", url=url)).connect_ws("c", timeout=5).close()
+    thread.join(5)
+    assert urlsplit(seen["path"]).path == "/comfy/ws"
+
+
+def test_verify_false_in_the_config_is_not_undone_by_a_ca_bundle_in_the_environment(
+    certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certificate[0])
+    session = ServerClient(ServerSpec(name="gpu1", url="https://127.0.0.1:9", verify=False)).session
+    # What requests itself decides for a request made with this session.
+    settings = session.merge_environment_settings("https://127.0.0.1:9/", {}, None, None, None)
+    assert settings["verify"] is False
+
+
+def test_http_goes_through_the_environments_proxy_unless_no_proxy_names_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from comfyctl.emulator import Emulator
+
+    emulator = Emulator().start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with pytest.raises(ServerUnreachable):
+            ServerClient(ServerSpec(name="gpu1", url=emulator.url)).queue()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert ServerClient(ServerSpec(name="gpu1", url=emulator.url)).queue().running == []
+    finally:
+        emulator.stop()
+
+
+def test_a_netrc_login_is_used_when_the_config_gives_none(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login ann password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert ServerClient(ServerSpec(name="a", url="http://127.0.0.1:9")).session.auth == (
+        "ann",
+        "s3cret",
+    )
+    spec = ServerSpec(name="b", url="http://127.0.0.1:9", username="bob", password="pw")
+    assert ServerClient(spec).session.auth == ("bob", "pw")
+
+
+def test_the_environment_is_read_once_per_server_not_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from comfyctl.emulator import Emulator
+
+    calls = []
+    real = requests.utils.get_environ_proxies
+    for module in (requests.utils, requests.sessions):  # sessions has its own name for it
+        monkeypatch.setattr(
+            module, "get_environ_proxies", lambda *a, **k: calls.append(a) or real(*a, **k)
+        )
+    emulator = Emulator().start()
+    try:
+        client = ServerClient(ServerSpec(name="gpu1", url=emulator.url))
+        for _ in range(3):
+            client.queue()
+        client.connect_ws("c", timeout=5).close()
+    finally:
+        emulator.stop()
+    assert len(calls) == 1

@@ -64,3 +64,62 @@ def test_a_misbehaving_never_delays_or_touches_b(
         assert record_a["status"] == "lost"
     else:
         assert record_a["status"] in ("pending", "running")
+
+
+def test_a_server_that_never_answers_a_handshake_does_not_hold_up_b_s_events(
+    emulator_factory, invoke, tmp_path, ledger_path
+):
+    """The listen loop reads every server's sockets; a connection waits for its server's
+    handshake reply in that server's own connector. A server that accepts connections and
+    then says nothing (frozen) must not delay a word of B's."""
+    import socket
+    import threading
+
+    from comfyctl.records import new_record
+
+    hole = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with hole:
+            while True:
+                try:
+                    held.append(hole.accept()[0])  # kept open, never answered
+                except OSError:
+                    return
+
+    threading.Thread(target=accept, daemon=True).start()
+    a_url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+    b = emulator_factory()
+    short_wf = tmp_path / "short.json"
+    short_wf.write_text(json.dumps(graph(20, 0.1)))
+    (job_b,) = invoke("submit", str(short_wf), "-s", b.url).stdout.split()
+    job_a = new_record("a" * 32, "frozen", a_url, "c" * 32, None)
+    job_a.update(status="running", started_at=job_a["submitted_at"])
+    with Ledger(ledger_path).transaction() as tasks:
+        tasks.put(job_a)
+    try:
+        result = invoke(
+            "watch",
+            job_a["prompt_id"],
+            job_b,
+            "--json",
+            "--poll-interval",
+            str(POLL),
+            "--timeout",
+            "5",
+        )
+    finally:
+        hole.close()
+        for conn in held:
+            conn.close()
+    assert result.exit_code == 5, result.stderr  # A is still "running" at the timeout
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    progress_b = [e for e in events if e.get("prompt_id") == job_b and e["event"] == "progress"]
+    assert len(progress_b) >= 20  # every step, from B's socket
+    done_b = [e for e in events if e.get("prompt_id") == job_b and e["status"] == "success"]
+    assert done_b, f"B's success was never reported: {events[-3:]}"
+    entry = requests.get(f"{b.url}/history/{job_b}", timeout=5).json()[job_b]
+    finished_ms = dict(entry["status"]["messages"])["execution_success"]["timestamp"]
+    reported = datetime.fromisoformat(done_b[0]["at"]).timestamp()
+    assert reported - finished_ms / 1000 <= POLL + 0.5

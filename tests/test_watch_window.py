@@ -52,9 +52,10 @@ def test_listeners_follow_the_head_of_the_queue_and_hear_every_job(
     wait_until(lambda: tracker.listened() >= head)
     assert tracker.records[ids[0]]["status"] == "running"
     assert tracker.listened() == head
-    # One listen loop for the server, not a thread per job.
+    # One listen loop (for every server) and one connector per server, not a thread per job.
     names = [t.name for t in threading.enumerate()]
-    assert names.count(f"listen {emulator.url}") == 1
+    assert names.count("listen") == 1
+    assert names.count(f"connect {emulator.url}") == 1
     assert not [n for n in names if n.startswith("ws ")]
 
     emulator.faults.stall_at_percent = None
