@@ -60,37 +60,53 @@ def from_ws_message(msg: dict[str, Any], server_url: str, prompt_id: str) -> Obs
     if pid is None and not (kind == "executing" and data.get("node") is not None):
         return None
 
-    def make(what: str, **fields: Any) -> Observation:
-        return Observation(what, prompt_id, server_url, source="ws", **fields)
-
-    if kind == "execution_start":
-        return make("running", timing=server_timing(None, data.get("timestamp"), None))
-    if kind == "execution_success":
-        # Not "finished": it is the whole outcome only to a socket that heard the run from
-        # its start (outputs came in the executed messages before it); the tracker decides.
-        return make("succeeded", timing=server_timing(None, None, data.get("timestamp")))
+    if kind == "progress":  # the most frequent by far
+        value, maximum = data.get("value"), data.get("max")
+        if isinstance(value, (int, float)) and isinstance(maximum, (int, float)) and maximum:
+            node = data.get("node")
+            return Observation(
+                "progress",
+                prompt_id,
+                server_url,
+                source="ws",
+                value=value,
+                max=maximum,
+                node=None if node is None else str(node),
+            )
+        return None
     if kind == "executing":
         node = data.get("node")
         # node None is ComfyUI's "done" signal (also after errors): when execution_success
         # could not settle the job, the tracker fetches the outcome from /history.
-        return make("executing", node=str(node)) if node is not None else make("done")
-    if kind == "progress":
-        value, maximum = data.get("value"), data.get("max")
-        if isinstance(value, (int, float)) and isinstance(maximum, (int, float)) and maximum:
-            node = data.get("node")
-            return make(
-                "progress", value=value, max=maximum, node=None if node is None else str(node)
-            )
-        return None
+        if node is None:
+            return Observation("done", prompt_id, server_url, source="ws")
+        return Observation("executing", prompt_id, server_url, source="ws", node=str(node))
+    if kind == "execution_start":
+        timing = server_timing(None, data.get("timestamp"), None)
+        return Observation("running", prompt_id, server_url, source="ws", timing=timing)
+    if kind == "execution_success":
+        # Not "finished": it is the whole outcome only to a socket that heard the run from
+        # its start (outputs came in the executed messages before it); the tracker decides.
+        timing = server_timing(None, None, data.get("timestamp"))
+        return Observation("succeeded", prompt_id, server_url, source="ws", timing=timing)
     if kind == "executed":
         output = data.get("output")
         if isinstance(output, dict):
-            return make("output", node=str(data.get("node")), outputs=output)
+            node = str(data.get("node"))
+            return Observation(
+                "output", prompt_id, server_url, source="ws", node=node, outputs=output
+            )
         return None
     if kind == "execution_error":
-        return make("finished", outcome=ERROR, error=error_summary(data))
+        error = error_summary(data)
+        return Observation(
+            "finished", prompt_id, server_url, source="ws", outcome=ERROR, error=error
+        )
     if kind == "execution_interrupted":
-        return make("finished", outcome=INTERRUPTED, error=interrupt_summary(data))
+        error = interrupt_summary(data)
+        return Observation(
+            "finished", prompt_id, server_url, source="ws", outcome=INTERRUPTED, error=error
+        )
     return None
 
 

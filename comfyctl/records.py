@@ -246,7 +246,7 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
         record["error"] = obs.error or job_error("lost", "The server no longer knows this job.")
     changed = _fingerprint(record) != before
     if changed:
-        record["updated_at"] = now_iso()
+        record["updated_at"] = obs.at  # when it was heard (a flush may write it later)
     return changed
 
 

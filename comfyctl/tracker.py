@@ -97,7 +97,10 @@ class TrackerEvent:
 class _ServerState:
     client: ServerClient
     name: str
-    prompt_ids: set[str] = field(default_factory=set)
+    prompt_ids: set[str] = field(default_factory=set)  # its jobs not yet ended here
+    # Jobs whose socket heard execution_start: that socket tells their end (written by
+    # the listen loop, read by the poller).
+    told_by_socket: set[str] = field(default_factory=set)
     fetch: queue.Queue[str | None] = field(default_factory=queue.Queue)
     # The listen loop's (Tracker._listen_loop, one for all servers): this server's jobs
     # handed to it and the ones it looks after. Its connector's (Tracker._connector): jobs
@@ -262,17 +265,17 @@ class Tracker:
     # -- the loop ------------------------------------------------------------------------
 
     def _handle(self, item: Any) -> None:
-        if isinstance(item, TrackerEvent):
+        if isinstance(item, list):  # what one wake-up of the listen loop heard
+            for obs in item:
+                self._observed(obs)
+        elif isinstance(item, Observation):
+            self._observed(item)
+        elif isinstance(item, TrackerEvent):
             self.on_event(item)
-            return
-        if isinstance(item, _Followed):
+        elif isinstance(item, _Followed):
             self._follow(item.record)
-            return
-        if isinstance(item, list):  # what one wake-up of a listen loop heard
-            for heard in item:
-                self._handle(heard)
-            return
-        obs: Observation = item
+
+    def _observed(self, obs: Observation) -> None:
         record = self.records.get(obs.prompt_id)
         if record is None or record["status"] in TERMINAL:
             return
@@ -311,8 +314,10 @@ class Tracker:
             self.on_event(TrackerEvent("progress", record))
 
     def _ended_now(self, record: Record) -> None:
-        """A job turned terminal: its listener stops, the loop's count of open ones drops."""
+        """A job turned terminal: its listener stops, the loop's count of open ones drops,
+        its server's list of jobs to look after shrinks (a terminal job never revives)."""
         self._open.discard(record["prompt_id"])
+        self.servers[record["server_url"]].prompt_ids.discard(record["prompt_id"])
         self._job_stops.get(record["prompt_id"], threading.Event()).set()
 
     def _follow(self, stored: Record) -> None:
@@ -417,7 +422,7 @@ class Tracker:
                 continue
             active = [
                 self.records[pid]
-                for pid in state.prompt_ids
+                for pid in tuple(state.prompt_ids)
                 if self.records[pid]["status"] not in TERMINAL
             ]
             queued = [r for r in active if r["status"] == PENDING and r.get("number") is not None]
@@ -441,10 +446,13 @@ class Tracker:
         self._threads.append(thread)
 
     def _active_ids(self, state: _ServerState) -> list[str]:
-        return [pid for pid in state.prompt_ids if self.records[pid]["status"] not in TERMINAL]
+        # A copy first: the tracker's thread takes ended jobs out meanwhile.
+        ids = tuple(state.prompt_ids)
+        return [pid for pid in ids if self.records[pid]["status"] not in TERMINAL]
 
     def _server_worker(self, state: _ServerState) -> None:
         """Poll the server: the source of truth when the socket is quiet or gone."""
+        left_to_socket: set[str] = set()
         while not self.stop.is_set():
             ids = self._active_ids(state)
             if not ids:
@@ -462,6 +470,14 @@ class Tracker:
                 if any(o.kind == "unknown" for o in observations.values()):
                     state.log = read_log(state.client)  # read before the loop judges them
                 for obs in observations.values():
+                    # A job's socket that heard its start tells its end with its last
+                    # progress, a moment after the server's history has it: this poll
+                    # leaves it to the socket; the next one does not wait any longer.
+                    pid = obs.prompt_id
+                    told = pid in state.told_by_socket and pid not in left_to_socket
+                    if obs.kind == "finished" and told:
+                        left_to_socket.add(pid)
+                        continue
                     self.inbox.put(obs)
                 if reached:
                     reap_quietly(self.ledger, state.client)
@@ -579,6 +595,7 @@ class Tracker:
                 and self.records[job.prompt_id]["status"] == RUNNING
             )
             if not held or silent:
+                state.told_by_socket.discard(job.prompt_id)
                 self._hang_up(job)
                 job.next_connect = now + job.backoff.wait()
             return
@@ -629,13 +646,18 @@ class Tracker:
             messages = job.sock.read()
         except (OSError, ws.WebSocketError) as exc:
             log.debug("socket for %s dropped: %s", job.prompt_id, type(exc).__name__)
+            state.told_by_socket.discard(job.prompt_id)
             self._hang_up(job)
             job.next_connect = time.monotonic() + job.backoff.wait()
             return []
         if messages:
             job.heard = time.monotonic()
-        heard = (self._heard(state, job, m) for m in messages if isinstance(m, str))
-        return [obs for obs in heard if obs is not None]  # binary previews carry none
+        heard = []
+        for message in messages:
+            # Binary messages are previews: nothing about the job's state.
+            if isinstance(message, str) and (obs := self._heard(state, job, message)):
+                heard.append(obs)
+        return heard
 
     def _heard(self, state: _ServerState, job: _Listening, frame: str) -> Observation | None:
         obs = from_ws_text(frame, state.client.url, job.prompt_id)
@@ -645,6 +667,7 @@ class Tracker:
             # From execution_start on, this connection hears every output too, so
             # execution_success alone is the whole outcome (no /history read per job).
             job.heard_start, job.start_timing = True, obs.timing
+            state.told_by_socket.add(job.prompt_id)
         elif obs.kind == "succeeded":
             if not job.heard_start:  # outputs came before this connection: ask /history
                 return Observation("done", job.prompt_id, state.client.url, source="ws")

@@ -28,6 +28,7 @@ MAX_DRAIN = 4 * 1024 * 1024  # read at once before the other sockets get their t
 MAX_MESSAGE = 256 * 1024 * 1024  # a preview image is a few MB; more is not a ComfyUI server
 MAX_HEAD = 65536  # the handshake reply's header
 TEXT, BINARY, CLOSE, PING, PONG, CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
+WHOLE_TEXT = 0x80 | TEXT  # a frame's first byte: final, no reserved bits, text
 
 
 class WebSocketError(Exception):
@@ -190,7 +191,10 @@ class WebSocket:
         try:
             while bounds := _frame_bounds(buf, at):
                 start, end = bounds
-                message = self._frame_message(buf[at], buf[start:end])
+                if buf[at] == WHOLE_TEXT and not self._parts:  # nearly every frame: at once
+                    message: str | bytes | None = _text(buf[start:end])
+                else:
+                    message = self._frame_message(buf[at], buf[start:end])
                 at = end
                 if message is not None:
                     messages.append(message)
@@ -235,12 +239,14 @@ class WebSocket:
             opcode, payload, self._parts = self._opcode, bytearray().join(self._parts), []
         else:
             raise WebSocketError(f"unexpected frame (opcode {opcode})")
-        if opcode == BINARY:
-            return bytes(payload)
-        try:
-            return payload.decode()
-        except UnicodeDecodeError:
-            raise WebSocketError("text frame is not UTF-8") from None
+        return bytes(payload) if opcode == BINARY else _text(payload)
+
+
+def _text(payload: bytearray) -> str:
+    try:
+        return payload.decode()
+    except UnicodeDecodeError:
+        raise WebSocketError("text frame is not UTF-8") from None
 
 
 def _frame_bounds(buf: bytearray, at: int) -> tuple[int, int] | None:

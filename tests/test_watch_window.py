@@ -96,3 +96,49 @@ def test_what_is_told_before_a_timeout_is_flushed_before_it_is_raised(
         raise AssertionError("the tracker did not time out")
     assert f"state {SUCCESS}" in calls
     assert calls[-1] == "flush", calls[-5:]
+
+
+def test_a_poll_leaves_the_end_of_a_job_to_the_socket_that_heard_it_start(
+    ledger_path: Path,
+) -> None:
+    """A poll that finds a job finished reaches the tracker before the socket's last frames
+    (read up to READ_GAP later) and would end the job without its last progress lines. A
+    job whose socket heard its start is left to that socket by one poll (not by two: a
+    socket that missed the end must not keep the job open)."""
+    from comfyctl.ledger import Ledger
+    from comfyctl.records import SUCCESS, Observation, new_record
+
+    url = "http://127.0.0.1:9"
+    record = new_record("p" * 32, "gpu1", url, "c" * 32, None)
+    record.update(status="running", started_at=record["submitted_at"])
+    with Ledger(ledger_path).transaction() as tasks:
+        tasks.put(record)
+    polls: list[float] = []
+
+    class Client:  # a server whose /queue and /history say the job is done
+        def __init__(self) -> None:
+            self.url = url
+
+        def snapshot(self, ids: list[str]) -> dict[str, Observation]:
+            polls.append(time.monotonic())
+            return {pid: Observation("finished", pid, url, outcome=SUCCESS) for pid in ids}
+
+    def first_word(told_by_socket: bool) -> int:
+        polls.clear()
+        tracker = Tracker(
+            Ledger(ledger_path), [dict(record)], lambda r: Client(), WatchOptions(0.05), print
+        )
+        state = tracker.servers[url]
+        if told_by_socket:
+            state.told_by_socket.add(record["prompt_id"])
+        thread = threading.Thread(target=tracker._server_worker, args=(state,), daemon=True)
+        thread.start()
+        try:
+            assert tracker.inbox.get(timeout=5).kind == "finished"
+            return len(polls)
+        finally:
+            tracker.stop.set()
+            thread.join(5)
+
+    assert first_word(told_by_socket=False) == 1
+    assert first_word(told_by_socket=True) == 2
