@@ -699,6 +699,8 @@ class Tracker:
         renewal (one store call for all that ended meanwhile; nobody needs an ended job's
         lease). Closed first: the server must forget a socket before the next holder
         connects, or its cleanup would forget the next one's."""
+        if not jobs:
+            return  # most rounds: nothing ended
         for job in jobs:
             self._hang_up(job)
         held = {listen_lease(j.prompt_id) for j in jobs if self._held.pop(j.prompt_id, False)}
