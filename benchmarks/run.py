@@ -514,6 +514,27 @@ def bench_watch(jobs: int, servers: int, steps: int) -> None:
                 f"{cpu / max(progress, 1) * 1000:.2f} s",
                 f"total CPU {cpu:.1f} s",
             )
+            # What of that any watch costs: start-up (imports) and exit, with one job that
+            # is already finished (printed from the ledger, nothing followed).
+            floor = []
+            finished = events[-1]["prompt_id"]
+            for _ in range(5):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                subprocess.run(
+                    [sys.executable, "-m", "comfyctl", "watch", "--json", finished],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                floor.append(
+                    (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                )
+            report(
+                "watch: start-up and exit alone (one finished job)",
+                f"{statistics.median(floor):.2f} s",
+                f"{statistics.median(floor) / max(progress, 1) * 1000:.2f} s of the figure above",
+            )
     finally:
         for emu in emus:
             emu.stop()
