@@ -529,10 +529,17 @@ class Tracker:
                     self.stop.wait(1.0)
         finally:
             for state in self.servers.values():
-                self._let_go(list(state.listening.values()), now=True)
-                with state.handoff:  # a connection made after this, its connector closes
-                    while not state.connected.empty():
-                        _close_quietly(state.connected.get()[1])
+                with state.handoff:  # from here on, each connector closes what it connects
+                    for job, sock in _drain(state.connected):
+                        job.connecting = False
+                        _close_quietly(sock)
+                    for job in _drain(state.to_connect):
+                        if job is None:
+                            state.to_connect.put(None)  # for the connector: the end
+                        else:
+                            job.connecting = False  # never connected: let go of below
+                # A job being connected right now is its connector's to let go of.
+                self._let_go([j for j in state.listening.values() if not j.connecting], now=True)
             self._release_ended()  # what this loop let go of after the tracker's last call
             self._selector.close()
 
@@ -540,11 +547,10 @@ class Tracker:
         now = time.monotonic()
         for state in self.servers.values():
             jobs = state.listening
-            while not state.joining.empty():
-                job = state.joining.get()
+            for job in _drain(state.joining):
                 jobs[job.prompt_id] = job
-            while not state.connected.empty():
-                self._take_connection(state, *state.connected.get())
+            for job, sock in _drain(state.connected):
+                self._take_connection(state, job, sock)
             ended = [job for job in jobs.values() if job.stop.is_set()]
             for job in ended:
                 del jobs[job.prompt_id]
@@ -607,15 +613,27 @@ class Tracker:
         """Connect the jobs the listen loop hands over, for one server (a connection waits
         for the server's handshake reply, up to its connect timeout)."""
         while (job := state.to_connect.get()) is not None:  # None: the tracker stopped
-            try:
-                sock: ws.WebSocket | None = state.client.connect_ws(job.client_id)
-            except ServerError:
-                sock = None
+            sock = None
+            # Asked again now: the job may have waited behind others' slow handshakes.
+            if not (self.stop.is_set() or job.stop.is_set()) and self._held.get(job.prompt_id):
+                sock = self._connect(state, job)
             with state.handoff:
-                if self.stop.is_set():
-                    _close_quietly(sock)  # the listen loop is gone
-                else:
+                if not self.stop.is_set():
                     state.connected.put((job, sock))
+                    continue
+            # The listen loop has stopped: close first, then give up the lease (_let_go).
+            _close_quietly(sock)
+            if self._held.pop(job.prompt_id, False):
+                release_quietly(self.leases, {listen_lease(job.prompt_id)}, self.owner)
+
+    def _connect(self, state: _ServerState, job: _Listening) -> ws.WebSocket | None:
+        try:
+            return state.client.connect_ws(job.client_id)
+        except ServerError:
+            return None
+        except Exception as exc:  # a bug must not silently end this server's connections
+            log.warning("connecting to %s failed: %r", state.name, exc)
+            return None
 
     def _take_connection(
         self, state: _ServerState, job: _Listening, sock: ws.WebSocket | None
@@ -801,6 +819,13 @@ _FOLLOWED = (
     "outputs",
     "error",
 )
+
+
+def _drain(items: queue.Queue[Any]) -> list[Any]:
+    taken = []
+    while not items.empty():
+        taken.append(items.get())
+    return taken
 
 
 def _close_quietly(sock: ws.WebSocket | None) -> None:

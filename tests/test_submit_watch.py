@@ -534,3 +534,25 @@ def test_verbose_says_what_happens_on_stderr(emulator, workflow, run_comfyctl):
     assert proc.returncode == 0, proc.stderr
     assert "sending" in proc.stderr and "following 1 job(s)" in proc.stderr
     assert "comfyctl:" not in proc.stdout  # logging never goes to stdout
+
+
+def test_a_jobs_line_comes_before_its_downloads_messages(
+    emulator, workflow, tmp_path, run_comfyctl
+) -> None:
+    """watch writes its lines in one write per wake-up; a job's own line still goes out
+    before the files it downloads are reported (stdout and stderr on one terminal)."""
+    submitted = run_comfyctl("submit", workflow(), "-s", emulator.url, "--wait")
+    job = submitted.stdout.split()[0]
+    both = subprocess.run(
+        [sys.executable, "-m", "comfyctl", "watch", job, "--download", str(tmp_path / "o")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    lines = both.stdout.splitlines()
+    assert both.returncode == 0, lines
+    state = next(i for i, line in enumerate(lines) if line.startswith(job))
+    saved = next(i for i, line in enumerate(lines) if line.startswith("comfyctl: saved: "))
+    assert state < saved, lines

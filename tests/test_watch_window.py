@@ -3,6 +3,7 @@ sends every queue change to every open socket), and still hears every job's prog
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -142,3 +143,69 @@ def test_a_poll_leaves_the_end_of_a_job_to_the_socket_that_heard_it_start(
 
     assert first_word(told_by_socket=False) == 1
     assert first_word(told_by_socket=True) == 2
+
+
+def test_at_the_end_no_connection_starts_and_a_lease_goes_only_after_its_socket_closed(
+    ledger_path: Path, monkeypatch
+) -> None:
+    """Connections are made by each server's connector, the listen loop is elsewhere: when
+    the tracker stops, a job waiting for its connect is not connected any more, and the one
+    being connected keeps its lease until its socket is closed (the server must forget the
+    socket before the next holder connects as the same client_id)."""
+    from comfyctl import tracker as tracker_module
+    from comfyctl.errors import ServerUnreachable
+    from comfyctl.ledger import Ledger
+    from comfyctl.records import new_record
+
+    log: list[str] = []
+    url = "http://127.0.0.1:9"
+
+    class Socket:
+        def __init__(self, client_id: str) -> None:
+            self.client_id = client_id
+
+        def close(self) -> None:
+            log.append(f"close {self.client_id}")
+
+    class Client:  # a server whose handshakes take 1 s each, and whose HTTP is down
+        def __init__(self) -> None:
+            self.url = url
+
+        def snapshot(self, ids: list[str]) -> dict:
+            raise ServerUnreachable("slow", "timeout")
+
+        def connect_ws(self, client_id: str) -> Socket:
+            log.append(f"connect {client_id}")
+            time.sleep(1.0)
+            return Socket(client_id)
+
+    real_release = tracker_module.release_quietly
+
+    def release(store, names, owner) -> None:
+        log.extend(f"release {name}" for name in sorted(names))
+        real_release(store, names, owner)
+
+    monkeypatch.setattr(tracker_module, "release_quietly", release)
+    records = []
+    with Ledger(ledger_path).transaction() as tasks:
+        for i in range(3):
+            record = new_record(f"p{i}", "slow", url, f"c{i}", None)
+            record.update(status="running", started_at=record["submitted_at"])
+            tasks.put(record)
+            records.append(dict(record))
+    tracker = Tracker(
+        Ledger(ledger_path),
+        records,
+        lambda r: Client(),
+        WatchOptions(timeout=0.5, poll_interval=0.2),
+        lambda event: None,
+    )
+    with contextlib.suppress(TimeoutError):
+        tracker.run()
+    log.append("stopped")
+    time.sleep(2.5)  # the connect in flight ends; no other may start
+    started = [entry for entry in log if entry.startswith("connect")]
+    assert started == [log[0]] and log.index("stopped") > 0, log  # only the one in flight
+    first = started[0].split()[1]
+    job = "p" + first[1:]
+    assert log.index(f"close {first}") < log.index(f"release listen:{job}"), log

@@ -168,16 +168,19 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
             and record["status"] == SUCCESS
             and opts.download_dir
         ):
+            write_waiting()  # the job's line before its download's messages, not after it
             failed = download_all(app, [record], Path(opts.download_dir), opts.overwrite, tell)
             if failed is not None:
                 failed_downloads.append(failed)
 
     # Already finished jobs are reported at once, from the ledger.
-    for record in records:
-        if record["status"] in TERMINAL:
-            on_event(TrackerEvent("state", record))
-            notifier.finished(record)  # announced unless someone already did
-    write_waiting()
+    try:
+        for record in records:
+            if record["status"] in TERMINAL:
+                on_event(TrackerEvent("state", record))
+                notifier.finished(record)  # announced unless someone already did
+    finally:
+        write_waiting()  # also when a download or Ctrl-C ends it
     if live is not None:
         for record in records:
             live.update(record)  # pending jobs show from the start, not at their first event
