@@ -98,9 +98,6 @@ class _ServerState:
     client: ServerClient
     name: str
     prompt_ids: set[str] = field(default_factory=set)  # its jobs not yet ended here
-    # Jobs whose socket heard execution_start: that socket tells their end (written by
-    # the listen loop, read by the poller).
-    told_by_socket: set[str] = field(default_factory=set)
     fetch: queue.Queue[str | None] = field(default_factory=queue.Queue)
     # The listen loop's (Tracker._listen_loop, one for all servers): this server's jobs
     # handed to it and the ones it looks after. Its connector's (Tracker._connector): jobs
@@ -202,8 +199,8 @@ class Tracker:
                     if self.on_drained is not None:
                         self.on_drained()
                     if item is not None and self._open:
-                        # What the listen loops hear next is handled together: one
-                        # wake-up per READ_GAP, not one per loop that read something.
+                        # What the listen loop hears next is handled together: one
+                        # wake-up per READ_GAP, not one per batch it read.
                         time.sleep(READ_GAP)
                 if deadline is not None and now >= deadline:
                     self._announce()
@@ -405,7 +402,7 @@ class Tracker:
             self._spawn(self._connector, state, name=f"connect {url}")
         self._spawn(self._listen_loop, name="listen")
         if self.options.use_websocket:
-            # Every job's lease at once, in one store call: the listen loops then need
+            # Every job's lease at once, in one store call: the listen loop then needs
             # none (a job near the end of a queue is listened to once it nears its head).
             self._claim(sorted(self._open))
             self._spawn(self._renewer, name="leases")
@@ -420,11 +417,7 @@ class Tracker:
         for url, state in self.servers.items():
             if server_url is not None and url != server_url:
                 continue
-            active = [
-                self.records[pid]
-                for pid in tuple(state.prompt_ids)
-                if self.records[pid]["status"] not in TERMINAL
-            ]
+            active = [self.records[pid] for pid in self._active_ids(state)]
             queued = [r for r in active if r["status"] == PENDING and r.get("number") is not None]
             waiting = {r["prompt_id"] for r in queued}
             next_up = {r["prompt_id"] for r in heapq.nsmallest(LISTEN_AHEAD, queued, _queue_order)}
@@ -474,7 +467,7 @@ class Tracker:
                     # progress, a moment after the server's history has it: this poll
                     # leaves it to the socket; the next one does not wait any longer.
                     pid = obs.prompt_id
-                    told = pid in state.told_by_socket and pid not in left_to_socket
+                    told = pid not in left_to_socket and _socket_tells_end(state, pid)
                     if obs.kind == "finished" and told:
                         left_to_socket.add(pid)
                         continue
@@ -601,7 +594,6 @@ class Tracker:
                 and self.records[job.prompt_id]["status"] == RUNNING
             )
             if not held or silent:
-                state.told_by_socket.discard(job.prompt_id)
                 self._hang_up(job)
                 job.next_connect = now + job.backoff.wait()
             return
@@ -664,7 +656,6 @@ class Tracker:
             messages = job.sock.read()
         except (OSError, ws.WebSocketError) as exc:
             log.debug("socket for %s dropped: %s", job.prompt_id, type(exc).__name__)
-            state.told_by_socket.discard(job.prompt_id)
             self._hang_up(job)
             job.next_connect = time.monotonic() + job.backoff.wait()
             return []
@@ -685,7 +676,6 @@ class Tracker:
             # From execution_start on, this connection hears every output too, so
             # execution_success alone is the whole outcome (no /history read per job).
             job.heard_start, job.start_timing = True, obs.timing
-            state.told_by_socket.add(job.prompt_id)
         elif obs.kind == "succeeded":
             if not job.heard_start:  # outputs came before this connection: ask /history
                 return Observation("done", job.prompt_id, state.client.url, source="ws")
@@ -819,6 +809,13 @@ _FOLLOWED = (
     "outputs",
     "error",
 )
+
+
+def _socket_tells_end(state: _ServerState, prompt_id: str) -> bool:
+    """Whether the job has a socket that heard it start, so that will tell its end (the
+    poller asks the listen loop's own records: one lookup, safe from another thread)."""
+    job = state.listening.get(prompt_id)
+    return job is not None and job.sock is not None and job.heard_start
 
 
 def _drain(items: queue.Queue[Any]) -> list[Any]:

@@ -13,7 +13,7 @@ from workflows import slow_graph
 
 from comfyctl.context import AppContext
 from comfyctl.emulator import Emulator
-from comfyctl.tracker import LISTEN_AHEAD, Tracker, TrackerEvent, WatchOptions
+from comfyctl.tracker import LISTEN_AHEAD, Tracker, TrackerEvent, WatchOptions, _Listening
 
 
 def wait_until(predicate, timeout: float = 20.0) -> None:
@@ -116,6 +116,9 @@ def test_a_poll_leaves_the_end_of_a_job_to_the_socket_that_heard_it_start(
         tasks.put(record)
     polls: list[float] = []
 
+    class Socket:  # stands for a connected WebSocket (never read: no listen loop runs)
+        pass
+
     class Client:  # a server whose /queue and /history say the job is done
         def __init__(self) -> None:
             self.url = url
@@ -130,8 +133,10 @@ def test_a_poll_leaves_the_end_of_a_job_to_the_socket_that_heard_it_start(
             Ledger(ledger_path), [dict(record)], lambda r: Client(), WatchOptions(0.05), print
         )
         state = tracker.servers[url]
-        if told_by_socket:
-            state.told_by_socket.add(record["prompt_id"])
+        if told_by_socket:  # the listen loop's socket for it heard execution_start
+            job = _Listening(record["prompt_id"], record["client_id"], threading.Event())
+            job.sock, job.heard_start = Socket(), True
+            state.listening[job.prompt_id] = job
         thread = threading.Thread(target=tracker._server_worker, args=(state,), daemon=True)
         thread.start()
         try:
