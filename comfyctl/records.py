@@ -196,6 +196,19 @@ def apply(record: Record, obs: Observation, server_name: str | None = None) -> b
         return False
     if status == LOST and record.get("superseded_by"):
         return False  # it is to be cancelled, not revived: see settle_superseded
+    if (
+        obs.kind == "progress"
+        and status == RUNNING
+        and record["started_at"]
+        and obs.value is not None
+        and obs.max
+    ):
+        # Most of what a watch hears: only the progress can change (the branch below
+        # comes to the same, comparing the whole record before and after).
+        changed = _record_progress(record, obs, server_name or record["server"])
+        if changed:
+            record["updated_at"] = obs.at
+        return changed
     before = _fingerprint(record)
     if status == LOST and obs.kind != "lost":
         # The server knows it after all: "lost" (its error, its end) no longer holds.
@@ -310,6 +323,7 @@ def superseded_unsettled(record: Record) -> bool:
 def _fingerprint(record: Record) -> tuple[Any, ...]:
     return (
         record["status"],
+        record["started_at"],
         record["progress"],
         len(record["outputs"]),
         record["error"],
@@ -323,7 +337,8 @@ def _mark_running(record: Record, at: str) -> None:
     record["started_at"] = record["started_at"] or at
 
 
-def _record_progress(record: Record, obs: Observation, server_name: str) -> None:
+def _record_progress(record: Record, obs: Observation, server_name: str) -> bool:
+    """Whether the progress moved (then it is recorded, with when)."""
     assert obs.value is not None and obs.max
     current = record["progress"] or {}
     if (current.get("value"), current.get("max"), current.get("node")) == (
@@ -331,7 +346,7 @@ def _record_progress(record: Record, obs: Observation, server_name: str) -> None
         obs.max,
         obs.node,
     ):
-        return  # nothing moved: the time of the last change stays what it was
+        return False  # nothing moved: the time of the last change stays what it was
     percent = round(100.0 * obs.value / obs.max, 2)
     record["progress"] = {
         "value": obs.value,
@@ -345,6 +360,7 @@ def _record_progress(record: Record, obs: Observation, server_name: str) -> None
         {"at": obs.at, "value": obs.value, "max": obs.max, "node": obs.node, "server": server_name}
     )
     del history[:-PROGRESS_HISTORY_LIMIT]
+    return True
 
 
 def _merge_outputs(record: Record, outputs: dict[str, Any]) -> None:

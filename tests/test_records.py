@@ -372,3 +372,31 @@ def test_a_superseded_job_is_settled_only_by_settle_superseded() -> None:
     assert settle_superseded(record, Observation("cancelled", "p", "http://b"))
     assert record["status"] == CANCELLED and "q" in record["error"]["message"]
     assert not superseded_unsettled(record)
+
+
+_STEP = st.builds(
+    Observation,
+    kind=st.sampled_from(["progress", "progress", "progress", "executing", "running", "queued"]),
+    prompt_id=st.just(PID),
+    server_url=st.just(A),
+    at=st.sampled_from([AT, "2026-11-30T12:00:01.000+00:00"]),
+    node=st.sampled_from([None, "3", "4"]),
+    value=st.sampled_from([None, 0, 1, 2, 20]),
+    max=st.sampled_from([None, 0, 20]),
+    number=st.sampled_from([None, 7]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([SUBMITTING, PENDING, RUNNING, LOST]), st.lists(_STEP, max_size=12))
+def test_apply_says_whether_it_changed_the_record(status: str, steps: list[Observation]) -> None:
+    """What a watch does with apply's answer (write the record, print a line) holds only
+    if True means changed and False means untouched, on every path through it."""
+    rec = record(status=status)
+    for obs in steps:
+        before = copy.deepcopy(rec)
+        changed = apply(rec, obs, "gpu1")
+        if changed:
+            assert rec != before and rec["updated_at"] == obs.at
+        else:
+            assert rec == before
