@@ -299,7 +299,8 @@ class Tracker:
             writes.append(obs)
         if record["status"] != before_status:
             self._stalled.discard(obs.prompt_id)
-            self._start_listeners(record["server_url"])
+            if before_status != RUNNING:  # it left the queue: which jobs are next changed
+                self._start_listeners(record["server_url"])
             if record["status"] in TERMINAL:
                 self._ended_now(record)
                 self._ended.append(record)  # told about once it is on disk: _announce
@@ -338,7 +339,8 @@ class Tracker:
             return
         self._stalled.discard(record["prompt_id"])
         if record["status"] != before:
-            self._start_listeners(record["server_url"])
+            if before != RUNNING:  # it left the queue: which jobs are next changed
+                self._start_listeners(record["server_url"])
             if record["status"] in TERMINAL:
                 self._ended_now(record)
                 if self.on_finished is not None:
