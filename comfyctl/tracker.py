@@ -143,7 +143,7 @@ class Tracker:
         self._job_stops: dict[str, threading.Event] = {}
         self._ended: list[Record] = []  # ended, not yet on disk nor announced
         self._open = {r["prompt_id"] for r in records if r["status"] not in TERMINAL}
-        self._releasing: set[str] = set()  # leases of ended jobs, given up by _renewer
+        self._releasing: set[str] = set()  # leases of ended jobs, given up by _renew
         self._releasing_lock = threading.Lock()
         self._last_stall_check = 0.0
         self._ended_at = 0.0
@@ -151,9 +151,9 @@ class Tracker:
         self.leases = leases_for(ledger)
         self.owner = new_owner("watch")
         self._held: dict[str, bool] = {}  # prompt_id -> we hold its listen lease
+        self._claiming = threading.Lock()  # see _claim
         self._seen: dict[str, tuple[Any, ...]] = {}  # what _observe last handed on
         self._selector = selectors.DefaultSelector()  # the listen loop's sockets
-        self._last_look = 0.0  # when the listen loop last read the store for followers
         for record in records:
             url = record["server_url"]
             if url not in self.servers:
@@ -404,10 +404,10 @@ class Tracker:
             self._spawn(self._connector, state, name=f"connect {url}")
         self._spawn(self._listen_loop, name="listen")
         if self.options.use_websocket:
-            # Every job's lease at once, in one store call: the listen loop then needs
-            # none (a job near the end of a queue is listened to once it nears its head).
+            # Every job's lease at once, in one store call (a job near the end of a queue
+            # is listened to once it nears its head, its lease already held).
             self._claim(sorted(self._open))
-            self._spawn(self._renewer, name="leases")
+        self._spawn(self._store_keeper, name="leases")
         self._start_listeners()
 
     def _start_listeners(self, server_url: str | None = None) -> None:
@@ -507,14 +507,16 @@ class Tracker:
                 self.stop.wait(delay)
 
     def _listen_loop(self) -> None:
-        """Every job this tracker listens to, on every server, in one thread: claims their
-        leases, keeps one WebSocket per held job (as its client_id, reconnecting with
-        backoff when it drops) and reads whichever has a frame; jobs another process holds
-        are followed through what that process writes to the store, and taken over when
-        it is gone. One thread for all servers: what they send at about the same time is
-        one wake-up of this loop and of the tracker, not one per server. It never waits
-        on a server: each server's connector makes its connections (a server slow to
-        answer holds up only its own jobs), and sockets are read without blocking."""
+        """Every job this tracker listens to, on every server, in one thread: keeps one
+        WebSocket per job whose lease it holds (as the job's client_id, reconnecting with
+        backoff when it drops) and reads whichever has a frame. One thread for all
+        servers: what they send at about the same time is one wake-up of this loop and of
+        the tracker, not one per server. It never waits on a server nor on the store: each
+        server's connector makes its connections (a server slow to answer holds up only
+        its own jobs), the leases thread makes the store calls (_store_keeper: claims,
+        and following the jobs another process holds), and sockets are read without
+        blocking. A socket left unread would also hold up the server: ComfyUI sends every
+        client's messages from one loop, which waits while a socket's buffer is full."""
         try:
             while not self.stop.is_set():
                 try:
@@ -523,6 +525,7 @@ class Tracker:
                     log.warning("listening failed: %r", exc)
                     self.stop.wait(1.0)
         finally:
+            self._claiming.acquire()  # a claim in flight now lets go of its leases itself
             for state in self.servers.values():
                 with state.handoff:  # from here on, each connector closes what it connects
                     for job, sock in _drain(state.connected):
@@ -537,6 +540,7 @@ class Tracker:
                 self._let_go([j for j in state.listening.values() if not j.connecting], now=True)
             self._release_ended()  # what this loop let go of after the tracker's last call
             self._selector.close()
+            self._claiming.release()
 
     def _listen_round(self) -> None:
         now = time.monotonic()
@@ -550,26 +554,12 @@ class Tracker:
             for job in ended:
                 del jobs[job.prompt_id]
             self._let_go(ended)
-        listened = [job for state in self.servers.values() for job in state.listening.values()]
-        due = [
-            job
-            for job in listened
-            if not self._held.get(job.prompt_id) and now - job.last_claim >= CLAIM_EVERY
-        ]
-        if due and self.options.use_websocket:
-            for job in due:
-                job.last_claim = now
-            self._claim([job.prompt_id for job in due])
-        following = [job.prompt_id for job in listened if not self._held.get(job.prompt_id)]
-        if following and now - self._last_look >= OBSERVE_EVERY:
-            self._last_look = now
-            self._observe(following)
         for state in self.servers.values():
             for job in state.listening.values():
                 self._keep_connected(state, job, now)
         selector = self._selector
         if not selector.get_map():
-            self.stop.wait(OBSERVE_EVERY if following else 0.1)
+            self.stop.wait(0.1)
             return
         # Frames for a while, then the bookkeeping above again (not once per frame); what
         # one wake-up brought goes to the tracker in one batch.
@@ -731,34 +721,69 @@ class Tracker:
             release_quietly(self.leases, names, self.owner)
 
     def _claim(self, prompt_ids: list[str]) -> None:
-        try:
-            won = claim_all(self.leases, [listen_lease(pid) for pid in prompt_ids], self.owner)
-        except ComfyctlError as exc:  # e.g. LedgerLocked: try again later
-            log.debug("leases: %s", exc)
-            return
-        for pid in prompt_ids:
-            if listen_lease(pid) in won:
-                log.info("holding the lease of %s (%s)", pid, self.owner)
-                self._held[pid] = True
+        # Under _claiming: what is held when the listen loop ends is let go of there; a
+        # claim that comes back after the end gives its leases up itself.
+        with self._claiming:
+            if self.stop.is_set():
+                return
+            try:
+                names = [listen_lease(pid) for pid in prompt_ids]
+                won = claim_all(self.leases, names, self.owner)
+            except ComfyctlError as exc:  # e.g. LedgerLocked: try again later
+                log.debug("leases: %s", exc)
+                return
+            if self.stop.is_set():
+                release_quietly(self.leases, won, self.owner)
+                return
+            for pid in prompt_ids:
+                if listen_lease(pid) in won:
+                    log.info("holding the lease of %s (%s)", pid, self.owner)
+                    self._held[pid] = True
 
-    def _renewer(self) -> None:
+    def _store_keeper(self) -> None:
+        """What the listen loop needs of the store, in a thread of its own: a store call
+        takes as long as the store does (PostgreSQL's one connection is also the ledger
+        writes', which may wait on another host's row lock), and the sockets are read on
+        time all the while. Every OBSERVE_EVERY: the jobs another process holds are looked
+        at in the store and their leases tried again every CLAIM_EVERY; every RENEW_EVERY,
+        the leases this tracker holds are renewed (one call) and ended ones given up."""
+        renewed = time.monotonic()
+        while not self.stop.wait(OBSERVE_EVERY):
+            now = time.monotonic()
+            listened = [job for s in self.servers.values() for job in list(s.listening.values())]
+            due = [
+                job
+                for job in listened
+                if not self._held.get(job.prompt_id) and now - job.last_claim >= CLAIM_EVERY
+            ]
+            if due and self.options.use_websocket:
+                for job in due:
+                    job.last_claim = now
+                self._claim([job.prompt_id for job in due])
+            following = [job.prompt_id for job in listened if not self._held.get(job.prompt_id)]
+            if following:
+                self._observe(following)
+            if now - renewed >= RENEW_EVERY:
+                renewed = now
+                self._renew()
+
+    def _renew(self) -> None:
         """Keep every lease this tracker holds alive, all in one store call; a lease
         someone else took (we were too slow to renew) is given up, so two processes never
         listen to one job."""
-        while not self.stop.wait(RENEW_EVERY):
-            self._release_ended()
-            held = [pid for pid, mine in list(self._held.items()) if mine]
-            if not held:
-                continue
-            try:
-                kept = self.leases.claim_leases([listen_lease(p) for p in held], self.owner, TTL)
-            except ComfyctlError as exc:
-                log.debug("renewing leases: %s", exc)
-                continue
-            for pid in held:
-                if listen_lease(pid) not in kept and self._held.get(pid):
-                    log.info("lost the lease of %s to another process", pid)
-                    self._held[pid] = False
+        self._release_ended()
+        held = [pid for pid, mine in list(self._held.items()) if mine]
+        if not held:
+            return
+        try:
+            kept = self.leases.claim_leases([listen_lease(p) for p in held], self.owner, TTL)
+        except ComfyctlError as exc:
+            log.debug("renewing leases: %s", exc)
+            return
+        for pid in held:
+            if listen_lease(pid) not in kept and self._held.get(pid):
+                log.info("lost the lease of %s to another process", pid)
+                self._held[pid] = False
 
     def _observe(self, prompt_ids: list[str]) -> None:
         """One look at the store for the jobs another process listens to: hand on what

@@ -4,6 +4,7 @@ when the holder dies. Real subprocesses on a real socket, SIGKILL included."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import requests
 from workflows import slow_graph
 
+from comfyctl.emulator import Emulator
 from comfyctl.lease import claim, leases_for, listen_lease, live_holder, new_owner
 from comfyctl.ledger import Ledger
 
@@ -196,3 +198,88 @@ def test_a_lease_is_one_holders_and_a_dead_holders_is_taken_over(ledger_path):
     assert leases.claim_leases([name], mine, 0.05)
     time.sleep(0.1)
     assert leases.lease(name) is None and claim(leases, name, other)  # expired
+
+
+class _SlowLooks:
+    """A store whose reads for followers and lease claims take ``delay`` (PostgreSQL's one
+    connection is the ledger writes' too, and one may wait on another host's row lock)."""
+
+    def __init__(self, store: Ledger, delay: float) -> None:
+        self._store, self.delay, self.slow = store, delay, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def load(self):
+        if self.slow:
+            time.sleep(self.delay)
+        return self._store.load()
+
+    def claim_leases(self, names, owner, ttl):
+        if self.slow:
+            time.sleep(self.delay)
+        return self._store.claim_leases(names, owner, ttl)
+
+
+def test_a_slow_store_never_holds_up_reading_the_sockets(tmp_path, ledger_path, invoke):
+    """A watch that follows one job (another process holds it) and listens to another:
+    however long its looks at the store take, the socket of the job it listens to is read
+    on time (the store is the leases thread's to wait for, never the listen loop's)."""
+    from comfyctl.context import AppContext
+    from comfyctl.tracker import Tracker, WatchOptions
+
+    followed_on, listened_on = Emulator().start(), Emulator().start()
+    try:
+        wf = tmp_path / "wf.json"
+        wf.write_text(json.dumps(slow_graph(steps=30, seconds=0.1)))
+        followed = invoke("submit", str(wf), "-s", followed_on.url).stdout.strip()
+        listened = invoke("submit", str(wf), "-s", listened_on.url).stdout.strip()
+        app = AppContext(ledger_path=ledger_path)
+        assert claim(app.ledger, listen_lease(followed), "elsewhere:1:watch:x", ttl=600)
+        store = _SlowLooks(app.ledger, delay=2.0)
+        heard: list[float] = []
+
+        def on_event(event) -> None:
+            if event.kind == "progress" and event.record["prompt_id"] == listened:
+                heard.append(time.monotonic())
+
+        records = [app.ledger.get(followed), app.ledger.get(listened)]
+        tracker = Tracker(store, records, app.client_for_record, WatchOptions(), on_event)
+        store.slow = True
+        tracker.run()
+        for thread in tracker._threads:  # a slow store call may still be out: not in others' tests
+            thread.join(5)
+    finally:
+        followed_on.stop()
+        listened_on.stop()
+    assert tracker.records[listened]["status"] == "success"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(heard)]
+    assert len(heard) >= 10 and max(gaps) < 1.0, gaps
+
+
+def test_a_claim_that_comes_back_after_the_end_gives_its_leases_up(ledger_path, invoke, tmp_path):
+    """The leases thread may be in a claim when the tracker stops: the listen loop has let
+    go of what was held by then, so what that claim won is given up at once (else the
+    next watcher of the job would wait for the lease to expire)."""
+    from comfyctl.context import AppContext
+    from comfyctl.lease import live_holder
+    from comfyctl.tracker import Tracker, WatchOptions
+
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(slow_graph(steps=1, seconds=0.1)))
+    with Emulator() as emu:
+        pid = invoke("submit", str(wf), "-s", emu.url).stdout.strip()
+    app = AppContext(ledger_path=ledger_path)
+    tracker: Tracker
+
+    class StopsMidClaim(_SlowLooks):
+        def claim_leases(self, names, owner, ttl):
+            won = super().claim_leases(names, owner, ttl)
+            tracker.stop.set()  # the end comes while this call is out
+            return won
+
+    store = StopsMidClaim(app.ledger, delay=0.0)
+    tracker = Tracker(store, [app.ledger.get(pid)], app.client_for_record, WatchOptions(), print)
+    tracker._claim([pid])
+    assert not tracker._held.get(pid)
+    assert live_holder(leases_for(app.ledger), listen_lease(pid)) is None
