@@ -749,23 +749,31 @@ class Tracker:
         the leases this tracker holds are renewed (one call) and ended ones given up."""
         renewed = time.monotonic()
         while not self.stop.wait(OBSERVE_EVERY):
-            now = time.monotonic()
-            listened = [job for s in self.servers.values() for job in list(s.listening.values())]
-            due = [
-                job
-                for job in listened
-                if not self._held.get(job.prompt_id) and now - job.last_claim >= CLAIM_EVERY
-            ]
-            if due and self.options.use_websocket:
-                for job in due:
-                    job.last_claim = now
-                self._claim([job.prompt_id for job in due])
-            following = [job.prompt_id for job in listened if not self._held.get(job.prompt_id)]
-            if following:
-                self._observe(following)
-            if now - renewed >= RENEW_EVERY:
-                renewed = now
-                self._renew()
+            try:
+                now = time.monotonic()
+                if now - renewed >= RENEW_EVERY:
+                    renewed = now
+                    self._renew()
+                self._follow_others(now)
+            except Exception as exc:  # a bug must not silently end the renewals
+                log.warning("keeping the leases failed: %r", exc)
+
+    def _follow_others(self, now: float) -> None:
+        """The listened jobs whose lease this tracker does not hold: claimed again every
+        CLAIM_EVERY, and what their holder wrote handed on."""
+        listened = [job for s in self.servers.values() for job in list(s.listening.values())]
+        due = [
+            job
+            for job in listened
+            if not self._held.get(job.prompt_id) and now - job.last_claim >= CLAIM_EVERY
+        ]
+        if due and self.options.use_websocket:
+            for job in due:
+                job.last_claim = now
+            self._claim([job.prompt_id for job in due])
+        following = [job.prompt_id for job in listened if not self._held.get(job.prompt_id)]
+        if following:
+            self._observe(following)
 
     def _renew(self) -> None:
         """Keep every lease this tracker holds alive, all in one store call; a lease

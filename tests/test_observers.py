@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -283,3 +284,39 @@ def test_a_claim_that_comes_back_after_the_end_gives_its_leases_up(ledger_path, 
     tracker._claim([pid])
     assert not tracker._held.get(pid)
     assert live_holder(leases_for(app.ledger), listen_lease(pid)) is None
+
+
+def test_the_leases_thread_outlives_an_unexpected_error(ledger_path, invoke, tmp_path):
+    """A bug in following another holder's job must not end the renewals of the leases
+    this watch holds: they would expire, and a second watcher would connect as the job's
+    client_id beside this one."""
+    from comfyctl.context import AppContext
+    from comfyctl.tracker import RENEW_EVERY, Tracker, WatchOptions
+
+    def a_bug(prompt_ids: list[str]) -> None:
+        raise RuntimeError("a bug")
+
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(slow_graph(steps=40, seconds=0.1)))
+    with Emulator() as followed_on, Emulator() as listened_on:
+        followed = invoke("submit", str(wf), "-s", followed_on.url).stdout.strip()
+        listened = invoke("submit", str(wf), "-s", listened_on.url).stdout.strip()
+        app = AppContext(ledger_path=ledger_path)
+        assert claim(app.ledger, listen_lease(followed), "elsewhere:1:watch:x", ttl=600)
+        records = [app.ledger.get(followed), app.ledger.get(listened)]
+        tracker = Tracker(app.ledger, records, app.client_for_record, WatchOptions(), print)
+        tracker._observe = a_bug  # type: ignore[method-assign]
+        runner = threading.Thread(target=tracker.run, daemon=True)
+        runner.start()
+        try:
+            time.sleep(0.5)
+            first = app.ledger.lease(listen_lease(listened))
+            time.sleep(2 * RENEW_EVERY)
+            later = app.ledger.lease(listen_lease(listened))
+        finally:
+            runner.join(30)  # both jobs end in about 4 s
+            for thread in tracker._threads:
+                thread.join(5)
+    assert not runner.is_alive()
+    assert first is not None and later is not None and later.owner == tracker.owner
+    assert later.expires_at > first.expires_at  # renewed after the errors
