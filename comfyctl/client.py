@@ -159,6 +159,7 @@ class ServerClient:
                     _read_body(resp, time.monotonic() + read_timeout)
             except requests.exceptions.RequestException as exc:
                 error = self._failure(exc)
+                log.debug("%s %s%s -> %s", method, self.url, path, error.reason)
                 # A read may be retried when nothing was sent, or the connection was cut
                 # (not when it timed out: a hanging server stays hanging).
                 again = isinstance(error, ServerUnreachable) or (
@@ -171,6 +172,7 @@ class ServerClient:
                     continue
                 raise error from None
             except _SlowBody:
+                log.debug("%s %s%s -> too slow", method, self.url, path)
                 raise ServerTimeout(self.spec.name, "timeout") from None
             log.debug("%s %s%s -> %s", method, self.url, path, resp.status_code)
             if resp.status_code in RETRY_STATUSES and attempt < retries:

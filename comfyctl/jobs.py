@@ -75,7 +75,7 @@ def refresh(
     from comfyctl.submission import settle_submitting
     from comfyctl.supersede import originals, reap_servers
 
-    settle_submitting(ledger, client_for, records)
+    settle_submitting(ledger, client_for, records, deadline)
     # Superseded jobs are cancelled where they still are, and so settled, not refreshed.
     if records:
         reap_servers(ledger, client_for, originals(ledger, {r["server_url"] for r in records}))

@@ -121,6 +121,19 @@ def submitter_gone(record: Record) -> bool:
     return False
 
 
+def never_arrived(record: Record) -> Observation:
+    """The verdict on a write-ahead record whose submitter is gone (``submitter_gone``)
+    when its server does not know the job: the submit never reached it."""
+    return Observation(
+        "lost",
+        record["prompt_id"],
+        record["server_url"],
+        error=job_error(
+            "submit_failed", "The submitting process died and the server never got the job."
+        ),
+    )
+
+
 def view_url(server_url: str, filename: str, subfolder: str, kind: str) -> str:
     """The /view URL of one output, always on the job's own server."""
     query = urlencode({"filename": filename, "subfolder": subfolder, "type": kind})

@@ -24,12 +24,14 @@ from comfyctl.errors import (
     WorkflowInvalid,
     WorkflowRejected,
 )
+from comfyctl.jobs import REFRESH_DEADLINE, apply_observations, by_server
 from comfyctl.records import (
     REJECTED,
     SUBMITTING,
     Observation,
     apply,
     job_error,
+    never_arrived,
     new_record,
     now_iso,
     submitter_gone,
@@ -277,30 +279,33 @@ def _by_node(lines: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def settle_submitting(
-    ledger: Store, client_for: Callable[[Record], ServerClient], records: list[Record]
+    ledger: Store,
+    client_for: Callable[[Record], ServerClient],
+    records: list[Record],
+    deadline: float = REFRESH_DEADLINE,
 ) -> int:
-    """Settle write-ahead records left by a crashed submit, asking each one's own server.
-    Returns how many were settled."""
+    """Settle write-ahead records left by a crashed submit, asking each one's own server
+    (one round per server, all at once, none waited for longer than ``deadline``: a
+    server that does not answer leaves its records as they are). The records are
+    updated in place; returns how many were settled."""
+    from comfyctl.fanout import fan_out
+
     orphans = [r for r in records if r["status"] == SUBMITTING and submitter_gone(r)]
-    settled = 0
+    groups = by_server(orphans)
+    if not groups:
+        return 0
+
+    def ask(url: str) -> list[Observation]:
+        group = groups[url]
+        heard = client_for(group[0]).snapshot([r["prompt_id"] for r in group])
+        return [
+            never_arrived(r) if heard[r["prompt_id"]].kind == "unknown" else heard[r["prompt_id"]]
+            for r in group
+        ]
+
+    answers = fan_out(groups, ask, deadline, name=lambda url: groups[url][0]["server"])
+    observations = [obs for answer in answers.values() for obs in answer.value or []]
+    changed = apply_observations(ledger, observations, when=lambda r: r["status"] == SUBMITTING)
     for record in orphans:
-        try:
-            obs = client_for(record).status(record["prompt_id"])
-        except ServerError:
-            continue
-        if obs.kind == "unknown":
-            obs = Observation(
-                "lost",
-                record["prompt_id"],
-                record["server_url"],
-                error=job_error(
-                    "submit_failed", "The submitting process died and the server never got the job."
-                ),
-            )
-        with ledger.transaction() as tasks:
-            stored = tasks.get(record["prompt_id"])
-            if stored is not None and stored["status"] == SUBMITTING and apply(stored, obs):
-                tasks.put(stored)
-                record.update(stored)
-                settled += 1
-    return settled
+        record.update(changed.get(record["prompt_id"], {}))
+    return len(changed)

@@ -47,6 +47,7 @@ from comfyctl.records import (
     age_seconds,
     apply,
     job_error,
+    never_arrived,
     progress_changed_at,
     submitter_gone,
 )
@@ -358,6 +359,8 @@ class Tracker:
         self._unknown_count[record["prompt_id"]] = count
         if count < 2:
             return obs
+        if record["status"] == SUBMITTING:  # its submitter is gone: the submit never arrived
+            return never_arrived(record)
         # Lost in a restart only on proof; else forgotten (its history or queue entry was
         # deleted), which recover does not resubmit unless asked (comfyctl.restart).
         server_log = self.servers[record["server_url"]].log

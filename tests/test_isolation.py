@@ -123,3 +123,33 @@ def test_a_server_that_never_answers_a_handshake_does_not_hold_up_b_s_events(
     progress_b = [e for e in events if e.get("prompt_id") == job_b and e["event"] == "progress"]
     assert len(progress_b) >= 10  # every step, from B's socket
     assert_b_reported_within_a_poll(b, job_b, events)
+
+
+def test_crashed_submits_on_a_hung_server_do_not_hold_up_b(
+    emulator_factory, invoke, tmp_path, ledger_path
+):
+    """Write-ahead records that a crashed submit left on A are settled by asking A; while
+    A hangs, that must hold up only A's jobs (it held up everything: watch asked A about
+    each such job in turn, a whole timeout each, before it followed any job)."""
+    from comfyctl.records import new_record
+
+    a, b = emulator_factory(), emulator_factory()
+    short_wf = tmp_path / "short.json"
+    short_wf.write_text(json.dumps(graph(10, 0.1)))
+    (job_b,) = invoke("submit", str(short_wf), "-s", b.url).stdout.split()
+    orphans = [new_record(f"{n}" * 32, "a", a.url, "c" * 32, None) for n in (1, 2)]
+    with Ledger(ledger_path).transaction() as tasks:
+        for orphan in orphans:
+            orphan["submitter"] = {"finished": True}  # it gave up: nobody else settles it
+            tasks.put(orphan)
+    a.faults.http_hang = True
+    try:
+        ids = [o["prompt_id"] for o in orphans]
+        result = invoke(
+            "watch", *ids, job_b, "--json", "--poll-interval", str(POLL), "--timeout", "4"
+        )
+    finally:
+        a.faults.clear()
+    assert result.exit_code == 5, result.stderr  # A's jobs are still not settled
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert_b_reported_within_a_poll(b, job_b, events)

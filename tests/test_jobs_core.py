@@ -106,6 +106,10 @@ def test_history_no_refresh_makes_no_request(listener, ledger_path, invoke):
         ("history", running, "--no-refresh"),
         ("history", "--no-refresh"),
         ("history", "--no-refresh", "--json"),
+        # A list's default is no refresh: a crashed submit's record is shown as it is,
+        # not settled by asking its server (which may hang for its whole timeout).
+        ("history",),
+        ("history", "--status", "pending"),
     ):
         result = invoke(*args)
         assert result.exit_code == 0, (args, result.stderr)

@@ -82,6 +82,7 @@ def test_garbled_or_dropped_reply_keeps_the_job(
     result = invoke("submit", wf, "-s", "a")
     confirmed = bool(routes)
     assert result.exit_code == (0 if confirmed else ExitCode.UNCERTAIN), result.stderr
+    assert result.stderr.count("is uncertain") == (0 if confirmed else 1), result.stderr
     [pid] = result.stdout.split()
     record = Ledger(ledger_path).get(pid)
     assert record is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -556,3 +557,50 @@ def test_a_jobs_line_comes_before_its_downloads_messages(
     state = next(i for i, line in enumerate(lines) if line.startswith(job))
     saved = next(i for i, line in enumerate(lines) if line.startswith("comfyctl: saved: "))
     assert state < saved, lines
+
+
+@pytest.mark.parametrize(
+    "option", [("--timeout", "2"), ("--download", "out"), ("--exec", "true"), ("--fail-on-stall",)]
+)
+def test_following_options_without_wait_are_usage_errors(
+    invoke, emulator, workflow, ledger_path, option
+):
+    """submit follows nothing without --wait: an option about following (which a script
+    would trust to bound or act on the run) is refused, not silently ignored."""
+    result = invoke("submit", workflow(), "-s", emulator.url, *option)
+    assert result.exit_code == 2, result.stderr
+    assert option[0] in result.stderr and "--wait" in result.stderr
+    assert len(Ledger(ledger_path).load()) == 0  # nothing was sent
+
+
+def test_submit_wait_timeout_counts_from_the_start(invoke, emulator, workflow, ledger_path):
+    """--timeout is "give up after this long" for the whole command: time spent submitting
+    counts (a submit whose reply hangs is uncertain, then followed for what is left)."""
+    emulator.faults.reply, emulator.faults.reply_routes = "freeze", ("POST /prompt",)
+    config = Path(os.environ["COMFYCTL_CONFIG"])
+    config.write_text(f'[servers.a]\nurl = "{emulator.url}"\ntimeout = 1.0\n')
+    started = time.monotonic()
+    result = invoke("submit", workflow(), "-s", "a", "--wait", "--timeout", "3")
+    took = time.monotonic() - started
+    emulator.faults.clear()
+    assert result.exit_code == 5, result.stderr
+    assert took < 4.2, took  # the submit's 2 x 1 s, then what is left of 3 s; not 3 s more
+
+
+def test_verbose_names_requests_that_failed_too(workflow, run_comfyctl, ledger_path):
+    """-vv shows each request with its answer; one that got none (refused, timed out) is
+    shown with why, so a long wait on a hanging server is not a silent one."""
+    import socket
+
+    from comfyctl.records import new_record
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    record = new_record("d" * 32, "gone", url, "c" * 32, None)
+    record["status"] = "running"
+    with Ledger(ledger_path).transaction() as tasks:
+        tasks.put(record)
+    proc = run_comfyctl("-vv", "history", record["prompt_id"])
+    assert proc.returncode == 0, proc.stderr
+    assert f"GET {url}/api/jobs -> refused" in proc.stderr, proc.stderr

@@ -45,19 +45,33 @@ class FollowOptions:
 
     @classmethod
     def from_params(cls, params: dict[str, Any], fmt: str) -> FollowOptions:
-        names = (
-            "timeout",
-            "stall_timeout",
-            "fail_on_stall",
-            "poll_interval",
-            "download_dir",
-            "overwrite",
-            "no_websocket",
-            "exec_command",
-            "exec_timeout",
-            "webhooks",
-        )
-        return cls(**{n: params[n] for n in names}, fmt=fmt)
+        return cls(**{n: params[n] for n in FOLLOW_PARAMS}, fmt=fmt)
+
+
+# The options of watch_options and hook_options (comfyctl.options), by parameter name.
+FOLLOW_PARAMS = (
+    "timeout",
+    "stall_timeout",
+    "fail_on_stall",
+    "poll_interval",
+    "download_dir",
+    "overwrite",
+    "no_websocket",
+    "exec_command",
+    "exec_timeout",
+    "webhooks",
+)
+
+
+def follow_options_given(ctx: click.Context) -> list[str]:
+    """The following options given on the command line or by the environment (for a
+    command that follows only when asked to: submit without --wait)."""
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name in FOLLOW_PARAMS and ctx.get_parameter_source(param.name) in given
+    ]
 
 
 def make_notifier(
@@ -93,7 +107,6 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
     from comfyctl.commands.history import download_all
     from comfyctl.records import FAILED, SUCCESS, TERMINAL
     from comfyctl.render import LiveArea, event_json, live_area_wanted, state_line
-    from comfyctl.submission import settle_submitting
     from comfyctl.tracker import Tracker, TrackerEvent, WatchOptions
 
     if opts.no_websocket and opts.stall_timeout:
@@ -101,7 +114,6 @@ def follow(app: AppContext, records: list[Record], opts: FollowOptions) -> None:
             "--stall-timeout needs progress, which only the WebSocket gives.",
             "Drop --no-websocket, or use 'comfyctl detect-stuck' later.",
         )
-    settle_submitting(app.ledger, app.client_for_record, records)
     # Plain lines only when stderr is no terminal or one without cursor movement.
     live = LiveArea(sys.stderr, app.color) if live_area_wanted(sys.stderr) else None
     stalled: list[Record] = []

@@ -16,7 +16,6 @@ from comfyctl.options import complete_prompt_ids, output_format, server_option
 from comfyctl.records import (
     ACTIVE,
     STATUSES,
-    SUBMITTING,
     TERMINAL,
     parse_time,
     superseded_unsettled,
@@ -147,9 +146,9 @@ def command(
             f"--outputs prints plain URLs; it does not go with --{fmt}.",
             "Each record's outputs[].url has them in JSON.",
         )
+    # No server is asked but by a refresh (a list's default is none): a crashed submit's
+    # record is settled by the refresh that includes it (comfyctl.jobs.refresh).
     ledger = app.ledger.load()
-    if refresh is not False:  # --no-refresh: the ledger only, no server is asked
-        _settle_orphans(app, ledger)
     if prompt_id is not None:
         record = ledger.find(prompt_id)
         if refresh is not False:
@@ -179,17 +178,6 @@ def _server_messages(app: AppContext, record: Record) -> list[Any] | None:
         return app.client_for_record(record).execution_messages(record["prompt_id"])
     except ServerError:
         return None
-
-
-def _settle_orphans(app: AppContext, ledger: Records) -> None:
-    """Write-ahead records whose submitting process died are settled on sight."""
-    submitting = ledger.select(statuses={SUBMITTING})
-    if not submitting:  # the common case: no HTTP client is even imported
-        return
-    from comfyctl.submission import settle_submitting
-
-    # Only records whose process is gone are asked about; they are updated in place.
-    settle_submitting(app.ledger, app.client_for_record, submitting)
 
 
 def select(

@@ -3,11 +3,12 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import time
 from typing import Any
 
 import click
 
-from comfyctl.commands.follow import FollowOptions, follow
+from comfyctl.commands.follow import FollowOptions, follow, follow_options_given
 from comfyctl.commands.workflow import echo_warnings, make_preparer, run_checks, set_option
 from comfyctl.context import AppContext
 from comfyctl.errors import (
@@ -111,6 +112,14 @@ def command(
     """
     from comfyctl.submission import Submitted, Submitter, vary_seeds
 
+    started = time.monotonic()  # --timeout counts from here: submitting is part of it
+    ignored = [] if wait else follow_options_given(click.get_current_context())
+    if ignored:
+        raise UsageProblem(
+            f"{', '.join(ignored)} only go{'es' if len(ignored) == 1 else ''} with --wait: "
+            "without it, submit follows nothing.",
+            "Add --wait, or follow the jobs later with 'comfyctl watch'.",
+        )
     label_map = parse_labels(labels)
     preparer = make_preparer(app, workflow, overrides, upload=not check)
     specs = app.servers(servers)
@@ -151,7 +160,8 @@ def command(
                     queue_len[spec.url] = None
                 except SubmitUncertain as exc:
                     # It may be queued there: it goes nowhere else, and that server gets no more.
-                    click.echo(f"comfyctl: {exc}", err=True)
+                    if count > 1:  # one job's is the error it ends with, said once
+                        click.echo(f"comfyctl: {exc}", err=True)
                     queue_len[spec.url] = None
                     uncertain.append(exc)
                     assert exc.record is not None
@@ -187,11 +197,12 @@ def command(
     with contextlib.suppress(ComfyctlError):  # a missing mark only weakens restart proof
         note_submitted(app.ledger, submitted, app.client_for_record)
     if wait:
-        follow(
-            app, submitted, FollowOptions.from_params(params, "text" if fmt == "text" else "json")
-        )
+        opts = FollowOptions.from_params(params, "text" if fmt == "text" else "json")
+        if opts.timeout is not None:
+            opts.timeout = max(opts.timeout - (time.monotonic() - started), 0.001)
+        follow(app, submitted, opts)
     if uncertain:
-        if len(uncertain) == 1 and len(submitted) == count:
+        if count == 1:
             raise uncertain[0]
         raise SubmitUncertain(
             ", ".join(dict.fromkeys(e.server for e in uncertain)),
