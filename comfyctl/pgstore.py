@@ -317,6 +317,8 @@ class PostgresStore:
         record: Record | None = self._one(
             "SELECT record FROM comfyctl_tasks WHERE prompt_id = %s", (prompt_id,)
         )
+        if record is not None:
+            check_record(self.describe(), prompt_id, record)
         return record
 
     @contextlib.contextmanager

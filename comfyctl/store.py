@@ -202,15 +202,102 @@ def resolve_lock_timeout(given: float | None, default: float) -> float:
     return value
 
 
+_NULL: type = type(None)
+_STR: frozenset[type] = frozenset({str})
+_OPT_STR: frozenset[type] = frozenset({str, _NULL})
+_OPT_OBJ: frozenset[type] = frozenset({dict, _NULL})
+_NUMBER: frozenset[type] = frozenset({int, float, bool})  # arithmetic takes a bool
+# The type of each field a command reads (records.new_record's shape), by exact type:
+# what JSON gives, and bool is no integer here. Not ``number`` nor the error's text: they
+# come from the server as it sends them, and every reader takes any type.
+_FIELD_TYPES: dict[str, frozenset[type]] = {
+    "server_url": _STR,
+    "server": _STR,
+    "client_id": _STR,
+    "submitted_at": _OPT_STR,
+    "updated_at": _OPT_STR,
+    "started_at": _OPT_STR,
+    "finished_at": _OPT_STR,
+    "progress": _OPT_OBJ,
+    "progress_history": frozenset({list}),
+    "outputs": frozenset({list}),
+    "error": _OPT_OBJ,
+    "warnings": frozenset({list}),
+    "workflow": _OPT_STR,
+    "resubmitted_from": _OPT_STR,
+    "superseded_by": _OPT_STR,
+    "recovered": _OPT_OBJ,
+    "server_timing": _OPT_OBJ,
+    "notified": _OPT_OBJ,
+    "labels": frozenset({dict}),
+    "submitter": _OPT_OBJ,
+    "seen_alive": _OPT_OBJ,
+    "probe": _OPT_OBJ,
+    "blocked_by": _OPT_OBJ,
+    "inputs": frozenset[type]({list, _NULL}),
+}
+_PROGRESS_TYPES = {
+    "value": _NUMBER,
+    "max": _NUMBER,
+    "percent": _NUMBER,
+    "node": _OPT_STR,
+    "updated_at": _OPT_STR,
+}
+_OUTPUT_KEYS = ("node", "key", "filename", "subfolder", "type", "url")
+_WORDS = {str: "a string", int: "an integer", dict: "an object", list: "a list"}
+
+
 def check_record(where: Path | str, key: str, record: Any) -> None:
-    """A record read from a store is one every command can rely on, else LedgerCorrupt."""
+    """A record read from a store is one every command can rely on, else LedgerCorrupt:
+    a hand-edited field of another type would end a command in a traceback."""
     if not isinstance(record, dict) or record.get("prompt_id") != key:
         raise LedgerCorrupt(where, f"the record under {key!r} is not a task record")
-    # What every command relies on; anything else would be shown or acted on wrongly.
+    problem = _record_problem(record)
+    if problem:
+        raise LedgerCorrupt(where, f"the record {key!r} {problem}")
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a record's fields, or None. Only fields present are checked
+    (commands read a missing one with a default). Runs for every record read: kept cheap."""
     if "status" in record and record["status"] not in STATUSES:
-        raise LedgerCorrupt(
-            where, f"the record {key!r} has no known status ({record.get('status')!r})"
-        )
+        return f"has no known status ({_short(record['status'])})"
+    for name, value in record.items():
+        types = _FIELD_TYPES.get(name)
+        if types is not None and type(value) not in types:
+            return f"has {name} {_short(value)}, not {_words(types)}"
+    url = record.get("server_url")
+    if url is not None and not url.startswith(("http://", "https://")):
+        return f"has server_url {_short(url)}, not an http(s) URL"
+    progress = record.get("progress")
+    if progress:
+        for name, types in _PROGRESS_TYPES.items():
+            if name in progress and type(progress[name]) not in types:
+                return f"has progress {name} {_short(progress[name])}, not {_words(types)}"
+    for output in record.get("outputs", ()):
+        if type(output) is not dict:
+            return f"has an output {_short(output)}, not an object"
+        if not all(type(output.get(k, "")) is str for k in _OUTPUT_KEYS):
+            return "has an output whose fields are not all strings"
+    if not all(type(item) is dict for item in record.get("progress_history", ())):
+        return "has progress_history entries that are not all objects"
+    if not all(type(item) is str for item in record.get("warnings", ())):
+        return "has warnings that are not all strings"
+    if not all(type(v) is str for v in record.get("labels", {}).values()):
+        return "has labels whose values are not all strings"
+    return None
+
+
+def _words(types: frozenset[type]) -> str:
+    if types == _NUMBER:
+        return "a number"
+    words = " or ".join(sorted(_WORDS[t] for t in types if t is not _NULL))
+    return words + (" or null" if _NULL in types else "")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def is_settled(record: Record) -> bool:

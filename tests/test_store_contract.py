@@ -379,3 +379,94 @@ def test_a_lease_claimed_by_eight_processes_has_one_holder(spec: str) -> None:
     assert sorted(outcomes) == ["lost"] * 7 + ["won"]
     held = open_store(spec).lease("the-socket")
     assert held is not None and held.owner == str(outcomes.index("won"))
+
+
+# -- a record edited by hand ------------------------------------------------------------------
+
+# Each: fields written over a valid record, as a person editing the ledger might.
+HAND_EDITS = {
+    "progress-a-string": {"progress": "x"},
+    "progress-value-a-string": {"progress": {"value": "x", "max": 4, "percent": 1.0}},
+    "submitted_at-a-number": {"submitted_at": 12},
+    "started_at-a-number": {"started_at": 5},
+    "outputs-a-string": {"outputs": "x"},
+    "outputs-of-numbers": {"outputs": [5]},
+    "output-url-a-number": {"outputs": [{"filename": "a.png", "url": 5}]},
+    "labels-a-list": {"labels": [1]},
+    "label-value-a-number": {"labels": {"batch": 7}},
+    "error-a-string": {"error": "str"},
+    "server-null": {"server": None},
+    "server_url-a-number": {"status": "running", "server_url": 7},
+    "server_url-not-http": {"server_url": "gpu1:8188"},
+    "warnings-a-string": {"warnings": "x"},
+    "client_id-a-number": {"client_id": 3},
+    "progress_history-a-dict": {"progress_history": {}},
+    "recovered-a-string": {"recovered": "yes"},
+}
+EDITED = "edit0000-0001"
+
+
+def hand_edit(spec: str, prompt_id: str, fields: dict[str, Any]) -> None:
+    """Overwrite fields of one record where it is stored, bypassing comfyctl."""
+    import json
+
+    if spec.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(spec, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE comfyctl_tasks SET record = record || %s::jsonb WHERE prompt_id = %s",
+                (json.dumps(fields), prompt_id),
+            )
+        return
+    path = Path(spec)
+    lines = path.read_text().split("\n")
+    head = json.dumps(prompt_id) + ":"
+    (n,) = [i for i, line in enumerate(lines) if line.startswith(head)]
+    comma = "," if lines[n].endswith(",") else ""
+    record = json.loads(lines[n][len(head) :].removesuffix(","))
+    lines[n] = head + json.dumps({**record, **fields}, separators=(",", ":")) + comma
+    path.write_text("\n".join(lines))
+
+
+def valid_record(prompt_id: str) -> dict[str, Any]:
+    from comfyctl.records import new_record
+
+    record = new_record(prompt_id, "gpu1", "http://127.0.0.1:9", "c1", None, {"batch": "7"})
+    record["status"] = "error"
+    record["error"] = {"type": "x", "message": "it failed", "node_id": None, "node_type": None}
+    return record
+
+
+@pytest.mark.parametrize("edit", list(HAND_EDITS), ids=list(HAND_EDITS))
+def test_a_record_of_the_wrong_shape_is_corrupt_not_a_traceback(
+    spec: str, store: Store, invoke: Any, edit: str
+) -> None:
+    put_all(store, valid_record(EDITED), valid_record("good0000-0002"))
+    hand_edit(spec, EDITED, HAND_EDITS[edit])
+    with pytest.raises(LedgerError, match=EDITED):
+        open_store(spec).get(EDITED)
+    for args in (
+        ("history",),
+        ("history", EDITED),
+        ("history", "--csv"),
+        ("watch", EDITED),
+        ("cancel", EDITED),
+        ("metrics",),
+    ):
+        result = invoke("--ledger", spec, *args)
+        assert result.exit_code == 7, (args, result.stdout, result.stderr)
+        assert EDITED in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_running_record_of_the_wrong_shape_is_exit_7_in_a_real_process(
+    spec: str, store: Store, run_comfyctl: Any
+) -> None:
+    """The fleet commands read records in worker threads: the error must still reach the
+    exit code rather than a thread's traceback."""
+    put_all(store, {**valid_record(EDITED), "status": "running", "error": None})
+    hand_edit(spec, EDITED, {"server_url": 7})
+    for args in (("debug-tasks",), ("metrics",), ("detect-stuck",)):
+        proc = run_comfyctl("--ledger", spec, *args, timeout=60)
+        assert proc.returncode == 7, (args, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
