@@ -60,9 +60,10 @@ class AppContext:
         """The store named by --ledger (or COMFYCTL_LEDGER), else the config's ``ledger``,
         else the JSON file in the user data dir. Opening it touches nothing yet."""
         if self._ledger is None:
-            self._ledger = open_store(
-                self.ledger_path or self.config.ledger or default_ledger_path()
-            )
+            # A config named by --config or COMFYCTL_CONFIG is read (it must exist) even
+            # when --ledger makes its ledger unneeded: a typo must not go unnoticed.
+            named = self.config.ledger if self.config_required or not self.ledger_path else None
+            self._ledger = open_store(self.ledger_path or named or default_ledger_path())
         return self._ledger
 
     def use_ledger(self, location: Path | str) -> None:

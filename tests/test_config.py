@@ -428,3 +428,39 @@ def test_a_ledger_that_is_not_a_path_or_url_is_a_config_error(
     result = invoke("history")
     assert result.exit_code == 2
     assert "ledger must be a file path or a postgresql:// URL" in result.stderr
+
+
+MISSING_CONFIG_COMMANDS = [
+    ("history",),
+    ("watch",),
+    ("detect-stuck",),
+    ("cancel", "--all-pending"),
+    ("recover", "--dry-run"),
+    ("metrics",),
+    ("debug-tasks",),
+    ("servers",),
+]
+
+
+@pytest.mark.parametrize("how", ["--config", "COMFYCTL_CONFIG"])
+@pytest.mark.parametrize("args", MISSING_CONFIG_COMMANDS, ids=" ".join)
+def test_a_missing_config_is_an_error_even_when_the_ledger_is_given(
+    invoke, tmp_path, monkeypatch, how: str, args: tuple[str, ...]
+) -> None:
+    """COMFYCTL_LEDGER (or --ledger) names the ledger, so the config is not needed for it:
+    a config named by --config or COMFYCTL_CONFIG must exist all the same."""
+    typo = tmp_path / "typo.toml"
+    if how == "--config":
+        result = invoke("--config", str(typo), *args)
+    else:
+        monkeypatch.setenv("COMFYCTL_CONFIG", str(typo))
+        result = invoke("--ledger", str(tmp_path / "l.json"), *args)
+    assert result.exit_code == ExitCode.USAGE, (result.stdout, result.stderr)
+    assert f"Config file {typo} does not exist." in result.stderr
+
+
+def test_a_missing_config_with_a_ledger_exits_2_in_a_real_process(run_comfyctl, tmp_path) -> None:
+    typo = tmp_path / "typo.toml"
+    proc = run_comfyctl("--ledger", str(tmp_path / "l.json"), "--config", str(typo), "history")
+    assert proc.returncode == 2, proc.stderr
+    assert f"Config file {typo} does not exist." in proc.stderr and proc.stdout == ""
