@@ -60,10 +60,14 @@ class AppContext:
         """The store named by --ledger (or COMFYCTL_LEDGER), else the config's ``ledger``,
         else the JSON file in the user data dir. Opening it touches nothing yet."""
         if self._ledger is None:
-            # A config named by --config or COMFYCTL_CONFIG is read (it must exist) even
-            # when --ledger makes its ledger unneeded: a typo must not go unnoticed.
-            named = self.config.ledger if self.config_required or not self.ledger_path else None
-            self._ledger = open_store(self.ledger_path or named or default_ledger_path())
+            location = self.ledger_path  # "" (an empty --ledger) is refused by open_store
+            if location is None:
+                location = self.config.ledger or default_ledger_path()
+            elif self.config_required:
+                # Read all the same: a config named by --config or COMFYCTL_CONFIG must
+                # exist, and a typo in its name must not go unnoticed.
+                _ = self.config
+            self._ledger = open_store(location)
         return self._ledger
 
     def use_ledger(self, location: Path | str) -> None:

@@ -327,13 +327,30 @@ def is_database_url(spec: str) -> bool:
     return spec.startswith(("postgresql://", "postgres://"))
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+LEDGER_FORMS = "a JSON file path or a postgresql:// (or postgres://) URL"
+
+
 def open_store(spec: str | Path) -> Store:
-    """The store for a ``--ledger`` value: a ``postgresql://`` URL, else a JSON file path."""
+    """The store for a ``--ledger`` value: a ``postgresql://`` URL, else a JSON file path.
+    Any other URL is refused: as a path it would become a file named after it."""
     text = str(spec)
+    if not text:
+        raise UsageProblem(
+            "The --ledger value is empty.",
+            f"Give {LEDGER_FORMS}, or leave --ledger out to use COMFYCTL_LEDGER, the "
+            "config's ledger or the default.",
+        )
     if is_database_url(text):
         from comfyctl.pgstore import PostgresStore
 
         return PostgresStore(text)
+    if isinstance(spec, str) and _URL.match(text):
+        scheme = text.split("://", 1)[0]  # the rest may hold a password
+        raise UsageProblem(
+            f"A ledger cannot be a {scheme}:// URL: it is {LEDGER_FORMS}.",
+            "Check --ledger, COMFYCTL_LEDGER or the config's ledger.",
+        )
     from comfyctl.ledger import Ledger
 
     return Ledger(Path(text))

@@ -953,3 +953,60 @@ def test_a_transaction_parses_only_the_records_it_touches(
         assert ledger.get("id-9")["status"] == "pending"
     assert len(parsed) == 6  # id-7 and id-9, three times
     assert [r["prompt_id"] for r in ledger.load().values()][:3] == ["id-0", "id-1", "id-2"]
+
+
+# -- where the ledger is ---------------------------------------------------------------------
+
+
+def _wf(tmp_path: Path) -> str:
+    from workflows import slow_graph
+
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(slow_graph(steps=1, seconds=0.01)))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://x/y", "sqlite:///tmp/l.db", "https://host/ledger.json", "MySQL://u:s3cret@h/db"],
+)
+def test_a_ledger_url_of_another_scheme_is_a_usage_error(
+    invoke, emulator, tmp_path, monkeypatch, url: str
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = invoke("--ledger", url, "submit", _wf(tmp_path), "-s", emulator.url)
+    assert result.exit_code == ExitCode.USAGE, (result.stdout, result.stderr)
+    assert "postgresql://" in result.stderr and "JSON file" in result.stderr
+    assert "s3cret" not in result.stderr
+    assert result.stdout == "" and list(cwd.iterdir()) == []
+    assert emulator.url not in result.stderr  # refused before any server was asked
+
+
+def test_a_ledger_url_of_another_scheme_in_the_config_is_a_usage_error(
+    invoke, config_path, monkeypatch
+) -> None:
+    monkeypatch.delenv("COMFYCTL_LEDGER")
+    config_path.write_text('ledger = "mysql://u:s3cret@h/db"\n')
+    result = invoke("history")
+    assert result.exit_code == ExitCode.USAGE and "postgresql://" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_a_ledger_url_of_another_scheme_exits_2_in_a_real_process(run_comfyctl, tmp_path) -> None:
+    proc = run_comfyctl("--ledger", "mysql://x/y", "history")
+    assert proc.returncode == 2, proc.stderr
+    assert "postgresql://" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_empty_ledger_option_is_a_usage_error(invoke, ledger_path) -> None:
+    result = invoke("--ledger", "", "history")
+    assert result.exit_code == ExitCode.USAGE, (result.stdout, result.stderr)
+    assert "--ledger" in result.stderr and "empty" in result.stderr
+
+
+def test_a_path_with_a_colon_is_still_a_json_ledger(invoke, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke("--ledger", "c:ledger.json", "history")
+    assert result.exit_code == 0, result.stderr
