@@ -233,6 +233,17 @@ class LedgerLocked(LedgerError):
         )
 
 
+class LedgerInaccessible(LedgerError):
+    """The ledger's file or folder cannot be reached: under a regular file, a folder that
+    cannot be made, no permission."""
+
+    def __init__(self, path: object, why: str) -> None:
+        super().__init__(
+            f"The ledger {path} cannot be used: {why}.",
+            "Check the path and its permissions, or point --ledger at another file.",
+        )
+
+
 class LedgerUnavailable(LedgerError):
     """The ledger database cannot be reached, or refuses our credentials."""
 

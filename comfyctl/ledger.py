@@ -21,6 +21,7 @@ or the next state. Reads take no lock. A file that does not parse is never overw
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from comfyctl.backoff import Backoff
-from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerInaccessible, LedgerLocked
 from comfyctl.store import (
     MIN_PREFIX,
     Lease,
@@ -78,11 +79,27 @@ def _read_bytes(path: Path, missing_ok: bool = False) -> bytes | None:
         raise
     except IsADirectoryError:
         raise LedgerCorrupt(path, "it is a directory") from None
+    except (NotADirectoryError, PermissionError) as exc:
+        raise LedgerInaccessible(path, _location_problem(path, exc)) from None
     except OSError as exc:
         raise LedgerCorrupt(path, exc.strerror or str(exc)) from None
     if not raw or raw.isspace():
         raise LedgerCorrupt(path, "it is empty")
     return raw
+
+
+# Errors that say the ledger's place is wrong (not its data, nor a full disk).
+_LOCATION_ERRNOS = {errno.ENOTDIR, errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _location_problem(path: Path, exc: OSError) -> str:
+    """What is wrong with where ``path`` is, in a few words, for LedgerInaccessible."""
+    if exc.errno == errno.ENOTDIR:
+        for parent in path.parents:  # the nearest one that exists is the culprit
+            if parent.exists() or parent.is_symlink():
+                return f"{parent} is not a directory" if not parent.is_dir() else str(exc)
+    where = exc.filename or path
+    return f"{where} cannot be created or opened ({exc.strerror or exc})"
 
 
 def _parse_json(path: Path, raw: bytes) -> Any:
@@ -589,8 +606,11 @@ class Ledger:
         (flock does not order them), other processes are waited for a bounded time."""
         deadline = time.monotonic() + self.lock_timeout
         with self._thread_locks.setdefault(lock_path, threading.RLock()):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise self._inaccessible(exc) or exc from None
             try:
                 backoff = Backoff(0.002, 0.05)
                 while True:
@@ -874,6 +894,12 @@ class Ledger:
 
     # -- workflows ----------------------------------------------------------------------
 
+    def _inaccessible(self, exc: OSError) -> LedgerInaccessible | None:
+        """``exc`` as LedgerInaccessible when it says the ledger's place is wrong."""
+        if exc.errno not in _LOCATION_ERRNOS:
+            return None
+        return LedgerInaccessible(self.path, _location_problem(self.path, exc))
+
     def store_workflow(self, graph: dict[str, Any]) -> str:
         data = json.dumps(graph, sort_keys=True, separators=(",", ":")).encode("utf-8")
         digest = hashlib.sha256(data).hexdigest()
@@ -884,6 +910,8 @@ class Ledger:
             except FileNotFoundError:
                 atomic_write(target, data)
         except OSError as exc:
+            if problem := self._inaccessible(exc):
+                raise problem from None
             if exc.filename:
                 raise
             # Some calls (utime) do not say where: name the folder they were working in.

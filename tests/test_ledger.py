@@ -1010,3 +1010,48 @@ def test_a_path_with_a_colon_is_still_a_json_ledger(invoke, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     result = invoke("--ledger", "c:ledger.json", "history")
     assert result.exit_code == 0, result.stderr
+
+
+def _under_a_file(tmp_path: Path) -> tuple[Path, Path]:
+    blocker = tmp_path / "hostname"
+    blocker.write_text("not a directory\n")
+    return blocker, blocker / "x.json"
+
+
+@pytest.mark.parametrize("command", ["submit", "history", "watch"])
+def test_a_ledger_under_a_regular_file_is_exit_7_saying_so(
+    invoke, emulator, tmp_path, command: str
+) -> None:
+    blocker, ledger = _under_a_file(tmp_path)
+    args = {
+        "submit": ("submit", _wf(tmp_path), "-s", emulator.url),
+        "history": ("history",),
+        "watch": ("watch",),
+    }[command]
+    result = invoke("--ledger", str(ledger), *args)
+    assert result.exit_code == ExitCode.LEDGER, (result.stdout, result.stderr)
+    assert f"The ledger {ledger} cannot be used" in result.stderr
+    assert f"{blocker} is not a directory" in result.stderr
+    assert "Check the path" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_ledger_whose_folder_cannot_be_made_is_exit_7_saying_so(
+    invoke, emulator, tmp_path
+) -> None:
+    result = invoke(
+        "--ledger", "/proc/nope/ledger.json", "submit", _wf(tmp_path), "-s", emulator.url
+    )
+    assert result.exit_code == ExitCode.LEDGER, (result.stdout, result.stderr)
+    assert "The ledger /proc/nope/ledger.json cannot be used" in result.stderr
+    assert "/proc/nope" in result.stderr and "Check the path" in result.stderr
+
+
+def test_a_ledger_under_a_regular_file_is_exit_7_in_a_real_process(
+    run_comfyctl, emulator, tmp_path
+) -> None:
+    blocker, ledger = _under_a_file(tmp_path)
+    proc = run_comfyctl("--ledger", str(ledger), "submit", _wf(tmp_path), "-s", emulator.url)
+    assert proc.returncode == 7, proc.stderr
+    assert f"{blocker} is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
