@@ -170,6 +170,13 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
         url = canonical_url(raw_url)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.message}", exc.hint) from None
+    userinfo = urlsplit(raw_url if "://" in raw_url else "http://" + raw_url)
+    if userinfo.query:  # the canonical url has none: a token there would never be sent
+        raise ConfigError(
+            f"{where}: its url has a query (?...), which comfyctl does not send.",
+            'Give a token as token = "..." (and token_param = "..." if the server names '
+            "it otherwise), not in the url.",
+        )
     problems: list[ConfigError] = []
 
     def secret(value: Any) -> Any:
@@ -182,7 +189,6 @@ def _server_from_table(name: str, table: Any, defaults: dict[str, Any]) -> Serve
 
     username = secret(merged.get("username"))
     password = secret(merged.get("password"))
-    userinfo = urlsplit(raw_url if "://" in raw_url else "http://" + raw_url)
     if userinfo.username and username is None:  # credentials written inside the URL
         username = unquote(userinfo.username)  # userinfo is percent-encoded
         password = None if userinfo.password is None else unquote(userinfo.password)

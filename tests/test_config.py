@@ -464,3 +464,30 @@ def test_a_missing_config_with_a_ledger_exits_2_in_a_real_process(run_comfyctl, 
     proc = run_comfyctl("--ledger", str(tmp_path / "l.json"), "--config", str(typo), "history")
     assert proc.returncode == 2, proc.stderr
     assert f"Config file {typo} does not exist." in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h:8188?token=s3cr3t-value",
+        "http://h:8188/comfy/?token=s3cr3t-value",
+        "https://h/?api_key=s3cr3t-value&x=1",
+    ],
+)
+def test_a_query_in_a_configured_url_is_a_config_error_naming_the_token_key(
+    config_path: Path, invoke, url: str
+) -> None:
+    """comfyctl sends no query of the configured url (its canonical form has none): a
+    token written there would be silently dropped, so it is refused, never echoed."""
+    with pytest.raises(ConfigError) as info:
+        one_server(config_path, f'url = "{url}"\n')
+    assert "token" in str(info.value) and "s3cr3t-value" not in str(info.value)
+    result = invoke("servers")
+    assert result.exit_code == ExitCode.USAGE, (result.stdout, result.stderr)
+    assert "query" in result.stderr and "token =" in result.stderr
+    assert "s3cr3t-value" not in result.stdout + result.stderr
+
+
+def test_the_token_key_is_the_way_and_a_url_fragment_is_harmless(config_path: Path) -> None:
+    spec = one_server(config_path, 'url = "http://h:8188/#x"\ntoken = "t0ken"\n').servers["s"]
+    assert spec.url == "http://h:8188" and spec.token == "t0ken"
