@@ -27,16 +27,20 @@ class UnsafeOutputPath(ComfyctlError):
 
 
 class DownloadFailed(ComfyctlError):
-    """Some outputs could not be saved; ``failures`` names each file and why."""
+    """Some outputs could not be saved; ``failures`` names each file and why. The message
+    names the files only: each reason is a sentence of its own, told as it happens."""
 
     exit_code = ExitCode.FAILED
 
     def __init__(
-        self, failures: list[tuple[str, str]], done: list[tuple[Path, str]] | None = None
+        self,
+        failures: list[tuple[str, str]],
+        done: list[tuple[Path, str]] | None = None,
+        hint: str | None = None,
     ) -> None:
-        shown = "; ".join(f"{name}: {why}" for name, why in failures[:5])
-        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
-        super().__init__(f"{len(failures)} download(s) failed: {shown}{more}.")
+        shown = ", ".join(name for name, _ in failures[:5])
+        more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} download(s) failed: {shown}{more}.", hint)
         self.failures = failures
         self.done = done or []
 
@@ -92,7 +96,9 @@ def download_outputs(
             continue
         results.append((target, "saved"))
     if failures:
-        raise DownloadFailed([(f"{record['prompt_id']}: {n}", why) for n, why in failures], results)
+        raise DownloadFailed(
+            [(f"{n} (job {record['prompt_id']})", why) for n, why in failures], results
+        )
     return results
 
 

@@ -585,3 +585,26 @@ def test_a_rejection_whose_message_has_a_full_stop_gets_no_second_one():
 
     exc = WorkflowRejected("a", {"type": "x", "message": "Value not in list."}, {}, 400)
     assert str(exc) == "Server a rejected the workflow: Value not in list."
+
+
+@pytest.mark.parametrize("how, status", [("lost", "http 404"), ("denied", "http 403")])
+def test_a_failed_download_is_told_once_in_full_and_summarised_once(
+    emulator, invoke, wf, tmp_path, how, status
+):
+    """The per-file notice gives the reason as it happens; the final error names the file
+    without repeating that reason, and no message ends in '..'."""
+    pid = invoke("submit", wf, "-s", emulator.url, "--label", "batch=7").stdout.strip()
+    emulator.wait_idle(timeout=10)
+    assert invoke("watch", pid).exit_code == 0
+    if how == "lost":
+        for image in emulator.output_dir.rglob("*.png"):
+            image.unlink()  # the server lost its output
+    else:
+        emulator.faults.http_status = 403  # a proxy in front refuses the /view
+    result = invoke("history", "--label", "batch=7", "--download", str(tmp_path / "dl"))
+    assert result.exit_code == ExitCode.FAILED, result.stderr
+    lines = result.stderr.splitlines()
+    assert ".." not in result.stderr, result.stderr
+    assert sum(status in line for line in lines) == 1, result.stderr
+    [final] = [line for line in lines if line.startswith("Error:")]
+    assert "1 download(s) failed" in final and pid in final and ".png" in final, final

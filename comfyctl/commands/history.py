@@ -348,7 +348,9 @@ def download_all(
                 say(f"saved: {path}")
     for name, why in failures:
         say(f"download of {name} failed: {why}")
-    return DownloadFailed(failures) if failures else None
+    if not failures:
+        return None
+    return DownloadFailed(failures, hint="Each one's reason is given above.")
 
 
 def _prune(app: AppContext, older_than: str | None, statuses: tuple[str, ...], fmt: str) -> None:
