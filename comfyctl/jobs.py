@@ -102,11 +102,13 @@ def refresh(
 
 @dataclass
 class Cancelled:
-    """What cancelling one job did: ``what`` in words, ``error`` when its server failed."""
+    """What cancelling one job did: ``what`` in words, ``error`` when its server failed,
+    ``unknown`` when the server, asked, does not know the job at all."""
 
     record: Record
     what: str
     error: ServerError | None = None
+    unknown: bool = False
 
     @property
     def stopped(self) -> bool:
@@ -163,6 +165,17 @@ def cancel(
             obs = client.status(record["prompt_id"])
     except ServerError as exc:
         return Cancelled(record, f"not cancelled: {exc}", exc)
+    if obs.kind == "unknown":
+        # Lost in a restart or forgotten (deleted from its queue or history): only restart
+        # proof tells which (comfyctl.restart), and detect-stuck gathers it; the record is
+        # left as it is for detect-stuck and recover to settle.
+        return Cancelled(
+            record,
+            f"{record['server']} no longer knows this job (not queued, not running, not in "
+            "its history): nothing to cancel; 'comfyctl detect-stuck' tells whether a restart "
+            "lost it",
+            unknown=True,
+        )
     stored = apply_observations(ledger, [obs]).get(record["prompt_id"])
     if stored is None:  # nothing changed: the ledger's record as it is now
         stored = ledger.load().get(record["prompt_id"]) or record

@@ -139,6 +139,36 @@ def test_cancel_on_a_leaves_b_running(emulator_factory, invoke, tmp_path, ledger
     assert "already cancelled" in again.stdout
 
 
+@pytest.mark.parametrize("jobs_api", [False, True], ids=["classic", "jobs-api"])
+def test_cancel_of_jobs_a_restart_forgot_says_so_and_points_to_recover(
+    emulator_factory, invoke, tmp_path, ledger_path, jobs_api
+):
+    """The server no longer knows them: cancel says that plainly, does not claim they are
+    "now pending", and leaves lost-or-forgotten (which needs restart proof) to
+    detect-stuck and recover, which it names."""
+    emu = emulator_factory(jobs_api=jobs_api)
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))
+    ids = invoke("submit", str(wf), "-s", emu.url, "--count", "2", "--vary-seed").stdout.split()
+    emu.restart()
+    result = invoke("cancel", *ids)
+    assert result.exit_code == 1, result.stderr
+    assert "now pending" not in result.stdout and "(pending)" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all("no longer knows" in line for line in lines), lines
+    assert "comfyctl detect-stuck" in result.stderr and "comfyctl recover" in result.stderr
+    assert all(pid in result.stderr for pid in ids), result.stderr
+    ledger = Ledger(ledger_path).load()
+    assert [ledger[pid]["status"] for pid in ids] == ["pending", "pending"]  # left to recover
+    nl = invoke("cancel", ids[0], "--nl")
+    [item] = map(json.loads, nl.stdout.splitlines())
+    assert "no longer knows" in item["result"] and "now pending" not in item["result"]
+    # Not named (--all-pending): said on its line, which names detect-stuck; exit 0 as ever.
+    swept = invoke("cancel", "--all-pending")
+    assert swept.exit_code == 0, swept.stderr
+    assert len(swept.stdout.splitlines()) == 2 and "comfyctl detect-stuck" in swept.stdout
+
+
 def test_cancel_never_sends_a_bodyless_interrupt(emulator, invoke, tmp_path):
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))

@@ -44,7 +44,8 @@ def cancel_command(
     interrupted by prompt_id. Never a global interrupt, never another server.
     Finished jobs are reported and left alone. A unique prefix of an id (4+
     characters, as tables show) acts exactly like the full id. Exit 1 when a job
-    named could not be cancelled (it had finished, or could not be stopped safely).
+    named could not be cancelled (it had finished, or could not be stopped safely,
+    or its server no longer knows it: then 'detect-stuck' and 'recover' settle it).
 
     \b
     Examples:
@@ -57,7 +58,7 @@ def cancel_command(
         raise UsageProblem("Give prompt ids to cancel, or --all-pending.")
     urls = {s.url for s in app.servers(servers)} if servers else None
     targets, named = cancel_targets(app.ledger.load(), prompt_ids, all_pending, urls)
-    unreachable, not_cancelled = [], []
+    unreachable, not_cancelled, unknown = [], [], []
     results: list[dict[str, Any]] = []
     for target in targets:
         # Only a job named may be interrupted; --all-pending never interrupts.
@@ -67,18 +68,28 @@ def cancel_command(
         results.append(_report(done.record, done.what, fmt))
         if done.error is not None:
             unreachable.append(done.error)
-        elif done.record["prompt_id"] in named and not done.stopped:
+        elif done.record["prompt_id"] not in named:
+            continue  # --all-pending's: each said on its line; exit 1 is for jobs named
+        elif done.unknown:
+            unknown.append(done.record)
+        elif not done.stopped:
             not_cancelled.append(done.record)
     if fmt == "json":  # one document, also when something could not be cancelled
         click.echo(json.dumps(list_document(CANCEL_SCHEMA, "results", results), indent=2))
     if unreachable:
         raise unreachable[0]
-    if not_cancelled:
+    if not_cancelled or unknown:
+        why = [f"{r['prompt_id']} ({r['status']})" for r in not_cancelled]
+        why += [f"{r['prompt_id']} (unknown to {r['server']})" for r in unknown]
         raise TaskFailed(
-            f"{len(not_cancelled)} of the {len(named)} job(s) named could not be "
-            "cancelled: "
-            + ", ".join(f"{r['prompt_id']} ({r['status']})" for r in not_cancelled[:10])
-            + "."
+            f"{len(why)} of the {len(named)} job(s) named could not be cancelled: "
+            + ", ".join(why[:10])
+            + (f" and {len(why) - 10} more" if len(why) > 10 else "")
+            + ".",
+            "Run 'comfyctl detect-stuck' to see whether a restart lost the unknown ones, "
+            "then 'comfyctl recover' to settle them."
+            if unknown
+            else None,
         )
 
 
