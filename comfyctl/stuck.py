@@ -192,12 +192,15 @@ def classify(
         if record["status"] == SUBMITTING and not submitter_gone(record):
             return None  # its submit may still be in flight
         # Lost or only forgotten: decided by ``_judge_unknown`` from restart evidence.
-        where = (
-            "recorded lost earlier and not resubmitted; "
+        # ``_judge_unknown`` adds "; <why it is lost or only forgotten>" to this clause.
+        detail = (
+            f"recorded lost earlier and not resubmitted, and {record['server']} still "
+            "does not know it"
             if record["status"] == LOST_STATUS
-            else "not pending, not running, not in the history of "
+            else f"{record['server']} no longer knows it (not pending, not running, "
+            "not in its history)"
         )
-        return Finding(record, FORGOTTEN, f"{where}{record['server']} does not know it", obs)
+        return Finding(record, FORGOTTEN, detail, obs)
     if obs.kind == "running":
         return _judge_running(record, opts, sampled_progress, obs)
     if obs.kind == "queued":

@@ -96,6 +96,35 @@ def test_killed_watcher_finished_unnoticed_then_recovered_once(
     assert again.exit_code == 0 and again.stdout == ""
 
 
+def test_the_evidence_of_a_job_a_server_lost_or_forgot_reads_as_one_sentence(
+    emulator, tmp_path, ledger_path, invoke
+):
+    """What the server no longer knows, then why it is lost, joined once: no "... the
+    history of gpu2 does not know it"."""
+    ids = submit(invoke, tmp_path, emulator.url, graph(steps=200, seconds=0.05), 2)
+    time.sleep(0.3)
+    emulator.restart()
+    server = Ledger(ledger_path).get(ids[0])["server"]
+    detected = invoke("detect-stuck", "--nl")
+    [first, second] = findings(detected)
+    for finding in (first, second):
+        assert finding["detail"].startswith(
+            f"{server} no longer knows it (not pending, not running, not in its history); "
+            f"{server} started again at "
+        ), finding["detail"]
+        assert finding["detail"].endswith("it restarted")
+    # A watch records them lost (it judges as detect-stuck does), and nobody resubmits them.
+    watched = invoke("watch", "--poll-interval", "0.1", "--no-websocket", "--timeout", "30")
+    assert watched.exit_code == 1, watched.stderr
+    again = findings(invoke("detect-stuck", "--nl"))
+    assert again and all(
+        f["detail"].startswith(
+            f"recorded lost earlier and not resubmitted, and {server} still does not know it; "
+        )
+        for f in again
+    ), again
+
+
 def test_restart_lost_resubmitted_exactly_once_by_concurrent_recovers(
     emulator, tmp_path, ledger_path, invoke
 ):
