@@ -246,11 +246,26 @@ def live_area_wanted(stream: IO[str]) -> bool:
 
 
 def terminal_size(stream: IO[str]) -> os.terminal_size:
-    """The size of the terminal ``stream`` is on (not stdout's: stdout may be a pipe)."""
+    """The size of the terminal ``stream`` is on (not stdout's: stdout may be a pipe).
+
+    A pty nobody gave a window size (``pty.fork``, some CI runners) reports 0 columns and
+    0 lines: each unknown one then comes from COLUMNS/LINES, else 80x24, as
+    ``shutil.get_terminal_size`` does."""
     try:
-        return os.get_terminal_size(stream.fileno())
+        size = os.get_terminal_size(stream.fileno())
     except (AttributeError, ValueError, OSError):
         return shutil.get_terminal_size((80, 24))
+    return os.terminal_size(
+        (size.columns or _env_size("COLUMNS", 80), size.lines or _env_size("LINES", 24))
+    )
+
+
+def _env_size(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 class LiveArea:

@@ -92,3 +92,33 @@ def test_a_table_aligns_columns_by_what_the_terminal_shows() -> None:
 
 def test_an_empty_table_still_names_its_columns() -> None:
     assert table(("server", "url"), []) == "server    url\n--------  -----"
+
+
+@pytest.mark.parametrize(
+    "env, size", [({"COLUMNS": "100", "LINES": "30"}, (100, 30)), ({}, (80, 24))]
+)
+def test_a_pty_of_no_size_falls_back_to_columns_and_lines_then_80x24(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], size: tuple[int, int]
+) -> None:
+    """A pty nobody set a window size on (pty.fork, some CI runners) reports 0x0: the area
+    then takes COLUMNS/LINES as shutil.get_terminal_size does, not one column per line."""
+    import os
+    import pty
+
+    from comfyctl.render import terminal_size
+
+    for name in ("COLUMNS", "LINES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    master, slave = pty.openpty()
+    try:
+        assert os.get_terminal_size(slave) == (0, 0)
+        with open(slave, "w", closefd=False) as stream:
+            assert tuple(terminal_size(stream)) == size
+            area = LiveArea(stream, color=False)
+            line = area.line(job(1, "running", 50.0), terminal_size(stream).columns)
+            assert "50.00%" in line and len(line) < size[0]
+    finally:
+        os.close(master)
+        os.close(slave)
