@@ -256,24 +256,29 @@ class ServerClient:
         if resp.status_code in DENIED_STATUSES:
             raise self._http_error(resp)  # refused in front of ComfyUI: not queued
         if 400 <= resp.status_code < 500:
-            try:
-                data = resp.json()
-            except ValueError:
-                data = {}
-            data = data if isinstance(data, dict) else {}
-            # Only ComfyUI's own JSON error is shown: a proxy's page may echo secrets.
-            error: dict[str, Any] = (
-                data["error"]
-                if isinstance(data.get("error"), dict)
-                else {
-                    "type": "http_error",
-                    "message": f"HTTP {resp.status_code} without a ComfyUI error body",
-                }
-            )
+            data = {}
+            if resp.status_code == 400:  # ComfyUI's only refusal of a prompt
+                try:
+                    data = resp.json()
+                except ValueError:
+                    data = {}
+                data = data if isinstance(data, dict) else {}
+            if not isinstance(data.get("error"), dict):
+                # Refused by something that is not ComfyUI's /prompt (a wrong path prefix,
+                # a proxy's limit): nothing was queued. Its body is not shown: a proxy's
+                # page may echo secrets.
+                raise ServerFailed(
+                    self.spec.name,
+                    f"http {resp.status_code} for POST /prompt",
+                    "Nothing was queued: check the server's URL and its path prefix."
+                    if resp.status_code in (404, 405)
+                    else "Nothing was queued: the answer did not come from ComfyUI "
+                    "(a proxy in front?).",
+                )
             node_errors = data.get("node_errors")
             raise WorkflowRejected(
                 self.spec.name,
-                error,
+                data["error"],
                 node_errors if isinstance(node_errors, dict) else {},
                 resp.status_code,
             )

@@ -160,10 +160,11 @@ class Submitter:
     def send(self, record: Record, graph: dict[str, Any], spec: ServerSpec) -> Submitted:
         """POST the job whose write-ahead record is already in the ledger.
 
-        Raises WorkflowRejected; ServerUnreachable or AccessDenied when the job certainly
-        did not reach ComfyUI (its record is removed: it may go elsewhere); SubmitUncertain
-        when it may be queued (the record stays, to be settled on the next contact);
-        SubmitFailed when the server answered that it does not have it."""
+        Raises WorkflowRejected; ServerUnreachable, AccessDenied or ServerFailed (a 4xx
+        that is not ComfyUI's rejection) when the job certainly did not reach ComfyUI's
+        queue (its record is removed; after ServerUnreachable it may go elsewhere);
+        SubmitUncertain when it may be queued (the record stays, to be settled on the next
+        contact); SubmitFailed when the server answered that it does not have it."""
         client = self.client_for(spec)
         prompt_id = record["prompt_id"]
         log.info(

@@ -175,6 +175,30 @@ def test_submit_400_raises_workflow_rejected(mock, name: str, message: str) -> N
     assert calls(mock) == ["POST /prompt"]
 
 
+@pytest.mark.parametrize(
+    "status, body",
+    [
+        (404, "<html>Not Found</html>"),  # a URL whose path prefix leads elsewhere
+        (405, "405: Method Not Allowed"),
+        (404, json.dumps({"error": {"type": "x", "message": "no route"}})),
+        (413, "<html>Request Entity Too Large</html>"),  # a proxy's body limit
+        (400, "<html>Bad Request</html>"),  # a proxy's, not ComfyUI's error body
+    ],
+)
+def test_submit_4xx_not_comfyuis_rejection_is_a_server_error(mock, status, body) -> None:
+    """Only a 400 with ComfyUI's error body rejects the workflow. Any other 4xx came from
+    something that is not ComfyUI's /prompt: nothing was queued, exit 9, the status named."""
+    mock.post(f"{URL}/prompt", status=status, body=body)
+    with pytest.raises(ServerFailed) as info:
+        make_client().submit(GRAPH, "c", PROMPT_ID)
+    assert not isinstance(info.value, (WorkflowRejected, SubmitUncertain))
+    assert info.value.exit_code == ExitCode.SERVER_ERROR
+    assert f"http {status}" in str(info.value) and "POST /prompt" in str(info.value)
+    if status in (404, 405):
+        assert info.value.hint is not None and "URL" in info.value.hint
+    assert calls(mock) == ["POST /prompt"]
+
+
 def test_submit_refused_is_unreachable_not_uncertain(mock) -> None:
     mock.post(f"{URL}/prompt", body=refused())
     with pytest.raises(ServerUnreachable) as info:

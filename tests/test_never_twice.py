@@ -474,6 +474,20 @@ def test_a_rejection_message_ends_in_one_full_stop(invoke, emulator, tmp_path):
     assert "rejected the workflow" in result.stderr and ".." not in result.stderr
 
 
+def test_a_url_whose_prefix_leads_elsewhere_is_a_server_error_and_leaves_no_record(
+    run_comfyctl, emulator, wf, ledger_path
+):
+    """POST /prompt answered 404: nothing was queued, so the job is not "rejected" (exit 1)
+    but a server error (exit 9) naming the status, with a hint at the URL, and the ledger
+    keeps no record of it (as after any submit that certainly did not reach ComfyUI)."""
+    result = run_comfyctl("submit", wf, "-s", emulator.url + "/wrongprefix")
+    assert result.returncode == ExitCode.SERVER_ERROR, result.stderr
+    assert result.stdout == ""
+    assert "rejected" not in result.stderr and "http 404" in result.stderr
+    assert "URL" in result.stderr and ".." not in result.stderr
+    assert not ledger_path.exists() or Ledger(ledger_path).load().values() == []
+
+
 # -- the property: never twice, never lost --------------------------------------------------
 
 FAULTS = {
