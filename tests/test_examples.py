@@ -182,3 +182,90 @@ def test_cron_exits_3_when_every_server_is_down(
         "every server with unfinished jobs is unreachable; retrying next run"
     ]
     assert proc.stdout == ""
+
+
+# -- the examples in --help ------------------------------------------------------------------
+
+
+def help_example(command: str, needle: str) -> str:
+    """The one example line of ``comfyctl COMMAND --help`` that contains ``needle``."""
+    from comfyctl import docgen
+    from comfyctl.cli import cli
+
+    [doc] = [d for d in docgen.command_docs(cli) if d.path == f"comfyctl {command}"]
+    [line] = [line for line in doc.examples if needle in line]
+    return line
+
+
+@pytest.fixture
+def shell(run_example, tmp_path: Path):
+    """Run one command line through bash, with ``comfyctl`` on PATH, in tmp_path."""
+
+    def run(line: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / "line.sh"
+        script.write_text(line + "\n")
+        return subprocess.run(
+            ["bash", str(script)],
+            env={
+                **os.environ,
+                "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                "PYTHONPATH": str(REPO),
+            },
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    run_example("batch.sh")  # writes the comfyctl shim into tmp_path/bin
+    return run
+
+
+needs_jq = pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
+
+
+@needs_jq
+def test_detect_stuck_help_example_prints_the_ids_it_found(shell, emulator, invoke, tmp_path):
+    long = write_workflow(tmp_path, slow_graph(steps=400, seconds=0.05))
+    ids = invoke("submit", long, "-s", emulator.url, "--count", "2", "--vary-seed").stdout.split()
+    emulator.restart()  # both lost
+    proc = shell(help_example("detect-stuck", "| jq"))
+    assert sorted(proc.stdout.split()) == sorted(ids), proc.stdout + proc.stderr
+
+
+@needs_jq
+def test_watch_help_example_prints_no_null_for_server_events(
+    shell, emulator_factory, invoke, tmp_path
+):
+    a, b = emulator_factory(), emulator_factory()
+    wf = write_workflow(tmp_path, graph())
+    (done,) = invoke("submit", wf, "-s", a.url).stdout.split()
+    invoke("submit", wf, "-s", b.url)
+    b.stop()  # watch says so in a "server" event
+    line = help_example("watch", "| jq")
+    assert "--timeout 600" in line
+    proc = shell(line.replace("--timeout 600", "--timeout 3"))
+    assert "success" in proc.stdout.split() or done in proc.stdout, proc.stdout + proc.stderr
+    assert "null" not in proc.stdout.split(), proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_history_help_example_saves_each_output_under_its_name(shell, emulator, invoke, tmp_path):
+    (pid,) = invoke("submit", write_workflow(tmp_path, graph()), "-s", emulator.url).stdout.split()
+    assert invoke("watch", pid).exit_code == 0
+    [output] = Ledger(tmp_path / "ledger.json").get(pid)["outputs"]
+    proc = shell(help_example("history", "curl").replace("3f2c9a1e-...", pid))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / output["filename"]).is_file(), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_the_example_workflow_runs_on_the_bundled_emulator(emulator, invoke):
+    """README's quick start points at examples/wf.json for its 'wf.json'."""
+    result = invoke(
+        "submit", str(EXAMPLES / "wf.json"), "-s", emulator.url, "--vary-seed", "--wait", "--nl"
+    )
+    assert result.exit_code == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    [end] = [e for e in events if e.get("event") == "state" and e["status"] == "success"]
+    assert len(end["outputs"]) == 1
+    assert "examples/wf.json" in (REPO / "README.md").read_text()

@@ -129,7 +129,7 @@ def command(
     Examples:
       comfyctl history --status running --server gpu1
       comfyctl history --since 2h --json | jq '.tasks[].prompt_id'
-      comfyctl history 3f2c9a1e-... --outputs | xargs -n1 curl -sO
+      comfyctl history 3f2c9a1e-... --outputs | xargs -n1 curl -sOJ   # server's names
       comfyctl history --prune --older-than 30d
     """
     if prune:

@@ -169,7 +169,7 @@ def detect_command(
     \b
     Examples:
       comfyctl detect-stuck
-      comfyctl detect-stuck --stall-after 120 --json | jq -r .prompt_id
+      comfyctl detect-stuck --stall-after 120 --nl | jq -r .prompt_id
       */5 * * * *  comfyctl detect-stuck --quiet || comfyctl recover --resubmit
     """
     result = _detect(app, prompt_ids, servers, deadline, **tuning)

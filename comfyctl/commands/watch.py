@@ -36,7 +36,7 @@ def command(app: AppContext, /, prompt_ids: tuple[str, ...], fmt: str, **params:
     Examples:
       comfyctl watch 3f2c9a1e-...                    # one job
       comfyctl submit wf.json --count 4 | comfyctl watch - --download out/
-      comfyctl watch --timeout 600 --json | jq -r .status
+      comfyctl watch --timeout 600 --json | jq -r 'select(.event == "state") | .status'
       comfyctl watch --exec 'notify-send "$COMFYCTL_STATUS" "$COMFYCTL_PROMPT_ID"'
 
     --exec and --webhook announce each job's end once, however many watchers
