@@ -38,6 +38,7 @@ from comfyctl.lease import (
     release_quietly,
 )
 from comfyctl.records import (
+    FINAL,
     PENDING,
     RUNNING,
     SUBMITTING,
@@ -248,6 +249,7 @@ class Tracker:
             raise
 
     def _write(self, pending: dict[str, list[Observation]]) -> None:
+        decided = []  # ended by another process: a cancel, say
         with self.ledger.transaction() as tasks:
             for prompt_id, observations in pending.items():
                 stored = tasks.get(prompt_id)
@@ -259,6 +261,24 @@ class Tracker:
                     changed |= apply(stored, obs, state.name if state else None)
                 if changed:
                     tasks.put(stored)
+                elif stored["status"] in FINAL:
+                    decided.append(stored)
+        for stored in decided:
+            self._decided_elsewhere(stored)
+
+    def _decided_elsewhere(self, stored: Record) -> None:
+        """The stored record is final and took none of what this tracker heard: another
+        process ended the job (a cancel stops it on its server, which then tells this
+        tracker an interrupt, or nothing at all). The ledger's outcome is the one shown."""
+        record = self.records.get(stored["prompt_id"])
+        if record is None or record["status"] == stored["status"]:
+            return
+        was_open = record["status"] not in TERMINAL
+        record.update(copy.deepcopy(stored))
+        if was_open:
+            self._ended_now(record)
+            self._ended.append(record)  # announced with the next ones that end
+            self._ended_at = self._ended_at or time.monotonic()
 
     # -- the loop ------------------------------------------------------------------------
 

@@ -604,3 +604,37 @@ def test_verbose_names_requests_that_failed_too(workflow, run_comfyctl, ledger_p
     proc = run_comfyctl("-vv", "history", record["prompt_id"])
     assert proc.returncode == 0, proc.stderr
     assert f"GET {url}/api/jobs -> refused" in proc.stderr, proc.stderr
+
+
+def test_a_job_cancelled_elsewhere_is_shown_cancelled_by_its_watcher(
+    emulator, workflow, invoke, ledger_path
+):
+    """cancel (another shell, another host) writes 'cancelled' and stops the job on its
+    server; the watcher then sees it vanish from the queue, or interrupted. What the
+    watcher reports must be what the ledger says (and hooks announced), not its own guess."""
+    long_wf = workflow(slow_graph(steps=60, seconds=0.1))
+    running, waiting = invoke("submit", long_wf, "-s", emulator.url, "--count", "2").stdout.split()
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "comfyctl", "watch", running, waiting, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert watch.stdout is not None
+        for line in watch.stdout:  # the first job is running and listened to
+            event = json.loads(line)
+            if event.get("prompt_id") == running and event["event"] == "progress":
+                break
+        assert invoke("cancel", running, waiting).exit_code == 0
+        out, err = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+    ends = {
+        e["prompt_id"]: e["status"]
+        for e in map(json.loads, out.splitlines())
+        if e["event"] == "state" and e["status"] not in ("pending", "running")
+    }
+    assert ends == {running: "cancelled", waiting: "cancelled"}, (ends, err)
+    assert {r["status"] for r in records(ledger_path).values()} == {"cancelled"}
