@@ -9,6 +9,7 @@ writing ``superseded_by`` in the same transaction that writes the new job's reco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -51,6 +52,7 @@ from comfyctl.restart import (
     later_submissions,
     mark_alive,
     no_proof,
+    note_submitted,
     read_log,
     restart_proof,
 )
@@ -668,6 +670,17 @@ class Repairer:
         self.client_for_record = client_for_record
         self.submitter = Submitter(ledger, client_for_spec)
         self.spec_for_record = spec_for_record
+        self.resubmitted: list[Record] = []  # the new jobs, dated on their logs by run_all
+
+    def run_all(self, actions: list[Action], opts: RepairOptions) -> list[Action]:
+        """Run each action, then date the jobs resubmitted on their servers' logs, as
+        submit does (``note_submitted``): a later restart is proof for them too."""
+        try:
+            return [self.run(action, opts) for action in actions]
+        finally:
+            with contextlib.suppress(ComfyctlError):  # a missing mark only weakens proof
+                note_submitted(self.ledger, self.resubmitted, self.client_for_record)
+            self.resubmitted = []
 
     def run(self, action: Action, opts: RepairOptions) -> Action:
         try:
@@ -798,6 +811,7 @@ class Repairer:
                 if stored is not None:
                     stored["superseded_by"] = result.record["prompt_id"]
                     tasks.put(stored)
+        self.resubmitted.append(result.record)
         action.resolved = True
         action.new_prompt_id = result.record["prompt_id"]
         action.detail = f"resubmitted to {spec.name} as {action.new_prompt_id}"

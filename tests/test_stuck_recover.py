@@ -336,3 +336,35 @@ def test_an_interrupt_by_someone_else_is_recorded_as_interrupted(
     assert finding["condition"] == "failed-unnoticed" and "interrupted" in finding["detail"]
     assert invoke("recover").exit_code == 0
     assert Ledger(ledger_path).get(pid)["status"] == "interrupted"
+
+
+def test_a_resubmitted_job_lost_in_a_second_restart_is_proven_lost_and_resubmitted(
+    emulator, tmp_path, ledger_path, invoke, run_comfyctl
+):
+    """recover --resubmit dates its new job on the server's log, as submit does: a second
+    restart is proof against it too, so each lost job is resubmitted once."""
+    (pid,) = submit(invoke, tmp_path, emulator.url, graph(steps=400, seconds=0.05))
+    time.sleep(0.3)
+    emulator.restart()
+    first = invoke("recover", "--resubmit", "--nl")
+    assert first.exit_code == 0, first.stdout + first.stderr
+    (action,) = findings(first)
+    assert action["prompt_id"] == pid and action["action"] == "resubmit"
+    new = action["new_prompt_id"]
+    assert Ledger(ledger_path).get(new).get("seen_alive")  # the restart evidence submit records
+    time.sleep(0.3)
+    emulator.restart()
+    detected = run_comfyctl("detect-stuck", new, "--nl", "--listen", "0")
+    assert detected.returncode == 6, detected.stdout + detected.stderr
+    (finding,) = findings(detected)
+    assert finding["condition"] == "lost", finding["detail"]
+    assert finding["detail"].endswith("it restarted")
+    second = run_comfyctl("recover", "--resubmit", new, "--nl")
+    assert second.returncode == 0, second.stdout + second.stderr
+    (again,) = findings(second)
+    assert again["action"] == "resubmit" and again["resolved"], again
+    ledger = Ledger(ledger_path).load()
+    assert (
+        ledger[new]["status"] == "lost" and ledger[new]["superseded_by"] == again["new_prompt_id"]
+    )
+    assert ledger[again["new_prompt_id"]]["resubmitted_from"] == new

@@ -337,7 +337,7 @@ def recover_command(
             app.uploader(),
         )
         try:
-            actions = [repairer.run(action, options) for action in actions]
+            actions = repairer.run_all(actions, options)
         finally:
             notifier.close()
         if download_dir:
