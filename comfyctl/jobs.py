@@ -33,6 +33,15 @@ def by_server(records: Iterable[Record]) -> dict[str, list[Record]]:
     return groups
 
 
+def bound_to(urls: Collection[str], names: Collection[str]) -> Callable[[Record], bool]:
+    """The test every --server filter uses for "a job of these servers": bound to one of
+    ``urls`` (as this host's config resolves them) or recorded under one of ``names``
+    (the same server, where this host's config spells its URL another way, e.g.
+    localhost for 127.0.0.1)."""
+    url_set, name_set = set(urls), set(names)
+    return lambda record: record["server_url"] in url_set or record["server"] in name_set
+
+
 def apply_observations(
     ledger: Store,
     observations: Iterable[Observation],
@@ -130,17 +139,18 @@ def cancel_targets(
     records: Any,
     prompt_ids: Collection[str],
     all_pending: bool,
-    server_urls: Collection[str] | None,
+    on_servers: Callable[[Record], bool] | None,
 ) -> tuple[list[Record], set[str]]:
     """The jobs to cancel and the prompt ids named (a unique prefix acts exactly like the
-    full id): those named, then with ``all_pending`` every pending one (on ``server_urls``)."""
+    full id): those named, then with ``all_pending`` every pending one (of the servers
+    ``on_servers`` accepts, from ``bound_to``; None: any)."""
     targets: list[Record] = records.find_all(list(prompt_ids))
     named = {r["prompt_id"] for r in targets}
     if all_pending:
         targets += [
             r
-            for r in records.select(statuses={PENDING}, server_urls=server_urls)
-            if r not in targets
+            for r in records.select(statuses={PENDING})
+            if (on_servers is None or on_servers(r)) and r not in targets
         ]
     return targets, named
 

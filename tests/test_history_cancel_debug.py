@@ -293,3 +293,35 @@ def test_debug_tasks_shows_what_the_server_says_next_to_the_ledger(emulator, inv
     assert (job["status"], job["server_status"]) == ("pending", "finished")
     assert ("finished-unnoticed", pid) in {(a["kind"], a["prompt_id"]) for a in report["anomalies"]}
     assert "server says" in invoke("debug-tasks").stdout
+
+
+def test_cancel_all_pending_on_a_server_takes_the_jobs_history_lists_for_it(
+    emulator, invoke, run_comfyctl, tmp_path, config_path
+):
+    """This host's config spells the server another way (localhost) than the URL the jobs
+    are bound to (127.0.0.1): --server gpu1 picks the same jobs in history and cancel."""
+    port = emulator.url.rsplit(":", 1)[1]
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))
+
+    def submit(count: int) -> list[str]:
+        config_path.write_text(f'[servers.gpu1]\nurl = "http://127.0.0.1:{port}"\n')
+        result = invoke("submit", str(wf), "-s", "gpu1", "--count", str(count))
+        assert result.exit_code == 0, result.stderr
+        config_path.write_text(f'[servers.gpu1]\nurl = "http://localhost:{port}"\n')
+        return result.stdout.split()
+
+    first, *queued = submit(4)  # the first may be running: never interrupted
+    listed = invoke("history", "--server", "gpu1", "--status", "pending", "--json")
+    assert {t["prompt_id"] for t in json.loads(listed.stdout)["tasks"]} == {first, *queued}
+    swept = invoke("cancel", "--all-pending", "--server", "gpu1", "--json")
+    assert swept.exit_code == 0, swept.stdout + swept.stderr
+    results = {r["prompt_id"]: r for r in json.loads(swept.stdout)["results"]}
+    assert set(results) == {first, *queued}
+    assert all(results[pid]["status"] == "cancelled" for pid in queued), results
+    # As a real process too, for jobs submitted since.
+    more = submit(2)
+    again = run_comfyctl("cancel", "--all-pending", "--server", "gpu1", "--nl")
+    assert again.returncode == 0, again.stdout + again.stderr
+    lines = {json.loads(line)["prompt_id"]: json.loads(line) for line in again.stdout.splitlines()}
+    assert set(more) <= set(lines) and all(lines[pid]["status"] == "cancelled" for pid in more)

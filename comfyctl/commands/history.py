@@ -191,8 +191,9 @@ def select(
 ) -> list[Record]:
     """Matching records, newest first. Records are parsed in that order only until
     ``limit`` is reached, so a small page of a huge ledger stays cheap."""
-    urls = {spec.url for spec in app.servers(servers)} if servers else None
-    names = set(servers)
+    from comfyctl.jobs import bound_to
+
+    on_servers = bound_to([s.url for s in app.servers(servers)], servers) if servers else None
     cutoff = parse_since(since).isoformat(timespec="milliseconds") if since else None
     labels = []
     for pair in label_filters:
@@ -211,7 +212,7 @@ def select(
         if cutoff is not None and (record.get("submitted_at") or "") < cutoff:
             break  # newest first: everything after this is older still
         if (
-            (urls is None or record["server_url"] in urls or record["server"] in names)
+            (on_servers is None or on_servers(record))
             and (not statuses or record["status"] in statuses)
             and all((record.get("labels") or {}).get(k) == v for k, v in labels)
         ):

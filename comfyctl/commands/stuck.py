@@ -114,8 +114,9 @@ def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
     # Without ids: unfinished jobs, and lost ones not yet resubmitted.
     records = ledger.find_all(prompt_ids) if prompt_ids else ledger.unsettled()
     if servers:
-        urls = {spec.url for spec in app.servers(servers)}
-        records = [r for r in records if r["server_url"] in urls or r["server"] in servers]
+        from comfyctl.jobs import bound_to
+
+        records = list(filter(bound_to([s.url for s in app.servers(servers)], servers), records))
     return records
 
 
