@@ -29,6 +29,7 @@ LOCK_KEY = 0x636F6D6679  # "comfy": the advisory lock every transaction holds
 MIGRATION_LOCK_KEY = LOCK_KEY + 1
 DEFAULT_LOCK_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10
+MIN_MASKABLE = 6  # a shorter password matches ordinary words: replacing it garbles them
 PAGE = 50  # rows per page of newest(): a history page of 20 is one round trip
 
 # Migrations as data: (name, SQL), applied once each, in order, recorded by name.
@@ -232,9 +233,16 @@ class PostgresStore:
             ) from None
 
     def _reason(self, exc: Exception) -> str:
+        """libpq's first line, with the URL and passwords taken out; without libpq's words
+        when a password is too short to be taken out reliably and appears in them."""
         text = (str(exc).strip().splitlines() or ["no reason given"])[0]
-        for secret in self._secrets():
-            text = text.replace(secret, "***")
+        text = text.replace(self.url, self.describe())
+        for secret in sorted(self._secrets(), key=len, reverse=True):
+            if len(secret) < MIN_MASKABLE:
+                if secret in text:
+                    return "the database's reason is not shown: it may contain the password"
+            else:
+                text = text.replace(secret, "***")
         return text.rstrip(".")
 
     def _secrets(self) -> list[str]:
@@ -242,7 +250,8 @@ class PostgresStore:
 
         found = [os.environ.get("PGPASSWORD") or ""]
         with contextlib.suppress(ValueError):
-            found.append(unquote(urlsplit(self.url).password or ""))
+            password = urlsplit(self.url).password or ""
+            found += [password, unquote(password)]
         return [s for s in found if s]
 
     def _drop(self) -> None:
@@ -256,12 +265,18 @@ class PostgresStore:
             return self._conn
         pg = _psycopg()
         with self._errors():
-            conn: psycopg.Connection[Any] = pg.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=CONNECT_TIMEOUT,
-                application_name="comfyctl",
-            )
+            try:
+                conn: psycopg.Connection[Any] = pg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    application_name="comfyctl",
+                )
+            except pg.ProgrammingError:
+                # libpq could not parse the URL; its message quotes a piece of it
+                raise LedgerUnavailable(
+                    self.describe(), "libpq cannot parse its URL; check its spelling"
+                ) from None
             self._migrate(conn)
         self._conn = conn
         return conn

@@ -314,13 +314,48 @@ def is_settled(record: Record) -> bool:
     return status in FINAL
 
 
-_PASSWORD = re.compile(r"(?P<head>://[^/@:]*:)(?P<pw>[^@/]*)@")
+_QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&\s]*")
+
+
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``url`` as (scheme://, userinfo, @host...), or None without userinfo. Split at the
+    LAST '@': a password may hold '@', '/' or '#' unencoded, the host never does."""
+    head, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return None
+    return head + sep, rest[:at], rest[at:]
 
 
 def mask_url(url: str) -> str:
-    """A database URL with its password replaced by ***."""
-    masked = _PASSWORD.sub(lambda m: m.group("head") + "***@", url)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", masked)
+    """A database URL with its password replaced by ***, whatever characters it holds:
+    everything after the userinfo's first ':' goes, and any ``password=`` parameter."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    parts = _userinfo(url)
+    if parts is None:
+        return url
+    head, userinfo, host = parts
+    user, colon, _ = userinfo.partition(":")
+    return head + user + (":***" if colon else "") + host
+
+
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a URL whose userinfo holds characters a URL cannot carry unencoded (libpq
+    would misparse it and echo a piece of the password in its error)."""
+    parts = _userinfo(url)
+    if parts is None:
+        return
+    userinfo = parts[1]
+    if any(c in userinfo for c in "@/?#[]") or _PERCENT.search(userinfo):
+        raise UsageProblem(
+            f"The ledger URL {mask_url(url)} cannot be read: the password in the URL must be "
+            "percent-encoded.",
+            "Encode it ('@' as %40, '/' as %2F, '#' as %23, ':' as %3A, '%' as %25), or leave "
+            "it out of the URL and set PGPASSWORD.",
+        )
 
 
 def is_database_url(spec: str) -> bool:
@@ -344,6 +379,7 @@ def open_store(spec: str | Path) -> Store:
     if is_database_url(text):
         from comfyctl.pgstore import PostgresStore
 
+        check_database_url(text)
         return PostgresStore(text)
     if isinstance(spec, str) and _URL.match(text):
         scheme = text.split("://", 1)[0]  # the rest may hold a password

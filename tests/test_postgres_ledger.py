@@ -284,3 +284,97 @@ def test_tables_are_created_once_and_recorded(postgres_ledger):
     with psycopg.connect(postgres_ledger) as conn:
         names = [n for (n,) in conn.execute("SELECT name FROM comfyctl_migrations")]
     assert names == [name for name, _ in MIGRATIONS]
+
+
+# -- passwords with reserved characters ---------------------------------------------------------
+
+RESERVED_PASSWORD = "p@ss/w#rd:1%"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://studio2:{RESERVED_PASSWORD}@127.0.0.1:18555/ledger",
+        "postgresql://studio2:e@127.0.0.1:18555/ledger",
+        "postgres://studio2:a:b@c@db.lan/ledger?sslmode=require",
+        "postgresql://db.lan/ledger?user=studio2&password=p@ss/w%23rd",
+    ],
+)
+def test_mask_url_never_shows_any_part_of_the_password(url: str) -> None:
+    from comfyctl.store import mask_url
+
+    masked = mask_url(url)
+    assert "***" in masked
+    for part in ("p@ss", "ss/w", "w#rd", "rd:1", ":e@", "a:b", "b@c", "w%23"):
+        assert part not in masked, masked
+    assert "studio2" in masked and ("127.0.0.1" in masked or "db.lan" in masked)
+
+
+def test_mask_url_keeps_a_url_without_password() -> None:
+    from comfyctl.store import mask_url
+
+    assert mask_url("postgresql://studio2@db.lan:5432/ledger") == (
+        "postgresql://studio2@db.lan:5432/ledger"
+    )
+
+
+@pytest.fixture
+def studio2(postgres_server, postgres_ledger: str) -> str:
+    """A new role (scram) whose password is of reserved characters, owning a fresh database;
+    returns "role@127.0.0.1:port/db" (the URL without scheme and password)."""
+    import psycopg
+
+    hostport_db = postgres_ledger.rsplit("@", 1)[1]
+    db = hostport_db.rsplit("/", 1)[1]
+    role = f"studio2_{db}"  # one per database: a role owning a database cannot be dropped
+    with psycopg.connect(postgres_ledger, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{RESERVED_PASSWORD}'")  # no quote in it
+        conn.execute(f'ALTER DATABASE "{db}" OWNER TO {role}')
+    return f"{role}@{hostport_db}"
+
+
+def test_a_password_with_reserved_characters_through_var_is_refused_never_shown(
+    studio2: str, tmp_path: Path
+) -> None:
+    role, where = studio2.split("@")
+    env = host_env(tmp_path, 3, "unused")
+    (tmp_path / "host3" / "c.toml").write_text(f'ledger = "postgresql://{role}:${{PW2}}@{where}"\n')
+    env["PW2"] = RESERVED_PASSWORD
+    for args in (["servers"], ["servers", "--json"], ["history"]):
+        proc = on(env, *args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert proc.stdout == ""
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "percent-encoded" in lines[0] and "PGPASSWORD" in lines[0]
+        for part in ("p@ss", "ss/w", "w#rd", "rd:1", "percent-encoded token"):
+            assert part not in proc.stderr, proc.stderr
+
+
+def test_a_percent_encoded_password_or_pgpassword_works(studio2: str, tmp_path: Path) -> None:
+    from urllib.parse import quote
+
+    role, where = studio2.split("@")
+    env = host_env(tmp_path, 3, "unused")
+    (tmp_path / "host3" / "c.toml").write_text(f'ledger = "postgresql://{role}:${{PW2}}@{where}"\n')
+    env["PW2"] = quote(RESERVED_PASSWORD, safe="")
+    proc = on(env, "servers", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ledger"] == f"postgresql://{role}:***@{where}"
+    assert on(env, "history").returncode == 0
+    env = {
+        **host_env(tmp_path, 4, f"postgresql://{studio2}"),
+        "PGPASSWORD": RESERVED_PASSWORD,
+    }
+    proc = on(env, "history")
+    assert proc.returncode == 0, proc.stderr
+    assert RESERVED_PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_a_short_wrong_password_garbles_nothing_and_is_not_shown(postgres_ledger, tmp_path):
+    base, _, name = postgres_ledger.rpartition("/")
+    url = f"postgresql://postgres:e@{base.rsplit('@', 1)[1]}/{name}"
+    proc = on(host_env(tmp_path, 3, url), "history")
+    assert proc.returncode == 7, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be used" in lines[0], proc.stderr
+    assert lines[0].count("***") == 1 and "postgresql://postgres:***@127.0.0.1" in lines[0]
