@@ -363,7 +363,21 @@ def is_database_url(spec: str) -> bool:
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# Typos of a PostgreSQL URL (postgresql//, postgresql:/, Postgres:...): as a path each
+# would be a JSON ledger in folders named after the password.
+_LIKE_DATABASE_URL = re.compile(r"(?i)\s*postgres(?:ql)?(?::|//)")
+# A libpq keyword string: nothing but key=value pairs, one of them a connection key.
+_KEYWORDS = re.compile(r"\s*(?:[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*)\s*)+")
+_CONNECTION_KEY = re.compile(
+    r"(?i)(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode)\s*="
+)
 LEDGER_FORMS = "a JSON file path or a postgresql:// (or postgres://) URL"
+
+
+def _looks_like_database(text: str) -> bool:
+    if _LIKE_DATABASE_URL.match(text):
+        return True
+    return bool(_KEYWORDS.fullmatch(text)) and bool(_CONNECTION_KEY.search(text))
 
 
 def open_store(spec: str | Path) -> Store:
@@ -375,6 +389,13 @@ def open_store(spec: str | Path) -> Store:
             "The --ledger value is empty.",
             f"Give {LEDGER_FORMS}, or leave --ledger out to use COMFYCTL_LEDGER, the "
             "config's ledger or the default.",
+        )
+    if isinstance(spec, str) and not is_database_url(text) and _looks_like_database(text):
+        # never echoed: it may hold a password
+        raise UsageProblem(
+            "The ledger value looks like a PostgreSQL connection but is not a postgresql:// URL.",
+            "Write it as postgresql://user:password@host:port/dbname (or postgres://) in "
+            "--ledger, COMFYCTL_LEDGER or the config's ledger.",
         )
     if is_database_url(text):
         from comfyctl.pgstore import PostgresStore

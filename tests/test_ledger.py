@@ -1055,3 +1055,47 @@ def test_a_ledger_under_a_regular_file_is_exit_7_in_a_real_process(
     assert proc.returncode == 7, proc.stderr
     assert f"{blocker} is not a directory" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+MISTYPED_DATABASE_URLS = [
+    "postgresql//studio:s3cret@127.0.0.1:18555/ledger",  # the colon missing
+    "postgresql:/studio:s3cret@127.0.0.1:18555/ledger",  # one slash
+    "PostgreS:studio:s3cret@127.0.0.1/ledger",
+    "host=127.0.0.1 port=18555 dbname=ledger user=studio password=s3cret",  # libpq keywords
+    "dbname=ledger password=s3cret",
+]
+
+
+@pytest.mark.parametrize("url", MISTYPED_DATABASE_URLS)
+def test_a_mistyped_database_url_is_a_usage_error_never_a_json_ledger(
+    invoke, emulator, tmp_path, monkeypatch, url: str
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for args in (["servers", "--json"], ["history"], ["submit", _wf(tmp_path), "-s", emulator.url]):
+        result = invoke("--ledger", url, *args)
+        assert result.exit_code == ExitCode.USAGE, (args, result.stdout, result.stderr)
+        assert result.stdout == "" and "postgresql://" in result.stderr
+        assert "s3cret" not in result.stderr and "studio" not in result.stderr
+        assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", MISTYPED_DATABASE_URLS[1:4])
+def test_a_mistyped_database_url_in_the_config_exits_2(
+    run_comfyctl, config_path, monkeypatch, url
+) -> None:
+    config_path.write_text(f'ledger = "{url}"\n')
+    monkeypatch.delenv("COMFYCTL_LEDGER")
+    proc = run_comfyctl("servers", "--json")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stdout == "" and "s3cret" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", ["postgres.json", "postgresql/ledger.json", "my host=1.json"])
+def test_paths_that_merely_mention_postgres_stay_json_ledgers(path: str, tmp_path) -> None:
+    from comfyctl.ledger import Ledger
+    from comfyctl.store import open_store
+
+    assert isinstance(open_store(str(tmp_path / path)), Ledger)
+    assert isinstance(open_store(path), Ledger)
