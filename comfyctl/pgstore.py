@@ -29,6 +29,7 @@ LOCK_KEY = 0x636F6D6679  # "comfy": the advisory lock every transaction holds
 MIGRATION_LOCK_KEY = LOCK_KEY + 1
 DEFAULT_LOCK_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10
+STATEMENT_MARGIN = 5.0  # statement_timeout = lock timeout + this: slow but not locked
 MIN_MASKABLE = 6  # a shorter password matches ordinary words: replacing it garbles them
 PAGE = 50  # rows per page of newest(): a history page of 20 is one round trip
 
@@ -220,7 +221,9 @@ class PostgresStore:
         psycopg = _psycopg()
         try:
             yield
-        except psycopg.errors.LockNotAvailable:
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            # lock_timeout or statement_timeout (see _connection): the database did not
+            # answer within the store's bounds
             raise LedgerLocked(self.describe(), self.lock_timeout) from None
         except psycopg.errors.UndefinedTable:
             raise LedgerCorrupt(self.describe(), "its comfyctl tables are missing") from None
@@ -277,9 +280,19 @@ class PostgresStore:
                 raise LedgerUnavailable(
                     self.describe(), "libpq cannot parse its URL; check its spelling"
                 ) from None
+            # Every statement bounded, reads outside a transaction too: without a session
+            # timeout, a table another session locks makes any command wait forever.
+            conn.execute(
+                f"SET lock_timeout = {self._ms(self.lock_timeout)}; "
+                f"SET statement_timeout = {self._ms(self.lock_timeout + STATEMENT_MARGIN)}"
+            )
             self._migrate(conn)
         self._conn = conn
         return conn
+
+    @staticmethod
+    def _ms(seconds: float) -> int:
+        return max(1, int(seconds * 1000))  # PostgreSQL reads 0 as "no timeout"
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         """Apply the migrations this database lacks; refuse one a newer comfyctl made."""
@@ -341,7 +354,7 @@ class PostgresStore:
         with self._lock:
             conn = self._connection()
             with self._errors(), conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout * 1000)}")
+                conn.execute(f"SET LOCAL lock_timeout = {self._ms(self.lock_timeout)}")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
                 tasks = PgRecords(self, conn, writable=True)
                 yield tasks

@@ -7,14 +7,16 @@ its config: both ways a team would set it up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +380,50 @@ def test_a_short_wrong_password_garbles_nothing_and_is_not_shown(postgres_ledger
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be used" in lines[0], proc.stderr
     assert lines[0].count("***") == 1 and "postgresql://postgres:***@127.0.0.1" in lines[0]
+
+
+# -- a database that does not answer ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def table_locked(url: str, seconds: float = 8.0) -> Iterator[None]:
+    """Another session holds ACCESS EXCLUSIVE on comfyctl_tasks (released after ``seconds``
+    at the latest, so that a comfyctl that waits forever still ends the test)."""
+    import psycopg
+
+    holder = psycopg.connect(url)
+    holder.execute("LOCK TABLE comfyctl_tasks IN ACCESS EXCLUSIVE MODE")
+    timer = threading.Timer(seconds, holder.rollback)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        holder.close()
+
+
+def test_a_read_outside_a_transaction_gives_up_after_the_lock_timeout(
+    postgres_ledger: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from comfyctl.errors import LedgerLocked
+
+    open_store(postgres_ledger).load()  # the tables
+    monkeypatch.setenv("COMFYCTL_LOCK_TIMEOUT", "1")
+    store = open_store(postgres_ledger)
+    with table_locked(postgres_ledger):
+        with pytest.raises(LedgerLocked):
+            store.get("nope")
+        with pytest.raises(LedgerLocked):
+            len(store.load())
+
+
+def test_commands_on_a_locked_table_exit_7_in_one_sentence(hosts, postgres_ledger, tmp_path):
+    assert on(hosts[1], "history").returncode == 0  # the tables
+    env = {**hosts[2], "COMFYCTL_LOCK_TIMEOUT": "1"}
+    with table_locked(postgres_ledger, seconds=20):
+        for args in (["history"], ["detect-stuck", "--server-timeout", "5"]):
+            proc = on(env, *args)
+            assert proc.returncode == 7, (args, proc.stdout, proc.stderr)
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and "stayed locked" in lines[0], proc.stderr
