@@ -966,24 +966,6 @@ def _wf(tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(
-    "url",
-    ["mysql://x/y", "sqlite:///tmp/l.db", "https://host/ledger.json", "MySQL://u:s3cret@h/db"],
-)
-def test_a_ledger_url_of_another_scheme_is_a_usage_error(
-    invoke, emulator, tmp_path, monkeypatch, url: str
-) -> None:
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    result = invoke("--ledger", url, "submit", _wf(tmp_path), "-s", emulator.url)
-    assert result.exit_code == ExitCode.USAGE, (result.stdout, result.stderr)
-    assert "postgresql://" in result.stderr and "JSON file" in result.stderr
-    assert "s3cret" not in result.stderr
-    assert result.stdout == "" and list(cwd.iterdir()) == []
-    assert emulator.url not in result.stderr  # refused before any server was asked
-
-
 def test_a_ledger_url_of_another_scheme_in_the_config_is_a_usage_error(
     invoke, config_path, monkeypatch
 ) -> None:
@@ -1066,10 +1048,21 @@ MISTYPED_DATABASE_URLS = [
 ]
 
 
-@pytest.mark.parametrize("url", MISTYPED_DATABASE_URLS)
-def test_a_mistyped_database_url_is_a_usage_error_never_a_json_ledger(
+OTHER_SCHEMES = [
+    "mysql://x/y",
+    "sqlite:///tmp/l.db",
+    "https://host/ledger.json",
+    "MySQL://studio:s3cret@h/db",
+]
+
+
+@pytest.mark.parametrize("url", OTHER_SCHEMES + MISTYPED_DATABASE_URLS)
+def test_a_ledger_value_that_is_no_path_nor_database_url_is_a_usage_error(
     invoke, emulator, tmp_path, monkeypatch, url: str
 ) -> None:
+    """Another scheme, a mistyped PostgreSQL URL or a libpq keyword string: as a path each
+    would be a JSON ledger named after it (a password in folder names). Refused before any
+    server is asked, never echoed."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -1078,6 +1071,7 @@ def test_a_mistyped_database_url_is_a_usage_error_never_a_json_ledger(
         assert result.exit_code == ExitCode.USAGE, (args, result.stdout, result.stderr)
         assert result.stdout == "" and "postgresql://" in result.stderr
         assert "s3cret" not in result.stderr and "studio" not in result.stderr
+        assert emulator.url not in result.stderr
         assert list(cwd.iterdir()) == []
 
 
