@@ -6,6 +6,7 @@ Building it costs nothing (no file or network access), so --help and completion 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,6 +130,15 @@ class AppContext:
         if self.config.webhook:
             return [Webhook(self.config.webhook, self.config.webhook_secret)]
         return []
+
+    def on_servers(self, names: tuple[str, ...]) -> Callable[[Record], bool] | None:
+        """What every --server filter keeps: the jobs of the servers named
+        (``jobs.bound_to``); None when none is named."""
+        if not names:
+            return None
+        from comfyctl.jobs import bound_to
+
+        return bound_to([spec.url for spec in self.servers(names)], names)
 
     def servers(self, names: tuple[str, ...] | list[str]) -> list[ServerSpec]:
         """The servers named on the command line, else the default one."""

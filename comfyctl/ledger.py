@@ -79,10 +79,8 @@ def _read_bytes(path: Path, missing_ok: bool = False) -> bytes | None:
         raise
     except IsADirectoryError:
         raise LedgerCorrupt(path, "it is a directory") from None
-    except (NotADirectoryError, PermissionError) as exc:
-        raise LedgerInaccessible(path, _location_problem(path, exc)) from None
     except OSError as exc:
-        raise LedgerCorrupt(path, exc.strerror or str(exc)) from None
+        raise _inaccessible(path, exc) or LedgerCorrupt(path, exc.strerror or str(exc)) from None
     if not raw or raw.isspace():
         raise LedgerCorrupt(path, "it is empty")
     return raw
@@ -92,14 +90,18 @@ def _read_bytes(path: Path, missing_ok: bool = False) -> bytes | None:
 _LOCATION_ERRNOS = {errno.ENOTDIR, errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def _location_problem(path: Path, exc: OSError) -> str:
-    """What is wrong with where ``path`` is, in a few words, for LedgerInaccessible."""
+def _inaccessible(path: Path, exc: OSError) -> LedgerInaccessible | None:
+    """``exc`` as LedgerInaccessible when it says the ledger's place is wrong, naming
+    what is wrong with it in a few words."""
+    if exc.errno not in _LOCATION_ERRNOS:
+        return None
+    why = f"{exc.filename or path} cannot be created or opened ({exc.strerror or exc})"
     if exc.errno == errno.ENOTDIR:
         for parent in path.parents:  # the nearest one that exists is the culprit
             if parent.exists() or parent.is_symlink():
-                return f"{parent} is not a directory" if not parent.is_dir() else str(exc)
-    where = exc.filename or path
-    return f"{where} cannot be created or opened ({exc.strerror or exc})"
+                why = f"{parent} is not a directory" if not parent.is_dir() else str(exc)
+                break
+    return LedgerInaccessible(path, why)
 
 
 def _parse_json(path: Path, raw: bytes) -> Any:
@@ -610,7 +612,7 @@ class Ledger:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             except OSError as exc:
-                raise self._inaccessible(exc) or exc from None
+                raise _inaccessible(self.path, exc) or exc from None
             try:
                 backoff = Backoff(0.002, 0.05)
                 while True:
@@ -894,12 +896,6 @@ class Ledger:
 
     # -- workflows ----------------------------------------------------------------------
 
-    def _inaccessible(self, exc: OSError) -> LedgerInaccessible | None:
-        """``exc`` as LedgerInaccessible when it says the ledger's place is wrong."""
-        if exc.errno not in _LOCATION_ERRNOS:
-            return None
-        return LedgerInaccessible(self.path, _location_problem(self.path, exc))
-
     def store_workflow(self, graph: dict[str, Any]) -> str:
         data = json.dumps(graph, sort_keys=True, separators=(",", ":")).encode("utf-8")
         digest = hashlib.sha256(data).hexdigest()
@@ -910,7 +906,7 @@ class Ledger:
             except FileNotFoundError:
                 atomic_write(target, data)
         except OSError as exc:
-            if problem := self._inaccessible(exc):
+            if problem := _inaccessible(self.path, exc):
                 raise problem from None
             if exc.filename:
                 raise

@@ -191,9 +191,7 @@ def select(
 ) -> list[Record]:
     """Matching records, newest first. Records are parsed in that order only until
     ``limit`` is reached, so a small page of a huge ledger stays cheap."""
-    from comfyctl.jobs import bound_to
-
-    on_servers = bound_to([s.url for s in app.servers(servers)], servers) if servers else None
+    on_servers = app.on_servers(servers)
     cutoff = parse_since(since).isoformat(timespec="milliseconds") if since else None
     labels = []
     for pair in label_filters:

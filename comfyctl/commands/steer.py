@@ -52,11 +52,11 @@ def cancel_command(
       comfyctl cancel 3f2c9a1e-...
       comfyctl cancel --all-pending --server gpu2
     """
-    from comfyctl.jobs import bound_to, cancel, cancel_targets
+    from comfyctl.jobs import cancel, cancel_targets
 
     if not prompt_ids and not all_pending:
         raise UsageProblem("Give prompt ids to cancel, or --all-pending.")
-    on_servers = bound_to([s.url for s in app.servers(servers)], servers) if servers else None
+    on_servers = app.on_servers(servers)
     targets, named = cancel_targets(app.ledger.load(), prompt_ids, all_pending, on_servers)
     unreachable, not_cancelled, unknown = [], [], []
     results: list[dict[str, Any]] = []

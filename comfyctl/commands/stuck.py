@@ -113,10 +113,9 @@ def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ..
     ledger = app.ledger.load()
     # Without ids: unfinished jobs, and lost ones not yet resubmitted.
     records = ledger.find_all(prompt_ids) if prompt_ids else ledger.unsettled()
-    if servers:
-        from comfyctl.jobs import bound_to
-
-        records = list(filter(bound_to([s.url for s in app.servers(servers)], servers), records))
+    on_servers = app.on_servers(servers)
+    if on_servers is not None:
+        records = [r for r in records if on_servers(r)]
     return records
 
 
