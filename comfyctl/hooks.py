@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from urllib.parse import urlsplit
 
 from comfyctl import __version__
 from comfyctl.backoff import Backoff
+from comfyctl.liveness import this_process
 from comfyctl.records import TERMINAL, now_iso
 from comfyctl.render import record_json
 from comfyctl.store import Record, Store
@@ -83,7 +83,7 @@ def claim(ledger: Store, prompt_id: str) -> Record | None:
         stored["notified"] = {
             "status": stored["status"],
             "at": now_iso(),
-            "by": f"{socket.gethostname()}:{os.getpid()}",
+            "by": this_process(),
         }
         tasks.put(stored)
         copy: Record = json.loads(json.dumps(stored))  # a copy the hook threads may keep

@@ -7,7 +7,8 @@ process that follows a job (``watch``, ``submit --wait``, ``detect-stuck``'s lis
 first claims the job's lease ``listen:<prompt_id>`` in the ledger store. The holder
 listens and writes what it hears to the store; every other process follows the job
 through the store and takes the lease over when the holder's expires (a crash) or when
-the holder, on this host, is no longer alive (found at once, without waiting for expiry).
+the holder, on this host and in its PID space, is no longer alive (found at once,
+without waiting for expiry).
 
 The lease calls are the store contract's (``claim_leases``, ``release_leases``, ``lease``;
 see ``store.py``): a watcher of many jobs claims, renews and releases them in one call.
@@ -16,13 +17,12 @@ see ``store.py``): a watcher of many jobs claims, renews and releases them in on
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import uuid
 from collections.abc import Collection
 from typing import Any, Protocol
 
 from comfyctl.errors import ComfyctlError
+from comfyctl.liveness import gone, this_process
 from comfyctl.store import Lease as Lease  # the lease a store reports
 
 TTL = 5.0  # a holder that has not renewed for this long is taken for dead
@@ -42,24 +42,9 @@ def listen_lease(prompt_id: str) -> str:
 
 
 def new_owner(role: str) -> str:
-    """``host:pid:role:nonce``: the host and pid let others on this host see that a
-    holder died; the nonce keeps two leases of one process apart."""
-    return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"
-
-
-def holder_gone(owner: str) -> bool:
-    """Whether the process named by ``owner`` is on this host and no longer running."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    """``where:pid:role:nonce``: the process's name (``liveness``) lets others in its PID
+    space see that a holder died; the nonce keeps two leases of one process apart."""
+    return f"{this_process()}:{role}:{uuid.uuid4().hex[:8]}"
 
 
 def leases_for(ledger: Any) -> LeaseStore:
@@ -74,11 +59,11 @@ def claim(store: LeaseStore, name: str, owner: str, ttl: float = TTL) -> bool:
 
 def claim_all(store: LeaseStore, names: Collection[str], owner: str, ttl: float = TTL) -> set[str]:
     """``claim`` for many leases in one store call (plus one per lease someone else holds,
-    to see whether its holder is a dead process on this host)."""
+    to see whether its holder is a dead process here)."""
     won = store.claim_leases(names, owner, ttl)
     for name in set(names) - won:
         held = store.lease(name)
-        if held is not None and holder_gone(held.owner):
+        if held is not None and gone(held.owner):
             store.release_leases([name], held.owner)
             won |= store.claim_leases([name], owner, ttl)
     return won
@@ -87,7 +72,7 @@ def claim_all(store: LeaseStore, names: Collection[str], owner: str, ttl: float 
 def live_holder(store: LeaseStore, name: str) -> str | None:
     """The owner of an unexpired lease whose process is not known to be dead."""
     held = store.lease(name)
-    if held is None or holder_gone(held.owner):
+    if held is None or gone(held.owner):
         return None
     return str(held.owner)
 

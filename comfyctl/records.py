@@ -8,13 +8,13 @@ server is ignored, so one server can never change a job bound to another.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
+
+from comfyctl.liveness import gone, this_process
 
 Record = dict[str, Any]
 
@@ -99,7 +99,7 @@ def new_record(
         "recovered": None,
         "labels": dict(labels or {}),
         # Lets a later command tell a crashed submit from one still in flight.
-        "submitter": {"host": socket.gethostname(), "pid": os.getpid()},
+        "submitter": {"process": this_process()},
     }
 
 
@@ -110,15 +110,7 @@ def submitter_gone(record: Record) -> bool:
         return True
     if (age_seconds(record.get("submitted_at")) or 0.0) > STALE_SUBMIT_SECONDS:
         return True
-    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
-        return False
-    try:
-        os.kill(info["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return isinstance(info.get("process"), str) and gone(info["process"])
 
 
 def never_arrived(record: Record) -> Observation:

@@ -14,12 +14,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from workflows import slow_graph
 
 from comfyctl.emulator import Emulator
 from comfyctl.lease import claim, leases_for, listen_lease, live_holder, new_owner
 from comfyctl.ledger import Ledger
+from comfyctl.records import new_record, submitter_gone
 
 REPO = Path(__file__).resolve().parents[1]
 LONG = slow_graph(steps=40, seconds=0.2)  # 8 s
@@ -199,6 +201,56 @@ def test_a_lease_is_one_holders_and_a_dead_holders_is_taken_over(ledger_path):
     assert leases.claim_leases([name], mine, 0.05)
     time.sleep(0.1)
     assert leases.lease(name) is None and claim(leases, name, other)  # expired
+
+
+def _names_written_in_another_pid_space() -> tuple[str, dict, int]:
+    """A lease owner and a record's submitter as a process in its own PID namespace on
+    this host writes them (a container sharing the hostname), and the pid it has there."""
+    code = (
+        "import json, os; from comfyctl.lease import new_owner; "
+        "from comfyctl.records import new_record; "
+        "r = new_record('job', 's', 'http://127.0.0.1:1', 'c', None); "
+        "print(json.dumps([new_owner('watch'), r['submitter'], os.getpid()]))"
+    )
+    try:
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", sys.executable, "-c", code],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) here")
+    if done.returncode != 0:
+        pytest.skip(f"cannot make a PID namespace here: {done.stderr.strip()}")
+    owner, submitter, pid = json.loads(done.stdout)
+    return owner, submitter, pid
+
+
+def test_a_process_of_another_pid_space_on_this_host_is_not_taken_for_dead(ledger_path):
+    # Its pid means nothing here: a pid that is not running here may be running there.
+    owner, submitter, pid = _names_written_in_another_pid_space()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    there = owner.replace(f":{pid}:", f":{dead.pid}:", 1)
+    leases = leases_for(Ledger(ledger_path))
+    name = listen_lease("job")
+    assert leases.claim_leases([name], there, 5) == {name}
+    assert live_holder(leases, name) == there
+    assert not claim(leases, name, new_owner("watch"))  # waits for the lease to expire
+    record = new_record("job", "s", "http://127.0.0.1:1", "c", None)
+    record["submitter"] = json.loads(json.dumps(submitter).replace(str(pid), str(dead.pid)))
+    assert not submitter_gone(record)
+    # The same names written here, by a process that is gone, are.
+    here = new_owner("watch").replace(f":{os.getpid()}:", f":{dead.pid}:", 1)
+    assert leases.release_leases([name], there) and leases.claim_leases([name], here, 5)
+    assert live_holder(leases, name) is None
+    mine = new_record("job", "s", "http://127.0.0.1:1", "c", None)
+    mine["submitter"] = json.loads(
+        json.dumps(mine["submitter"]).replace(str(os.getpid()), str(dead.pid))
+    )
+    assert submitter_gone(mine)
 
 
 class _SlowLooks:
