@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import threading
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
@@ -191,6 +192,20 @@ class PgRecords(RecordsBase):
             )
 
 
+def _hung_up(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server ended an idle connection (it restarted, or an admin or a pooler
+    closed it): its goodbye waits unread on the socket, and a statement sent there would
+    fail. A watch keeps its connection for hours, so it is looked at before each use."""
+    pg = _psycopg()
+    if conn.info.transaction_status != pg.pq.TransactionStatus.IDLE:
+        return False  # mid-transaction: what is there to read belongs to the transaction
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, pg.Error):
+        return True
+    return bool(readable)  # an idle session that LISTENs to nothing gets nothing else
+
+
 def _list(values: Collection[str] | None) -> list[str] | None:
     return None if values is None else list(values)
 
@@ -264,8 +279,9 @@ class PostgresStore:
             self._conn = None
 
     def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is not None and not self._conn.closed:
+        if self._conn is not None and not self._conn.closed and not _hung_up(self._conn):
             return self._conn
+        self._drop()
         pg = _psycopg()
         with self._errors():
             try:

@@ -88,6 +88,13 @@ class ThrowawayPostgres:
             [*prefix, str(BINDIR / tool), *args], check=True, capture_output=True, cwd="/"
         )
 
+    def restart(self) -> None:
+        """Stop and start the server (fast shutdown: every session is terminated)."""
+        if self.base is None:
+            raise RuntimeError("a server given by COMFYCTL_TEST_POSTGRES is not ours to restart")
+        data, log = str(self.base / "data"), str(self.base / "log")
+        self._run("pg_ctl", "-D", data, "-l", log, "-m", "fast", "-w", "restart")
+
     def database(self) -> str:
         import psycopg
 

@@ -24,6 +24,7 @@ import pytest
 import requests
 from workflows import slow_graph
 
+from comfyctl.records import new_record
 from comfyctl.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,6 +287,46 @@ def test_tables_are_created_once_and_recorded(postgres_ledger):
     with psycopg.connect(postgres_ledger) as conn:
         names = [n for (n,) in conn.execute("SELECT name FROM comfyctl_migrations")]
     assert names == [name for name, _ in MIGRATIONS]
+
+
+def _cut_off(how: str, postgres_server: Any, url: str) -> None:
+    import psycopg
+
+    if how == "restarted":
+        if postgres_server.base is None:
+            pytest.skip("the server given by COMFYCTL_TEST_POSTGRES is not ours to restart")
+        postgres_server.restart()
+        return
+    with psycopg.connect(url, autocommit=True) as conn:  # what a pooler or an admin does
+        others = "FROM pg_stat_activity WHERE application_name = 'comfyctl'"
+        conn.execute(f"SELECT pg_terminate_backend(pid) {others}")
+        while conn.execute(f"SELECT count(*) {others}").fetchone()[0]:
+            time.sleep(0.01)  # gone: it said goodbye
+
+
+@pytest.mark.parametrize("how", ["terminated", "restarted"])
+def test_a_store_whose_connection_was_cut_reconnects(postgres_server, postgres_ledger, how):
+    # A watch holds its store for hours: a database restart in between must not end it.
+    store = open_store(postgres_ledger)
+    with store.transaction() as tasks:
+        tasks.put(new_record("job", "s", "http://127.0.0.1:1", "c", None))
+    assert store.claim_leases(["listen:job"], "me", 30) == {"listen:job"}
+    steps = [
+        lambda: store.get("job"),
+        lambda: store.claim_leases(["listen:job"], "me", 30),
+        lambda: store.lease("listen:job"),
+        lambda: len(store.load()),
+        lambda: store.changes(),
+    ]
+    for step in steps:
+        _cut_off(how, postgres_server, postgres_ledger)
+        assert step()
+    _cut_off(how, postgres_server, postgres_ledger)
+    with store.transaction() as tasks:
+        record = tasks["job"]
+        record["status"] = "pending"
+        tasks.put(record)
+    assert store.get("job")["status"] == "pending"
 
 
 # -- passwords with reserved characters ---------------------------------------------------------
