@@ -27,6 +27,20 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:  # a pytest-xdist worker: its counts go to the controller
+        worker_output["fault_counts"] = dict(session.config.stash[FAULT_COUNTS])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist's controller: add up the counts of a worker that finished."""
+    counts = node.config.stash[FAULT_COUNTS]
+    for name, count in getattr(node, "workeroutput", {}).get("fault_counts", {}).items():
+        counts[name] = counts.get(name, 0) + count
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """The fault suite's counts (trials, faults, inputs), printed at the end of every run."""
     counts = config.stash.get(FAULT_COUNTS, {})
