@@ -46,7 +46,7 @@ def test_sigkill_submit_loses_nothing_and_recover_never_resubmits_twice(
     rng = random.Random(7)
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(graph(1, 0.001)))
-    trials = 35
+    trials = 50
     for _ in range(trials):
         printed = kill_at_random(
             comfyctl("submit", str(wf), "-s", emulator.url, "--count", "3", "--vary-seed"),
@@ -95,7 +95,7 @@ def test_sigkill_watch_never_tears_the_ledger(
         )
         submitted += out.stdout.split()
     bound = {pid: rec["server_url"] for pid, rec in Ledger(ledger_path).load().items()}
-    trials = 20
+    trials = 30
     for _ in range(trials):
         kill_at_random(comfyctl("watch", "--poll-interval", "0.2"), 0.2, 0.8, rng)
         ledger = Ledger(ledger_path).load()
@@ -124,7 +124,7 @@ def test_sigkill_recover_never_resubmits_a_job_twice(emulator, tmp_path, ledger_
     )
     lost = out.stdout.split()
     emulator.restart()
-    trials = 20
+    trials = 30
     for _ in range(trials):
         kill_at_random(comfyctl("recover", "--resubmit"), 0.15, 0.5, rng)
         Ledger(ledger_path).load()

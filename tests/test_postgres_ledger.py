@@ -186,7 +186,7 @@ def test_sigkill_of_submit_leaves_no_ghost_and_no_duplicate(
 ):
     rng = random.Random(5)
     wf = workflow(tmp_path, 1, 0.001)
-    trials = 14
+    trials = 20
     for trial in range(trials):
         proc = start(
             hosts[1 + trial % 2], "submit", wf, "-s", emulator.url, "--count", "3", "--vary-seed"
