@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 
 from comfyctl.liveness import gone, this_process
 
@@ -127,9 +127,12 @@ def never_arrived(record: Record) -> Observation:
 
 
 def view_url(server_url: str, filename: str, subfolder: str, kind: str) -> str:
-    """The /view URL of one output, always on the job's own server."""
-    query = urlencode({"filename": filename, "subfolder": subfolder, "type": kind})
-    return f"{server_url}/view?{query}"
+    """The /view URL of one output, always on the job's own server (the query as
+    ``urlencode`` writes it, without its per-key work: every output of every job has one)."""
+    return (
+        f"{server_url}/view?filename={quote_plus(filename, safe='')}"
+        f"&subfolder={quote_plus(subfolder, safe='')}&type={quote_plus(kind, safe='')}"
+    )
 
 
 def flatten_outputs(server_url: str, outputs: dict[str, Any]) -> list[dict[str, Any]]:

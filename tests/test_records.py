@@ -307,6 +307,12 @@ def test_view_url() -> None:
     assert view_url(B, "x.png", "", "output") == f"{B}/view?filename=x.png&subfolder=&type=output"
 
 
+@given(st.text(), st.text(), st.text())
+def test_view_url_reads_back_as_the_file_it_names(filename, subfolder, kind) -> None:
+    query = parse_qs(urlsplit(view_url(B, filename, subfolder, kind)).query, keep_blank_values=True)
+    assert query == {"filename": [filename], "subfolder": [subfolder], "type": [kind]}
+
+
 def test_outputs_from_websocket_and_history_are_not_duplicated() -> None:
     rec = record(status=RUNNING)
     assert apply(rec, Observation("output", PID, A, at=AT, node="9", outputs=IMAGES["9"]))
