@@ -6,7 +6,7 @@ Building it costs nothing (no file or network access), so --help and completion 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,6 +139,11 @@ class AppContext:
         from comfyctl.jobs import bound_to
 
         return bound_to([spec.url for spec in self.servers(names)], names)
+
+    def jobs_on(self, names: tuple[str, ...], records: Iterable[Record]) -> list[Record]:
+        """The ``records`` of the servers named (``on_servers``); all when none is named."""
+        keep = self.on_servers(names)
+        return [r for r in records if keep is None or keep(r)]
 
     def servers(self, names: tuple[str, ...] | list[str]) -> list[ServerSpec]:
         """The servers named on the command line, else the default one."""

@@ -75,12 +75,12 @@ def fleet_report(
     deadline: float,
     only: set[str] | None = None,
 ) -> dict[str, Any]:
-    specs: dict[str, ServerSpec] = {s.url: s for s in config.servers.values()}
+    """``records``: the jobs to report (a --server filter is the caller's: jobs.bound_to);
+    ``only``: the configured servers to report (URLs), None for all. A server the
+    records are bound to is reported too, configured or not."""
+    specs = {s.url: s for s in config.servers.values() if only is None or s.url in only}
     for record in records:
         specs.setdefault(record["server_url"], spec_for_record(record))
-    if only is not None:
-        specs = {url: s for url, s in specs.items() if url in only}
-        records = [r for r in records if r["server_url"] in only]
     by_server: dict[str, list[Record]] = {url: [] for url in specs} | group_by_server(records)
     active = {url: [r for r in rs if r["status"] in ACTIVE] for url, rs in by_server.items()}
     known = {r["prompt_id"] for r in records}

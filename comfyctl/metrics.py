@@ -71,15 +71,15 @@ def collect(
     opts: DetectOptions,
     only: set[str] | None = None,
 ) -> list[Family]:
-    """Every metric family, from one fleet probe and one detection round at once."""
+    """Every metric family, from one fleet probe and one detection round at once.
+    ``records``: the jobs to count; ``only``: the configured servers to show (URLs)."""
     from comfyctl.fleet import fleet_report
 
-    chosen = [r for r in records if only is None or r["server_url"] in only]
     found: dict[str, Any] = {}
 
     def run_detection() -> None:
         try:
-            found["detection"] = detect(ledger, chosen, client_for_record, opts)
+            found["detection"] = detect(ledger, records, client_for_record, opts)
         except BaseException as exc:  # raised again in the caller's thread
             found["error"] = exc
 
@@ -89,7 +89,7 @@ def collect(
     thread.join()
     if "error" in found:
         raise found["error"]
-    return families(report, chosen, found["detection"])
+    return families(report, records, found["detection"])
 
 
 def families(

@@ -325,3 +325,27 @@ def test_cancel_all_pending_on_a_server_takes_the_jobs_history_lists_for_it(
     assert again.returncode == 0, again.stdout + again.stderr
     lines = {json.loads(line)["prompt_id"]: json.loads(line) for line in again.stdout.splitlines()}
     assert set(more) <= set(lines) and all(lines[pid]["status"] == "cancelled" for pid in more)
+
+
+def test_debug_tasks_and_metrics_on_a_server_take_the_jobs_history_lists_for_it(
+    emulator, invoke, tmp_path, config_path
+):
+    """As above: the jobs were bound to 127.0.0.1, this config now says localhost. Each
+    command's --server gpu1 takes gpu1's jobs, as history does."""
+    port = emulator.url.rsplit(":", 1)[1]
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(graph(steps=400, seconds=0.05)))
+    config_path.write_text(f'[servers.gpu1]\nurl = "http://127.0.0.1:{port}"\n')
+    submitted = invoke("submit", str(wf), "-s", "gpu1", "--count", "2")
+    assert submitted.exit_code == 0, submitted.stderr
+    pids = set(submitted.stdout.split())
+    config_path.write_text(f'[servers.gpu1]\nurl = "http://localhost:{port}"\n')
+    listed = invoke("history", "--server", "gpu1", "--json")
+    assert {t["prompt_id"] for t in json.loads(listed.stdout)["tasks"]} == pids
+    report = json.loads(invoke("debug-tasks", "--server", "gpu1", "--json").stdout)
+    assert {j["prompt_id"] for j in report["jobs"]} == pids
+    metrics = json.loads(invoke("metrics", "--server", "gpu1", "--json").stdout)
+    jobs = next(f for f in metrics["families"] if f["name"] == "comfyctl_jobs")
+    assert sum(s["value"] for s in jobs["samples"]) == len(pids)
+    requests.post(emulator.url + "/queue", json={"clear": True}, timeout=5)
+    requests.post(emulator.url + "/interrupt", timeout=5)

@@ -59,7 +59,7 @@ def command(
 
     app.timeout = deadline
     only = {s.url for s in app.servers(servers)} if servers else None
-    records = list(app.ledger.load().values())
+    records = app.jobs_on(servers, app.ledger.load().values())
     families = collect(
         app.config,
         records,

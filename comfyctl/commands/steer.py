@@ -140,10 +140,12 @@ def debug_command(app: AppContext, servers: tuple[str, ...], deadline: float, fm
 
     app.timeout = deadline
     only = {s.url for s in app.servers(servers)} if servers else None
-    reap_servers(app.ledger, app.client_for_record, originals(app.ledger, only), deadline)
+    reap_servers(
+        app.ledger, app.client_for_record, app.jobs_on(servers, originals(app.ledger)), deadline
+    )
     report = fleet_report(
         app.config,
-        list(app.ledger.load().values()),
+        app.jobs_on(servers, app.ledger.load().values()),
         app.client,
         app.spec_for_record,
         deadline + 0.5,

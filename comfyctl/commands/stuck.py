@@ -112,11 +112,7 @@ def detect_options(deadline: float, acknowledged_lost: bool = False, **tuning: A
 def _select(app: AppContext, prompt_ids: tuple[str, ...], servers: tuple[str, ...]) -> list[Record]:
     ledger = app.ledger.load()
     # Without ids: unfinished jobs, and lost ones not yet resubmitted.
-    records = ledger.find_all(prompt_ids) if prompt_ids else ledger.unsettled()
-    on_servers = app.on_servers(servers)
-    if on_servers is not None:
-        records = [r for r in records if on_servers(r)]
-    return records
+    return app.jobs_on(servers, ledger.find_all(prompt_ids) if prompt_ids else ledger.unsettled())
 
 
 def _detect(
