@@ -16,7 +16,10 @@ import contextlib
 import json
 import os
 import select
+import socket
 import threading
+import time
+import weakref
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,8 @@ MIGRATION_LOCK_KEY = LOCK_KEY + 1
 DEFAULT_LOCK_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10
 STATEMENT_MARGIN = 5.0  # statement_timeout = lock timeout + this: slow but not locked
+CLIENT_MARGIN = 2.0  # the client stops waiting this long after statement_timeout
+WATCH_EVERY = 0.25
 MIN_MASKABLE = 6  # a shorter password matches ordinary words: replacing it garbles them
 PAGE = 50  # rows per page of newest(): a history page of 20 is one round trip
 
@@ -206,6 +211,53 @@ def _hung_up(conn: psycopg.Connection[Any]) -> bool:
     return bool(readable)  # an idle session that LISTENs to nothing gets nothing else
 
 
+def client_bound(lock_timeout: float) -> float:
+    """How long a statement may go unanswered before the store stops waiting. The server's
+    statement_timeout fires first, unless the server cannot run at all (a paused VM, a
+    SIGSTOPped host, a network that drops packets): then only the client can end it."""
+    return lock_timeout + STATEMENT_MARGIN + CLIENT_MARGIN
+
+
+class _Watchdog:
+    """One thread per process that ends a store's connection once a statement has gone
+    unanswered for ``client_bound``: psycopg waits on the socket without a limit of its
+    own. The socket is shut down, so the waiting call fails at once (LedgerUnavailable)."""
+
+    def __init__(self) -> None:
+        self._stores: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, store: PostgresStore) -> None:
+        with self._lock:
+            self._stores.add(store)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pg-watchdog", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCH_EVERY)
+            now = time.monotonic()
+            for store in list(self._stores):
+                since, conn = store._waiting_since, store._conn
+                if since is not None and conn is not None and now - since > store.bound:
+                    store._cut = True
+                    _shut(conn)
+
+
+def _shut(conn: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(Exception):
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
+_WATCHDOG = _Watchdog()
+
+
 def _list(values: Collection[str] | None) -> list[str] | None:
     return None if values is None else list(values)
 
@@ -222,8 +274,11 @@ class PostgresStore:
     def __init__(self, url: str, lock_timeout: float | None = None) -> None:
         self.url = url
         self.lock_timeout = resolve_lock_timeout(lock_timeout, DEFAULT_LOCK_TIMEOUT)
+        self.bound = client_bound(self.lock_timeout)
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.RLock()  # one connection: one user at a time
+        self._waiting_since: float | None = None  # for the database, not for a caller
+        self._cut = False  # the watchdog ended the connection
 
     def describe(self) -> str:
         return mask_url(self.url)
@@ -232,8 +287,11 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        """Database errors as one sentence each (exit 7), never naming the password."""
+        """Database errors as one sentence each (exit 7), never naming the password. The
+        block is a wait for the database, bounded by the watchdog (``client_bound``)."""
         psycopg = _psycopg()
+        outer, self._waiting_since = self._waiting_since, time.monotonic()
+        _WATCHDOG.watch(self)
         try:
             yield
         except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
@@ -243,12 +301,26 @@ class PostgresStore:
         except psycopg.errors.UndefinedTable:
             raise LedgerCorrupt(self.describe(), "its comfyctl tables are missing") from None
         except psycopg.OperationalError as exc:
+            cut, reason = self._cut, self._reason(exc)
             self._drop()
-            raise LedgerUnavailable(self.describe(), self._reason(exc)) from None
+            if cut:
+                reason = f"it did not answer within {self.bound:g} s"
+            raise LedgerUnavailable(self.describe(), reason) from None
         except psycopg.Error as exc:
             raise LedgerError(
                 f"The ledger database {self.describe()} failed: {self._reason(exc)}."
             ) from None
+        finally:
+            self._waiting_since = outer
+
+    @contextlib.contextmanager
+    def _callers_time(self) -> Iterator[None]:
+        """Inside a transaction, the caller's own work: not a wait for the database."""
+        self._waiting_since = None
+        try:
+            yield
+        finally:
+            self._waiting_since = time.monotonic()  # what follows (COMMIT) is one
 
     def _reason(self, exc: Exception) -> str:
         """libpq's first line, with the URL and passwords taken out; without libpq's words
@@ -277,6 +349,7 @@ class PostgresStore:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+        self._cut = False
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is not None and not self._conn.closed and not _hung_up(self._conn):
@@ -288,7 +361,8 @@ class PostgresStore:
                 conn: psycopg.Connection[Any] = pg.connect(
                     self.url,
                     autocommit=True,
-                    connect_timeout=CONNECT_TIMEOUT,
+                    # libpq's own bound, whole seconds (2 at least): no wait is longer
+                    connect_timeout=max(2, min(CONNECT_TIMEOUT, round(self.bound))),
                     application_name="comfyctl",
                 )
             except pg.ProgrammingError:
@@ -373,7 +447,8 @@ class PostgresStore:
                 conn.execute(f"SET LOCAL lock_timeout = {self._ms(self.lock_timeout)}")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
                 tasks = PgRecords(self, conn, writable=True)
-                yield tasks
+                with self._callers_time():
+                    yield tasks
                 if tasks.dirty:
                     conn.execute("UPDATE comfyctl_changes SET counter = counter + 1")
                     conn.execute("NOTIFY comfyctl_changes")  # for observers that LISTEN

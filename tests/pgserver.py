@@ -8,13 +8,16 @@ may create databases) replaces it with a server of your own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 BINDIR = Path(os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin"))
@@ -28,6 +31,16 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        status = (proc / "status").read_text()
+    except OSError:
+        return None
+    return next(
+        (int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), None
+    )
 
 
 class ThrowawayPostgres:
@@ -94,6 +107,30 @@ class ThrowawayPostgres:
             raise RuntimeError("a server given by COMFYCTL_TEST_POSTGRES is not ours to restart")
         data, log = str(self.base / "data"), str(self.base / "log")
         self._run("pg_ctl", "-D", data, "-l", log, "-m", "fast", "-w", "restart")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server and every session stopped (SIGSTOP), as a paused VM or a hung host
+        looks: connections stay open, the kernel acknowledges, nobody answers."""
+        if self.base is None:
+            raise RuntimeError("a server given by COMFYCTL_TEST_POSTGRES is not ours to freeze")
+        postmaster = int((self.base / "data" / "postmaster.pid").read_text().split()[0])
+        pids = [postmaster] + [
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and _parent(entry) == postmaster
+        ]
+        self._signal(pids, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._signal(pids, signal.SIGCONT)
+
+    @staticmethod
+    def _signal(pids: list[int], signum: int) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # a session that just ended
+                os.kill(pid, signum)
 
     def database(self) -> str:
         import psycopg

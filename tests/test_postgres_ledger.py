@@ -329,6 +329,34 @@ def test_a_store_whose_connection_was_cut_reconnects(postgres_server, postgres_l
     assert store.get("job")["status"] == "pending"
 
 
+def test_a_frozen_database_is_given_up_on_not_waited_for_forever(
+    postgres_server, postgres_ledger, monkeypatch
+):
+    # SIGSTOPped: statement_timeout is the server's, and the server is not running.
+    from comfyctl import pgstore
+    from comfyctl.errors import LedgerUnavailable
+    from comfyctl.pgstore import PostgresStore, client_bound
+
+    if postgres_server.base is None:
+        pytest.skip("the server given by COMFYCTL_TEST_POSTGRES is not ours to freeze")
+    monkeypatch.setattr(pgstore, "STATEMENT_MARGIN", 0.5)  # a bound of 3 s, not 17
+    store = PostgresStore(postgres_ledger, lock_timeout=0.5)
+    with store.transaction() as tasks:
+        tasks.put(new_record("job", "s", "http://127.0.0.1:1", "c", None))
+    bound = client_bound(store.lock_timeout)
+    for step in (lambda: store.get("job"), lambda: store.transaction().__enter__()):
+        with postgres_server.frozen():
+            started = time.monotonic()
+            with pytest.raises(LedgerUnavailable, match="did not answer|timeout expired"):
+                step()
+            assert time.monotonic() - started < bound + 2
+    assert store.get("job")["prompt_id"] == "job"  # answered again: a new connection
+    with store.transaction() as tasks:  # a slow caller inside a transaction is not cut off
+        time.sleep(bound + 1)
+        tasks.put({**tasks["job"], "status": "pending"})
+    assert store.get("job")["status"] == "pending"
+
+
 # -- passwords with reserved characters ---------------------------------------------------------
 
 RESERVED_PASSWORD = "p@ss/w#rd:1%"
