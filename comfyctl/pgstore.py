@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import socket
@@ -28,6 +29,8 @@ from comfyctl.store import Lease, Record, RecordsBase, check_record, mask_url, r
 
 if TYPE_CHECKING:
     import psycopg
+
+log = logging.getLogger("comfyctl.pgstore")
 
 LOCK_KEY = 0x636F6D6679  # "comfy": the advisory lock every transaction holds
 MIGRATION_LOCK_KEY = LOCK_KEY + 1
@@ -87,18 +90,21 @@ def _psycopg() -> Any:
 
 
 class PgRecords(RecordsBase):
-    """The records as one transaction (or, read-only, the committed state) sees them."""
+    """The records as one transaction (or, read-only, the committed state) sees them.
+    ``conn``: the transaction's connection; None for a read-only view, which reads on the
+    store's connection of the moment (it may have been replaced since the view was made)."""
 
-    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any], writable: bool) -> None:
+    def __init__(self, store: PostgresStore, conn: psycopg.Connection[Any] | None) -> None:
         self.store = store
         self._conn = conn
-        self._writable = writable
+        self._writable = conn is not None
         self._cache: dict[str, Record] = {}  # read in this view: the same object each time
         self.dirty = False
 
     def _rows(self, sql: str, params: Any = ()) -> list[Any]:
         with self.store._lock, self.store._errors():
-            return self._conn.execute(sql, params).fetchall()
+            conn = self._conn if self._conn is not None else self.store._connection()
+            return conn.execute(sql, params).fetchall()
 
     def _records(self, sql: str, params: Any = ()) -> list[Record]:
         out = []
@@ -205,10 +211,11 @@ def _hung_up(conn: psycopg.Connection[Any]) -> bool:
     if conn.info.transaction_status != pg.pq.TransactionStatus.IDLE:
         return False  # mid-transaction: what is there to read belongs to the transaction
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        poller = select.poll()  # not select(): a descriptor may be above 1023
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))  # an idle session that LISTENs to nothing gets nothing
     except (OSError, ValueError, pg.Error):
         return True
-    return bool(readable)  # an idle session that LISTENs to nothing gets nothing else
 
 
 def client_bound(lock_timeout: float) -> float:
@@ -219,8 +226,8 @@ def client_bound(lock_timeout: float) -> float:
 
 
 class _Watchdog:
-    """One thread per process that ends a store's connection once a statement has gone
-    unanswered for ``client_bound``: psycopg waits on the socket without a limit of its
+    """One thread per process that ends a store's connection once a wait for the database
+    has gone on for ``client_bound``: psycopg waits on the socket without a limit of its
     own. The socket is shut down, so the waiting call fails at once (LedgerUnavailable)."""
 
     def __init__(self) -> None:
@@ -238,21 +245,13 @@ class _Watchdog:
     def _run(self) -> None:
         while True:
             time.sleep(WATCH_EVERY)
-            now = time.monotonic()
-            for store in list(self._stores):
-                since, conn = store._waiting_since, store._conn
-                if since is not None and conn is not None and now - since > store.bound:
-                    store._cut = True
-                    _shut(conn)
-
-
-def _shut(conn: psycopg.Connection[Any]) -> None:
-    with contextlib.suppress(Exception):
-        sock = socket.socket(fileno=os.dup(conn.fileno()))
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.close()
+            with self._lock:
+                stores = list(self._stores)
+            for store in stores:
+                try:
+                    store._cut_if_overdue(time.monotonic())
+                except Exception:  # never the end of the bound for every store
+                    log.debug("watchdog: %s", store.describe(), exc_info=True)
 
 
 _WATCHDOG = _Watchdog()
@@ -276,9 +275,14 @@ class PostgresStore:
         self.lock_timeout = resolve_lock_timeout(lock_timeout, DEFAULT_LOCK_TIMEOUT)
         self.bound = client_bound(self.lock_timeout)
         self._conn: psycopg.Connection[Any] | None = None
-        self._lock = threading.RLock()  # one connection: one user at a time
-        self._waiting_since: float | None = None  # for the database, not for a caller
-        self._cut = False  # the watchdog ended the connection
+        # One connection, one user at a time: every use of it holds this lock.
+        self._lock = threading.RLock()
+        # When the lock holder's wait for the database began (None: not waiting, e.g. the
+        # caller's own time inside a transaction), and the connection the watchdog shut;
+        # both read by the watchdog, so changed (and the connection closed) under this.
+        self._wait_lock = threading.Lock()
+        self._waiting_since: float | None = None
+        self._cut: psycopg.Connection[Any] | None = None
 
     def describe(self) -> str:
         return mask_url(self.url)
@@ -290,7 +294,8 @@ class PostgresStore:
         """Database errors as one sentence each (exit 7), never naming the password. The
         block is a wait for the database, bounded by the watchdog (``client_bound``)."""
         psycopg = _psycopg()
-        outer, self._waiting_since = self._waiting_since, time.monotonic()
+        outer = self._waiting_since  # a wait that began outside: the same wait
+        self._set_waiting(time.monotonic() if outer is None else outer)
         _WATCHDOG.watch(self)
         try:
             yield
@@ -301,7 +306,7 @@ class PostgresStore:
         except psycopg.errors.UndefinedTable:
             raise LedgerCorrupt(self.describe(), "its comfyctl tables are missing") from None
         except psycopg.OperationalError as exc:
-            cut, reason = self._cut, self._reason(exc)
+            cut, reason = self._cut is not None, self._reason(exc)
             self._drop()
             if cut:
                 reason = f"it did not answer within {self.bound:g} s"
@@ -311,16 +316,35 @@ class PostgresStore:
                 f"The ledger database {self.describe()} failed: {self._reason(exc)}."
             ) from None
         finally:
-            self._waiting_since = outer
+            self._set_waiting(outer)
 
     @contextlib.contextmanager
     def _callers_time(self) -> Iterator[None]:
         """Inside a transaction, the caller's own work: not a wait for the database."""
-        self._waiting_since = None
+        self._set_waiting(None)
         try:
             yield
         finally:
-            self._waiting_since = time.monotonic()  # what follows (COMMIT) is one
+            self._set_waiting(time.monotonic())  # what follows (COMMIT) is one
+
+    def _set_waiting(self, since: float | None) -> None:
+        with self._wait_lock:
+            self._waiting_since = since
+
+    def _cut_if_overdue(self, now: float) -> None:
+        """The watchdog's look: shut the connection of a wait older than ``bound``."""
+        with self._wait_lock:
+            since, conn = self._waiting_since, self._conn
+            if since is None or conn is None or conn is self._cut or now - since <= self.bound:
+                return
+            self._cut = conn
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the server
+            finally:
+                sock.close()
 
     def _reason(self, exc: Exception) -> str:
         """libpq's first line, with the URL and passwords taken out; without libpq's words
@@ -345,11 +369,11 @@ class PostgresStore:
         return [s for s in found if s]
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-        self._cut = False
+        with self._wait_lock:  # not closed while the watchdog shuts it (its fd reused)
+            conn, self._conn, self._cut = self._conn, None, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is not None and not self._conn.closed and not _hung_up(self._conn):
@@ -361,7 +385,8 @@ class PostgresStore:
                 conn: psycopg.Connection[Any] = pg.connect(
                     self.url,
                     autocommit=True,
-                    # libpq's own bound, whole seconds (2 at least): no wait is longer
+                    # libpq's bound on connecting, per address it tries (whole seconds,
+                    # 2 at least); the watchdog's starts once there is a connection
                     connect_timeout=max(2, min(CONNECT_TIMEOUT, round(self.bound))),
                     application_name="comfyctl",
                 )
@@ -370,6 +395,8 @@ class PostgresStore:
                 raise LedgerUnavailable(
                     self.describe(), "libpq cannot parse its URL; check its spelling"
                 ) from None
+            with self._wait_lock:
+                self._conn = conn  # watched from here on; dropped if what follows fails
             # Every statement bounded, reads outside a transaction too: without a session
             # timeout, a table another session locks makes any command wait forever.
             conn.execute(
@@ -377,7 +404,6 @@ class PostgresStore:
                 f"SET statement_timeout = {self._ms(self.lock_timeout + STATEMENT_MARGIN)}"
             )
             self._migrate(conn)
-        self._conn = conn
         return conn
 
     @staticmethod
@@ -429,7 +455,9 @@ class PostgresStore:
     # -- records ------------------------------------------------------------------------
 
     def load(self) -> PgRecords:
-        return PgRecords(self, self._connection(), writable=False)
+        with self._lock:
+            self._connection()  # an unusable database is said here, not at the first read
+        return PgRecords(self, None)
 
     def get(self, prompt_id: str) -> Record | None:
         record: Record | None = self._one(
@@ -446,7 +474,7 @@ class PostgresStore:
             with self._errors(), conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = {self._ms(self.lock_timeout)}")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-                tasks = PgRecords(self, conn, writable=True)
+                tasks = PgRecords(self, conn)
                 with self._callers_time():
                     yield tasks
                 if tasks.dirty:

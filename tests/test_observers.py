@@ -233,23 +233,29 @@ def test_a_process_of_another_pid_space_on_this_host_is_not_taken_for_dead(ledge
     owner, submitter, pid = _names_written_in_another_pid_space()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    there = owner.replace(f":{pid}:", f":{dead.pid}:", 1)
+
+    def named(process: str, role_and_nonce: str = "") -> str:
+        """``process`` (``where:pid``) with ``dead.pid`` for its pid."""
+        where, _, _ = process.partition(":")
+        return f"{where}:{dead.pid}{role_and_nonce}"
+
+    _, there_pid, rest = owner.split(":", 2)
+    assert there_pid == str(pid)
+    there = named(owner, f":{rest}")
     leases = leases_for(Ledger(ledger_path))
     name = listen_lease("job")
     assert leases.claim_leases([name], there, 5) == {name}
     assert live_holder(leases, name) == there
     assert not claim(leases, name, new_owner("watch"))  # waits for the lease to expire
     record = new_record("job", "s", "http://127.0.0.1:1", "c", None)
-    record["submitter"] = json.loads(json.dumps(submitter).replace(str(pid), str(dead.pid)))
+    record["submitter"] = {**submitter, "process": named(submitter["process"])}
     assert not submitter_gone(record)
     # The same names written here, by a process that is gone, are.
-    here = new_owner("watch").replace(f":{os.getpid()}:", f":{dead.pid}:", 1)
+    here = named(new_owner("watch"), ":watch:0000")
     assert leases.release_leases([name], there) and leases.claim_leases([name], here, 5)
     assert live_holder(leases, name) is None
     mine = new_record("job", "s", "http://127.0.0.1:1", "c", None)
-    mine["submitter"] = json.loads(
-        json.dumps(mine["submitter"]).replace(str(os.getpid()), str(dead.pid))
-    )
+    mine["submitter"] = {**mine["submitter"], "process": named(mine["submitter"]["process"])}
     assert submitter_gone(mine)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -309,8 +309,12 @@ def test_view_url() -> None:
 
 @given(st.text(), st.text(), st.text())
 def test_view_url_reads_back_as_the_file_it_names(filename, subfolder, kind) -> None:
-    query = parse_qs(urlsplit(view_url(B, filename, subfolder, kind)).query, keep_blank_values=True)
+    url = view_url(B, filename, subfolder, kind)
+    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
     assert query == {"filename": [filename], "subfolder": [subfolder], "type": [kind]}
+    assert url == f"{B}/view?" + urlencode(
+        {"filename": filename, "subfolder": subfolder, "type": kind}
+    )
 
 
 def test_outputs_from_websocket_and_history_are_not_duplicated() -> None:
