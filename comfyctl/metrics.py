@@ -19,7 +19,6 @@ from typing import Any
 
 from comfyctl.client import ServerClient
 from comfyctl.config import Config, ServerSpec
-from comfyctl.jobs import by_server as group_by_server
 from comfyctl.records import PENDING, RUNNING, STATUSES, SUBMITTING, age_seconds, parse_time
 from comfyctl.render import METRICS_SCHEMA
 from comfyctl.store import Record, Store
@@ -134,13 +133,28 @@ def families(
         "Time finished jobs waited before they started: the server's own queue "
         "time when it gives one, else from submit.",
     )
-    by_server = group_by_server(records)
-    findings: Counter[tuple[str, str]] = Counter(
-        (f.record["server_url"], f.condition) for f in (detection.findings if detection else [])
-    )
+    # One series per server name, as Prometheus wants: jobs bound to another spelling of
+    # a configured server's URL (jobs.bound_to) count under its name, and the server's
+    # own figures are its configured URL's probe.
+    shown: dict[str, dict[str, Any]] = {}
     for server in report["servers"]:
-        url, labels = server["url"], {"server": server["name"]}
-        mine = by_server.get(url, [])
+        held = shown.get(server["name"])
+        if held is None or (server["configured"] and not held["configured"]):
+            shown[server["name"]] = server
+    name_of = {s["url"]: s["name"] for s in report["servers"]}
+
+    def series(record: Record) -> str:
+        return str(name_of.get(record["server_url"], record["server"]))
+
+    by_name: dict[str, list[Record]] = {}
+    for record in records:
+        by_name.setdefault(series(record), []).append(record)
+    findings: Counter[tuple[str, str]] = Counter(
+        (series(f.record), f.condition) for f in (detection.findings if detection else [])
+    )
+    for name, server in shown.items():
+        labels = {"server": name}
+        mine = by_name.get(name, [])
         up.add(labels, 1.0 if server["reachable"] else 0.0)
         if server["latency_ms"] is not None:
             latency.add(labels, server["latency_ms"] / 1000)
@@ -164,7 +178,7 @@ def families(
                 oldest.add({**labels, "status": state}, round(max(known), 3))
         if detection is not None:
             for condition in CONDITIONS:
-                stuck.add({**labels, "condition": condition}, findings[(url, condition)])
+                stuck.add({**labels, "condition": condition}, findings[(name, condition)])
         runs, waits = _durations(mine)
         _summary(run, labels, runs)
         _summary(wait, labels, waits)

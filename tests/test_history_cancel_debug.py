@@ -344,8 +344,13 @@ def test_debug_tasks_and_metrics_on_a_server_take_the_jobs_history_lists_for_it(
     assert {t["prompt_id"] for t in json.loads(listed.stdout)["tasks"]} == pids
     report = json.loads(invoke("debug-tasks", "--server", "gpu1", "--json").stdout)
     assert {j["prompt_id"] for j in report["jobs"]} == pids
-    metrics = json.loads(invoke("metrics", "--server", "gpu1", "--json").stdout)
-    jobs = next(f for f in metrics["families"] if f["name"] == "comfyctl_jobs")
-    assert sum(s["value"] for s in jobs["samples"]) == len(pids)
+    for only in (("--server", "gpu1"), ()):
+        metrics = json.loads(invoke("metrics", *only, "--json").stdout)
+        for family in metrics["families"]:  # one series per server name: Prometheus' rule
+            series = [(s["name"], sorted(s["labels"].items())) for s in family["samples"]]
+            assert len(series) == len({repr(x) for x in series}), family["name"]
+        jobs = next(f for f in metrics["families"] if f["name"] == "comfyctl_jobs")
+        assert {s["labels"]["server"] for s in jobs["samples"]} == {"gpu1"}
+        assert sum(s["value"] for s in jobs["samples"]) == len(pids)  # running or pending
     requests.post(emulator.url + "/queue", json={"clear": True}, timeout=5)
     requests.post(emulator.url + "/interrupt", timeout=5)
