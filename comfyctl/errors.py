@@ -158,6 +158,18 @@ class SubmitUncertain(ComfyctlError):
         self.record = record
 
 
+class SubmitUnrecorded(SubmitUncertain):
+    """The server queued the job, and the ledger could not record it: the write-ahead
+    record stays (``submitting``), to be settled on the next contact, as an uncertain one."""
+
+    def __init__(self, server: str, record: dict[str, Any], why: str) -> None:
+        super().__init__(server, "queued, but not recorded", record)
+        self.message = (
+            f"Server {server} queued {record['prompt_id']}, but the ledger could not record "
+            f"it: {why}"
+        )
+
+
 class WorkflowRejected(ComfyctlError):
     """The server refused the workflow (HTTP 4xx), with its node_errors."""
 

@@ -18,9 +18,11 @@ from typing import Any
 from comfyctl.client import ServerClient, new_client_id, new_prompt_id
 from comfyctl.config import ServerSpec
 from comfyctl.errors import (
+    LedgerError,
     ServerError,
     SubmitFailed,
     SubmitUncertain,
+    SubmitUnrecorded,
     WorkflowInvalid,
     WorkflowRejected,
 )
@@ -164,7 +166,8 @@ class Submitter:
         that is not ComfyUI's rejection) when the job certainly did not reach ComfyUI's
         queue (its record is removed; after ServerUnreachable it may go elsewhere);
         SubmitUncertain when it may be queued (the record stays, to be settled on the next
-        contact); SubmitFailed when the server answered that it does not have it."""
+        contact), SubmitUnrecorded (one) when it was queued and the ledger could not say so;
+        SubmitFailed when the server answered that it does not have it."""
         client = self.client_for(spec)
         prompt_id = record["prompt_id"]
         log.info(
@@ -189,13 +192,22 @@ class Submitter:
             f"node {node}: {summary}" for node, summary in node_error_lines(reply.node_errors)
         ]
         final_id = reply.prompt_id
-        with self.ledger.transaction() as tasks:
-            stored = tasks.remove(prompt_id) or record
-            if final_id != prompt_id:  # an older server chose its own id: adopt it
-                stored["prompt_id"] = final_id
-            apply(stored, Observation("queued", final_id, spec.url, number=reply.number))
-            stored["warnings"] = warnings
-            tasks.put(stored)
+        queued = Observation("queued", final_id, spec.url, number=reply.number)
+        try:
+            with self.ledger.transaction() as tasks:
+                stored = tasks.remove(prompt_id) or record
+                if final_id != prompt_id:  # an older server chose its own id: adopt it
+                    stored["prompt_id"] = final_id
+                apply(stored, queued)
+                stored["warnings"] = warnings
+                tasks.put(stored)
+        except LedgerError as exc:
+            # Queued, and its write-ahead record kept: the next command that reaches the
+            # server settles it. Said as an uncertain submit (its id printed, exit 11),
+            # never as the ledger's failure alone, after which a script would resubmit.
+            shown = {**record, "prompt_id": final_id}
+            apply(shown, queued)
+            raise SubmitUnrecorded(spec.name, shown, exc.message) from None
         return Submitted(stored, warnings)
 
     def _confirm(self, client: ServerClient, record: Record, reason: str) -> Submitted:

@@ -132,6 +132,36 @@ def test_frozen_server_prints_the_id_and_settles_later(
     assert server_ids(a) == [pid]
 
 
+def test_a_ledger_that_fails_after_the_post_still_gets_the_id_printed(
+    emulator, invoke, run_comfyctl, wf, ledger_path, monkeypatch
+):
+    """The server queued the job; only the ledger's "pending" could not be written (a
+    database gone, a lock held too long). The id is printed and the exit is 11, never 7:
+    a script that resubmits on "ledger unreachable" would run the job twice."""
+    from comfyctl.errors import LedgerLocked
+
+    real = Ledger.transaction
+    calls = []
+
+    def failing_after_the_post(self):
+        calls.append(1)
+        if len(calls) == 2:  # the first writes ahead; the second records the queued job
+            raise LedgerLocked(self.path, 1.0)
+        return real(self)
+
+    monkeypatch.setattr(Ledger, "transaction", failing_after_the_post)
+    submitted = invoke("submit", wf, "-s", emulator.url)
+    monkeypatch.setattr(Ledger, "transaction", real)
+    assert submitted.exit_code == ExitCode.UNCERTAIN, submitted.stderr
+    [pid] = submitted.stdout.split()
+    assert "queued" in submitted.stderr and "do not submit it again" in submitted.stderr
+    assert server_ids(emulator) == [pid]
+    assert Ledger(ledger_path).get(pid)["status"] == "submitting"  # the write-ahead record
+    watched = run_comfyctl("watch", pid, "--poll-interval", "0.2", "--timeout", "30")
+    assert watched.returncode == 0, watched.stderr
+    assert Ledger(ledger_path).get(pid)["status"] == "success"
+
+
 def test_uncertain_submit_the_server_never_got_is_settled_lost(
     emulator_factory, invoke, config_path, wf, ledger_path
 ):
