@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
+from comfyctl.backoff import Backoff
 from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnavailable
 from comfyctl.store import Lease, Record, RecordsBase, check_record, mask_url, resolve_lock_timeout
 
@@ -39,6 +40,7 @@ CONNECT_TIMEOUT = 10
 STATEMENT_MARGIN = 5.0  # statement_timeout = lock timeout + this: slow but not locked
 CLIENT_MARGIN = 2.0  # the client stops waiting this long after statement_timeout
 WATCH_EVERY = 0.25
+RETRY_AFTER = 5.0  # a database given up on is not waited for again before this
 MIN_MASKABLE = 6  # a shorter password matches ordinary words: replacing it garbles them
 PAGE = 50  # rows per page of newest(): a history page of 20 is one round trip
 
@@ -283,6 +285,10 @@ class PostgresStore:
         self._wait_lock = threading.Lock()
         self._waiting_since: float | None = None
         self._cut: psycopg.Connection[Any] | None = None
+        # A connection that worked was lost (a restart): when the database stopped
+        # answering, and the last time connecting failed (then, its error).
+        self._down_since: float | None = None
+        self._failed: tuple[float, LedgerUnavailable] | None = None
 
     def describe(self) -> str:
         return mask_url(self.url)
@@ -306,11 +312,15 @@ class PostgresStore:
         except psycopg.errors.UndefinedTable:
             raise LedgerCorrupt(self.describe(), "its comfyctl tables are missing") from None
         except psycopg.OperationalError as exc:
-            cut, reason = self._cut is not None, self._reason(exc)
+            cut, worked = self._cut is not None, self._conn is not None
+            reason = f"it did not answer within {self.bound:g} s" if cut else self._reason(exc)
+            error = LedgerUnavailable(self.describe(), reason)
             self._drop()
-            if cut:
-                reason = f"it did not answer within {self.bound:g} s"
-            raise LedgerUnavailable(self.describe(), reason) from None
+            if worked:  # it worked, and stopped: a restart, a freeze
+                self._down_since = self._down_since or self._waiting_since
+                # A cut has waited ``bound`` already: the next calls are not made to wait.
+                self._failed = (time.monotonic(), error) if cut else None
+            raise error from None
         except psycopg.Error as exc:
             raise LedgerError(
                 f"The ledger database {self.describe()} failed: {self._reason(exc)}."
@@ -376,9 +386,40 @@ class PostgresStore:
                     conn.close()
 
     def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is not None and not self._conn.closed and not _hung_up(self._conn):
-            return self._conn
+        if self._conn is not None:
+            if not self._conn.closed and not _hung_up(self._conn):
+                return self._conn
+            self._down_since = self._down_since or time.monotonic()  # ended by the server
+            self._failed = None
         self._drop()
+        if self._down_since is None:
+            return self._connect(self.bound)  # a first one: a wrong URL is said at once
+        conn = self._reconnect(self._down_since)
+        if self._waiting_since is not None:
+            self._set_waiting(time.monotonic())  # the statement's wait starts now
+        return conn
+
+    def _reconnect(self, down_since: float) -> psycopg.Connection[Any]:
+        if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_AFTER:
+            raise self._failed[1]  # given up on just now
+        # The database was there and stopped answering: a restart takes a moment, waited
+        # for up to ``bound`` since it stopped (then once more every RETRY_AFTER).
+        backoff = Backoff(0.2, 1.0)
+        while True:
+            remaining = down_since + self.bound - time.monotonic()
+            try:
+                conn = self._connect(remaining)
+            except LedgerUnavailable as exc:
+                remaining = down_since + self.bound - time.monotonic()
+                if remaining <= 0:
+                    self._failed = (time.monotonic(), exc)
+                    raise
+                time.sleep(min(backoff.wait(), remaining))
+                continue
+            self._down_since = self._failed = None
+            return conn
+
+    def _connect(self, within: float) -> psycopg.Connection[Any]:
         pg = _psycopg()
         with self._errors():
             try:
@@ -387,7 +428,7 @@ class PostgresStore:
                     autocommit=True,
                     # libpq's bound on connecting, per address it tries (whole seconds,
                     # 2 at least); the watchdog's starts once there is a connection
-                    connect_timeout=max(2, min(CONNECT_TIMEOUT, round(self.bound))),
+                    connect_timeout=max(2, min(CONNECT_TIMEOUT, round(within))),
                     application_name="comfyctl",
                 )
             except pg.ProgrammingError:

@@ -78,22 +78,23 @@ class ThrowawayPostgres:
             "--auth-local=trust",
             "--no-sync",
         )
-        options = f"-p {port} -k {self.base} -c listen_addresses=127.0.0.1"
+        self._options = f"-p {port} -k {self.base} -c listen_addresses=127.0.0.1"
         if not self.fsync:
-            options += " -c fsync=off -c synchronous_commit=off"
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.base / "data"),
-            "-l",
-            str(self.base / "log"),
-            "-w",
-            "-o",
-            options,
-            "start",
-        )
+            self._options += " -c fsync=off -c synchronous_commit=off"
+        self.start()
         self.url = f"postgresql://postgres:{password}@127.0.0.1:{port}"
         return self
+
+    def start(self) -> None:
+        assert self.base is not None
+        data, log = str(self.base / "data"), str(self.base / "log")
+        self._run("pg_ctl", "-D", data, "-l", log, "-w", "-o", self._options, "start")
+
+    def stop(self) -> None:
+        """A fast shutdown (every session terminated); ``start`` brings it back."""
+        if self.base is None:
+            raise RuntimeError("a server given by COMFYCTL_TEST_POSTGRES is not ours to stop")
+        self._run("pg_ctl", "-D", str(self.base / "data"), "-m", "fast", "-w", "stop")
 
     def _run(self, tool: str, *args: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []

@@ -335,6 +335,62 @@ def test_a_store_whose_connection_was_cut_reconnects(postgres_server, postgres_l
     assert store.get("job")["status"] == "pending"
 
 
+def test_a_database_down_for_a_moment_is_waited_for_then_given_up_on(
+    postgres_server, postgres_ledger, monkeypatch
+):
+    """A restart takes a second or two: a store that was working (a watch's) waits for it,
+    up to the bound, then says so; and says so again at once, not after another wait."""
+    from comfyctl import pgstore
+    from comfyctl.errors import LedgerUnavailable
+    from comfyctl.pgstore import PostgresStore
+
+    if postgres_server.base is None:
+        pytest.skip("the server given by COMFYCTL_TEST_POSTGRES is not ours to stop")
+    monkeypatch.setattr(pgstore, "STATEMENT_MARGIN", 0.5)  # a bound of 3 s
+    store = PostgresStore(postgres_ledger, lock_timeout=0.5)
+    with store.transaction() as tasks:
+        tasks.put(new_record("job", "s", "http://127.0.0.1:1", "c", None))
+    postgres_server.stop()
+    back = threading.Timer(1.5, postgres_server.start)
+    back.start()
+    try:
+        assert store.get("job")["prompt_id"] == "job"  # waited through the restart
+        assert store.claim_leases(["listen:job"], "me", 5) == {"listen:job"}
+    finally:
+        back.join()
+    postgres_server.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(LedgerUnavailable):
+            store.get("job")
+        assert store.bound - 0.5 < time.monotonic() - started < store.bound + 2
+        started = time.monotonic()
+        with pytest.raises(LedgerUnavailable):
+            store.get("job")  # given up on just now: not waited for again
+        assert time.monotonic() - started < 1
+    finally:
+        postgres_server.start()
+    time.sleep(pgstore.RETRY_AFTER)
+    assert store.get("job")["prompt_id"] == "job"  # tried again, and back
+
+
+def test_a_watch_outlives_database_restarts(hosts, emulator, tmp_path, postgres_server):
+    if postgres_server.base is None:
+        pytest.skip("the server given by COMFYCTL_TEST_POSTGRES is not ours to restart")
+    submitted = on(hosts[1], "submit", workflow(tmp_path, 60, 0.1), "-s", emulator.url)
+    (pid,) = submitted.stdout.split()
+    watching = start(hosts[2], "watch", pid, "--json", "--poll-interval", "0.5")
+    for _ in range(3):  # the database down for a moment, three times over a 6 s job
+        time.sleep(1.0)
+        postgres_server.stop()
+        time.sleep(0.5)
+        postgres_server.start()
+    out, err = watching.communicate(timeout=60)
+    assert watching.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["status"] == "success"
+    assert records(hosts[1]["COMFYCTL_LEDGER"])[pid]["status"] == "success"
+
+
 def test_a_frozen_database_is_given_up_on_not_waited_for_forever(
     postgres_server, postgres_ledger, monkeypatch
 ):
@@ -346,6 +402,7 @@ def test_a_frozen_database_is_given_up_on_not_waited_for_forever(
     if postgres_server.base is None:
         pytest.skip("the server given by COMFYCTL_TEST_POSTGRES is not ours to freeze")
     monkeypatch.setattr(pgstore, "STATEMENT_MARGIN", 0.5)  # a bound of 3 s, not 17
+    monkeypatch.setattr(pgstore, "RETRY_AFTER", 0.5)  # given up on: not tried again before
     store = PostgresStore(postgres_ledger, lock_timeout=0.5)
     with store.transaction() as tasks:
         tasks.put(new_record("job", "s", "http://127.0.0.1:1", "c", None))
@@ -357,6 +414,7 @@ def test_a_frozen_database_is_given_up_on_not_waited_for_forever(
         "a view's read": lambda: len(store.load()),
     }
     for name, step in steps.items():
+        time.sleep(pgstore.RETRY_AFTER)
         assert store.get("job")["prompt_id"] == "job"  # connected, and answered
         view = store.load() if name == "a view's read" else None
         with postgres_server.frozen():
@@ -364,6 +422,7 @@ def test_a_frozen_database_is_given_up_on_not_waited_for_forever(
             with pytest.raises(LedgerUnavailable, match="did not answer"):
                 step() if view is None else len(view)
             assert time.monotonic() - started < bound + 2, name
+    time.sleep(pgstore.RETRY_AFTER)
     assert store.get("job")["prompt_id"] == "job"  # answered again: a new connection
     with store.transaction() as tasks:  # a slow caller inside a transaction is not cut off
         time.sleep(bound + 1)
