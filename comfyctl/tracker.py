@@ -72,6 +72,9 @@ ANNOUNCE_WITHIN = 0.25  # an ended job is written and told about at most this mu
 # After a read, what comes in this long is read together: a burst of frames costs one
 # wake-up of the loop and of the tracker instead of one per frame.
 READ_GAP = 0.05
+# How long the end waits for the listen loop to close its sockets and give their leases
+# up (one round, normally; a store that does not answer is not waited for longer).
+LISTENER_END = 2.0
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Tracker:
         self._last_stall_check = 0.0
         self._ended_at = 0.0
         self._threads: list[threading.Thread] = []
+        self._listener: threading.Thread | None = None
         self.leases = leases_for(ledger)
         self.owner = new_owner("watch")
         self._held: dict[str, bool] = {}  # prompt_id -> we hold its listen lease
@@ -220,6 +224,11 @@ class Tracker:
             if self.on_drained is not None:  # lines before the error that ends the run
                 with contextlib.suppress(Exception):
                     self.on_drained()
+            # The listen loop closes its sockets and gives their leases up as it ends (a
+            # round); a process that exits before would leave them to expire, keeping a
+            # watcher in another PID space or on another host waiting.
+            if self._listener is not None:
+                self._listener.join(LISTENER_END)
             self._release_ended()  # their sockets are closed already
         return self.records
 
@@ -425,7 +434,7 @@ class Tracker:
             self._spawn(self._server_worker, state, name=f"poll {url}")
             self._spawn(self._history_fetcher, state, name=f"fetch {url}")
             self._spawn(self._connector, state, name=f"connect {url}")
-        self._spawn(self._listen_loop, name="listen")
+        self._listener = self._spawn(self._listen_loop, name="listen")
         if self.options.use_websocket:
             # Every job's lease at once, in one store call (a job near the end of a queue
             # is listened to once it nears its head, its lease already held).
@@ -458,10 +467,11 @@ class Tracker:
                 log.debug("to listen for %s (%s)", prompt_id, record["status"])
                 state.joining.put(_Listening(prompt_id, record["client_id"], job_stop))
 
-    def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> None:
+    def _spawn(self, target: Callable[..., None], *args: Any, name: str) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
     def _active_ids(self, state: _ServerState) -> list[str]:
         # A copy first: the tracker's thread takes ended jobs out meanwhile.

@@ -105,7 +105,20 @@ def test_two_watchers_both_see_progress_to_the_end(emulator, tmp_path, ledger_pa
     time.sleep(3)
     both_follow_to_the_end(first, pid)
     assert Ledger(ledger_path).get(pid)["status"] == "success"
-    assert live_holder(leases_for(Ledger(ledger_path)), listen_lease(pid)) is None
+    # Given up on the way out, not left to expire: a holder in another PID space or on
+    # another host would otherwise keep the next watcher waiting for the expiry.
+    assert leases_for(Ledger(ledger_path)).lease(listen_lease(pid)) is None
+
+
+def test_a_watch_that_ends_leaves_no_lease_behind(emulator, tmp_path, ledger_path, run_comfyctl):
+    for steps, args in ((10, ()), (40, ("--timeout", "1"))):  # to its end; before (exit 5)
+        wf = tmp_path / f"wf{steps}.json"  # not the same graph: a cached run is instant
+        wf.write_text(json.dumps(slow_graph(steps=steps, seconds=0.1)))
+        submitted = run_comfyctl("submit", str(wf), "-s", emulator.url)
+        (pid,) = submitted.stdout.split()
+        watched = run_comfyctl("watch", pid, "--poll-interval", "0.5", *args)
+        assert watched.returncode == (5 if args else 0), watched.stderr
+        assert leases_for(Ledger(ledger_path)).lease(listen_lease(pid)) is None, args
 
 
 def test_sigkill_of_the_holder_hands_over_and_the_end_is_kept(
