@@ -163,10 +163,17 @@ class SubmitUnrecorded(SubmitUncertain):
     record stays (``submitting``), to be settled on the next contact, as an uncertain one."""
 
     def __init__(self, server: str, record: dict[str, Any], why: str) -> None:
-        super().__init__(server, "queued, but not recorded", record)
+        super().__init__(
+            server,
+            "queued, but not recorded",
+            record,
+            "Its write-ahead record (submitting) stays and is settled once a command reaches "
+            f"both the ledger and the server (e.g. 'comfyctl watch {record['prompt_id']}'); "
+            "do not submit it again.",
+        )
         self.message = (
             f"Server {server} queued {record['prompt_id']}, but the ledger could not record "
-            f"it: {why}"
+            f"it ({why.rstrip('.')})."
         )
 
 
@@ -265,3 +272,10 @@ class LedgerUnavailable(LedgerError):
             "Check the URL, that the database server runs, and the credentials "
             "(the URL's password or PGPASSWORD).",
         )
+        self.reason = reason
+
+
+class LedgerInterrupted(LedgerUnavailable):
+    """The database's connection was lost during a call (a restart, mostly): nothing of
+    the call took effect, and the store reconnects on the next one. A caller whose
+    writes can be made again (watch's) tries once more instead of ending."""

@@ -25,7 +25,13 @@ from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from comfyctl.backoff import Backoff
-from comfyctl.errors import LedgerCorrupt, LedgerError, LedgerLocked, LedgerUnavailable
+from comfyctl.errors import (
+    LedgerCorrupt,
+    LedgerError,
+    LedgerInterrupted,
+    LedgerLocked,
+    LedgerUnavailable,
+)
 from comfyctl.store import Lease, Record, RecordsBase, check_record, mask_url, resolve_lock_timeout
 
 if TYPE_CHECKING:
@@ -288,7 +294,7 @@ class PostgresStore:
         # A connection that worked was lost (a restart): when the database stopped
         # answering, and the last time connecting failed (then, its error).
         self._down_since: float | None = None
-        self._failed: tuple[float, LedgerUnavailable] | None = None
+        self._failed: tuple[float, str] | None = None
 
     def describe(self) -> str:
         return mask_url(self.url)
@@ -314,12 +320,15 @@ class PostgresStore:
         except psycopg.OperationalError as exc:
             cut, worked = self._cut is not None, self._conn is not None
             reason = f"it did not answer within {self.bound:g} s" if cut else self._reason(exc)
-            error = LedgerUnavailable(self.describe(), reason)
+            interrupted = worked and not cut and self._failed is None
+            error = (LedgerInterrupted if interrupted else LedgerUnavailable)(
+                self.describe(), reason
+            )
             self._drop()
             if worked:  # it worked, and stopped: a restart, a freeze
                 self._down_since = self._down_since or self._waiting_since
                 # A cut has waited ``bound`` already: the next calls are not made to wait.
-                self._failed = (time.monotonic(), error) if cut else None
+                self._failed = (time.monotonic(), reason) if cut else None
             raise error from None
         except psycopg.Error as exc:
             raise LedgerError(
@@ -401,7 +410,7 @@ class PostgresStore:
 
     def _reconnect(self, down_since: float) -> psycopg.Connection[Any]:
         if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_AFTER:
-            raise self._failed[1]  # given up on just now
+            raise LedgerUnavailable(self.describe(), self._failed[1])  # given up on just now
         # The database was there and stopped answering: a restart takes a moment, waited
         # for up to ``bound`` since it stopped (then once more every RETRY_AFTER).
         backoff = Backoff(0.2, 1.0)
@@ -412,7 +421,7 @@ class PostgresStore:
             except LedgerUnavailable as exc:
                 remaining = down_since + self.bound - time.monotonic()
                 if remaining <= 0:
-                    self._failed = (time.monotonic(), exc)
+                    self._failed = (time.monotonic(), exc.reason)
                     raise
                 time.sleep(min(backoff.wait(), remaining))
                 continue
@@ -437,14 +446,18 @@ class PostgresStore:
                     self.describe(), "libpq cannot parse its URL; check its spelling"
                 ) from None
             with self._wait_lock:
-                self._conn = conn  # watched from here on; dropped if what follows fails
-            # Every statement bounded, reads outside a transaction too: without a session
-            # timeout, a table another session locks makes any command wait forever.
-            conn.execute(
-                f"SET lock_timeout = {self._ms(self.lock_timeout)}; "
-                f"SET statement_timeout = {self._ms(self.lock_timeout + STATEMENT_MARGIN)}"
-            )
-            self._migrate(conn)
+                self._conn = conn  # watched from here on
+            try:
+                # Every statement bounded, reads outside a transaction too: without a
+                # session timeout, a table another session locks makes a command wait.
+                conn.execute(
+                    f"SET lock_timeout = {self._ms(self.lock_timeout)}; "
+                    f"SET statement_timeout = {self._ms(self.lock_timeout + STATEMENT_MARGIN)}"
+                )
+                self._migrate(conn)
+            except BaseException:  # not set up (a newer schema, a lock, Ctrl-C): not used
+                self._drop()
+                raise
         return conn
 
     @staticmethod

@@ -7,6 +7,7 @@ retried blindly: after a timeout or reset the server is asked whether the id exi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -191,24 +192,32 @@ class Submitter:
         warnings = [
             f"node {node}: {summary}" for node, summary in node_error_lines(reply.node_errors)
         ]
-        final_id = reply.prompt_id
-        queued = Observation("queued", final_id, spec.url, number=reply.number)
+        # An older server chose its own id: adopted.
+        queued = Observation("queued", reply.prompt_id, spec.url, number=reply.number)
+        return Submitted(self._record_queued(record, queued, warnings), warnings)
+
+    def _record_queued(
+        self, record: Record, obs: Observation, warnings: list[str] | None = None
+    ) -> Record:
+        """Record what the server said of the job it has (queued, running, ...) under the
+        id it gave. Raises SubmitUnrecorded when the ledger cannot be written: the job
+        is queued and its write-ahead record kept, for the next command that reaches the
+        server to settle; said as an uncertain submit (its id printed, exit 11), never as
+        the ledger's failure alone, after which a script would resubmit it."""
         try:
             with self.ledger.transaction() as tasks:
-                stored = tasks.remove(prompt_id) or record
-                if final_id != prompt_id:  # an older server chose its own id: adopt it
-                    stored["prompt_id"] = final_id
-                apply(stored, queued)
-                stored["warnings"] = warnings
+                stored = tasks.remove(record["prompt_id"]) or record
+                stored["prompt_id"] = obs.prompt_id
+                apply(stored, obs)
+                if warnings is not None:
+                    stored["warnings"] = warnings
                 tasks.put(stored)
-        except LedgerError as exc:
-            # Queued, and its write-ahead record kept: the next command that reaches the
-            # server settles it. Said as an uncertain submit (its id printed, exit 11),
-            # never as the ledger's failure alone, after which a script would resubmit.
-            shown = {**record, "prompt_id": final_id}
-            apply(shown, queued)
-            raise SubmitUnrecorded(spec.name, shown, exc.message) from None
-        return Submitted(stored, warnings)
+        except (LedgerError, OSError) as exc:
+            shown = {**record, "prompt_id": obs.prompt_id}
+            apply(shown, obs)
+            why = exc.message if isinstance(exc, LedgerError) else exc.strerror or str(exc)
+            raise SubmitUnrecorded(record["server"], shown, why) from None
+        return stored
 
     def _confirm(self, client: ServerClient, record: Record, reason: str) -> Submitted:
         """The reply was lost or garbled: ask the server instead of sending the job again."""
@@ -222,8 +231,9 @@ class Submitter:
                     prompt_id = adopted
         except ServerError as exc:
             # Unsettled: this process is done with it, so the next command that reaches
-            # the server settles it (see records.submitter_gone).
-            with self.ledger.transaction() as tasks:
+            # the server settles it (see records.submitter_gone; without this mark, once
+            # this process is gone).
+            with contextlib.suppress(LedgerError, OSError), self.ledger.transaction() as tasks:
                 stored = tasks.get(record["prompt_id"])
                 if stored is not None and stored["status"] == SUBMITTING:
                     stored["submitter"] = {**(stored.get("submitter") or {}), "finished": True}
@@ -243,12 +253,7 @@ class Submitter:
                 ),
             )
             raise SubmitFailed(record["server"], f"{reason}; it does not know the job")
-        with self.ledger.transaction() as tasks:
-            stored = tasks.remove(record["prompt_id"]) or record
-            stored["prompt_id"] = prompt_id
-            apply(stored, obs)
-            tasks.put(stored)
-        return Submitted(stored, [])
+        return Submitted(self._record_queued(record, obs), [])
 
     def _settle(self, prompt_id: str, status: str, error: dict[str, Any]) -> None:
         with self.ledger.transaction() as tasks:

@@ -26,7 +26,7 @@ from typing import Any
 from comfyctl import ws
 from comfyctl.backoff import Backoff
 from comfyctl.client import ServerClient
-from comfyctl.errors import ComfyctlError, ServerError
+from comfyctl.errors import ComfyctlError, LedgerInterrupted, ServerError
 from comfyctl.events import from_ws_text
 from comfyctl.lease import (
     RENEW_EVERY,
@@ -154,6 +154,7 @@ class Tracker:
         self._ended_at = 0.0
         self._threads: list[threading.Thread] = []
         self._listener: threading.Thread | None = None
+        self._write_interrupted = False  # the last flush's write was (see flush)
         self.leases = leases_for(ledger)
         self.owner = new_owner("watch")
         self._held: dict[str, bool] = {}  # prompt_id -> we hold its listen lease
@@ -252,10 +253,17 @@ class Tracker:
         pending, self._pending_writes = self._pending_writes, {}
         try:
             self._write(pending)
-        except BaseException:  # e.g. LedgerLocked: keep them for the next flush
+        except BaseException as exc:  # e.g. LedgerLocked: keep them for the next flush
             for prompt_id, observations in pending.items():
                 self._pending_writes.setdefault(prompt_id, [])[:0] = observations
+            if isinstance(exc, LedgerInterrupted) and not self._write_interrupted:
+                # The database went away mid-write (a restart): made again by the next
+                # flush, which waits for it to come back; a second failure ends the run.
+                self._write_interrupted = True
+                log.info("ledger write interrupted, to be made again: %s", exc)
+                return
             raise
+        self._write_interrupted = False
 
     def _write(self, pending: dict[str, list[Observation]]) -> None:
         decided = []  # ended by another process: a cancel, say

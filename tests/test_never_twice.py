@@ -132,12 +132,17 @@ def test_frozen_server_prints_the_id_and_settles_later(
     assert server_ids(a) == [pid]
 
 
+@pytest.mark.parametrize("failure", ["locked", "disk-full"])
+@pytest.mark.parametrize("reply", ["answered", "dropped-then-confirmed"])
 def test_a_ledger_that_fails_after_the_post_still_gets_the_id_printed(
-    emulator, invoke, run_comfyctl, wf, ledger_path, monkeypatch
+    emulator, invoke, run_comfyctl, wf, ledger_path, monkeypatch, failure, reply
 ):
     """The server queued the job; only the ledger's "pending" could not be written (a
-    database gone, a lock held too long). The id is printed and the exit is 11, never 7:
-    a script that resubmits on "ledger unreachable" would run the job twice."""
+    database gone, a lock held too long, a full disk), after its reply or after asking it
+    when the reply was lost. The id is printed and the exit is 11, never 7 (or 1): a
+    script that resubmits on "ledger unreachable" would run the job twice."""
+    import errno
+
     from comfyctl.errors import LedgerLocked
 
     real = Ledger.transaction
@@ -146,9 +151,13 @@ def test_a_ledger_that_fails_after_the_post_still_gets_the_id_printed(
     def failing_after_the_post(self):
         calls.append(1)
         if len(calls) == 2:  # the first writes ahead; the second records the queued job
-            raise LedgerLocked(self.path, 1.0)
+            if failure == "locked":
+                raise LedgerLocked(self.path, 1.0)
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real(self)
 
+    if reply != "answered":
+        emulator.faults.reply, emulator.faults.reply_routes = "drop", ("POST /prompt",)
     monkeypatch.setattr(Ledger, "transaction", failing_after_the_post)
     submitted = invoke("submit", wf, "-s", emulator.url)
     monkeypatch.setattr(Ledger, "transaction", real)
@@ -160,6 +169,32 @@ def test_a_ledger_that_fails_after_the_post_still_gets_the_id_printed(
     watched = run_comfyctl("watch", pid, "--poll-interval", "0.2", "--timeout", "30")
     assert watched.returncode == 0, watched.stderr
     assert Ledger(ledger_path).get(pid)["status"] == "success"
+
+
+def test_a_ledger_that_fails_mid_batch_ends_with_the_queued_jobs_exit_11(
+    emulator_factory, invoke, config_path, wf, ledger_path, monkeypatch
+):
+    """Job 1 was queued and could not be recorded; the ledger still fails for job 2. The
+    exit is 11 (do not resubmit job 1), not the ledger's 7; job 2 is never sent."""
+    from comfyctl.errors import LedgerLocked
+
+    a, b = emulator_factory(), emulator_factory()
+    configure(config_path, a=a.url, b=b.url)
+    real = Ledger.transaction
+    calls = []
+
+    def failing_from_the_second(self):
+        calls.append(1)
+        if len(calls) >= 2:
+            raise LedgerLocked(self.path, 1.0)
+        return real(self)
+
+    monkeypatch.setattr(Ledger, "transaction", failing_from_the_second)
+    submitted = invoke("submit", wf, "-s", "a", "-s", "b", "--count", "2")
+    monkeypatch.setattr(Ledger, "transaction", real)
+    assert submitted.exit_code == ExitCode.UNCERTAIN, submitted.stderr
+    [pid] = submitted.stdout.split()
+    assert sorted(server_ids(a) + server_ids(b)) == [pid]
 
 
 def test_uncertain_submit_the_server_never_got_is_settled_lost(

@@ -277,6 +277,22 @@ def test_a_database_migrated_by_a_newer_comfyctl_is_refused(hosts, postgres_ledg
     assert "newer comfyctl" in proc.stderr
 
 
+def test_a_refused_database_stays_refused_on_the_same_store(postgres_ledger):
+    # A long-lived process (a watch's threads retry) must not go on with a connection
+    # whose set-up (the migration check) failed.
+    import psycopg
+
+    from comfyctl.errors import LedgerCorrupt
+
+    open_store(postgres_ledger).load()  # creates the tables
+    with psycopg.connect(postgres_ledger, autocommit=True) as conn:
+        conn.execute("INSERT INTO comfyctl_migrations (name) VALUES ('9999-from-the-future')")
+    store = open_store(postgres_ledger)
+    for _ in range(2):
+        with pytest.raises(LedgerCorrupt, match="newer comfyctl"):
+            store.load()
+
+
 def test_tables_are_created_once_and_recorded(postgres_ledger):
     import psycopg
 
@@ -372,6 +388,29 @@ def test_a_database_down_for_a_moment_is_waited_for_then_given_up_on(
         postgres_server.start()
     time.sleep(pgstore.RETRY_AFTER)
     assert store.get("job")["prompt_id"] == "job"  # tried again, and back
+
+
+def test_a_connection_lost_mid_call_is_said_so_and_the_next_call_reconnects(
+    postgres_server, postgres_ledger
+):
+    # What a watch's write meets when the database restarts under it: the write did not
+    # happen (LedgerInterrupted, which watch makes again), the next call reconnects.
+    import psycopg
+
+    from comfyctl.errors import LedgerInterrupted
+
+    store = open_store(postgres_ledger)
+    store.load()
+    killer = threading.Timer(0.5, _cut_off, ("terminated", postgres_server, postgres_ledger))
+    killer.start()
+    try:
+        with pytest.raises(LedgerInterrupted):
+            store._one("SELECT pg_sleep(5)")
+    finally:
+        killer.join()
+    assert store.changes() == 0
+    with psycopg.connect(postgres_ledger) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_a_watch_outlives_database_restarts(hosts, emulator, tmp_path, postgres_server):

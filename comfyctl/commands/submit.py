@@ -13,6 +13,7 @@ from comfyctl.commands.workflow import echo_warnings, make_preparer, run_checks,
 from comfyctl.context import AppContext
 from comfyctl.errors import (
     ComfyctlError,
+    LedgerError,
     ServerUnreachable,
     SubmitUncertain,
     UsageProblem,
@@ -169,6 +170,13 @@ def command(
                 except WorkflowRejected as exc:
                     _explain_rejection(exc)
                     raise
+                except LedgerError as exc:
+                    if not uncertain:
+                        raise
+                    # A job is queued that the ledger could not record: the exit is its
+                    # 11 (do not resubmit), not the ledger's 7; nothing more is sent.
+                    click.echo(f"comfyctl: {exc}", err=True)
+                    break
             if result is None:
                 if uncertain:
                     break  # the servers that took or may have taken jobs are not asked again
@@ -200,7 +208,12 @@ def command(
         opts = FollowOptions.from_params(params, "text" if fmt == "text" else "json")
         if opts.timeout is not None:
             opts.timeout = max(opts.timeout - (time.monotonic() - started), 0.001)
-        follow(app, submitted, opts)
+        try:
+            follow(app, submitted, opts)
+        except LedgerError as exc:
+            if not uncertain:
+                raise
+            click.echo(f"comfyctl: {exc}", err=True)  # the uncertain job's 11 still ends it
     if uncertain:
         if count == 1:
             raise uncertain[0]
