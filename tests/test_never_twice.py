@@ -164,8 +164,9 @@ def test_a_ledger_that_fails_after_the_post_still_gets_the_id_printed(
     assert submitted.exit_code == ExitCode.UNCERTAIN, submitted.stderr
     [pid] = submitted.stdout.split()
     assert "queued" in submitted.stderr and "do not submit it again" in submitted.stderr
-    assert server_ids(emulator) == [pid]
     assert Ledger(ledger_path).get(pid)["status"] == "submitting"  # the write-ahead record
+    emulator.wait_idle(timeout=10)  # not between its queue and its history when asked
+    assert server_ids(emulator) == [pid]
     watched = run_comfyctl("watch", pid, "--poll-interval", "0.2", "--timeout", "30")
     assert watched.returncode == 0, watched.stderr
     assert Ledger(ledger_path).get(pid)["status"] == "success"
@@ -194,6 +195,8 @@ def test_a_ledger_that_fails_mid_batch_ends_with_the_queued_jobs_exit_11(
     monkeypatch.setattr(Ledger, "transaction", real)
     assert submitted.exit_code == ExitCode.UNCERTAIN, submitted.stderr
     [pid] = submitted.stdout.split()
+    a.wait_idle(timeout=10)
+    b.wait_idle(timeout=10)
     assert sorted(server_ids(a) + server_ids(b)) == [pid]
 
 
