@@ -72,8 +72,9 @@ ANNOUNCE_WITHIN = 0.25  # an ended job is written and told about at most this mu
 # After a read, what comes in this long is read together: a burst of frames costs one
 # wake-up of the loop and of the tracker instead of one per frame.
 READ_GAP = 0.05
-# How long the end waits for the listen loop to close its sockets and give their leases
-# up (one round, normally; a store that does not answer is not waited for longer).
+# How long the end waits for the listen loop and the connectors to close their sockets
+# and give their leases up (one round, a handshake; a store that does not answer is not
+# waited for longer).
 LISTENER_END = 2.0
 
 
@@ -153,7 +154,7 @@ class Tracker:
         self._last_stall_check = 0.0
         self._ended_at = 0.0
         self._threads: list[threading.Thread] = []
-        self._listener: threading.Thread | None = None
+        self._closers: list[threading.Thread] = []  # the threads that hold sockets
         self._write_interrupted = False  # the last flush's write was (see flush)
         self.leases = leases_for(ledger)
         self.owner = new_owner("watch")
@@ -225,11 +226,13 @@ class Tracker:
             if self.on_drained is not None:  # lines before the error that ends the run
                 with contextlib.suppress(Exception):
                     self.on_drained()
-            # The listen loop closes its sockets and gives their leases up as it ends (a
-            # round); a process that exits before would leave them to expire, keeping a
-            # watcher in another PID space or on another host waiting.
-            if self._listener is not None:
-                self._listener.join(LISTENER_END)
+            # The listen loop and the connectors close their sockets and give their leases
+            # up as they end (a round; a handshake in flight); a process that exits before
+            # would leave them to expire, keeping a watcher in another PID space or on
+            # another host waiting.
+            until = time.monotonic() + LISTENER_END
+            for thread in self._closers:
+                thread.join(max(until - time.monotonic(), 0.0))
             self._release_ended()  # their sockets are closed already
         return self.records
 
@@ -441,8 +444,8 @@ class Tracker:
         for url, state in self.servers.items():
             self._spawn(self._server_worker, state, name=f"poll {url}")
             self._spawn(self._history_fetcher, state, name=f"fetch {url}")
-            self._spawn(self._connector, state, name=f"connect {url}")
-        self._listener = self._spawn(self._listen_loop, name="listen")
+            self._closers.append(self._spawn(self._connector, state, name=f"connect {url}"))
+        self._closers.append(self._spawn(self._listen_loop, name="listen"))
         if self.options.use_websocket:
             # Every job's lease at once, in one store call (a job near the end of a queue
             # is listened to once it nears its head, its lease already held).
