@@ -320,8 +320,7 @@ class PostgresStore:
         except psycopg.OperationalError as exc:
             cut, worked = self._cut is not None, self._conn is not None
             reason = f"it did not answer within {self.bound:g} s" if cut else self._reason(exc)
-            interrupted = worked and not cut and self._failed is None
-            error = (LedgerInterrupted if interrupted else LedgerUnavailable)(
+            error = (LedgerInterrupted if worked and not cut else LedgerUnavailable)(
                 self.describe(), reason
             )
             self._drop()

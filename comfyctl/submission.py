@@ -192,7 +192,7 @@ class Submitter:
         warnings = [
             f"node {node}: {summary}" for node, summary in node_error_lines(reply.node_errors)
         ]
-        # An older server chose its own id: adopted.
+        # Recorded under the id in the reply: an older server chooses its own.
         queued = Observation("queued", reply.prompt_id, spec.url, number=reply.number)
         return Submitted(self._record_queued(record, queued, warnings), warnings)
 

@@ -153,7 +153,7 @@ class Tracker:
         self._releasing_lock = threading.Lock()
         self._last_stall_check = 0.0
         self._ended_at = 0.0
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # every thread started (tests join them)
         self._closers: list[threading.Thread] = []  # the threads that hold sockets
         self._write_interrupted = False  # the last flush's write was (see flush)
         self.leases = leases_for(ledger)
