@@ -22,7 +22,7 @@ from typing import Any
 from comfyctl import ws
 from comfyctl.client import QueueItem, ServerClient
 from comfyctl.config import ServerSpec
-from comfyctl.errors import ComfyctlError, ServerError
+from comfyctl.errors import ComfyctlError, ServerError, SubmitUncertain
 from comfyctl.events import from_ws_message
 from comfyctl.fanout import fan_out
 from comfyctl.inputs import Uploader, place_inputs
@@ -791,6 +791,10 @@ class Repairer:
             tasks.put(new)
         try:
             result = self.submitter.send(new, graph, spec)
+        except SubmitUncertain as exc:
+            # It may be queued: named, and its claim kept (its record is settled later).
+            action.new_prompt_id = (exc.record or new)["prompt_id"]
+            raise
         except ComfyctlError:
             with self.ledger.transaction() as tasks:
                 sent = tasks.get(new["prompt_id"])

@@ -368,3 +368,32 @@ def test_a_resubmitted_job_lost_in_a_second_restart_is_proven_lost_and_resubmitt
         ledger[new]["status"] == "lost" and ledger[new]["superseded_by"] == again["new_prompt_id"]
     )
     assert ledger[again["new_prompt_id"]]["resubmitted_from"] == new
+
+
+def test_a_resubmit_whose_outcome_is_uncertain_names_the_new_job(
+    emulator, tmp_path, ledger_path, invoke, config_path
+):
+    """The server took the resubmitted job and froze: recover cannot say it is queued,
+    but it names the new job (its write-ahead record is kept, to be settled), and a later
+    recover finds it resubmitted instead of sending it again."""
+    config_path.write_text(
+        f'[defaults]\ntimeout = 1\nconnect_timeout = 1\n[servers.a]\nurl = "{emulator.url}"\n'
+    )
+    (pid,) = submit(invoke, tmp_path, "a", graph(steps=200, seconds=0.05))
+    time.sleep(0.3)
+    emulator.restart()
+    emulator.faults.reply, emulator.faults.reply_routes = "freeze", ("POST /prompt",)
+    result = invoke("recover", "--resubmit", "--nl")
+    assert result.exit_code == 1, result.stderr
+    (action,) = findings(result)
+    ledger = Ledger(ledger_path).load()
+    [child] = [r for r in ledger.values() if r.get("resubmitted_from") == pid]
+    assert action["new_prompt_id"] == child["prompt_id"] and not action["resolved"]
+    assert "uncertain" in action["detail"]
+    assert ledger[pid]["superseded_by"] == child["prompt_id"]
+    emulator.faults.clear()
+    again = invoke("recover", "--resubmit", "--nl")
+    assert again.exit_code == 0, again.stdout + again.stderr
+    queue = requests.get(emulator.url + "/queue", timeout=5).json()
+    queued = [item[1] for item in queue["queue_running"] + queue["queue_pending"]]
+    assert queued == [child["prompt_id"]]
