@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -286,16 +286,24 @@ class ServerClient:
 
     def find_by_client_id(self, client_id: str) -> str | None:
         """The prompt_id a server gave a job submitted with ``client_id`` (servers older
-        than client-chosen ids ignore ours): looked up in the queue, then recent history."""
+        than client-chosen ids ignore ours)."""
+        return self.find_by_client_ids([client_id]).get(client_id)
+
+    def find_by_client_ids(self, client_ids: Collection[str]) -> dict[str, str]:
+        """``find_by_client_id`` for several jobs (client_id -> prompt_id, for those
+        found): one read of the queue, then, for the rest, one of the recent history."""
+        wanted, found = set(client_ids), {}
         queue = self.queue()
         for item in queue.running + queue.pending:
-            if item.client_id == client_id:
-                return item.prompt_id
-        for prompt_id, entry in self.history(max_items=RECENT_HISTORY).items():
-            prompt = entry.get("prompt") if isinstance(entry, dict) else None
-            if prompt_extra(prompt).get("client_id") == client_id:
-                return str(prompt_id)
-        return None
+            if item.client_id in wanted:
+                found[item.client_id] = item.prompt_id
+        if wanted - found.keys():
+            for prompt_id, entry in self.history(max_items=RECENT_HISTORY).items():
+                prompt = entry.get("prompt") if isinstance(entry, dict) else None
+                client_id = prompt_extra(prompt).get("client_id")
+                if client_id in wanted and client_id not in found:
+                    found[client_id] = str(prompt_id)
+        return found
 
     def execution_messages(self, prompt_id: str) -> list[Any] | None:
         """The server's own record of a finished run ([name, {..., timestamp}] pairs:

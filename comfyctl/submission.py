@@ -27,7 +27,7 @@ from comfyctl.errors import (
     WorkflowInvalid,
     WorkflowRejected,
 )
-from comfyctl.jobs import REFRESH_DEADLINE, apply_observations, by_server
+from comfyctl.jobs import REFRESH_DEADLINE, by_server
 from comfyctl.records import (
     REJECTED,
     SUBMITTING,
@@ -39,7 +39,7 @@ from comfyctl.records import (
     now_iso,
     submitter_gone,
 )
-from comfyctl.store import Record, Store
+from comfyctl.store import Record, Records, Store
 
 log = logging.getLogger("comfyctl.submit")
 
@@ -206,12 +206,10 @@ class Submitter:
         the ledger's failure alone, after which a script would resubmit it."""
         try:
             with self.ledger.transaction() as tasks:
-                stored = tasks.remove(record["prompt_id"]) or record
-                stored["prompt_id"] = obs.prompt_id
-                apply(stored, obs)
+                stored = tasks.get(record["prompt_id"]) or record
                 if warnings is not None:
                     stored["warnings"] = warnings
-                tasks.put(stored)
+                as_the_server_has_it(tasks, stored, obs)
         except (LedgerError, OSError) as exc:
             shown = {**record, "prompt_id": obs.prompt_id}
             apply(shown, obs)
@@ -296,6 +294,16 @@ def _by_node(lines: list[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
+def as_the_server_has_it(tasks: Records, stored: Record, obs: Observation) -> Record:
+    """Record a write-ahead record's job as its server has it: what the server said of it
+    (``obs``), under the id the server gave it (an older server chooses its own)."""
+    tasks.remove(stored["prompt_id"])
+    stored["prompt_id"] = obs.prompt_id
+    apply(stored, obs)
+    tasks.put(stored)
+    return stored
+
+
 def settle_submitting(
     ledger: Store,
     client_for: Callable[[Record], ServerClient],
@@ -304,8 +312,10 @@ def settle_submitting(
 ) -> int:
     """Settle write-ahead records left by a crashed submit, asking each one's own server
     (one round per server, all at once, none waited for longer than ``deadline``: a
-    server that does not answer leaves its records as they are). The records are
-    updated in place; returns how many were settled."""
+    server that does not answer leaves its records as they are). A job the server does
+    not know by its id is looked for by its client_id (an older server gave it an id of
+    its own) before it is settled as never arrived. The records are updated in place
+    (their prompt_id too, for those adopted); returns how many were settled."""
     from comfyctl.fanout import fan_out
 
     orphans = [r for r in records if r["status"] == SUBMITTING and submitter_gone(r)]
@@ -313,17 +323,29 @@ def settle_submitting(
     if not groups:
         return 0
 
-    def ask(url: str) -> list[Observation]:
+    def ask(url: str) -> list[tuple[str, Observation]]:
         group = groups[url]
-        heard = client_for(group[0]).snapshot([r["prompt_id"] for r in group])
-        return [
-            never_arrived(r) if heard[r["prompt_id"]].kind == "unknown" else heard[r["prompt_id"]]
-            for r in group
-        ]
+        client = client_for(group[0])
+        heard = client.snapshot([r["prompt_id"] for r in group])
+        unknown = [r for r in group if heard[r["prompt_id"]].kind == "unknown"]
+        theirs = client.find_by_client_ids([r["client_id"] for r in unknown]) if unknown else {}
+        heard.update(client.snapshot(list(theirs.values())) if theirs else {})
+        verdicts = []
+        for record in group:
+            obs = heard[theirs.get(record["client_id"], record["prompt_id"])]
+            if obs.kind == "unknown":  # also when what was found left again: never there
+                obs = never_arrived(record)
+            verdicts.append((record["prompt_id"], obs))
+        return verdicts
 
     answers = fan_out(groups, ask, deadline, name=lambda url: groups[url][0]["server"])
-    observations = [obs for answer in answers.values() for obs in answer.value or []]
-    changed = apply_observations(ledger, observations, when=lambda r: r["status"] == SUBMITTING)
+    verdicts = [verdict for answer in answers.values() for verdict in answer.value or []]
+    changed = {}
+    with ledger.transaction() as tasks:
+        for prompt_id, obs in verdicts:
+            stored = tasks.get(prompt_id)
+            if stored is not None and stored["status"] == SUBMITTING:
+                changed[prompt_id] = as_the_server_has_it(tasks, stored, obs)
     for record in orphans:
         record.update(changed.get(record["prompt_id"], {}))
     return len(changed)

@@ -48,7 +48,6 @@ from comfyctl.records import (
     age_seconds,
     apply,
     job_error,
-    never_arrived,
     progress_changed_at,
     submitter_gone,
 )
@@ -104,7 +103,9 @@ class _ServerState:
     client: ServerClient
     name: str
     prompt_ids: set[str] = field(default_factory=set)  # its jobs not yet ended here
-    fetch: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    # For its fetcher: a job whose outcome to read (its id), a crashed submit's record to
+    # settle (see Tracker._judge_unknown), or None (the end).
+    fetch: queue.Queue[str | Record | None] = field(default_factory=queue.Queue)
     # The listen loop's (Tracker._listen_loop, one for all servers): this server's jobs
     # handed to it and the ones it looks after. Its connector's (Tracker._connector): jobs
     # to connect, and jobs connected (or not), handed back under ``handoff``.
@@ -161,6 +162,7 @@ class Tracker:
         self._held: dict[str, bool] = {}  # prompt_id -> we hold its listen lease
         self._claiming = threading.Lock()  # see _claim
         self._seen: dict[str, tuple[Any, ...]] = {}  # what _observe last handed on
+        self._settling: set[str] = set()  # crashed submits handed to their fetcher
         self._selector = selectors.DefaultSelector()  # the listen loop's sockets
         for record in records:
             url = record["server_url"]
@@ -312,6 +314,8 @@ class Tracker:
             self.on_event(item)
         elif isinstance(item, _Followed):
             self._follow(item.record)
+        elif isinstance(item, _Settled):
+            self._settled(item)
 
     def _observed(self, obs: Observation) -> None:
         record = self.records.get(obs.prompt_id)
@@ -399,8 +403,11 @@ class Tracker:
         self._unknown_count[record["prompt_id"]] = count
         if count < 2:
             return obs
-        if record["status"] == SUBMITTING:  # its submitter is gone: the submit never arrived
-            return never_arrived(record)
+        if record["status"] == SUBMITTING:  # its submitter is gone: settled by its fetcher
+            if record["prompt_id"] not in self._settling:
+                self._settling.add(record["prompt_id"])
+                self.servers[record["server_url"]].fetch.put(copy.deepcopy(record))
+            return obs
         # Lost in a restart only on proof; else forgotten (its history or queue entry was
         # deleted), which recover does not resubmit unless asked (comfyctl.restart).
         server_log = self.servers[record["server_url"]].log
@@ -415,6 +422,38 @@ class Tracker:
                 f"not in history): {proof or no_proof(record, server_log)}.",
             ),
         )
+
+    def _settled(self, item: _Settled) -> None:
+        """A crashed submit's record as its server's fetcher settled it: never arrived, or
+        found under the id an older server gave it, followed under that id from now on.
+        Changed in place: the caller's list holds the same record."""
+        self._settling.discard(item.prompt_id)
+        record, stored = self.records.get(item.prompt_id), item.record
+        if record is None or record["status"] != SUBMITTING:
+            return
+        if stored is None:  # another process moved it to its server's id: its to follow
+            log.info("%s was settled by another process", item.prompt_id)
+            self._ended_now(record)
+            return
+        if stored["status"] == SUBMITTING:
+            return  # not settled: the next poll that does not find it hands it over again
+        state = self.servers[record["server_url"]]
+        if stored["prompt_id"] != item.prompt_id:
+            self._ended_now(record)  # as the old id: its listener and lease go
+            self._unknown_count.pop(item.prompt_id, None)
+            self.records[stored["prompt_id"]] = self.records.pop(item.prompt_id)
+        record.update(stored)
+        if record["status"] in TERMINAL:
+            self._ended_now(record)
+            if self.on_finished is not None:
+                self.on_finished(record)
+        else:
+            state.prompt_ids.add(record["prompt_id"])
+            self._open.add(record["prompt_id"])
+            if self.options.use_websocket:
+                self._claim([record["prompt_id"]])
+            self._start_listeners(record["server_url"])
+        self.on_event(TrackerEvent("state", record))
 
     def _check_stalls(self) -> None:
         limit = self.options.stall_timeout
@@ -536,8 +575,12 @@ class Tracker:
         )
 
     def _history_fetcher(self, state: _ServerState) -> None:
-        """After a WebSocket end-of-run signal, read the outcome from the history."""
+        """After a WebSocket end-of-run signal, read the outcome from the history; and
+        settle the crashed submits' records handed over."""
         while (prompt_id := state.fetch.get()) is not None:  # None: the tracker stopped
+            if isinstance(prompt_id, dict):
+                self._settle(state, prompt_id)
+                continue
             for delay in HISTORY_RETRY_DELAYS:
                 if self.stop.is_set():
                     return
@@ -549,6 +592,19 @@ class Tracker:
                     self.inbox.put(obs)
                     break
                 self.stop.wait(delay)
+
+    def _settle(self, state: _ServerState, record: Record) -> None:
+        from comfyctl.submission import settle_submitting
+
+        prompt_id = record["prompt_id"]
+        stored: Record | None = record
+        try:
+            if not settle_submitting(self.ledger, lambda r: state.client, [record]):
+                stored = self.ledger.get(prompt_id)  # settled by another process, or not yet
+        except Exception as exc:  # the poller reports the server; the next poll tries again
+            log.debug("settling %s failed: %r", prompt_id, exc)
+            stored = record
+        self.inbox.put(_Settled(prompt_id, stored))
 
     def _listen_loop(self) -> None:
         """Every job this tracker listens to, on every server, in one thread: keeps one
@@ -869,6 +925,15 @@ class _Listening:
     heard_start: bool = False  # this connection heard execution_start
     connecting: bool = False  # handed to its server's connector
     start_timing: dict[str, str | None] | None = None
+
+
+@dataclass
+class _Settled:
+    """A crashed submit's record ``prompt_id`` as the ledger has it after its fetcher
+    tried to settle it (None: no longer under that id)."""
+
+    prompt_id: str
+    record: Record | None
 
 
 class _Followed:

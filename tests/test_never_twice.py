@@ -219,6 +219,37 @@ def test_uncertain_submit_the_server_never_got_is_settled_lost(
     assert server_ids(a) == []
 
 
+@pytest.mark.parametrize("settler", ["history", "watch"])
+def test_an_older_servers_own_id_is_adopted_when_an_uncertain_submit_is_settled(
+    emulator_factory, invoke, config_path, wf, ledger_path, settler
+):
+    """A server older than client-chosen ids queues the job under an id of its own, and the
+    reply is lost: the write-ahead record's id is one the server never heard of. Settled
+    later, the job is found by its client_id and recorded under the server's id, never as
+    lost (recover would send it again)."""
+    a = emulator_factory()
+    configure(config_path, a=a.url)
+    a.faults.own_prompt_ids = True
+    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
+    result = invoke("submit", wf, "-s", "a")
+    assert result.exit_code == ExitCode.UNCERTAIN, result.stderr
+    [pid] = result.stdout.split()
+    a.faults.reply = None
+    a.wait_idle(timeout=10)
+    [server_id] = server_ids(a)
+    assert server_id != pid
+    args = ("watch", pid, "--timeout", "20", "--poll-interval", "0.2") if settler == "watch" else ()
+    settled = invoke(*(args or ("history", pid)))
+    assert settled.exit_code == 0, settled.stdout + settled.stderr
+    assert server_id in settled.stdout
+    ledger = Ledger(ledger_path).load()
+    assert list(ledger) == [server_id]
+    assert ledger[server_id]["status"] == "success"
+    recovered = invoke("recover", "--resubmit", "--nl")
+    assert recovered.exit_code == 0 and recovered.stdout == "", recovered.stdout
+    assert server_ids(a) == [server_id]
+
+
 @pytest.mark.parametrize("how", ["submit-wait", "history"])
 def test_failed_download_exits_1_naming_the_file_and_the_reason(
     emulator, invoke, wf, tmp_path, ledger_path, how

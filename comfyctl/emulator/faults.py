@@ -47,6 +47,9 @@ class Faults:
     #: The routes ``reply`` applies to, as ``"METHOD /path"`` without the ``/api`` prefix
     #: (e.g. ``POST /prompt``); empty: every HTTP route.
     reply_routes: tuple[str, ...] = ()
+    #: POST /prompt ignores a client-chosen ``prompt_id`` and makes one of its own, as
+    #: ComfyUI did before it accepted one (the reply carries the server's id).
+    own_prompt_ids: bool = False
     #: Overrides every node's ``seconds_per_step`` (tests use 0.01).
     seconds_per_step: float | None = None
     #: Overrides every node's ``steps``.

@@ -552,7 +552,9 @@ class ComfyServer:
             return web.json_response({"error": error, "node_errors": {}}, status=400)
 
         prompt = json_data["prompt"]
-        if self.jobs_api:
+        if self.faults.own_prompt_ids:
+            prompt_id = str(uuid.uuid4())  # ComfyUI before client-chosen ids
+        elif self.jobs_api:
             client_prompt_id = json_data.get("prompt_id")
             if client_prompt_id is None:
                 prompt_id = str(uuid.uuid4())
