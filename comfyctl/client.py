@@ -292,7 +292,8 @@ class ServerClient:
     def find_by_client_ids(self, client_ids: Collection[str]) -> dict[str, str]:
         """``find_by_client_id`` for several jobs (client_id -> prompt_id, for those
         found): one read of the queue, then, for the rest, one of the recent history."""
-        wanted, found = set(client_ids), {}
+        wanted = set(client_ids)
+        found: dict[str, str] = {}
         queue = self.queue()
         for item in queue.running + queue.pending:
             if item.client_id in wanted:

@@ -332,7 +332,7 @@ def settle_submitting(
         heard.update(client.snapshot(list(theirs.values())) if theirs else {})
         verdicts = []
         for record in group:
-            obs = heard[theirs.get(record["client_id"], record["prompt_id"])]
+            obs = heard[theirs.get(record["client_id"]) or record["prompt_id"]]
             if obs.kind == "unknown":  # also when what was found left again: never there
                 obs = never_arrived(record)
             verdicts.append((record["prompt_id"], obs))
