@@ -581,9 +581,15 @@ class PostgresStore:
 
     def claim_leases(self, names: Collection[str], owner: str, ttl: float) -> set[str]:
         # One statement: of claims racing on one name, the row lock lets exactly one win.
+        # It also clears other expired leases (a killed holder never releases its own):
+        # only those no claim holds locked, so it never waits nor deadlocks.
         return self._lease_rows(
+            "WITH wanted AS (SELECT unnest(%s::text[]) AS name), "
+            "expired AS (DELETE FROM comfyctl_leases WHERE name IN ("
+            "SELECT name FROM comfyctl_leases WHERE expires_at <= now() "
+            "AND name NOT IN (SELECT name FROM wanted) FOR UPDATE SKIP LOCKED)) "
             "INSERT INTO comfyctl_leases AS l (name, owner, expires_at) "
-            "SELECT unnest(%s::text[]), %s, now() + %s * interval '1 second' "
+            "SELECT name, %s, now() + %s * interval '1 second' FROM wanted "
             "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, "
             "expires_at = EXCLUDED.expires_at "
             "WHERE l.owner = EXCLUDED.owner OR l.expires_at <= now() RETURNING name",

@@ -305,6 +305,24 @@ def test_tables_are_created_once_and_recorded(postgres_ledger):
     assert names == [name for name, _ in MIGRATIONS]
 
 
+def test_expired_leases_do_not_pile_up(postgres_ledger):
+    """A lease whose holder died (a watch killed) is never released: the next claim of any
+    lease clears it, as the JSON store does, so the table holds only live leases."""
+    import psycopg
+
+    store = open_store(postgres_ledger)
+    assert store.claim_leases({"listen:dead-1", "listen:dead-2"}, "host/a:1", 0.05) == {
+        "listen:dead-1",
+        "listen:dead-2",
+    }
+    time.sleep(0.2)
+    assert store.claim_leases({"listen:live"}, "host/b:2", 5.0) == {"listen:live"}
+    with psycopg.connect(postgres_ledger) as conn:
+        names = sorted(n for (n,) in conn.execute("SELECT name FROM comfyctl_leases"))
+    assert names == ["listen:live"]
+    assert store.lease("listen:live") is not None
+
+
 def _cut_off(how: str, postgres_server: Any, url: str) -> None:
     import psycopg
 
