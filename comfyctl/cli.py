@@ -179,8 +179,22 @@ def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
     # SIGTERM ends a command as Ctrl-C does; one its parent ignores stays ignored.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     cli.main(args=args, prog_name=prog_name or "comfyctl")
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
-    raise TerminateSignal()
+    _interrupt(TerminateSignal)
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    _interrupt(KeyboardInterrupt)
+
+
+def _interrupt(interruption: type[KeyboardInterrupt]) -> None:
+    """Raise ``interruption``; or, when the command is waiting for a PostgreSQL ledger, cut
+    that wait, which then ends with it (see pgstore.interrupt_waits)."""
+    pgstore = sys.modules.get("comfyctl.pgstore")  # loaded only for a PostgreSQL ledger
+    if pgstore is None or not pgstore.interrupt_waits(interruption):
+        raise interruption()

@@ -265,6 +265,28 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
+def interrupt_waits(interruption: type[BaseException] = KeyboardInterrupt) -> bool:
+    """For the CLI's SIGINT/SIGTERM handler: cut the main thread's wait for the database,
+    which then ends with ``interruption``; False when it was not waiting on one. Raised
+    inside psycopg's wait instead, an interrupt is followed by a cancel over a new
+    connection, which a frozen server leaves unanswered for up to 10 s."""
+    main = threading.main_thread().ident
+    with _WATCHDOG._lock:
+        stores = list(_WATCHDOG._stores)
+    return any([store._interrupt(main or 0, interruption) for store in stores])
+
+
+def _shut(conn: psycopg.Connection[Any]) -> None:
+    """Shut a connection's socket down: whoever waits on it is answered at once."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by the server
+    finally:
+        sock.close()
+
+
 def _list(values: Collection[str] | None) -> list[str] | None:
     return None if values is None else list(values)
 
@@ -290,7 +312,11 @@ class PostgresStore:
         # both read by the watchdog, so changed (and the connection closed) under this.
         self._wait_lock = threading.Lock()
         self._waiting_since: float | None = None
+        self._waiter: int | None = None  # the thread that waits (its ident)
         self._cut: psycopg.Connection[Any] | None = None
+        # Ctrl-C (or SIGTERM) cut the main thread's wait: what the wait ends with instead
+        # of the database's error (see interrupt_waits).
+        self._interrupted: type[BaseException] | None = None
         # A connection that worked was lost (a restart): when the database stopped
         # answering, and the last time connecting failed (then, its error).
         self._down_since: float | None = None
@@ -307,7 +333,7 @@ class PostgresStore:
         block is a wait for the database, bounded by the watchdog (``client_bound``)."""
         psycopg = _psycopg()
         outer = self._waiting_since  # a wait that began outside: the same wait
-        self._set_waiting(time.monotonic() if outer is None else outer)
+        self._set_waiting(time.monotonic() if outer is None else outer, threading.get_ident())
         _WATCHDOG.watch(self)
         try:
             yield
@@ -318,6 +344,7 @@ class PostgresStore:
         except psycopg.errors.UndefinedTable:
             raise LedgerCorrupt(self.describe(), "its comfyctl tables are missing") from None
         except psycopg.OperationalError as exc:
+            self._raise_interrupt()
             cut, worked = self._cut is not None, self._conn is not None
             reason = f"it did not answer within {self.bound:g} s" if cut else self._reason(exc)
             error = (LedgerInterrupted if worked and not cut else LedgerUnavailable)(
@@ -335,6 +362,7 @@ class PostgresStore:
             ) from None
         finally:
             self._set_waiting(outer)
+        self._raise_interrupt()  # it was answered as the signal came: said now
 
     @contextlib.contextmanager
     def _callers_time(self) -> Iterator[None]:
@@ -345,9 +373,26 @@ class PostgresStore:
         finally:
             self._set_waiting(time.monotonic())  # what follows (COMMIT) is one
 
-    def _set_waiting(self, since: float | None) -> None:
+    def _set_waiting(self, since: float | None, waiter: int | None = None) -> None:
         with self._wait_lock:
             self._waiting_since = since
+            self._waiter = waiter or self._waiter
+
+    def _interrupt(self, thread: int, interruption: type[BaseException]) -> bool:
+        """Cut ``thread``'s wait for the database, if it is waiting on it; the wait then
+        ends with ``interruption`` (see interrupt_waits)."""
+        with self._wait_lock:
+            if self._waiting_since is None or self._waiter != thread or self._conn is None:
+                return False
+            self._interrupted = interruption
+            _shut(self._conn)
+            return True
+
+    def _raise_interrupt(self) -> None:
+        interruption, self._interrupted = self._interrupted, None
+        if interruption is not None:
+            self._drop()  # shut: no rollback is sent over it, none waited for
+            raise interruption
 
     def _cut_if_overdue(self, now: float) -> None:
         """The watchdog's look: shut the connection of a wait older than ``bound``."""
@@ -356,13 +401,7 @@ class PostgresStore:
             if since is None or conn is None or conn is self._cut or now - since <= self.bound:
                 return
             self._cut = conn
-            sock = socket.socket(fileno=os.dup(conn.fileno()))
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by the server
-            finally:
-                sock.close()
+            _shut(conn)
 
     def _reason(self, exc: Exception) -> str:
         """libpq's first line, with the URL and passwords taken out; without libpq's words

@@ -182,6 +182,7 @@ class Tracker:
     def run(self) -> dict[str, Record]:
         """Follow until every job is terminal. Raises TimeoutError when ``timeout`` passes."""
         deadline = time.monotonic() + self.options.timeout if self.options.timeout else None
+        interrupted = False
         try:
             self._start_threads()
             last_flush, interval = time.monotonic(), self.options.flush_interval
@@ -218,25 +219,35 @@ class Tracker:
             self._announce()
             if self.on_drained is not None:
                 self.on_drained()
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             self.stop.set()
             for state in self.servers.values():
                 state.fetch.put(None)  # fetchers and connectors wait for this, not on a timer
                 state.to_connect.put(None)
-            with contextlib.suppress(Exception):
-                self.flush()
+            until = time.monotonic() + LISTENER_END
+            last = self._spawn(self._last_writes, until, name="last writes")
+            # After Ctrl-C, not for longer than the sockets: a database that is down or
+            # frozen would hold the writes up to its bound (17 s), and what they held is
+            # the servers' to tell again.
+            last.join(max(until - time.monotonic(), 0.0) if interrupted else None)
             if self.on_drained is not None:  # lines before the error that ends the run
                 with contextlib.suppress(Exception):
                     self.on_drained()
-            # The listen loop and the connectors close their sockets and give their leases
-            # up as they end (a round; a handshake in flight); a process that exits before
-            # would leave them to expire, keeping a watcher in another PID space or on
-            # another host waiting.
-            until = time.monotonic() + LISTENER_END
-            for thread in self._closers:
-                thread.join(max(until - time.monotonic(), 0.0))
-            self._release_ended()  # their sockets are closed already
         return self.records
+
+    def _last_writes(self, until: float) -> None:
+        """What was heard and not yet written; then the listen loop and the connectors close
+        their sockets and give their leases up as they end (a round; a handshake in flight),
+        waited for until ``until``: a process that exits before would leave the leases to
+        expire, keeping a watcher in another PID space or on another host waiting."""
+        with contextlib.suppress(Exception):
+            self.flush()
+        for thread in self._closers:
+            thread.join(max(until - time.monotonic(), 0.0))
+        self._release_ended()  # their sockets are closed already
 
     def _announce(self) -> None:
         """Tell about the jobs that ended, once they are on disk: one write for all that

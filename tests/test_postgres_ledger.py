@@ -450,6 +450,35 @@ def test_a_watch_outlives_database_restarts(hosts, emulator, tmp_path, postgres_
     assert records(hosts[1]["COMFYCTL_LEDGER"])[pid]["status"] == "success"
 
 
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
+def test_ctrl_c_during_a_database_outage_ends_watch_at_once(
+    hosts, emulator, tmp_path, postgres_server, outage
+):
+    """Ctrl-C is not held up by the last writes when the database is gone or frozen (they
+    would wait up to the bound, 17 s): what they held is the servers' to tell again."""
+    if postgres_server.base is None:
+        pytest.skip("the server given by COMFYCTL_TEST_POSTGRES is not ours to stop")
+    submitted = on(hosts[1], "submit", workflow(tmp_path, 200, 0.05), "-s", emulator.url)
+    (pid,) = submitted.stdout.split()
+    watching = start(hosts[2], "watch", pid, "--json", "--poll-interval", "0.5")
+    assert watching.stdout.readline(), watching.stderr.read()  # it is following
+    outage_over = contextlib.ExitStack()
+    if outage == "stopped":
+        postgres_server.stop()
+        outage_over.callback(postgres_server.start)
+    else:
+        outage_over.enter_context(postgres_server.frozen())
+    with outage_over:
+        time.sleep(1.5)  # progress heard meanwhile waits to be written
+        started = time.monotonic()
+        watching.send_signal(signal.SIGINT)
+        _, err = watching.communicate(timeout=60)
+        took = time.monotonic() - started
+    assert watching.returncode == 130, err
+    assert took < 5, f"Ctrl-C took {took:.1f} s"
+    assert "Traceback" not in err
+
+
 def test_a_frozen_database_is_given_up_on_not_waited_for_forever(
     postgres_server, postgres_ledger, monkeypatch
 ):
