@@ -268,6 +268,12 @@ def _env_size(name: str, default: int) -> int:
     return value if value > 0 else default
 
 
+def _job_key(record: dict[str, Any]) -> str:
+    """One job's key in the live area: its client_id, which stays when the job is found
+    under the id an older server gave it (comfyctl.submission.settle_submitting)."""
+    return str(record.get("client_id") or record["prompt_id"])
+
+
 class LiveArea:
     """One line per unfinished job on a terminal (stderr), redrawn in place at most 10
     times a second: running jobs with a bar, pending ones with their queue position, and
@@ -283,7 +289,8 @@ class LiveArea:
         self.stream = stream or sys.stderr
         self.color = color
         self.records: dict[str, dict[str, Any]] = {}
-        self.positions: dict[str, int] = {}  # prompt_id -> 1-based place in its queue
+        # Keyed by _job_key: 1-based place in its queue.
+        self.positions: dict[str, int] = {}
         self.down: dict[str, str] = {}  # server name -> why it is unreachable
         self._drawn = 0
         self._last = 0.0
@@ -291,21 +298,21 @@ class LiveArea:
 
     def update(self, record: dict[str, Any], force: bool = False) -> None:
         with self._lock:
-            pid = record["prompt_id"]
+            key = _job_key(record)
             if record["status"] in TERMINAL:
-                self.records.pop(pid, None)
-                self.positions.pop(pid, None)
+                self.records.pop(key, None)
+                self.positions.pop(key, None)
             else:
-                self.records[pid] = record
+                self.records[key] = record
             self._maybe_redraw(force)
 
     def queue_position(self, record: dict[str, Any], position: int | None) -> None:
         """Where a pending job waits in its server's queue (1 = next), when known."""
         with self._lock:
             if position is None:
-                self.positions.pop(record["prompt_id"], None)
+                self.positions.pop(_job_key(record), None)
             else:
-                self.positions[record["prompt_id"]] = position
+                self.positions[_job_key(record)] = position
             self.update(record)
 
     def server_state(self, server: str, reachable: bool, reason: str | None = None) -> None:
@@ -347,7 +354,7 @@ class LiveArea:
             if progress.get("node"):
                 tail += f" node {progress['node']}"
         elif status == PENDING:
-            position = self.positions.get(record["prompt_id"])
+            position = self.positions.get(_job_key(record))
             tail = f"queued, #{position} in line" if position else "queued"
         else:
             tail = ""
@@ -377,7 +384,7 @@ class LiveArea:
         order = {RUNNING: 0, PENDING: 1}
         records = sorted(
             self.records.values(),
-            key=lambda r: (order.get(r["status"], 2), self.positions.get(r["prompt_id"], 1 << 30)),
+            key=lambda r: (order.get(r["status"], 2), self.positions.get(_job_key(r), 1 << 30)),
         )
         lines = [self.line(r, size.columns) for r in records]
         if len(lines) > room:

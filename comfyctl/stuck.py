@@ -57,7 +57,7 @@ from comfyctl.restart import (
     restart_proof,
 )
 from comfyctl.store import Record, Records, Store
-from comfyctl.submission import Submitter
+from comfyctl.submission import Submitter, settle_submitting
 from comfyctl.supersede import reap_servers
 
 log = logging.getLogger("comfyctl.stuck")
@@ -346,6 +346,9 @@ def detect(
     opts: DetectOptions,
 ) -> Detection:
     """Ask every bound server about its own jobs, concurrently, and classify."""
+    # Crashed submits first, as every refresh does: a job an older server took under an
+    # id of its own is found by its client_id, not judged lost (and resubmitted).
+    settle_submitting(ledger, client_for, records, opts.deadline)
     active = candidates(records, opts)
     groups = by_server(active)
     for url, group in groups.items():

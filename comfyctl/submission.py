@@ -296,11 +296,17 @@ def _by_node(lines: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 def as_the_server_has_it(tasks: Records, stored: Record, obs: Observation) -> Record:
     """Record a write-ahead record's job as its server has it: what the server said of it
-    (``obs``), under the id the server gave it (an older server chooses its own)."""
-    tasks.remove(stored["prompt_id"])
+    (``obs``), under the id the server gave it (an older server chooses its own; the job
+    it resubmits then names that id)."""
+    old_id = stored["prompt_id"]
+    tasks.remove(old_id)
     stored["prompt_id"] = obs.prompt_id
     apply(stored, obs)
     tasks.put(stored)
+    parent = tasks.get(stored.get("resubmitted_from") or "")
+    if obs.prompt_id != old_id and parent is not None and parent.get("superseded_by") == old_id:
+        parent["superseded_by"] = obs.prompt_id
+        tasks.put(parent)
     return stored
 
 
@@ -333,7 +339,7 @@ def settle_submitting(
         verdicts = []
         for record in group:
             obs = heard[theirs.get(record["client_id"]) or record["prompt_id"]]
-            if obs.kind == "unknown":  # also when what was found left again: never there
+            if obs.kind == "unknown":  # not found (nor, a moment later, what was found)
                 obs = never_arrived(record)
             verdicts.append((record["prompt_id"], obs))
         return verdicts

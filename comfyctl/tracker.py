@@ -332,6 +332,11 @@ class Tracker:
         record = self.records.get(obs.prompt_id)
         if record is None or record["status"] in TERMINAL:
             return
+        if record["status"] == SUBMITTING and obs.source == "ws":
+            # Not known to be on its server under this id yet (an older server gives one
+            # of its own): a socket's message without a prompt_id (a reconnect's
+            # executing) could be the job under another id. Its poll decides.
+            return
         state = self.servers[record["server_url"]]
         if obs.kind == "done":
             state.fetch.put(obs.prompt_id)
@@ -442,7 +447,7 @@ class Tracker:
         record, stored = self.records.get(item.prompt_id), item.record
         if record is None or record["status"] != SUBMITTING:
             return
-        if stored is None:  # another process moved it to its server's id: its to follow
+        if stored is None:  # another process moved it, and the server does not say where
             log.info("%s was settled by another process", item.prompt_id)
             self._ended_now(record)
             return
@@ -450,16 +455,18 @@ class Tracker:
             return  # not settled: the next poll that does not find it hands it over again
         state = self.servers[record["server_url"]]
         if stored["prompt_id"] != item.prompt_id:
+            # The new id first: the poller, reading these from its thread, finds one.
+            self.records[stored["prompt_id"]] = record
+            state.prompt_ids.add(stored["prompt_id"])
             self._ended_now(record)  # as the old id: its listener and lease go
+            del self.records[item.prompt_id]
             self._unknown_count.pop(item.prompt_id, None)
-            self.records[stored["prompt_id"]] = self.records.pop(item.prompt_id)
         record.update(stored)
         if record["status"] in TERMINAL:
             self._ended_now(record)
             if self.on_finished is not None:
                 self.on_finished(record)
         else:
-            state.prompt_ids.add(record["prompt_id"])
             self._open.add(record["prompt_id"])
             if self.options.use_websocket:
                 self._claim([record["prompt_id"]])
@@ -535,9 +542,16 @@ class Tracker:
         return thread
 
     def _active_ids(self, state: _ServerState) -> list[str]:
-        # A copy first: the tracker's thread takes ended jobs out meanwhile.
-        ids = tuple(state.prompt_ids)
-        return [pid for pid in ids if self.records[pid]["status"] not in TERMINAL]
+        # Copies first: the tracker's thread takes ended jobs out meanwhile, and moves an
+        # adopted job to its new id (added before the old one goes: one more read finds it).
+        for _ in range(2):
+            ids = tuple(state.prompt_ids)
+            found = [(pid, self.records.get(pid)) for pid in ids]
+            if all(record is not None for _, record in found):
+                break
+        return [
+            pid for pid, record in found if record is not None and record["status"] not in TERMINAL
+        ]
 
     def _server_worker(self, state: _ServerState) -> None:
         """Poll the server: the source of truth when the socket is quiet or gone."""
@@ -612,6 +626,10 @@ class Tracker:
         try:
             if not settle_submitting(self.ledger, lambda r: state.client, [record]):
                 stored = self.ledger.get(prompt_id)  # settled by another process, or not yet
+            if stored is None:  # moved by another process to the id its server gave it
+                theirs = state.client.find_by_client_ids([record["client_id"]])
+                found = theirs.get(record["client_id"])
+                stored = self.ledger.get(found) if found else None
         except Exception as exc:  # the poller reports the server; the next poll tries again
             log.debug("settling %s failed: %r", prompt_id, exc)
             stored = record

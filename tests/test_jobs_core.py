@@ -8,6 +8,7 @@ import ast
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,3 +169,58 @@ def test_by_server_keeps_order():
         "a": ["0", "2"],
         "b": ["1", "3"],
     }
+
+
+# -- a crashed submit's job found under the id an older server gave it --------------------
+
+
+def test_an_adopted_resubmit_is_the_one_its_original_names(tmp_path: Path) -> None:
+    from comfyctl.submission import as_the_server_has_it
+
+    url = "http://127.0.0.1:1"
+    ledger = Ledger(tmp_path / "ledger.json")
+    original = {**new_record("orig", "a", url, "c0", None), "superseded_by": "ours"}
+    with ledger.transaction() as tasks:
+        tasks.put(original)
+        tasks.put(new_record("ours", "a", url, "c1", None, None, "orig"))
+    with ledger.transaction() as tasks:
+        queued = Observation("queued", "theirs", url, number=3)
+        as_the_server_has_it(tasks, tasks["ours"], queued)
+    assert ledger.get("ours") is None
+    assert ledger.get("theirs")["status"] == "pending"
+    assert ledger.get("orig")["superseded_by"] == "theirs"
+
+
+def test_a_poller_always_finds_a_job_moved_to_its_adopted_id(tmp_path: Path) -> None:
+    """The tracker moves the record while the server's poller reads the ids from its own
+    thread: the poller must never find none (it would stop) nor fail."""
+    import copy
+    import sys
+
+    from comfyctl.tracker import Tracker, WatchOptions, _Settled
+
+    ledger = Ledger(tmp_path / "ledger.json")
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches as often as they can be
+    try:
+        for n in range(100):
+            record = new_record(f"ours-{n}", "a", "http://127.0.0.1:1", "c", None)
+            tracker = Tracker(
+                ledger, [record], lambda r: None, WatchOptions(use_websocket=False), print
+            )
+            state = tracker.servers["http://127.0.0.1:1"]
+            done, seen = threading.Event(), []
+            poller = threading.Thread(target=_poll, args=(tracker, state, done, seen))
+            poller.start()
+            moved = {**copy.deepcopy(record), "prompt_id": f"theirs-{n}", "status": "pending"}
+            tracker._settled(_Settled(f"ours-{n}", moved))
+            done.set()
+            poller.join()
+            assert 0 not in seen, n
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _poll(tracker: Any, state: Any, done: threading.Event, seen: list[int]) -> None:
+    while not done.is_set():
+        seen.append(len(tracker._active_ids(state)))

@@ -9,6 +9,7 @@ id printed on stdout must be in the ledger.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,82 @@ def test_an_older_servers_own_id_is_adopted_when_an_uncertain_submit_is_settled(
     recovered = invoke("recover", "--resubmit", "--nl")
     assert recovered.exit_code == 0 and recovered.stdout == "", recovered.stdout
     assert server_ids(a) == [server_id]
+
+
+def test_an_older_servers_job_running_when_watch_starts_is_adopted_not_lost(
+    emulator_factory, invoke, config_path, wf, ledger_path, tmp_path
+):
+    """Its socket (the job's client_id) replays the running node without a prompt_id: that
+    must not make the write-ahead record "running" under an id the server does not know,
+    which the polls would then call lost."""
+    a = emulator_factory()
+    configure(config_path, a=a.url)
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(slow_graph(steps=60, seconds=0.05)))
+    a.faults.own_prompt_ids = True
+    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
+    result = invoke("submit", str(slow), "-s", "a")
+    assert result.exit_code == ExitCode.UNCERTAIN, result.stderr
+    [pid] = result.stdout.split()
+    a.faults.reply = None
+    time.sleep(0.5)  # running on the server
+    watched = invoke("watch", pid, "--timeout", "30", "--poll-interval", "0.3")
+    assert watched.exit_code == 0, watched.stdout + watched.stderr
+    [server_id] = server_ids(a)
+    assert server_id != pid and list(Ledger(ledger_path).load()) == [server_id]
+    assert Ledger(ledger_path).get(server_id)["status"] == "success"
+
+
+def test_a_watch_follows_an_older_servers_job_another_process_adopted(
+    emulator_factory, invoke, config_path, ledger_path, tmp_path
+):
+    """The record moved to the server's id under a watch that follows the old one (a
+    history run adopted it): the watch follows it there, to its end."""
+    import subprocess
+    import sys
+
+    a = emulator_factory()
+    configure(config_path, a=a.url)
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(slow_graph(steps=60, seconds=0.05)))
+    a.faults.own_prompt_ids = True
+    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
+    [pid] = invoke("submit", str(slow), "-s", "a").stdout.split()
+    a.faults.reply = None
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "comfyctl", "watch", pid, "--poll-interval", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # following, and not yet polled twice
+    [server_id] = server_ids(a)
+    assert server_id in invoke("history", pid).stdout  # adopted by this process
+    out, err = watch.communicate(timeout=60)
+    assert watch.returncode == 0, err
+    assert f"{server_id[:8]}" in out and "success" in out, out
+
+
+def test_recover_finds_an_older_servers_job_by_client_id_and_never_sends_it_twice(
+    emulator_factory, invoke, config_path, wf, ledger_path
+):
+    """detect-stuck and recover settle crashed submits first, as every refresh does: even
+    asked to resubmit forgotten jobs, recover sends nothing."""
+    a = emulator_factory()
+    configure(config_path, a=a.url)
+    a.faults.own_prompt_ids = True
+    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
+    result = invoke("submit", wf, "-s", "a")
+    assert result.exit_code == ExitCode.UNCERTAIN, result.stderr
+    a.faults.reply = None
+    a.wait_idle(timeout=10)
+    [server_id] = server_ids(a)
+    detected = invoke("detect-stuck", "--nl")
+    assert detected.exit_code == 0 and detected.stdout == "", detected.stdout
+    recovered = invoke("recover", "--resubmit", "--resubmit-forgotten", "--nl")
+    assert recovered.exit_code == 0 and recovered.stdout == "", recovered.stdout
+    assert server_ids(a) == [server_id]
+    assert Ledger(ledger_path).get(server_id)["status"] == "success"
 
 
 @pytest.mark.parametrize("how", ["submit-wait", "history"])

@@ -45,6 +45,22 @@ def test_finished_jobs_leave_the_area_and_lines_print_above_it() -> None:
     assert last_frame(stream) == []
 
 
+def test_a_job_found_under_another_id_stays_one_row() -> None:
+    """A crashed submit's job that an older server runs under an id of its own is the same
+    job (the same client_id): one row, which leaves when the job ends."""
+    stream = io.StringIO()
+    area = LiveArea(stream, color=False)
+    record = {**job(1, "submitting"), "client_id": "c1"}
+    area.update(record, force=True)
+    record.update(prompt_id="99999999-0000", status="running")
+    area.update(record, force=True)
+    [row] = last_frame(stream)
+    assert "99999999 running" in row
+    record["status"] = "success"
+    area.update(record, force=True)
+    assert last_frame(stream) == []
+
+
 @pytest.mark.parametrize("width", [20, 60, 200])
 def test_every_line_is_cut_to_the_width_and_colour_does_not_count(width: int) -> None:
     area = LiveArea(io.StringIO(), color=True)
