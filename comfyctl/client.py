@@ -291,15 +291,22 @@ class ServerClient:
 
     def find_by_client_ids(self, client_ids: Collection[str]) -> dict[str, str]:
         """``find_by_client_id`` for several jobs (client_id -> prompt_id, for those
-        found): one read of the queue, then, for the rest, one of the recent history."""
+        found): one read of the queue, then, for the rest, one of the recent history, and
+        of the whole history when there may be more (what is not found is taken for never
+        sent, and may be sent again). Servers with the jobs API take the client's ids."""
         wanted = set(client_ids)
         found: dict[str, str] = {}
+        if not wanted or self.has_jobs_api():
+            return found
         queue = self.queue()
         for item in queue.running + queue.pending:
             if item.client_id in wanted:
                 found[item.client_id] = item.prompt_id
         if wanted - found.keys():
-            for prompt_id, entry in self.history(max_items=RECENT_HISTORY).items():
+            history = self.history(max_items=RECENT_HISTORY)
+            if len(history) >= RECENT_HISTORY:
+                history = self.history()  # this once (a rare case): up to 10,000 entries
+            for prompt_id, entry in history.items():
                 prompt = entry.get("prompt") if isinstance(entry, dict) else None
                 client_id = prompt_extra(prompt).get("client_id")
                 if client_id in wanted and client_id not in found:

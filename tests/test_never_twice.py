@@ -305,6 +305,33 @@ def test_a_watch_follows_an_older_servers_job_another_process_adopted(
     assert f"{server_id[:8]}" in out and "success" in out, out
 
 
+def test_an_older_servers_job_many_jobs_ago_is_still_found_by_client_id(
+    emulator_factory, invoke, config_path, wf, ledger_path
+):
+    """Settled after more jobs than the recent end of /history holds: still found (a
+    "never arrived" would let recover send it again)."""
+    from comfyctl.client import RECENT_HISTORY
+
+    a = emulator_factory()
+    configure(config_path, a=a.url)
+    a.faults.own_prompt_ids = True
+    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
+    [pid] = invoke("submit", wf, "-s", "a").stdout.split()
+    a.faults.reply = None
+    a.wait_idle(timeout=10)
+    [server_id] = server_ids(a)
+    a.faults.own_prompt_ids = True
+    import requests
+
+    for n in range(RECENT_HISTORY):  # another client's jobs, after it
+        other = {"prompt": slow_graph(steps=1, seconds=0.0), "client_id": f"other-{n}"}
+        assert requests.post(a.url + "/prompt", json=other, timeout=5).status_code == 200
+    a.wait_idle(timeout=60)
+    settled = invoke("history", pid)
+    assert settled.exit_code == 0 and server_id in settled.stdout, settled.stdout
+    assert Ledger(ledger_path).get(server_id)["status"] == "success"
+
+
 def test_recover_finds_an_older_servers_job_by_client_id_and_never_sends_it_twice(
     emulator_factory, invoke, config_path, wf, ledger_path
 ):
