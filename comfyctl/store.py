@@ -17,6 +17,7 @@ Guarantees common to every store:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -29,6 +30,8 @@ from comfyctl.records import STATUSES
 
 Record = dict[str, Any]
 MIN_PREFIX = 4
+# How far back find() looks for a job by the id it was submitted as (see RecordsBase._renamed).
+RENAMED_WITHIN = 1000
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,17 @@ class RecordsBase(Mapping[str, Record]):
                 f"{prompt_id!r} matches {len(matches)} jobs.", "Give more of the id."
             )
         if not matches:
-            raise TaskNotFound(prompt_id)
+            return self._renamed(prompt_id)
         return self[matches[0]]
+
+    def _renamed(self, prompt_id: str) -> Record:
+        """The job submitted as ``prompt_id`` that its server (an older one) gave an id of
+        its own (``submitted_as``: comfyctl.submission.as_the_server_has_it), among the
+        RENAMED_WITHIN newest: what a script goes on with right after submitting."""
+        for record in itertools.islice(self.newest(), RENAMED_WITHIN):
+            if record.get("submitted_as") == prompt_id:
+                return record
+        raise TaskNotFound(prompt_id)
 
     def find_all(self, prompt_ids: Iterable[str]) -> list[Record]:
         found: dict[str, Record] = {}

@@ -300,6 +300,8 @@ def as_the_server_has_it(tasks: Records, stored: Record, obs: Observation) -> Re
     it resubmits then names that id)."""
     old_id = stored["prompt_id"]
     tasks.remove(old_id)
+    if obs.prompt_id != old_id:
+        stored["submitted_as"] = old_id  # the id printed for it: still finds it
     stored["prompt_id"] = obs.prompt_id
     apply(stored, obs)
     tasks.put(stored)

@@ -246,6 +246,11 @@ def test_an_older_servers_own_id_is_adopted_when_an_uncertain_submit_is_settled(
     ledger = Ledger(ledger_path).load()
     assert list(ledger) == [server_id]
     assert ledger[server_id]["status"] == "success"
+    # The id submit printed still names the job (what scripts and the hint go on with).
+    again = invoke("history", pid, "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["prompt_id"] == server_id
+    assert json.loads(again.stdout)["submitted_as"] == pid
     recovered = invoke("recover", "--resubmit", "--nl")
     assert recovered.exit_code == 0 and recovered.stdout == "", recovered.stdout
     assert server_ids(a) == [server_id]
