@@ -227,24 +227,26 @@ class Tracker:
             for state in self.servers.values():
                 state.fetch.put(None)  # fetchers and connectors wait for this, not on a timer
                 state.to_connect.put(None)
-            until = time.monotonic() + LISTENER_END
-            last = self._spawn(self._last_writes, until, name="last writes")
             # After Ctrl-C, not for longer than the sockets: a database that is down or
             # frozen would hold the writes up to its bound (17 s), and what they held is
             # the servers' to tell again.
-            last.join(max(until - time.monotonic(), 0.0) if interrupted else None)
+            until = time.monotonic() + LISTENER_END if interrupted else None
+            last = self._spawn(self._last_writes, until, name="last writes")
+            last.join(None if until is None else max(until - time.monotonic(), 0.0))
             if self.on_drained is not None:  # lines before the error that ends the run
                 with contextlib.suppress(Exception):
                     self.on_drained()
         return self.records
 
-    def _last_writes(self, until: float) -> None:
+    def _last_writes(self, until: float | None) -> None:
         """What was heard and not yet written; then the listen loop and the connectors close
         their sockets and give their leases up as they end (a round; a handshake in flight),
-        waited for until ``until``: a process that exits before would leave the leases to
-        expire, keeping a watcher in another PID space or on another host waiting."""
+        waited for until ``until`` (None: LISTENER_END after the writes): a process that
+        exits before would leave the leases to expire, keeping a watcher in another PID
+        space or on another host waiting."""
         with contextlib.suppress(Exception):
             self.flush()
+        until = time.monotonic() + LISTENER_END if until is None else until
         for thread in self._closers:
             thread.join(max(until - time.monotonic(), 0.0))
         self._release_ended()  # their sockets are closed already
