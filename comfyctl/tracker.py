@@ -911,14 +911,18 @@ class Tracker:
         someone else took (we were too slow to renew) is given up, so two processes never
         listen to one job."""
         self._release_ended()
-        held = [pid for pid, mine in list(self._held.items()) if mine]
-        if not held:
-            return
-        try:
-            kept = self.leases.claim_leases([listen_lease(p) for p in held], self.owner, TTL)
-        except ComfyctlError as exc:
-            log.debug("renewing leases: %s", exc)
-            return
+        # Under _claiming, as claims are: a renewal still in flight as the listen loop
+        # ends would take back a lease it has just given up, and leave it to expire.
+        with self._claiming:
+            held = [pid for pid, mine in list(self._held.items()) if mine]
+            if not held or self.stop.is_set():
+                return
+            try:
+                names = [listen_lease(p) for p in held]
+                kept = self.leases.claim_leases(names, self.owner, TTL)
+            except ComfyctlError as exc:
+                log.debug("renewing leases: %s", exc)
+                return
         for pid in held:
             if listen_lease(pid) not in kept and self._held.get(pid):
                 log.info("lost the lease of %s to another process", pid)
