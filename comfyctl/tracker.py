@@ -658,6 +658,8 @@ class Tracker:
         finally:
             self._claiming.acquire()  # a claim in flight now lets go of its leases itself
             for state in self.servers.values():
+                for job in _drain(state.joining):  # handed over, never taken in: let go too
+                    state.listening[job.prompt_id] = job
                 with state.handoff:  # from here on, each connector closes what it connects
                     for job, sock in _drain(state.connected):
                         job.connecting = False

@@ -391,3 +391,24 @@ def test_the_leases_thread_outlives_an_unexpected_error(ledger_path, invoke, tmp
     assert not runner.is_alive()
     assert first is not None and later is not None and later.owner == tracker.owner
     assert later.expires_at > first.expires_at  # renewed after the errors
+
+
+def test_a_job_handed_to_the_listen_loop_as_the_watch_ends_gives_its_lease_up(
+    tmp_path: Path,
+) -> None:
+    """The job ended (a poll said so) before the listen loop took it in: its lease, claimed
+    at the start, is given up all the same, not left to expire (a loaded machine)."""
+    from comfyctl.tracker import Tracker, WatchOptions
+
+    ledger = Ledger(tmp_path / "ledger.json")
+    record = {**new_record("job-1", "a", "http://127.0.0.1:1", "c", None), "status": "pending"}
+    with ledger.transaction() as tasks:
+        tasks.put(record)
+    tracker = Tracker(ledger, [record], lambda r: None, WatchOptions(), print)
+    tracker._claim(["job-1"])
+    assert leases_for(ledger).lease(listen_lease("job-1")) is not None
+    tracker._start_listeners()  # handed over; the loop has not run a round yet
+    tracker.stop.set()
+    tracker._listen_loop()
+    tracker._release_ended()
+    assert leases_for(ledger).lease(listen_lease("job-1")) is None
