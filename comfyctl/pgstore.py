@@ -47,6 +47,8 @@ STATEMENT_MARGIN = 5.0  # statement_timeout = lock timeout + this: slow but not 
 CLIENT_MARGIN = 2.0  # the client stops waiting this long after statement_timeout
 WATCH_EVERY = 0.25
 RETRY_AFTER = 5.0  # a database given up on is not waited for again before this
+PRUNE_LEASES_EVERY = 60.0  # seconds between a store's deletions of long-expired leases
+EXPIRED_LEASE_GRACE = 60.0  # how long a lease has been expired before it is deleted
 MIN_MASKABLE = 6  # a shorter password matches ordinary words: replacing it garbles them
 PAGE = 50  # rows per page of newest(): a history page of 20 is one round trip
 
@@ -271,20 +273,32 @@ def interrupt_waits(interruption: type[BaseException] = KeyboardInterrupt) -> bo
     inside psycopg's wait instead, an interrupt is followed by a cancel over a new
     connection, which a frozen server leaves unanswered for up to 10 s."""
     main = threading.main_thread().ident
-    with _WATCHDOG._lock:
+    # Not waited for: the handler runs in the main thread, which may hold them itself.
+    if not _WATCHDOG._lock.acquire(blocking=False):
+        return False
+    try:
         stores = list(_WATCHDOG._stores)
+    finally:
+        _WATCHDOG._lock.release()
     return any([store._interrupt(main or 0, interruption) for store in stores])
 
 
-def _shut(conn: psycopg.Connection[Any]) -> None:
-    """Shut a connection's socket down: whoever waits on it is answered at once."""
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
+def _shut(conn: psycopg.Connection[Any]) -> bool:
+    """Shut a connection's socket down: whoever waits on it is answered at once. False
+    when it is closed or lost already (its waiter is answered)."""
+    try:
+        if conn.closed:
+            return False
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except Exception:
+        return False
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # already closed by the server
     finally:
         sock.close()
+    return True
 
 
 def _list(values: Collection[str] | None) -> list[str] | None:
@@ -321,6 +335,7 @@ class PostgresStore:
         # answering, and the last time connecting failed (then, its error).
         self._down_since: float | None = None
         self._failed: tuple[float, str] | None = None
+        self._pruned_at = float("-inf")  # see _prune_leases
 
     def describe(self) -> str:
         return mask_url(self.url)
@@ -362,7 +377,8 @@ class PostgresStore:
             ) from None
         finally:
             self._set_waiting(outer)
-        self._raise_interrupt()  # it was answered as the signal came: said now
+            # Ctrl-C cut this wait, or came as it ended: said now, however else it ended.
+            self._raise_interrupt()
 
     @contextlib.contextmanager
     def _callers_time(self) -> Iterator[None]:
@@ -381,14 +397,22 @@ class PostgresStore:
     def _interrupt(self, thread: int, interruption: type[BaseException]) -> bool:
         """Cut ``thread``'s wait for the database, if it is waiting on it; the wait then
         ends with ``interruption`` (see interrupt_waits)."""
-        with self._wait_lock:
+        if not self._wait_lock.acquire(blocking=False):  # held by the signalled thread
+            return False
+        try:
             if self._waiting_since is None or self._waiter != thread or self._conn is None:
                 return False
             self._interrupted = interruption
-            _shut(self._conn)
+            if not _shut(self._conn):
+                self._interrupted = None
+                return False
             return True
+        finally:
+            self._wait_lock.release()
 
     def _raise_interrupt(self) -> None:
+        if threading.get_ident() != threading.main_thread().ident:
+            return  # only the main thread's waits are cut (interrupt_waits)
         interruption, self._interrupted = self._interrupted, None
         if interruption is not None:
             self._drop()  # shut: no rollback is sent over it, none waited for
@@ -620,15 +644,9 @@ class PostgresStore:
 
     def claim_leases(self, names: Collection[str], owner: str, ttl: float) -> set[str]:
         # One statement: of claims racing on one name, the row lock lets exactly one win.
-        # It also clears other expired leases (a killed holder never releases its own):
-        # only those no claim holds locked, so it never waits nor deadlocks.
-        return self._lease_rows(
-            "WITH wanted AS (SELECT unnest(%s::text[]) AS name), "
-            "expired AS (DELETE FROM comfyctl_leases WHERE name IN ("
-            "SELECT name FROM comfyctl_leases WHERE expires_at <= now() "
-            "AND name NOT IN (SELECT name FROM wanted) FOR UPDATE SKIP LOCKED)) "
+        won = self._lease_rows(
             "INSERT INTO comfyctl_leases AS l (name, owner, expires_at) "
-            "SELECT name, %s, now() + %s * interval '1 second' FROM wanted "
+            "SELECT unnest(%s::text[]), %s, now() + %s * interval '1 second' "
             "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, "
             "expires_at = EXCLUDED.expires_at "
             "WHERE l.owner = EXCLUDED.owner OR l.expires_at <= now() RETURNING name",
@@ -636,6 +654,27 @@ class PostgresStore:
             owner,
             ttl,
         )
+        self._prune_leases()
+        return won
+
+    def _prune_leases(self) -> None:
+        """Delete lease rows long expired (a killed holder never releases its own), now and
+        then: rows another session holds are skipped, and a conflict is left for the next
+        time (a statement of its own: one inside the claim could deadlock with others)."""
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_LEASES_EVERY:
+            return
+        self._pruned_at = now
+        errors = _psycopg().errors
+        quietly = contextlib.suppress(
+            errors.DeadlockDetected, errors.LockNotAvailable, errors.SerializationFailure
+        )
+        with self._lock, self._errors(), quietly:
+            self._connection().execute(
+                "DELETE FROM comfyctl_leases WHERE name IN (SELECT name FROM comfyctl_leases "
+                "WHERE expires_at <= now() - %s * interval '1 second' FOR UPDATE SKIP LOCKED)",
+                (EXPIRED_LEASE_GRACE,),
+            )
 
     def release_leases(self, names: Collection[str], owner: str) -> set[str]:
         return self._lease_rows(

@@ -305,11 +305,16 @@ def test_tables_are_created_once_and_recorded(postgres_ledger):
     assert names == [name for name, _ in MIGRATIONS]
 
 
-def test_expired_leases_do_not_pile_up(postgres_ledger):
-    """A lease whose holder died (a watch killed) is never released: the next claim of any
-    lease clears it, as the JSON store does, so the table holds only live leases."""
+def test_expired_leases_do_not_pile_up(postgres_ledger, monkeypatch):
+    """A lease whose holder died (a watch killed) is never released: a later claim clears
+    it (now and then, once it has been expired a while), so the table holds only live
+    leases."""
     import psycopg
 
+    from comfyctl import pgstore
+
+    monkeypatch.setattr(pgstore, "EXPIRED_LEASE_GRACE", 0.0)
+    monkeypatch.setattr(pgstore, "PRUNE_LEASES_EVERY", 0.0)
     store = open_store(postgres_ledger)
     assert store.claim_leases({"listen:dead-1", "listen:dead-2"}, "host/a:1", 0.05) == {
         "listen:dead-1",
@@ -477,6 +482,32 @@ def test_ctrl_c_during_a_database_outage_ends_watch_at_once(
     assert watching.returncode == 130, err
     assert took < 5, f"Ctrl-C took {took:.1f} s"
     assert "Traceback" not in err
+
+
+def test_an_interrupt_that_cut_a_wait_is_raised_however_the_wait_ended(postgres_ledger):
+    """The signal handler cut the main thread's wait, then the caller's own error ended the
+    transaction: the interrupt is what comes out, once, and the store works after it."""
+    from comfyctl.pgstore import PostgresStore
+
+    store = PostgresStore(postgres_ledger)
+    store.load()
+    with pytest.raises(KeyboardInterrupt):
+        with store.transaction():
+            store._interrupted = KeyboardInterrupt  # what _interrupt sets as it cuts
+            raise ValueError("the caller's own error")
+    assert store._interrupted is None
+    assert store.get("nothing") is None  # a new connection, no interrupt left over
+
+
+def test_the_signal_handler_never_waits_for_a_lock_the_main_thread_holds(postgres_ledger):
+    from comfyctl import pgstore
+
+    store = pgstore.PostgresStore(postgres_ledger)
+    store.load()
+    with store._wait_lock:  # e.g. the signal came inside _drop
+        assert pgstore.interrupt_waits() is False
+    with pgstore._WATCHDOG._lock:
+        assert pgstore.interrupt_waits() is False
 
 
 def test_a_frozen_database_is_given_up_on_not_waited_for_forever(
