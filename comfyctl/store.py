@@ -165,13 +165,19 @@ class RecordsBase(Mapping[str, Record]):
         return self[matches[0]]
 
     def _renamed(self, prompt_id: str) -> Record:
-        """The job submitted as ``prompt_id`` that its server (an older one) gave an id of
-        its own (``submitted_as``: comfyctl.submission.as_the_server_has_it), among the
-        RENAMED_WITHIN newest: what a script goes on with right after submitting."""
-        for record in itertools.islice(self.newest(), RENAMED_WITHIN):
-            if record.get("submitted_as") == prompt_id:
-                return record
-        raise TaskNotFound(prompt_id)
+        """The job submitted as ``prompt_id`` (or a unique prefix of it) that its server, an
+        older one, gave an id of its own (``submitted_as``: see
+        comfyctl.submission.as_the_server_has_it), among the RENAMED_WITHIN newest: what a
+        script goes on with right after submitting."""
+        if len(prompt_id) < MIN_PREFIX:
+            raise TaskNotFound(prompt_id)
+        newest = itertools.islice(self.newest(), RENAMED_WITHIN)
+        found = [r for r in newest if str(r.get("submitted_as") or "").startswith(prompt_id)]
+        if len(found) > 1:
+            raise UsageProblem(f"{prompt_id!r} matches {len(found)} jobs.", "Give more of the id.")
+        if not found:
+            raise TaskNotFound(prompt_id)
+        return found[0]
 
     def find_all(self, prompt_ids: Iterable[str]) -> list[Record]:
         found: dict[str, Record] = {}

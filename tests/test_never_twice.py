@@ -251,6 +251,8 @@ def test_an_older_servers_own_id_is_adopted_when_an_uncertain_submit_is_settled(
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["prompt_id"] == server_id
     assert json.loads(again.stdout)["submitted_as"] == pid
+    short = invoke("history", pid[:8], "--json")  # a prefix of it too, as of any id
+    assert short.exit_code == 0 and json.loads(short.stdout)["prompt_id"] == server_id
     recovered = invoke("recover", "--resubmit", "--nl")
     assert recovered.exit_code == 0 and recovered.stdout == "", recovered.stdout
     assert server_ids(a) == [server_id]
