@@ -220,6 +220,21 @@ def test_uncertain_submit_the_server_never_got_is_settled_lost(
     assert server_ids(a) == []
 
 
+def uncertain_submit_to_an_older_server(emulator_factory, invoke, config_path, workflow):
+    """A server that gives jobs ids of its own takes one and freezes before it answers:
+    the submit is uncertain (exit 11), its write-ahead record under comfyctl's id. The
+    server answers again afterwards. Returns the server and the printed id."""
+    a = emulator_factory()
+    configure(config_path, a=a.url)
+    a.faults.own_prompt_ids = True
+    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
+    result = invoke("submit", str(workflow), "-s", "a")
+    assert result.exit_code == ExitCode.UNCERTAIN, result.stderr
+    [pid] = result.stdout.split()
+    a.faults.reply = None
+    return a, pid
+
+
 @pytest.mark.parametrize("settler", ["history", "watch"])
 def test_an_older_servers_own_id_is_adopted_when_an_uncertain_submit_is_settled(
     emulator_factory, invoke, config_path, wf, ledger_path, settler
@@ -228,14 +243,7 @@ def test_an_older_servers_own_id_is_adopted_when_an_uncertain_submit_is_settled(
     reply is lost: the write-ahead record's id is one the server never heard of. Settled
     later, the job is found by its client_id and recorded under the server's id, never as
     lost (recover would send it again)."""
-    a = emulator_factory()
-    configure(config_path, a=a.url)
-    a.faults.own_prompt_ids = True
-    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
-    result = invoke("submit", wf, "-s", "a")
-    assert result.exit_code == ExitCode.UNCERTAIN, result.stderr
-    [pid] = result.stdout.split()
-    a.faults.reply = None
+    a, pid = uncertain_submit_to_an_older_server(emulator_factory, invoke, config_path, wf)
     a.wait_idle(timeout=10)
     [server_id] = server_ids(a)
     assert server_id != pid
@@ -264,16 +272,9 @@ def test_an_older_servers_job_running_when_watch_starts_is_adopted_not_lost(
     """Its socket (the job's client_id) replays the running node without a prompt_id: that
     must not make the write-ahead record "running" under an id the server does not know,
     which the polls would then call lost."""
-    a = emulator_factory()
-    configure(config_path, a=a.url)
     slow = tmp_path / "slow.json"
     slow.write_text(json.dumps(slow_graph(steps=60, seconds=0.05)))
-    a.faults.own_prompt_ids = True
-    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
-    result = invoke("submit", str(slow), "-s", "a")
-    assert result.exit_code == ExitCode.UNCERTAIN, result.stderr
-    [pid] = result.stdout.split()
-    a.faults.reply = None
+    a, pid = uncertain_submit_to_an_older_server(emulator_factory, invoke, config_path, slow)
     time.sleep(0.5)  # running on the server
     watched = invoke("watch", pid, "--timeout", "30", "--poll-interval", "0.3")
     assert watched.exit_code == 0, watched.stdout + watched.stderr
@@ -290,14 +291,9 @@ def test_a_watch_follows_an_older_servers_job_another_process_adopted(
     import subprocess
     import sys
 
-    a = emulator_factory()
-    configure(config_path, a=a.url)
     slow = tmp_path / "slow.json"
     slow.write_text(json.dumps(slow_graph(steps=60, seconds=0.05)))
-    a.faults.own_prompt_ids = True
-    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
-    [pid] = invoke("submit", str(slow), "-s", "a").stdout.split()
-    a.faults.reply = None
+    a, pid = uncertain_submit_to_an_older_server(emulator_factory, invoke, config_path, slow)
     watch = subprocess.Popen(
         [sys.executable, "-m", "comfyctl", "watch", pid, "--poll-interval", "2"],
         stdout=subprocess.PIPE,
@@ -319,17 +315,12 @@ def test_an_older_servers_job_many_jobs_ago_is_still_found_by_client_id(
     "never arrived" would let recover send it again)."""
     from comfyctl.client import RECENT_HISTORY
 
-    a = emulator_factory()
-    configure(config_path, a=a.url)
-    a.faults.own_prompt_ids = True
-    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
-    [pid] = invoke("submit", wf, "-s", "a").stdout.split()
-    a.faults.reply = None
+    a, pid = uncertain_submit_to_an_older_server(emulator_factory, invoke, config_path, wf)
     a.wait_idle(timeout=10)
     [server_id] = server_ids(a)
-    a.faults.own_prompt_ids = True
     import requests
 
+    a.faults.own_prompt_ids = True  # cleared by server_ids
     for n in range(RECENT_HISTORY):  # another client's jobs, after it
         other = {"prompt": slow_graph(steps=1, seconds=0.0), "client_id": f"other-{n}"}
         assert requests.post(a.url + "/prompt", json=other, timeout=5).status_code == 200
@@ -344,13 +335,7 @@ def test_recover_finds_an_older_servers_job_by_client_id_and_never_sends_it_twic
 ):
     """detect-stuck and recover settle crashed submits first, as every refresh does: even
     asked to resubmit forgotten jobs, recover sends nothing."""
-    a = emulator_factory()
-    configure(config_path, a=a.url)
-    a.faults.own_prompt_ids = True
-    a.faults.reply, a.faults.reply_routes = "freeze", ("POST /prompt",)
-    result = invoke("submit", wf, "-s", "a")
-    assert result.exit_code == ExitCode.UNCERTAIN, result.stderr
-    a.faults.reply = None
+    a, _ = uncertain_submit_to_an_older_server(emulator_factory, invoke, config_path, wf)
     a.wait_idle(timeout=10)
     [server_id] = server_ids(a)
     detected = invoke("detect-stuck", "--nl")

@@ -491,10 +491,9 @@ def test_an_interrupt_that_cut_a_wait_is_raised_however_the_wait_ended(postgres_
 
     store = PostgresStore(postgres_ledger)
     store.load()
-    with pytest.raises(KeyboardInterrupt):
-        with store.transaction():
-            store._interrupted = KeyboardInterrupt  # what _interrupt sets as it cuts
-            raise ValueError("the caller's own error")
+    with pytest.raises(KeyboardInterrupt), store.transaction():
+        store._interrupted = KeyboardInterrupt  # what _interrupt sets as it cuts
+        raise ValueError("the caller's own error")
     assert store._interrupted is None
     assert store.get("nothing") is None  # a new connection, no interrupt left over
 
