@@ -305,10 +305,11 @@ def as_the_server_has_it(tasks: Records, stored: Record, obs: Observation) -> Re
     stored["prompt_id"] = obs.prompt_id
     apply(stored, obs)
     tasks.put(stored)
-    parent = tasks.get(stored.get("resubmitted_from") or "")
-    if obs.prompt_id != old_id and parent is not None and parent.get("superseded_by") == old_id:
-        parent["superseded_by"] = obs.prompt_id
-        tasks.put(parent)
+    if obs.prompt_id != old_id and stored.get("resubmitted_from"):
+        parent = tasks.get(stored["resubmitted_from"])
+        if parent is not None and parent.get("superseded_by") == old_id:
+            parent["superseded_by"] = obs.prompt_id
+            tasks.put(parent)
     return stored
 
 
