@@ -284,14 +284,10 @@ class ServerClient:
             )
         raise SubmitUncertain(self.spec.name, f"http {resp.status_code}")
 
-    def find_by_client_id(self, client_id: str) -> str | None:
-        """The prompt_id a server gave a job submitted with ``client_id`` (servers older
-        than client-chosen ids ignore ours)."""
-        return self.find_by_client_ids([client_id]).get(client_id)
-
     def find_by_client_ids(self, client_ids: Collection[str]) -> dict[str, str]:
-        """``find_by_client_id`` for several jobs (client_id -> prompt_id, for those
-        found): one read of the queue, then, for the rest, one of the recent history, and
+        """The prompt_ids a server gave the jobs submitted with ``client_ids`` (servers
+        older than client-chosen ids ignore ours), for those found (client_id ->
+        prompt_id): one read of the queue, then, for the rest, one of the recent history, and
         of the whole history when there may be more (what is not found is taken for never
         sent, and may be sent again). Servers with the jobs API take the client's ids."""
         wanted = set(client_ids)

@@ -155,29 +155,26 @@ class RecordsBase(Mapping[str, Record]):
         record = self.get(prompt_id)
         if record is not None:
             return record
-        matches = self._ids_with_prefix(prompt_id) if len(prompt_id) >= MIN_PREFIX else []
+        if len(prompt_id) < MIN_PREFIX:
+            raise TaskNotFound(prompt_id)
+        matches = self._ids_with_prefix(prompt_id) or self._renamed(prompt_id)
         if len(matches) > 1:
             raise UsageProblem(
                 f"{prompt_id!r} matches {len(matches)} jobs.", "Give more of the id."
             )
         if not matches:
-            return self._renamed(prompt_id)
+            raise TaskNotFound(prompt_id)
         return self[matches[0]]
 
-    def _renamed(self, prompt_id: str) -> Record:
-        """The job submitted as ``prompt_id`` (or a unique prefix of it) that its server, an
-        older one, gave an id of its own (``submitted_as``: see
+    def _renamed(self, prefix: str) -> list[str]:
+        """The jobs submitted as an id starting with ``prefix`` that their server, an older
+        one, gave ids of its own (``submitted_as``: see
         comfyctl.submission.as_the_server_has_it), among the RENAMED_WITHIN newest: what a
         script goes on with right after submitting."""
-        if len(prompt_id) < MIN_PREFIX:
-            raise TaskNotFound(prompt_id)
         newest = itertools.islice(self.newest(), RENAMED_WITHIN)
-        found = [r for r in newest if str(r.get("submitted_as") or "").startswith(prompt_id)]
-        if len(found) > 1:
-            raise UsageProblem(f"{prompt_id!r} matches {len(found)} jobs.", "Give more of the id.")
-        if not found:
-            raise TaskNotFound(prompt_id)
-        return found[0]
+        return [
+            r["prompt_id"] for r in newest if str(r.get("submitted_as") or "").startswith(prefix)
+        ]
 
     def find_all(self, prompt_ids: Iterable[str]) -> list[Record]:
         found: dict[str, Record] = {}

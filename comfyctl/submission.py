@@ -219,14 +219,8 @@ class Submitter:
 
     def _confirm(self, client: ServerClient, record: Record, reason: str) -> Submitted:
         """The reply was lost or garbled: ask the server instead of sending the job again."""
-        prompt_id = record["prompt_id"]
         try:
-            obs = client.status(prompt_id)
-            if obs.kind == "unknown":
-                adopted = client.find_by_client_id(record["client_id"])
-                if adopted is not None:  # an older server chose its own id
-                    obs = client.status(adopted)
-                    prompt_id = adopted
+            obs = as_known(client, [record])[record["prompt_id"]]
         except ServerError as exc:
             # Unsettled: this process is done with it, so the next command that reaches
             # the server settles it (see records.submitter_gone; without this mark, once
@@ -294,6 +288,17 @@ def _by_node(lines: list[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
+def as_known(client: ServerClient, records: list[Record]) -> dict[str, Observation]:
+    """What the server says of each write-ahead record (keyed by its prompt_id): asked by
+    its id, then, if unknown, by its client_id (an older server gave it an id of its own,
+    which the observation carries); "unknown" when neither finds it."""
+    heard = client.snapshot([r["prompt_id"] for r in records])
+    unknown = [r for r in records if heard[r["prompt_id"]].kind == "unknown"]
+    theirs = client.find_by_client_ids([r["client_id"] for r in unknown]) if unknown else {}
+    heard.update(client.snapshot(list(theirs.values())) if theirs else {})
+    return {r["prompt_id"]: heard[theirs.get(r["client_id"]) or r["prompt_id"]] for r in records}
+
+
 def as_the_server_has_it(tasks: Records, stored: Record, obs: Observation) -> Record:
     """Record a write-ahead record's job as its server has it: what the server said of it
     (``obs``), under the id the server gave it (an older server chooses its own; the job
@@ -334,17 +339,13 @@ def settle_submitting(
 
     def ask(url: str) -> list[tuple[str, Observation]]:
         group = groups[url]
-        client = client_for(group[0])
-        heard = client.snapshot([r["prompt_id"] for r in group])
-        unknown = [r for r in group if heard[r["prompt_id"]].kind == "unknown"]
-        theirs = client.find_by_client_ids([r["client_id"] for r in unknown]) if unknown else {}
-        heard.update(client.snapshot(list(theirs.values())) if theirs else {})
+        known = as_known(client_for(group[0]), group)
         verdicts = []
         for record in group:
-            obs = heard[theirs.get(record["client_id"]) or record["prompt_id"]]
-            if obs.kind == "unknown":  # not found (nor, a moment later, what was found)
-                obs = never_arrived(record)
-            verdicts.append((record["prompt_id"], obs))
+            obs = known[record["prompt_id"]]
+            verdicts.append(
+                (record["prompt_id"], never_arrived(record) if obs.kind == "unknown" else obs)
+            )
         return verdicts
 
     answers = fan_out(groups, ask, deadline, name=lambda url: groups[url][0]["server"])
